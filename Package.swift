@@ -1,0 +1,49 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+let strict: [SwiftSetting] = [.unsafeFlags(["-warnings-as-errors"])]
+
+let package = Package(
+    name: "klab",
+    products: [.executable(name: "klab", targets: ["klab"])],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
+    ],
+    targets: [
+        // C libraries, imported as they are (module.modulemap + shim.h each).
+        .systemLibrary(name: "CLibnl", pkgConfig: "libnl-route-3.0", providers: [.apt(["libnl-3-dev", "libnl-route-3-dev"])]),
+        .systemLibrary(name: "CLibpcap", pkgConfig: "libpcap", providers: [.apt(["libpcap-dev"])]),
+        .systemLibrary(name: "CLibbpf", pkgConfig: "libbpf", providers: [.apt(["libbpf-dev"])]),
+        // What Swift cannot import: ioctl macros, _GNU_SOURCE calls, the shared event record.
+        .target(name: "CKlabLinux"),
+
+        // Pure Swift, no root: packets and the schema catalog.
+        .target(name: "KlabPacket", swiftSettings: strict),
+        .target(name: "KlabSchema", dependencies: ["CKlabLinux", "KlabPacket"], swiftSettings: strict),
+
+        // Kernel-facing: hosts (namespaces), TUN links, libnl, libpcap, cgroups.
+        .target(name: "KlabLab", dependencies: ["CKlabLinux", "CLibnl", "CLibpcap", "KlabPacket", "KlabSchema"], swiftSettings: strict),
+        // The BPF tracer. Its C programs in bpf/ are compiled by the plugin and embedded.
+        .target(
+            name: "KlabTracer", dependencies: ["CKlabLinux", "CLibbpf", "KlabSchema"],
+            exclude: ["bpf"], swiftSettings: strict, plugins: ["BPFPlugin"]),
+        .target(
+            name: "KlabScenario",
+            dependencies: ["KlabLab", "KlabTracer", "KlabSchema", "KlabPacket", .product(name: "Yams", package: "Yams")],
+            swiftSettings: strict),
+        .executableTarget(
+            name: "klab",
+            dependencies: ["KlabScenario", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            swiftSettings: strict),
+
+        // Build-time: compiles bpf/*.bpf.c with the toolchain's clang and embeds the objects.
+        .executableTarget(name: "klab-bpf-embed", path: "Sources/BPFEmbed"),
+        .plugin(name: "BPFPlugin", capability: .buildTool(), dependencies: ["klab-bpf-embed"]),
+
+        .testTarget(name: "KlabPacketTests", dependencies: ["KlabPacket"]),
+        .testTarget(name: "KlabSchemaTests", dependencies: ["KlabSchema", "KlabTracer"]),
+        .testTarget(name: "KlabScenarioTests", dependencies: ["KlabScenario"]),
+        .testTarget(name: "KlabIntegrationTests", dependencies: ["KlabScenario", "KlabLab", "KlabPacket", "klab"]),
+    ]
+)

@@ -1,0 +1,34 @@
+// Linux calls and constants that Swift cannot import by itself. Each one says why.
+#ifndef KLAB_LINUX_H
+#define KLAB_LINUX_H
+
+#include <sys/ioctl.h>   // before <linux/if_tun.h>, which uses _IOW
+#include <linux/if_tun.h>
+#include <net/if.h>
+#include <stdint.h>
+#include "klab_event.h"
+
+// TUNSETIFF and friends are function-like macros (_IOW), which Swift does not import.
+static const unsigned long klab_TUNSETIFF = TUNSETIFF;
+static const unsigned long klab_TUNSETPERSIST = TUNSETPERSIST;
+static const short klab_IFF_TUN = IFF_TUN;
+static const short klab_IFF_NO_PI = IFF_NO_PI;
+
+// unshare(2) and setns(2) need _GNU_SOURCE, which Glibc's Swift overlay does not set.
+int klab_unshare_net(void);
+int klab_setns_net(int fd);
+// gettid(2), for naming the thread a host runs on.
+int klab_gettid(void);
+
+// SO_COOKIE (57) and SO_NETNS_COOKIE (71) are newer than some libc headers.
+static const int klab_SO_COOKIE = 57;
+static const int klab_SO_NETNS_COOKIE = 71;
+
+// Time-stamp counter, for converting monotonic ns to cycles with a measured rate.
+static inline uint64_t klab_rdtsc(void) {
+    uint32_t lo, hi;
+    __asm__ __volatile__("rdtsc" : "=a"(lo), "=d"(hi));
+    return ((uint64_t)hi << 32) | lo;
+}
+
+#endif

@@ -1,0 +1,9 @@
+#define _GNU_SOURCE
+#include <sched.h>
+#include <unistd.h>
+#include <sys/syscall.h>
+#include "klab_linux.h"
+
+int klab_unshare_net(void) { return unshare(CLONE_NEWNET); }
+int klab_setns_net(int fd) { return setns(fd, CLONE_NEWNET); }
+int klab_gettid(void) { return (int)syscall(SYS_gettid); }

@@ -1,0 +1,151 @@
+import CLibpcap
+import Foundation
+
+/// One packet seen on a lab link.
+public struct CapturedPacket: Sendable {
+    /// libpcap's stamp: CLOCK_REALTIME, nanoseconds.
+    public let realtimeNs: UInt64
+    public let direction: Direction
+    public let link: String
+    public let bytes: [UInt8]
+}
+
+/// Direction as seen by the host: `.in` was written into the TUN (the host receives it),
+/// `.out` was sent by the host into the TUN.
+public enum Direction: String, Sendable, Codable {
+    case `in`, out
+}
+
+/// libpcap on every lab TUN, both directions, nanosecond stamps, into one pcap file
+/// (LINKTYPE_RAW) that tcpdump and Wireshark read. Each direction has its own handle
+/// (pcap_setdirection), so every packet's direction is known without guessing.
+public final class Capture: @unchecked Sendable {
+    public let path: String
+    private let dead: OpaquePointer
+    private let dumper: OpaquePointer
+    private var handles: [(pcap: OpaquePointer, context: Unmanaged<Context>)] = []
+    private let lock = NSLock()
+    private var captured: [CapturedPacket] = []
+    private var thread: Thread?
+    private var running = false
+    private let done = DispatchSemaphore(value: 0)
+
+    final class Context {
+        unowned let capture: Capture
+        let direction: Direction
+        let link: String
+        init(_ c: Capture, _ d: Direction, _ l: String) { (capture, direction, link) = (c, d, l) }
+    }
+
+    public init(path: String) throws {
+        self.path = path
+        guard let dead = pcap_open_dead_with_tstamp_precision(DLT_RAW, 65535, UInt32(PCAP_TSTAMP_PRECISION_NANO)) else {
+            throw LabError("pcap_open_dead", errno: ENOMEM)
+        }
+        guard let dumper = pcap_dump_open(dead, path) else {
+            let msg = String(cString: pcap_geterr(dead))
+            pcap_close(dead)
+            throw LabError("pcap_dump_open(\(path)): \(msg)", errno: 0)
+        }
+        self.dead = dead
+        self.dumper = dumper
+    }
+
+    /// Opens both directions of `device`. Call on the host's thread: libpcap finds the
+    /// device by name in the calling thread's namespace.
+    public func add(device: String) throws {
+        for direction in [Direction.in, .out] {
+            var errbuf = [CChar](repeating: 0, count: Int(PCAP_ERRBUF_SIZE))
+            guard let p = pcap_create(device, &errbuf) else {
+                throw LabError("pcap_create(\(device)): \(String(decoding: errbuf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))", errno: 0)
+            }
+            pcap_set_snaplen(p, 65535)
+            pcap_set_immediate_mode(p, 1)
+            pcap_set_tstamp_precision(p, Int32(PCAP_TSTAMP_PRECISION_NANO))
+            pcap_set_buffer_size(p, 8 << 20)
+            let status = pcap_activate(p)
+            if status < 0 {
+                let msg = String(cString: pcap_geterr(p))
+                pcap_close(p)
+                throw LabError("pcap_activate(\(device)): \(msg)", errno: 0, hint: "needs CAP_NET_RAW")
+            }
+            pcap_setdirection(p, direction == .in ? PCAP_D_IN : PCAP_D_OUT)
+            pcap_setnonblock(p, 1, &errbuf)
+            handles.append((p, Unmanaged.passRetained(Context(self, direction, device))))
+        }
+    }
+
+    /// Starts reading all handles on a thread of its own.
+    public func start() {
+        running = true
+        let t = Thread { [self] in
+            var fds = handles.map { pollfd(fd: pcap_get_selectable_fd($0.pcap), events: Int16(POLLIN), revents: 0) }
+            while lock.withLock({ running }) {
+                _ = poll(&fds, nfds_t(fds.count), 50)
+                drain()
+            }
+            done.signal()
+        }
+        t.name = "klab-capture"
+        thread = t
+        t.start()
+    }
+
+    /// Reads whatever is queued on every handle. The kernel queues a TUN packet to
+    /// packet sockets inside the write() that injects it, or before the TUN read() that
+    /// receives it, so after traffic stops one drain finds everything.
+    public func drain() {
+        for h in handles {
+            while pcap_dispatch(h.pcap, -1, { user, header, bytes in
+                guard let user, let header, let bytes else { return }
+                let ctx = Unmanaged<Context>.fromOpaque(UnsafeRawPointer(user)).takeUnretainedValue()
+                ctx.capture.record(ctx, header, bytes)
+            }, UnsafeMutablePointer<UInt8>(OpaquePointer(h.context.toOpaque()))) > 0 {}
+        }
+        _ = lock.withLock { pcap_dump_flush(dumper) }
+    }
+
+    private func record(_ ctx: Context, _ h: UnsafePointer<pcap_pkthdr>, _ bytes: UnsafePointer<UInt8>) {
+        // With nanosecond precision, tv_usec holds nanoseconds.
+        let ns = UInt64(h.pointee.ts.tv_sec) * 1_000_000_000 + UInt64(h.pointee.ts.tv_usec)
+        let packet = CapturedPacket(
+            realtimeNs: ns, direction: ctx.direction, link: ctx.link,
+            bytes: Array(UnsafeBufferPointer(start: bytes, count: Int(h.pointee.caplen))))
+        lock.withLock {
+            pcap_dump(UnsafeMutablePointer<UInt8>(dumper), h, bytes)
+            captured.append(packet)
+        }
+    }
+
+    /// Everything captured so far, in capture order per direction.
+    public var packets: [CapturedPacket] { lock.withLock { captured } }
+
+    /// Stops the reader, drains the last packets and closes the file. Safe to call twice.
+    public func stop() {
+        let wasRunning = lock.withLock { () -> Bool in
+            let r = running
+            running = false
+            return r
+        }
+        if wasRunning { done.wait() }
+        guard !handles.isEmpty || wasRunning else { return }
+        drain()
+        for h in handles {
+            pcap_close(h.pcap)
+            h.context.release()
+        }
+        handles = []
+    }
+
+    deinit {
+        stop()
+        pcap_dump_close(dumper)
+        pcap_close(dead)
+    }
+
+    /// Closes the file now (deinit would too), so it is complete on disk.
+    public func close() {
+        stop()
+        _ = lock.withLock { pcap_dump_flush(dumper) }
+    }
+}

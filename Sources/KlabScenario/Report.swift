@@ -1,0 +1,278 @@
+import Foundation
+import KlabLab
+import KlabPacket
+import KlabSchema
+import KlabTracer
+
+/// A finished run: joins the capture with the event log by packet identity and writes the
+/// results folder (capture.pcap is already there): events.jsonl and summary.json.
+struct Report {
+    let scenario: Scenario
+    let directory: String
+    let host: LabHost
+    let events: [TraceEvent]
+    let packets: [CapturedPacket]
+    let attachments: [Tracer.Attachment]
+    let realtimeOffsetNs: Int64
+    let tscHz: Double
+    let startedNs: UInt64
+    let steps: [StepRecord]
+    let failures: [String]
+    let unexpected: Int
+    let emitted: UInt64
+    let dropped: UInt64
+    let interrupted: Bool
+
+    /// A captured packet with its time on the monotonic clock, its frame number in
+    /// capture.pcap (1-based) and, once parsed, its identity.
+    struct WirePacket {
+        let frame: Int
+        let monotonicNs: UInt64
+        let direction: Direction
+        let packet: Packet?
+        let identity: PacketIdentity?
+    }
+
+    var wire: [WirePacket] {
+        packets.enumerated().map { i, p in
+            let parsed = try? Packet.parse(p.bytes)
+            return WirePacket(
+                frame: i + 1, monotonicNs: UInt64(Int64(p.realtimeNs) - realtimeOffsetNs), direction: p.direction,
+                packet: parsed, identity: parsed.map(PacketIdentity.init))
+        }
+    }
+
+    /// For each event, the frame of the wire packet with the same identity nearest in time.
+    func match(_ wire: [WirePacket]) -> [Int?] {
+        var byIdentity: [PacketIdentity: [WirePacket]] = [:]
+        for w in wire { if let id = w.identity { byIdentity[id, default: []].append(w) } }
+        return events.map { e in
+            guard let id = e.packet, let candidates = byIdentity[id] else { return nil }
+            return candidates.min { diff($0.monotonicNs, e.timeNs) < diff($1.monotonicNs, e.timeNs) }?.frame
+        }
+    }
+
+    private func diff(_ a: UInt64, _ b: UInt64) -> UInt64 { a > b ? a - b : b - a }
+
+    /// Serial-number gaps per CPU: records the kernel numbered but klab never received.
+    var serialGaps: UInt64 {
+        var byCPU: [UInt16: [UInt32]] = [:]
+        for e in events { byCPU[e.cpu, default: []].append(e.serial) }
+        return byCPU.values.reduce(0) { total, serials in
+            let s = serials.sorted()
+            return total + zip(s, s.dropFirst()).reduce(0) { $0 + UInt64($1.1 - $1.0 - 1) }
+        }
+    }
+
+    func write() throws {
+        let wire = self.wire
+        let frames = match(wire)
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        var out = Data()
+        var uts = utsname()
+        uname(&uts)
+        let kernel = withUnsafeBytes(of: uts.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        let header = Header(
+            klab: "events", version: 1, scenario: scenario.name, kernel: kernel,
+            probes: attachments.map { Header.Probe(program: $0.program, section: $0.section, site: $0.probe) },
+            clocks: Header.Clocks(
+                event_time: "CLOCK_MONOTONIC ns (bpf_ktime_get_ns)", capture_time: "CLOCK_REALTIME ns (libpcap)",
+                monotonic_to_realtime_offset_ns: realtimeOffsetNs, tsc_hz: tscHz.rounded()),
+            hosts: [Header.HostInfo(name: host.name, netns: host.netnsInode, netns_cookie: host.netnsCookie)],
+            record_size: TraceEvent.recordSize)
+        out.append(try enc.encode(header))
+        out.append(10)
+        for (e, frame) in zip(events, frames) {
+            out.append(try enc.encode(EventLine(e, frame: frame)))
+            out.append(10)
+        }
+        try out.write(to: URL(fileURLWithPath: "\(directory)/events.jsonl"), options: .atomic)
+
+        var counts: [String: Int] = [:]
+        for e in events { counts[e.name, default: 0] += 1 }
+        let packetEvents = events.filter { $0.packet != nil }.count
+        let matched = frames.compactMap { $0 }.count
+        let summary = Summary(
+            scenario: scenario.name, file: scenario.file, passed: failures.isEmpty && !interrupted,
+            interrupted: interrupted, failures: failures, steps: steps,
+            packets: Summary.Packets(
+                captured: packets.count, to_host: packets.filter { $0.direction == .in }.count,
+                from_host: packets.filter { $0.direction == .out }.count,
+                unparsed: wire.filter { $0.packet == nil }.count, not_consumed_by_steps: unexpected),
+            events: Summary.Events(
+                received: events.count, emitted_by_kernel: emitted, lost: dropped, serial_gaps: serialGaps,
+                with_packet: packetEvents, matched_to_wire: matched, unmatched_packet_events: packetEvents - matched,
+                by_name: counts),
+            files: ["capture.pcap", "events.jsonl", "summary.json"])
+        try enc.encode(summary).write(to: URL(fileURLWithPath: "\(directory)/summary.json"), options: .atomic)
+    }
+
+    /// Every packet on the wire in time order with the kernel events that belong to it
+    /// (deltas from the wire), and the socket and connection events and steps between them.
+    func timeline() -> String {
+        let wire = self.wire
+        let frames = match(wire)
+        enum Item { case step(StepRecord), packet(WirePacket), event(TraceEvent) }
+        var items: [(UInt64, Int, Item)] = []
+        for s in steps { items.append((s.monotonicNs, 0, .step(s))) }
+        for w in wire { items.append((w.monotonicNs, 1, .packet(w))) }
+        var under: [Int: [TraceEvent]] = [:]
+        for (e, f) in zip(events, frames) {
+            if let f { under[f, default: []].append(e) } else { items.append((e.timeNs, 2, .event(e))) }
+        }
+        items.sort { ($0.0, $0.1) < ($1.0, $1.1) }
+        func t(_ ns: UInt64) -> String { String(format: "%10.1f", Double(Int64(ns) - Int64(startedNs)) / 1000) }
+        func ev(_ e: TraceEvent, matched: Bool = false) -> String {
+            var s = "\(e.name.padding(toLength: 22, withPad: " ", startingAt: 0)) cpu\(e.cpu) \(e.comm)[\(e.tid)]"
+            if e.sock != 0 { s += " sock \(e.sock)" }
+            if let p = e.endpoints { s += " \(p.source):\(p.sourcePort) > \(p.destination):\(p.destinationPort)" }
+            if e.probe == 3 { s += " \(tcpStateName(e.arg0)) → \(tcpStateName(e.arg1))" }
+            if let p = e.packet, !matched { s += " (no wire match: \(p))" }
+            return s + "  [\(e.probeName)]"
+        }
+        var lines = [
+            "\(scenario.name): \(packets.count) packets on the wire, \(events.count) kernel events "
+                + "(\(dropped) lost), \(frames.compactMap { $0 }.count) matched to wire packets",
+            "      µs  what",
+        ]
+        for (ns, _, item) in items {
+            switch item {
+            case .step(let s): lines.append("\(t(ns))  step  \(s.step) → \(s.result.split(separator: "\n").first ?? "")")
+            case .event(let e): lines.append("\(t(ns))  event \(ev(e))")
+            case .packet(let w):
+                let text = w.packet?.description ?? "unparsed packet"
+                lines.append("\(t(ns))  wire  #\(w.frame) \(w.direction == .in ? "to host  " : "from host") \(text)")
+                for e in (under[w.frame] ?? []).sorted(by: { $0.timeNs < $1.timeNs }) {
+                    let d = Double(Int64(e.timeNs) - Int64(w.monotonicNs)) / 1000
+                    lines.append(String(format: "            %+8.1f µs ", d) + ev(e, matched: true))
+                }
+            }
+        }
+        lines.append(failures.isEmpty && !interrupted ? "\(scenario.name): PASSED" : "\(scenario.name): FAILED")
+        return lines.joined(separator: "\n")
+    }
+}
+
+// MARK: - The files' shapes
+
+struct Header: Encodable {
+    struct Probe: Encodable { let program: String; let section: String; let site: String }
+    struct Clocks: Encodable {
+        let event_time: String
+        let capture_time: String
+        let monotonic_to_realtime_offset_ns: Int64
+        let tsc_hz: Double
+    }
+    struct HostInfo: Encodable { let name: String; let netns: UInt32; let netns_cookie: UInt64 }
+    let klab: String
+    let version: Int
+    let scenario: String
+    let kernel: String
+    let probes: [Probe]
+    let clocks: Clocks
+    let hosts: [HostInfo]
+    let record_size: Int
+}
+
+struct EventLine: Encodable {
+    struct PacketFields: Encodable {
+        let proto: UInt8
+        let src: String
+        let dst: String
+        let ip_id: UInt16
+        let df: Bool
+        let mf: Bool
+        let frag_offset: Int
+        let sport: UInt16?
+        let dport: UInt16?
+        let tcp_seq: UInt32?
+        let tcp_ack: UInt32?
+        let tcp_flags: String?
+        let length: UInt16
+        let icmp_type: UInt8?
+        let icmp_code: UInt8?
+        let icmp_id: UInt16?
+        let icmp_seq: UInt16?
+
+        init(_ p: PacketIdentity) {
+            let tcp = p.proto == 6, icmp = p.proto == 1
+            (proto, src, dst, ip_id) = (p.proto, "\(p.source)", "\(p.destination)", p.ipID)
+            (df, mf, frag_offset) = (p.frag & 0x4000 != 0, p.frag & 0x2000 != 0, Int(p.frag & 0x1fff) * 8)
+            sport = icmp ? nil : p.sourcePort
+            dport = icmp ? nil : p.destinationPort
+            tcp_seq = tcp ? p.tcpSeq : nil
+            tcp_ack = tcp ? p.tcpAck : nil
+            tcp_flags = tcp ? "\(TCPFlags(rawValue: p.tcpFlags))" : nil
+            length = p.length
+            icmp_type = icmp ? p.icmpType : nil
+            icmp_code = icmp ? p.icmpCode : nil
+            icmp_id = icmp ? p.icmpID : nil
+            icmp_seq = icmp ? p.icmpSeq : nil
+        }
+    }
+    let t_ns: UInt64
+    let serial: UInt32
+    let cpu: UInt16
+    let pid: UInt32
+    let tid: UInt32
+    let comm: String
+    let netns: UInt32
+    let event: String
+    let level: String
+    let probe: String
+    let skb: String?
+    let sock: UInt64?
+    let skb_len: UInt32?
+    let ifindex: UInt32?
+    let packet: PacketFields?
+    let endpoints: PacketFields?
+    let tcp_state: [String]?
+    let socket: [String: Int32]?
+    let wire_frame: Int?
+
+    init(_ e: TraceEvent, frame: Int?) {
+        (t_ns, serial, cpu, pid, tid, comm, netns) = (e.timeNs, e.serial, e.cpu, e.pid, e.tid, e.comm, e.netns)
+        event = e.name
+        level = Schema.event(e.event)?.level.description ?? "klab"
+        probe = e.probeName
+        skb = e.skb == 0 ? nil : "0x" + String(e.skb, radix: 16)
+        sock = e.sock == 0 ? nil : e.sock
+        skb_len = e.skb == 0 ? nil : e.skbLen
+        ifindex = e.skb == 0 ? nil : e.ifindex
+        packet = e.packet.map(PacketFields.init)
+        endpoints = e.endpoints.map(PacketFields.init)
+        tcp_state = e.probe == 3 ? [tcpStateName(e.arg0), tcpStateName(e.arg1)] : nil
+        socket = e.probe == 4 || e.probe == 5 ? ["type": e.arg0, "family": e.arg1, "protocol": Int32(e.proto)] : nil
+        wire_frame = frame
+    }
+}
+
+struct Summary: Encodable {
+    struct Packets: Encodable {
+        let captured: Int
+        let to_host: Int
+        let from_host: Int
+        let unparsed: Int
+        let not_consumed_by_steps: Int
+    }
+    struct Events: Encodable {
+        let received: Int
+        let emitted_by_kernel: UInt64
+        let lost: UInt64
+        let serial_gaps: UInt64
+        let with_packet: Int
+        let matched_to_wire: Int
+        let unmatched_packet_events: Int
+        let by_name: [String: Int]
+    }
+    let scenario: String
+    let file: String
+    let passed: Bool
+    let interrupted: Bool
+    let failures: [String]
+    let steps: [StepRecord]
+    let packets: Packets
+    let events: Events
+    let files: [String]
+}

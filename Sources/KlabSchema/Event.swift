@@ -1,0 +1,147 @@
+import CKlabLinux
+import KlabPacket
+
+/// What identifies a packet across the layers and the wire: addresses, protocol, IP ID and
+/// fragment field, ports, TCP seq/ack/flags/length, ICMP type/code/id/seq.
+public struct PacketIdentity: Hashable, Sendable, CustomStringConvertible {
+    public var proto: UInt8
+    public var source: IPv4Address
+    public var destination: IPv4Address
+    public var ipID: UInt16
+    public var frag: UInt16
+    public var sourcePort: UInt16 = 0
+    public var destinationPort: UInt16 = 0
+    public var tcpSeq: UInt32 = 0
+    public var tcpAck: UInt32 = 0
+    public var tcpFlags: UInt8 = 0
+    public var length: UInt16 = 0
+    public var icmpType: UInt8 = 0
+    public var icmpCode: UInt8 = 0
+    public var icmpID: UInt16 = 0
+    public var icmpSeq: UInt16 = 0
+
+    /// The identity of a packet as captured on the wire.
+    public init(_ p: Packet) {
+        proto = p.ip.protocol
+        source = p.ip.source
+        destination = p.ip.destination
+        ipID = p.ip.identification
+        frag = (p.ip.dontFragment ? 0x4000 : 0) | (p.ip.moreFragments ? 0x2000 : 0) | UInt16(p.ip.fragmentOffset / 8)
+        switch p.transport {
+        case .tcp(let t):
+            sourcePort = t.sourcePort
+            destinationPort = t.destinationPort
+            tcpSeq = t.sequence
+            tcpAck = t.acknowledgment
+            tcpFlags = t.flags.rawValue
+            length = UInt16(p.payload.count)
+        case .udp(let u):
+            sourcePort = u.sourcePort
+            destinationPort = u.destinationPort
+            length = UInt16(p.payload.count)
+        case .icmp(let m):
+            icmpType = m.type
+            icmpCode = m.code
+            if case .echoRequest(let id, let seq, _) = m { (icmpID, icmpSeq) = (id, seq) }
+            if case .echoReply(let id, let seq, _) = m { (icmpID, icmpSeq) = (id, seq) }
+            // As the tracer computes it: IP total length minus the headers.
+            length = UInt16(max(0, Int(p.ip.totalLength) - p.ip.headerLength - 8))
+        case .other:
+            break
+        }
+    }
+
+    init(_ r: klab_event) {
+        proto = r.proto
+        source = IPv4Address(rawValue: UInt32(bigEndian: r.saddr))
+        destination = IPv4Address(rawValue: UInt32(bigEndian: r.daddr))
+        ipID = r.ip_id
+        frag = r.frag
+        sourcePort = r.sport
+        destinationPort = r.dport
+        tcpSeq = r.tcp_seq
+        tcpAck = r.tcp_ack
+        tcpFlags = r.tcp_flags
+        length = r.l4_len
+        icmpType = r.icmp_type
+        icmpCode = r.icmp_code
+        icmpID = r.icmp_id
+        icmpSeq = r.icmp_seq
+    }
+
+    public var description: String {
+        switch proto {
+        case 6:
+            "\(source).\(sourcePort) > \(destination).\(destinationPort) tcp \(TCPFlags(rawValue: tcpFlags)) seq \(tcpSeq) ack \(tcpAck) len \(length) id \(ipID)"
+        case 17: "\(source).\(sourcePort) > \(destination).\(destinationPort) udp len \(length) id \(ipID)"
+        case 1: "\(source) > \(destination) icmp type \(icmpType) code \(icmpCode) id \(icmpID) seq \(icmpSeq) id \(ipID)"
+        default: "\(source) > \(destination) proto \(proto) id \(ipID)"
+        }
+    }
+}
+
+/// One decoded tracer record (struct klab_event).
+public struct TraceEvent: Sendable {
+    public var timeNs: UInt64
+    public var serial: UInt32
+    public var cpu: UInt16
+    public var pid: UInt32
+    public var tid: UInt32
+    public var comm: String
+    public var netns: UInt32
+    public var event: UInt16
+    public var probe: UInt16
+    public var skb: UInt64
+    public var sock: UInt64
+    public var skbLen: UInt32
+    public var ifindex: UInt32
+    public var arg0: Int32
+    public var arg1: Int32
+    /// IP protocol of the packet, or the socket's protocol.
+    public var proto: UInt8
+    /// Packet identity, for events that carry a packet.
+    public var packet: PacketIdentity?
+    /// Socket endpoints for socket and connection events (packet fields reused).
+    public var endpoints: PacketIdentity?
+
+    public var name: String { Schema.eventName(event) }
+    public var probeName: String { Schema.probeName(probe) }
+
+    public static let recordSize = MemoryLayout<klab_event>.size
+
+    /// Decodes one record as the ring buffer delivered it.
+    public init(record: UnsafeRawBufferPointer) {
+        var r = klab_event()
+        withUnsafeMutableBytes(of: &r) { dst in
+            dst.copyMemory(from: UnsafeRawBufferPointer(rebasing: record.prefix(min(record.count, dst.count))))
+        }
+        timeNs = r.ts_ns
+        serial = r.serial
+        cpu = r.cpu
+        pid = r.pid
+        tid = r.tid
+        comm = withUnsafeBytes(of: r.comm) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        netns = r.netns
+        event = r.event
+        probe = r.probe
+        skb = r.skb
+        sock = r.sock
+        skbLen = r.skb_len
+        ifindex = r.ifindex
+        arg0 = r.arg0
+        arg1 = r.arg1
+        proto = r.proto
+        let id = PacketIdentity(r)
+        if r.skb != 0 { packet = id } else if r.saddr != 0 || r.sport != 0 || r.daddr != 0 { endpoints = id }
+    }
+}
+
+/// TCP states as numbered by the kernel (include/net/tcp_states.h).
+public let tcpStateNames = [
+    "", "ESTABLISHED", "SYN_SENT", "SYN_RECV", "FIN_WAIT1", "FIN_WAIT2", "TIME_WAIT", "CLOSE",
+    "CLOSE_WAIT", "LAST_ACK", "LISTEN", "CLOSING", "NEW_SYN_RECV", "BOUND_INACTIVE",
+]
+
+public func tcpStateName(_ s: Int32) -> String {
+    s >= 0 && Int(s) < tcpStateNames.count && s > 0 ? tcpStateNames[Int(s)] : "STATE_\(s)"
+}

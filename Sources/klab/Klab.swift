@@ -1,0 +1,39 @@
+import ArgumentParser
+import Foundation
+import KlabLab
+import KlabScenario
+
+@main
+struct Klab: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "klab",
+        abstract: "A live network lab for the Linux IPv4 stack.",
+        discussion: """
+            klab builds hosts (network namespaces) whose links are TUN devices it holds, pushes
+            real IPv4 traffic through the kernel, captures every packet with libpcap and, at the
+            same time, logs the Klogger networking schema's events with BPF. Then it matches
+            packets and events, so you can see where each event sits in the stack.
+
+            Exit codes: 0 success, 1 a scenario failed, 64 bad command line, 65 bad scenario
+            file, 69 a requirement is missing (root, /dev/net/tun, BTF, tracefs, cgroup v2,
+            BPF), 70 internal error, 130 interrupted (Ctrl-C or SIGTERM).
+            """,
+        subcommands: [Run.self])
+}
+
+enum ExitCodes {
+    static let failed: Int32 = 1
+    static let software: Int32 = 70
+    static let interrupted: Int32 = 130
+}
+
+/// Prints an error the way klab's exit codes document it, and exits.
+func die(_ error: Error) -> Never {
+    let code: Int32
+    switch error {
+    case let e as ScenarioError: code = ScenarioError.exitCode; FileHandle.standardError.write(Data("\(e)\n".utf8))
+    case let e as Requirement: code = Requirement.exitCode; FileHandle.standardError.write(Data("klab: \(e)\n".utf8))
+    default: code = ExitCodes.software; FileHandle.standardError.write(Data("klab: \(error)\n".utf8))
+    }
+    exit(code)
+}
