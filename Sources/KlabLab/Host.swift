@@ -18,7 +18,11 @@ public final class LabHost: @unchecked Sendable {
     public private(set) var threadID: Int32 = 0
 
     private let cond = NSCondition()
-    private var jobs: [() -> Void] = []
+    private struct Job {
+        var work: (() -> Void)?
+        let done: DispatchSemaphore
+    }
+    private var jobs: [Job] = []
     private var stopping = false
     private var thread: Thread?
     private var started = false
@@ -57,21 +61,12 @@ public final class LabHost: @unchecked Sendable {
     public func run<T>(_ body: () throws -> T) throws -> T {
         try withoutActuallyEscaping(body) { body in
             var result: Result<T, Error>?
-            let done = NSCondition()
-            let job = {
-                let r = Result { try body() }
-                done.lock()
-                result = r
-                done.broadcast()
-                done.unlock()
-            }
+            let done = DispatchSemaphore(value: 0)
             cond.lock()
-            jobs.append(job)
+            jobs.append(Job(work: { result = Result { try body() } }, done: done))
             cond.signal()
             cond.unlock()
-            done.lock()
-            while result == nil { done.wait() }
-            done.unlock()
+            done.wait()
             return try result!.get()
         }
     }
@@ -92,9 +87,11 @@ public final class LabHost: @unchecked Sendable {
             cond.lock()
             while jobs.isEmpty && !stopping { cond.wait() }
             if jobs.isEmpty && stopping { cond.unlock(); return }
-            let job = jobs.removeFirst()
+            var job = jobs.removeFirst()
             cond.unlock()
-            job()
+            job.work?()
+            job.work = nil  // release `body` before the caller's withoutActuallyEscaping ends
+            job.done.signal()
         }
     }
 

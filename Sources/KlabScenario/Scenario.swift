@@ -90,7 +90,7 @@ public enum PacketSpec: Sendable, Equatable, CustomStringConvertible {
             var t = "\(f) \(s):\(e)(\(e &- s))"
             if let ack { t += " ack \(ack)" }
             if let win { t += " win \(win)" }
-            if let opts { t += " <\(opts.map(\.description).joined(separator: ","))>" } else { t += " <...>" }
+            if let opts { if !opts.isEmpty { t += " <\(opts.map(\.description).joined(separator: ","))>" } } else { t += " <...>" }
             return t
         case .udp(let n): return "udp (\(n))"
         case .icmpEcho(let reply, let id, let seq, let n):
