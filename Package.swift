@@ -42,8 +42,8 @@ let package = Package(
         .plugin(name: "BPFPlugin", capability: .buildTool(), dependencies: ["klab-bpf-embed"]),
 
         .testTarget(name: "KlabPacketTests", dependencies: ["KlabPacket"]),
-        .testTarget(name: "KlabSchemaTests", dependencies: ["KlabSchema", "KlabTracer"]),
+        .testTarget(name: "KlabSchemaTests", dependencies: ["KlabSchema", "KlabPacket", "CKlabLinux"]),
         .testTarget(name: "KlabScenarioTests", dependencies: ["KlabScenario"]),
-        .testTarget(name: "KlabIntegrationTests", dependencies: ["KlabScenario", "KlabLab", "KlabPacket", "klab"]),
+        .testTarget(name: "KlabIntegrationTests", dependencies: ["KlabPacket"]),
     ]
 )

@@ -44,7 +44,12 @@ public enum Checksum {
         var acc: UInt64 = 0
         var i = 0
         let n = bytes.count
-        while i + 4 <= n {
+        while i + 8 <= n {
+            let x = bytes.loadUnaligned(fromByteOffset: i, as: UInt64.self)
+            acc &+= (x & 0xFFFF_FFFF) &+ (x >> 32)  // < 2^33 per step: no overflow below 2^31 steps
+            i += 8
+        }
+        if i + 4 <= n {
             acc &+= UInt64(bytes.loadUnaligned(fromByteOffset: i, as: UInt32.self))
             i += 4
         }

@@ -82,11 +82,12 @@ public struct IPv4Header: Hashable, Sendable, CustomStringConvertible {
     static func parse(_ r: inout ByteReader) throws(PacketError) -> (IPv4Header, checksumValid: Bool) {
         try r.require(20, "IPv4 header")
         let start = r.pos
-        let vihl = r.u8()
+        let vihl = r.bytes[start]  // present: 20 bytes were required
         guard vihl >> 4 == 4 else { throw .notIPv4(version: vihl >> 4) }
         let hl = Int(vihl & 0x0F) * 4
         guard hl >= 20 else { throw .badHeaderLength(hl) }
         try r.require(hl, "IPv4 header")
+        _ = r.u8()
         let tos = r.u8(), total = r.u16(), id = r.u16(), frag = r.u16()
         let ttl = r.u8(), proto = r.u8(), sum = r.u16()
         let src = IPv4Address(rawValue: r.u32()), dst = IPv4Address(rawValue: r.u32())

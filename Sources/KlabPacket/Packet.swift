@@ -20,7 +20,9 @@ public enum Transport: Hashable, Sendable {
 /// An IPv4 packet: header, transport header and transport payload.
 ///
 /// Checksum and length fields in the headers are *as parsed*; `serialize`
-/// recomputes them (see `ChecksumMode` to keep them instead).
+/// recomputes them (see `ChecksumMode` to keep them instead). Equality compares
+/// every stored field, parsed checksums and validity flags included, so compare
+/// a built packet with a parsed one through `serialize()` or field by field.
 public struct Packet: Sendable, Hashable, CustomStringConvertible {
     public var ip: IPv4Header
     public var transport: Transport
@@ -298,7 +300,7 @@ public struct Packet: Sendable, Hashable, CustomStringConvertible {
             s = "\(ip.source).\(h.sourcePort) > \(ip.destination).\(h.destinationPort): "
                 + h.summary(payloadLength: payload.count)
         case let .udp(h):
-            let n = ip.isFragment ? Int(h.length) - 8 : payload.count
+            let n = ip.isFragment ? max(Int(h.length) - 8, 0) : payload.count
             s = "\(ip.source).\(h.sourcePort) > \(ip.destination).\(h.destinationPort): udp (\(n))"
         case let .icmp(m):
             s = "\(ip.source) > \(ip.destination): \(m)"

@@ -38,11 +38,11 @@ struct Run: ParsableCommand {
         let base = out ?? "results/run-\(stamp)"
         Interrupt.install()
         let runner: Runner
-        do { runner = try Runner(log: { print($0) }) } catch { die(error) }
+        do { runner = try Runner(log: say) } catch { die(error) }
         var outcomes: [Outcome] = []
         var failure: Error?
         for (i, s) in scenarios.enumerated() where !Interrupt.requested {
-            print("[\(i + 1)/\(scenarios.count)] \(s.name) (\(s.file))")
+            say("[\(i + 1)/\(scenarios.count)] \(s.name) (\(s.file))")
             do {
                 outcomes.append(try runner.run(s, into: "\(base)/\(s.name)"))
             } catch {
@@ -52,10 +52,10 @@ struct Run: ParsableCommand {
         }
         runner.finish()
         if let failure { die(failure) }
-        print("")
+        say("")
         for o in outcomes {
-            print("\(o.passed ? "PASS" : "FAIL")  \(o.scenario)  → \(o.directory)")
-            for f in o.failures { print("      \(f)") }
+            say("\(o.passed ? "PASS" : "FAIL")  \(o.scenario)  → \(o.directory)")
+            for f in o.failures { say("      \(f)") }
         }
         if Interrupt.requested { throw ExitCode(ExitCodes.interrupted) }
         if outcomes.contains(where: { !$0.passed }) { throw ExitCode(ExitCodes.failed) }

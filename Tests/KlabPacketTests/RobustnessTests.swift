@@ -135,7 +135,7 @@ import Testing
             var b: [UInt8]
             if round % 2 == 0 {
                 b = (0..<Int.random(in: 0...90, using: &rng)).map { _ in UInt8.random(in: 0...255, using: &rng) }
-                if b.count >= 4 && round % 4 == 0 {
+                if b.count >= 10 && round % 4 == 0 {
                     b[0] = 0x45
                     b[2] = UInt8(b.count >> 8); b[3] = UInt8(b.count & 0xFF)
                     b[6] &= 0x3F

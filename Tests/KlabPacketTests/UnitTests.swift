@@ -3,16 +3,21 @@ import Testing
 
 @Suite struct AddressTests {
     @Test func parseAndPrint() {
-        let a = IPv4Address("198.18.0.1")
+        // Note: `IPv4Address("literal")` is literal coercion (SE-0213), non-optional;
+        // the failable parser runs for String values.
+        let text = "198.18.0.1"
+        let a = IPv4Address(text)
         #expect(a?.rawValue == 0xC612_0001)
         #expect(a == IPv4Address(198, 18, 0, 1))
         #expect(a?.description == "198.18.0.1")
         #expect(IPv4Address("0.0.0.0") == .any && IPv4Address("255.255.255.255") == .broadcast)
+        #expect(IPv4Address(Substring("10.1.2.3")) == IPv4Address(10, 1, 2, 3))
         for bad in ["", "1.2.3", "1.2.3.4.5", "256.0.0.1", "01.2.3.4", "1..2.3", "1.2.3.4 ", "a.b.c.d", "1.2.3.-4",
                     "1234.1.1.1", ".1.2.3"] {
             #expect(IPv4Address(bad) == nil, "\(bad)")
         }
-        #expect(IPv4Address("10.0.0.0")! < IPv4Address("10.0.0.1")!)
+        #expect(IPv4Address("10.0.0.0") < IPv4Address("10.0.0.1"))
+        #expect(IPv4Address("9.255.255.255") < IPv4Address("10.0.0.0"))
         let lit: IPv4Address = "127.0.0.1"
         #expect(lit == .loopback)
     }
@@ -27,15 +32,17 @@ import Testing
     }
 
     @Test func prefixes() throws {
-        let p = try #require(IPv4Prefix("198.18.0.0/15"))
+        let text = "198.18.0.0/15"
+        let p = try #require(IPv4Prefix(text))
         #expect(p.length == 15 && p.description == "198.18.0.0/15")
         #expect(p.mask == "255.254.0.0" && p.broadcast == "198.19.255.255" && p.size == 131_072)
         #expect(p.contains("198.18.0.1") && p.contains("198.19.255.254") && !p.contains("198.20.0.0"))
         #expect(p.host(1) == "198.18.0.1" && p.host(256) == "198.18.1.0")
         let iface: IPv4Prefix = "198.18.0.5/24"
         #expect(iface.address == "198.18.0.5" && iface.network == "198.18.0.0")
-        #expect(IPv4Prefix("0.0.0.0/0")?.contains("1.2.3.4") == true)
-        #expect(IPv4Prefix("1.2.3.4")?.length == 32)
+        #expect(IPv4Prefix("0.0.0.0/0").contains("1.2.3.4"))
+        #expect(IPv4Prefix(String("1.2.3.4"))?.length == 32)
+        #expect(IPv4Prefix(address: "1.2.3.4", length: 33) == nil)
         for bad in ["1.2.3.4/33", "1.2.3.4/", "1.2.3.4/-1", "1.2.3/8", "1.2.3.4/1x", "1.2.3.4/008"] {
             #expect(IPv4Prefix(bad) == nil, "\(bad)")
         }
@@ -147,11 +154,29 @@ import Testing
         #expect(PacketError.optionsTooLong("TCP", bytes: 41).description == "TCP options too long: 41 bytes (maximum 40)")
     }
 
+    /// A bare 20-byte IPv4 header is a complete packet (regression: IHL check off by one).
+    @Test func headerOnlyPackets() throws {
+        let bare = Packet(ip: IPv4Header(source: hostA, destination: hostB), transport: .other(protocol: 253))
+        let b = try bare.serialize()
+        #expect(b.count == 20)
+        let p = try Packet.parse(b)
+        #expect(p.transport == .other(protocol: 253) && p.payload.isEmpty && p.ipChecksumValid)
+        var t = b
+        t[9] = IPProtocol.tcp
+        #expect(throws: PacketError.truncated("TCP header", need: 20, have: 0)) { try Packet.parse(t) }
+        let q = try #require(ICMPMessage.destinationUnreachable(code: 2, quoted: t).quotedPacket)
+        #expect(q.transport == .other(protocol: IPProtocol.tcp))
+        #expect(ICMPMessage.destinationUnreachable(code: 2, quoted: t).description
+            == "icmp unreachable protocol_unreachable [ip-proto-6 (0)]")
+        let ping = Packet.icmpEcho(from: hostA, to: hostB, id: 1, sequence: 2)
+        #expect(try Packet.parse(try ping.serialize()).transport == ping.transport)
+    }
+
     @Test func fortyBytesOfOptionsFit() throws {
         let p = Packet.tcp(from: hostA, to: hostB, sport: 1, dport: 2,
                            options: Array(repeating: .timestamp(val: 1, ecr: 2), count: 4))
         let b = try p.serialize()
-        #expect(b.count == 60 && b[32] >> 4 == 15)
+        #expect(b.count == 80 && b[32] >> 4 == 15)
     }
 
     @Test func serializeIntoReusedBuffer() throws {

@@ -1,0 +1,74 @@
+import Foundation
+import Testing
+
+/// Bad input and interruptions: one clear line, a documented exit code, nothing left behind.
+@Suite(.serialized)
+struct FailureTests {
+    @Test func unknownScenarioFile() throws {
+        let r = try klab(["run", "/nonexistent/scenario.yaml"])
+        #expect(r.status == 64)
+        #expect(r.stderr.contains("no such scenario file: /nonexistent/scenario.yaml"))
+    }
+
+    @Test func badScenarioNamesFileLineColumn() throws {
+        let dir = try temporaryDirectory()
+        let file = "\(dir)/bad.yaml"
+        try "name: bad\nsteps:\n  - inject: S 0:0(0) win 65535 <mss 1460,frob 3>\n".write(toFile: file, atomically: true, encoding: .utf8)
+        let r = try klab(["run", file])
+        #expect(r.status == 65)
+        #expect(r.stderr.contains("\(file):3:"))
+        #expect(r.stderr.contains("unknown TCP option 'frob'"))
+    }
+
+    @Test(.enabled(if: Privileged.enabled && FileManager.default.isExecutableFile(atPath: "/usr/bin/setpriv")))
+    func notRootSaysSo() throws {
+        let r = try klab(["run", "lab/scenarios/icmp-echo.yaml", "--out", try temporaryDirectory()], asUser: "65534")
+        #expect(r.status == 69)
+        #expect(r.stderr.contains("must run as root"))
+    }
+
+    /// SIGINT in the middle of a step: klab stops, writes valid files and removes its cgroup.
+    @Test(.enabled(if: Privileged.enabled))
+    func interruptLeavesNothingBehind() throws {
+        let dir = try temporaryDirectory()
+        let file = "\(dir)/wait.yaml"
+        try """
+            name: wait
+            steps:
+              - socket: u udp
+              - bind: u 0.0.0.0:9
+              - inject: udp (10)
+              - expect: {packet: udp (1), timeout_ms: 60000}
+            """.write(toFile: file, atomically: true, encoding: .utf8)
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: klabBinary)
+        p.arguments = ["run", file, "--out", dir]
+        p.currentDirectoryURL = URL(fileURLWithPath: packageRoot)
+        let out = Pipe()
+        p.standardOutput = out
+        p.standardError = out
+        try p.run()
+        // Wait until klab reports the inject step done, so the interrupt lands in the long expect.
+        var seen = ""
+        while !seen.contains("[3/4] ok") {
+            let chunk = out.fileHandleForReading.availableData
+            if chunk.isEmpty { break }
+            seen += String(decoding: chunk, as: UTF8.self)
+        }
+        try #require(seen.contains("[3/4] ok"), "klab did not reach the expect step:\n\(seen)")
+        kill(p.processIdentifier, SIGINT)
+        let rest = out.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        #expect(p.terminationStatus == 130, "\(seen)\(String(decoding: rest, as: UTF8.self))")
+        let pcap = try PcapFile(path: "\(dir)/wait/capture.pcap")
+        #expect(pcap.packets.count == 1)
+        let log = try EventLog(path: "\(dir)/wait/events.jsonl")
+        #expect(log.named("IP_RECEIVEPACKET").count == 1)
+        #expect(try json("\(dir)/wait/summary.json")["interrupted"] as? Bool == true)
+        let cgroups = try String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8).split(separator: "\n")
+            .filter { $0.contains(" - cgroup2 ") }.map { String($0.split(separator: " ")[4]) }
+        for root in cgroups {
+            #expect(!FileManager.default.fileExists(atPath: "\(root)/klab-\(p.processIdentifier)"))
+        }
+    }
+}

@@ -1,0 +1,116 @@
+import Foundation
+import KlabPacket
+import Testing
+
+/// Whether this machine lets klab run for real. Elsewhere the privileged tests skip with the
+/// reason; under CI=true they run anyway, so a missing privilege or feature fails them.
+enum Privileged {
+    static let ci = ProcessInfo.processInfo.environment["CI"] == "true"
+
+    static let missing: String? = {
+        if geteuid() != 0 { return "not root" }
+        if access("/dev/net/tun", R_OK | W_OK) != 0 { return "no /dev/net/tun" }
+        if access("/sys/kernel/btf/vmlinux", R_OK) != 0 { return "no kernel BTF" }
+        return nil
+    }()
+
+    static var enabled: Bool {
+        if let missing, !ci {
+            print("SKIP privileged klab test: \(missing) (run lab/test as root; with CI=true this fails)")
+            return false
+        }
+        return true
+    }
+}
+
+/// The klab binary `swift build` made, beside the test bundle.
+let klabBinary: String = {
+    let dir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+    for candidate in [dir.appendingPathComponent("klab").path, ".build/debug/klab"] where FileManager.default.isExecutableFile(atPath: candidate) {
+        return candidate
+    }
+    return ".build/debug/klab"
+}()
+
+let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
+
+struct Finished {
+    let status: Int32
+    let stdout: String
+    let stderr: String
+}
+
+/// Runs klab to completion.
+func klab(_ args: [String], asUser user: String? = nil) throws -> Finished {
+    let p = Process()
+    if let user {
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
+        p.arguments = ["--reuid=\(user)", "--regid=\(user)", "--clear-groups", "--", klabBinary] + args
+    } else {
+        p.executableURL = URL(fileURLWithPath: klabBinary)
+        p.arguments = args
+    }
+    p.currentDirectoryURL = URL(fileURLWithPath: packageRoot)
+    let out = Pipe(), err = Pipe()
+    p.standardOutput = out
+    p.standardError = err
+    try p.run()
+    let o = out.fileHandleForReading.readDataToEndOfFile()
+    let e = err.fileHandleForReading.readDataToEndOfFile()
+    p.waitUntilExit()
+    return Finished(status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self), stderr: String(decoding: e, as: UTF8.self))
+}
+
+func temporaryDirectory() throws -> String {
+    let d = FileManager.default.temporaryDirectory.appendingPathComponent("klab-test-\(UUID().uuidString)").path
+    try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
+    return d
+}
+
+/// A pcap file read without libpcap, so the test checks the format klab wrote.
+struct PcapFile {
+    struct Record { let seconds: UInt32; let fraction: UInt32; let bytes: [UInt8] }
+    let nanosecond: Bool
+    let linkType: UInt32
+    let records: [Record]
+
+    init(path: String) throws {
+        let d = [UInt8](try Data(contentsOf: URL(fileURLWithPath: path)))
+        func u32(_ o: Int) -> UInt32 { UInt32(d[o]) | UInt32(d[o + 1]) << 8 | UInt32(d[o + 2]) << 16 | UInt32(d[o + 3]) << 24 }
+        guard d.count >= 24 else { throw CocoaError(.fileReadCorruptFile) }
+        nanosecond = u32(0) == 0xa1b2_3c4d
+        linkType = u32(20)
+        var out: [Record] = []
+        var o = 24
+        while o + 16 <= d.count {
+            let caplen = Int(u32(o + 8))
+            guard o + 16 + caplen <= d.count else { throw CocoaError(.fileReadCorruptFile) }
+            out.append(Record(seconds: u32(o), fraction: u32(o + 4), bytes: Array(d[(o + 16)..<(o + 16 + caplen)])))
+            o += 16 + caplen
+        }
+        records = out
+    }
+
+    var packets: [Packet] { records.compactMap { try? Packet.parse($0.bytes) } }
+}
+
+/// events.jsonl: the header line and the events.
+struct EventLog {
+    let header: [String: Any]
+    let events: [[String: Any]]
+
+    init(path: String) throws {
+        let lines = try String(contentsOfFile: path, encoding: .utf8).split(separator: "\n")
+        func obj(_ l: Substring) throws -> [String: Any] {
+            try JSONSerialization.jsonObject(with: Data(l.utf8)) as? [String: Any] ?? [:]
+        }
+        header = try obj(lines[0])
+        events = try lines.dropFirst().map(obj)
+    }
+
+    func named(_ name: String) -> [[String: Any]] { events.filter { $0["event"] as? String == name } }
+}
+
+func json(_ path: String) throws -> [String: Any] {
+    try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path))) as? [String: Any] ?? [:]
+}
