@@ -26,6 +26,10 @@ public final class Capture: @unchecked Sendable {
     private var handles: [(pcap: OpaquePointer, context: Unmanaged<Context>)] = []
     private let lock = NSLock()
     private var captured: [CapturedPacket] = []
+    /// Read but not yet written: each direction has its own handle, so packets are held
+    /// back briefly and written in time order.
+    private var pending: [(packet: CapturedPacket, length: UInt32)] = []
+    static let holdBackNs: UInt64 = 100_000_000
     private var thread: Thread?
     private var running = false
     private let done = DispatchSemaphore(value: 0)
@@ -94,7 +98,7 @@ public final class Capture: @unchecked Sendable {
     /// Reads whatever is queued on every handle. The kernel queues a TUN packet to
     /// packet sockets inside the write() that injects it, or before the TUN read() that
     /// receives it, so after traffic stops one drain finds everything.
-    public func drain() {
+    public func drain(final: Bool = false) {
         for h in handles {
             while pcap_dispatch(h.pcap, -1, { user, header, bytes in
                 guard let user, let header, let bytes else { return }
@@ -102,7 +106,22 @@ public final class Capture: @unchecked Sendable {
                 ctx.capture.record(ctx, header, bytes)
             }, UnsafeMutablePointer<UInt8>(OpaquePointer(h.context.toOpaque()))) > 0 {}
         }
-        _ = lock.withLock { pcap_dump_flush(dumper) }
+        let horizon = final ? UInt64.max : Clock.realtimeNs() &- Capture.holdBackNs
+        lock.withLock {
+            pending.sort { $0.packet.realtimeNs < $1.packet.realtimeNs }
+            let ready = pending.prefix { $0.packet.realtimeNs < horizon }
+            for (p, length) in ready {
+                var h = pcap_pkthdr()
+                h.ts.tv_sec = Int(p.realtimeNs / 1_000_000_000)
+                h.ts.tv_usec = Int(p.realtimeNs % 1_000_000_000)  // nanoseconds in a nano-precision file
+                h.caplen = UInt32(p.bytes.count)
+                h.len = length
+                p.bytes.withUnsafeBufferPointer { pcap_dump(UnsafeMutablePointer<UInt8>(dumper), &h, $0.baseAddress) }
+                captured.append(p)
+            }
+            pending.removeFirst(ready.count)
+            pcap_dump_flush(dumper)
+        }
     }
 
     private func record(_ ctx: Context, _ h: UnsafePointer<pcap_pkthdr>, _ bytes: UnsafePointer<UInt8>) {
@@ -111,13 +130,10 @@ public final class Capture: @unchecked Sendable {
         let packet = CapturedPacket(
             realtimeNs: ns, direction: ctx.direction, link: ctx.link,
             bytes: Array(UnsafeBufferPointer(start: bytes, count: Int(h.pointee.caplen))))
-        lock.withLock {
-            pcap_dump(UnsafeMutablePointer<UInt8>(dumper), h, bytes)
-            captured.append(packet)
-        }
+        lock.withLock { pending.append((packet, h.pointee.len)) }
     }
 
-    /// Everything captured so far, in capture order per direction.
+    /// Everything written to the file so far, in time order (frame n is element n-1).
     public var packets: [CapturedPacket] { lock.withLock { captured } }
 
     /// Stops the reader, drains the last packets and closes the file. Safe to call twice.
@@ -129,7 +145,7 @@ public final class Capture: @unchecked Sendable {
         }
         if wasRunning { done.wait() }
         guard !handles.isEmpty || wasRunning else { return }
-        drain()
+        drain(final: true)
         for h in handles {
             pcap_close(h.pcap)
             h.context.release()

@@ -24,8 +24,11 @@ public enum PacketNotation {
         var atEnd: Bool { i >= text.count }
         var rest: String { String(String.UnicodeScalarView(text[i...])) }
 
-        func error(_ message: String) -> ScenarioError {
-            ScenarioError(SourceLocation(file: loc.file, line: loc.line, column: loc.column + i), message)
+        /// Where the last word began: errors about a word point at its start.
+        var wordStart = 0
+
+        func error(_ message: String, at index: Int? = nil) -> ScenarioError {
+            ScenarioError(SourceLocation(file: loc.file, line: loc.line, column: loc.column + (index ?? i)), message)
         }
 
         mutating func skipSpaces() { while !atEnd && text[i] == " " { i += 1 } }
@@ -33,6 +36,7 @@ public enum PacketNotation {
         mutating func word() -> String {
             skipSpaces()
             let start = i
+            wordStart = i
             while !atEnd && !" ,<>():".unicodeScalars.contains(text[i]) { i += 1 }
             return String(String.UnicodeScalarView(text[start..<i]))
         }
@@ -51,7 +55,7 @@ public enum PacketNotation {
             skipSpaces()
             let save = i
             let w = word()
-            guard let v = T(w) else { i = save; throw error("expected \(what), found '\(w)'") }
+            guard let v = T(w) else { i = save; throw error("expected \(what), found '\(w)'", at: wordStart) }
             return v
         }
 
@@ -87,6 +91,7 @@ public enum PacketNotation {
 
         mutating func tcp() throws(ScenarioError) -> PacketSpec {
             let flagText = word()
+            let rangeStart = i + 1
             guard let flags = TCPFlags(flagText), !flagText.isEmpty else {
                 throw error("'\(flagText)' is not a packet: expected TCP flags (S, S., ., P., F., R, …), udp or icmp")
             }
@@ -96,7 +101,7 @@ public enum PacketNotation {
             try expect("(")
             let len: UInt32 = try number("the payload length")
             try expect(")")
-            guard end &- start == len else { throw error("\(start):\(end) holds \(end &- start) bytes, not \(len)") }
+            guard end &- start == len else { throw error("\(start):\(end) holds \(end &- start) bytes, not \(len)", at: rangeStart) }
             var ack: UInt32?, win: UInt16?
             var options: [TCPOption]? = []
             var sawOptions = false
@@ -150,7 +155,7 @@ public enum PacketNotation {
                         blocks.append(SACKBlock(left: l, right: try number("a SACK right edge")))
                     }
                     out.append(.sack(blocks))
-                default: throw error("unknown TCP option '\(name)': klab knows mss, sackOK, sack, TS, wscale, nop, eol")
+                default: throw error("unknown TCP option '\(name)': klab knows mss, sackOK, sack, TS, wscale, nop, eol", at: wordStart)
                 }
             } while eat(",")
             try expect(">")

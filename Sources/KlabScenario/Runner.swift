@@ -13,6 +13,12 @@ public enum Interrupt {
     public static var signal: Int32 { flag.load(ordering: .relaxed) }
 
     public static func install() {
+        // A parent may have spawned klab with these blocked (posix_spawn keeps the mask).
+        var set = sigset_t()
+        sigemptyset(&set)
+        sigaddset(&set, SIGINT)
+        sigaddset(&set, SIGTERM)
+        pthread_sigmask(SIG_UNBLOCK, &set, nil)
         for s in [SIGINT, SIGTERM] {
             Glibc.signal(s) { sig in Interrupt.flag.store(sig, ordering: .relaxed) }
         }
@@ -148,6 +154,7 @@ final class Play {
             return (packet.description, true)
         case .expect(let spec, let timeout):
             guard let got = try wire.next(timeoutMs: timeout, interrupted: { Interrupt.requested }) else {
+                if Interrupt.requested { return ("interrupted while waiting for \(spec)", false) }
                 return ("nothing arrived within \(timeout) ms\n      expected: \(spec)", false)
             }
             return check(spec, got.bytes)

@@ -254,7 +254,12 @@ struct Reader {
                 guard let packet else { throw fail(verb.value, "\(verb.key) needs packet:") }
                 line = packet
             }
-            let spec = try PacketNotation.parse(try string(line, "a packet"), at: at(line))
+            // A quoted scalar's text starts one column after its mark.
+            var start = at(line)
+            if case .scalar(let sc) = line, sc.style == .singleQuoted || sc.style == .doubleQuoted {
+                start = SourceLocation(file: start.file, line: start.line, column: start.column + 1)
+            }
+            let spec = try PacketNotation.parse(try string(line, "a packet"), at: start)
             action = verb.key == "inject" ? .inject(spec) : .expect(spec, timeoutMs: timeout)
             return Step(location: loc, text: "\(verb.key) \(spec)", action: action, result: nil)
         default:

@@ -34,6 +34,7 @@ struct FailureTests {
         let file = "\(dir)/wait.yaml"
         try """
             name: wait
+            host_port: 9
             steps:
               - socket: u udp
               - bind: u 0.0.0.0:9

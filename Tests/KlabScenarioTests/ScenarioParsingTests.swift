@@ -39,10 +39,12 @@ struct ScenarioParsingTests {
 
     @Test func errorsPointAtLineAndColumn() {
         let bad = error("name: t\nsteps:\n  - inject: S 0:0(1)\n")
-        #expect(bad?.description == "x.yaml:3:13: error: 0:0 holds 0 bytes, not 1")
+        #expect(bad?.description == "x.yaml:3:15: error: 0:0 holds 0 bytes, not 1")
         let opt = error("steps:\n  - expect: S. 0:0(0) <mss 1460,frob>\n")
         #expect(opt?.location?.line == 2 && opt?.message.contains("unknown TCP option 'frob'") == true)
-        #expect(opt?.location?.column == 31)
+        #expect(opt?.location?.column == 33)
+        let quoted = error("steps:\n  - expect: \"S. 0:0(0) <frob>\"\n")
+        #expect(quoted?.location?.column == 25)
         let key = error("name: t\ncolour: red\nsteps: []\n")
         #expect(key?.description.hasPrefix("x.yaml:2:1: error: unknown key 'colour'") == true)
         let outside = error("host:\n  address: 10.0.0.1/24\nsteps: []\n")
