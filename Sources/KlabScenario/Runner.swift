@@ -59,7 +59,11 @@ public final class Runner {
     public func finish() { cgroup.remove() }
 
     public func run(_ scenario: Scenario, into dir: String) throws -> Outcome {
+        // A run that cannot start leaves no results folder behind.
+        let fresh = !FileManager.default.fileExists(atPath: dir)
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        var started = false
+        defer { if !started && fresh { try? FileManager.default.removeItem(atPath: dir) } }
         let host = try LabHost(name: scenario.host.name)
         defer { host.shutdown() }
         // ip link set lo up; the TUN: addrgenmode none, mtu, up, address, route to the lab prefix.
@@ -81,11 +85,12 @@ public final class Runner {
         let tscHz = Clock.tscHz()
         capture.start()
         tracer.start()
+        started = true
         let wire = Wire(tun: tun)
         wire.start()
 
         let play = Play(scenario: scenario, host: host, wire: wire, log: log)
-        let started = Clock.monotonicNs()
+        let startedNs = Clock.monotonicNs()
         play.run()
         play.closeAll()
 
@@ -95,7 +100,7 @@ public final class Runner {
         let counters = tracer.counters()
         let report = Report(
             scenario: scenario, directory: dir, host: host, events: tracer.events(), packets: capture.packets,
-            attachments: tracer.attachments, realtimeOffsetNs: offset, tscHz: tscHz, startedNs: started,
+            attachments: tracer.attachments, realtimeOffsetNs: offset, tscHz: tscHz, startedNs: startedNs,
             steps: play.records, failures: play.failures, unexpected: wire.leftovers().count,
             emitted: counters.emitted, dropped: counters.dropped, interrupted: Interrupt.requested)
         try report.write()

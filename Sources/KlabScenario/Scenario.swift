@@ -12,7 +12,7 @@ public struct SourceLocation: Sendable, CustomStringConvertible {
 
 /// Bad scenario input. The CLI prints it as `file:line:column: error: message`.
 public struct ScenarioError: Error, CustomStringConvertible, Sendable {
-    public static let exitCode: Int32 = 65  // EX_DATAERR
+    public static let exitCode: Int32 = 2
     public let location: SourceLocation?
     public let message: String
     public init(_ location: SourceLocation?, _ message: String) { (self.location, self.message) = (location, message) }

@@ -15,7 +15,7 @@ struct FailureTests {
         let file = "\(dir)/bad.yaml"
         try "name: bad\nsteps:\n  - inject: S 0:0(0) win 65535 <mss 1460,frob 3>\n".write(toFile: file, atomically: true, encoding: .utf8)
         let r = try klab(["run", file])
-        #expect(r.status == 65)
+        #expect(r.status == 2)
         #expect(r.stderr.contains("\(file):3:"))
         #expect(r.stderr.contains("unknown TCP option 'frob'"))
     }
