@@ -38,11 +38,12 @@ let package = Package(
             swiftSettings: strict),
 
         // Build-time: compiles bpf/*.bpf.c with the toolchain's clang and embeds the objects.
-        .executableTarget(name: "klab-bpf-embed", path: "Sources/BPFEmbed"),
+        .executableTarget(name: "klab-bpf-embed", dependencies: ["KlabSchema"], path: "Sources/BPFEmbed"),
         .plugin(name: "BPFPlugin", capability: .buildTool(), dependencies: ["klab-bpf-embed"]),
 
         .testTarget(name: "KlabPacketTests", dependencies: ["KlabPacket"]),
         .testTarget(name: "KlabSchemaTests", dependencies: ["KlabSchema", "KlabPacket", "CKlabLinux"]),
+        .testTarget(name: "KlabTracerTests", dependencies: ["KlabTracer", "KlabSchema"]),
         .testTarget(name: "KlabScenarioTests", dependencies: ["KlabScenario"]),
         .testTarget(name: "KlabIntegrationTests", dependencies: ["KlabPacket"]),
     ]

@@ -12,7 +12,8 @@ struct Report {
     let host: LabHost
     let events: [TraceEvent]
     let packets: [CapturedPacket]
-    let attachments: [Tracer.Attachment]
+    let selections: [Selection]
+    let attached: [(program: String, site: String)]
     let realtimeOffsetNs: Int64
     let tscHz: Double
     let startedNs: UInt64
@@ -75,7 +76,11 @@ struct Report {
         let kernel = withUnsafeBytes(of: uts.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
         let header = Header(
             klab: "events", version: 1, scenario: scenario.name, kernel: kernel,
-            probes: attachments.map { Header.Probe(program: $0.program, section: $0.section, site: $0.probe) },
+            probes: attached.map { Header.Probe(program: $0.program, site: $0.site) },
+            events: selections.map {
+                Header.Event(name: $0.event.name, level: $0.event.level.description, site: $0.site.map { $0.probes.map(\.site).joined(separator: " + ") },
+                             placement: $0.verdict, detail: $0.placement)
+            },
             clocks: Header.Clocks(
                 event_time: "CLOCK_MONOTONIC ns (bpf_ktime_get_ns)", capture_time: "CLOCK_REALTIME ns (libpcap)",
                 monotonic_to_realtime_offset_ns: realtimeOffsetNs, tsc_hz: tscHz.rounded()),
@@ -84,7 +89,7 @@ struct Report {
         out.append(try enc.encode(header))
         out.append(10)
         for (e, frame) in zip(events, frames) {
-            out.append(try enc.encode(EventLine(e, frame: frame)))
+            out.append(try enc.encode(EventLine(e, frame: frame, tscHz: tscHz)))
             out.append(10)
         }
         try out.write(to: URL(fileURLWithPath: "\(directory)/events.jsonl"), options: .atomic)
@@ -104,7 +109,7 @@ struct Report {
                 received: events.count, emitted_by_kernel: emitted, lost: dropped, serial_gaps: serialGaps,
                 with_packet: packetEvents, matched_to_wire: matched, unmatched_packet_events: packetEvents - matched,
                 by_name: counts),
-            files: ["capture.pcap", "events.jsonl", "summary.json"])
+            files: ["capture.pcap", "events.jsonl", "events.bin", "summary.json"])
         try enc.encode(summary).write(to: URL(fileURLWithPath: "\(directory)/summary.json"), options: .atomic)
     }
 
@@ -127,7 +132,8 @@ struct Report {
             var s = "\(e.name.padding(toLength: 22, withPad: " ", startingAt: 0)) cpu\(e.cpu) \(e.comm)[\(e.tid)]"
             if e.sock != 0 { s += " sock \(e.sock)" }
             if let p = e.endpoints { s += " \(p.source):\(p.sourcePort) > \(p.destination):\(p.destinationPort)" }
-            if e.probe == 3 { s += " \(tcpStateName(e.arg0)) → \(tcpStateName(e.arg1))" }
+            if e.probe == Schema.setState.id { s += " \(tcpStateName(e.arg0)) → \(tcpStateName(e.arg1))" }
+            if e.bytes > 0 { s += " \(e.bytes) bytes" }
             if let p = e.packet, !matched { s += " (no wire match: \(p))" }
             return s + "  [\(e.probeName)]"
         }
@@ -157,7 +163,8 @@ struct Report {
 // MARK: - The files' shapes
 
 struct Header: Encodable {
-    struct Probe: Encodable { let program: String; let section: String; let site: String }
+    struct Probe: Encodable { let program: String; let site: String }
+    struct Event: Encodable { let name: String; let level: String; let site: String?; let placement: String; let detail: String }
     struct Clocks: Encodable {
         let event_time: String
         let capture_time: String
@@ -170,6 +177,7 @@ struct Header: Encodable {
     let scenario: String
     let kernel: String
     let probes: [Probe]
+    let events: [Event]
     let clocks: Clocks
     let hosts: [HostInfo]
     let record_size: Int
@@ -212,6 +220,7 @@ struct EventLine: Encodable {
         }
     }
     let t_ns: UInt64
+    let cycles: UInt64
     let serial: UInt32
     let cpu: UInt16
     let pid: UInt32
@@ -227,12 +236,23 @@ struct EventLine: Encodable {
     let ifindex: UInt32?
     let packet: PacketFields?
     let endpoints: PacketFields?
+    let mtu: UInt16?
+    let bytes: UInt64?
+    let ret: Int32?
+    let fd: Int32?
     let tcp_state: [String]?
     let socket: [String: Int32]?
     let wire_frame: Int?
 
-    init(_ e: TraceEvent, frame: Int?) {
+    init(_ e: TraceEvent, frame: Int?, tscHz: Double) {
         (t_ns, serial, cpu, pid, tid, comm, netns) = (e.timeNs, e.serial, e.cpu, e.pid, e.tid, e.comm, e.netns)
+        cycles = UInt64(Double(e.timeNs) * tscHz / 1e9)
+        let fields = Schema.event(e.event)?.fields ?? []
+        mtu = e.mtu == 0 ? nil : e.mtu
+        bytes = fields.contains(.socket) && e.bytes > 0 ? e.bytes : nil
+        let lengthProbe = e.probe == Schema.sendLength.id || e.probe == Schema.recvLength.id
+        ret = lengthProbe ? e.arg0 : nil
+        fd = e.fd >= 0 ? e.fd : nil
         event = e.name
         level = Schema.event(e.event)?.level.description ?? "klab"
         probe = e.probeName
@@ -242,8 +262,9 @@ struct EventLine: Encodable {
         ifindex = e.skb == 0 ? nil : e.ifindex
         packet = e.packet.map(PacketFields.init)
         endpoints = e.endpoints.map(PacketFields.init)
-        tcp_state = e.probe == 3 ? [tcpStateName(e.arg0), tcpStateName(e.arg1)] : nil
-        socket = e.probe == 4 || e.probe == 5 ? ["type": e.arg0, "family": e.arg1, "protocol": Int32(e.proto)] : nil
+        tcp_state = e.probe == Schema.setState.id ? [tcpStateName(e.arg0), tcpStateName(e.arg1)] : nil
+        let socketProbe = [Schema.sockCreate.id, Schema.sockRelease.id, Schema.postBind4.id, Schema.connect4.id].contains(e.probe)
+        socket = socketProbe ? ["type": e.arg0, "family": e.arg1, "protocol": Int32(e.proto)] : nil
         wire_frame = frame
     }
 }

@@ -47,12 +47,15 @@ struct StepRecord: Codable {
 /// scripted peer and as the host's application, then writes the results folder.
 public final class Runner {
     let cgroup: LabCgroup
+    let tracing: TracerConfig
     let log: (String) -> Void
 
     /// Creates the lab cgroup and moves klab into it. Call `finish` on every exit path.
-    public init(log: @escaping (String) -> Void) throws {
+    public init(tracing: TracerConfig = TracerConfig(), log: @escaping (String) -> Void) throws {
+        _ = try tracing.events()  // a bad --events fails before anything is created
         try Preflight.check()
         cgroup = try LabCgroup()
+        self.tracing = tracing
         self.log = log
     }
 
@@ -79,7 +82,9 @@ public final class Runner {
         }
         let capture = try Capture(path: "\(dir)/capture.pcap")
         try host.run { try capture.add(device: tun.name) }
-        let tracer = try Tracer(namespaces: [(host.netnsCookie, host.netnsInode)], cgroupFD: cgroup.fd)
+        let tracer = try Tracer(
+            config: tracing, namespaces: [(host.netnsCookie, host.netnsInode)], cgroupFD: cgroup.fd,
+            rawPath: "\(dir)/events.bin")
         defer { tracer.close() }
         let offset = Clock.realtimeOffsetNs()
         let tscHz = Clock.tscHz()
@@ -100,7 +105,7 @@ public final class Runner {
         let counters = tracer.counters()
         let report = Report(
             scenario: scenario, directory: dir, host: host, events: tracer.events(), packets: capture.packets,
-            attachments: tracer.attachments, realtimeOffsetNs: offset, tscHz: tscHz, startedNs: startedNs,
+            selections: tracer.selections, attached: tracer.attached, realtimeOffsetNs: offset, tscHz: tscHz, startedNs: startedNs,
             steps: play.records, failures: play.failures, unexpected: wire.leftovers().count,
             emitted: counters.emitted, dropped: counters.dropped, interrupted: Interrupt.requested)
         try report.write()

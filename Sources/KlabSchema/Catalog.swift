@@ -1,7 +1,6 @@
-import CKlabLinux
-
-/// Klogger's four cumulative log levels: each level logs everything the one above it does.
-public enum Level: Int, Comparable, Sendable, CaseIterable, Codable, CustomStringConvertible {
+/// Klogger's four cumulative log levels: each level logs everything the one above it does
+/// (socket ⊂ connection ⊂ protocol ⊂ IP).
+public enum Level: Int, Comparable, Sendable, CaseIterable, CustomStringConvertible {
     case socket = 0, connection, `protocol`, ip
 
     public static func < (a: Level, b: Level) -> Bool { a.rawValue < b.rawValue }
@@ -12,109 +11,102 @@ public enum Level: Int, Comparable, Sendable, CaseIterable, Codable, CustomStrin
     }
 }
 
-/// One event of the networking schema: the single place where it is defined.
+/// How a probe reaches the kernel, from most to least faithful to Klogger's placement.
+public enum Backend: String, Sendable, CaseIterable, Comparable {
+    /// fentry (BPF trampoline) on Klogger's own function.
+    case fentry
+    /// kprobe on Klogger's own function.
+    case kprobe
+    /// A cgroup BPF hook that runs inside Klogger's function.
+    case cgroup
+    /// A sockops callback that runs inside Klogger's function.
+    case sockops
+    /// The nearest tracepoint (classic or BTF).
+    case tracepoint
+    /// Derived from the packet where it crosses the device (net:netif_receive_skb, net:net_dev_queue).
+    case device
+
+    public static func < (a: Backend, b: Backend) -> Bool {
+        allCases.firstIndex(of: a)! < allCases.firstIndex(of: b)!
+    }
+}
+
+/// One BPF program of klab's tracer. Its `program` is the C function's name in
+/// Sources/KlabTracer/bpf; `id` is what its records carry.
+public struct Probe: Sendable, Hashable {
+    public let id: UInt16
+    public let program: String
+    public let backend: Backend
+    /// e.g. "tracepoint net:netif_receive_skb", "kprobe tcp_connect".
+    public let site: String
+    /// The kernel function this probe runs in, when it runs inside one.
+    public let function: String?
+}
+
+/// Where one event can be logged from, and how faithfully.
+public struct Site: Sendable {
+    /// Usually one program; a few sites need several (each attaches, or the site fails).
+    public let probes: [Probe]
+    /// nil: the probe runs inside Klogger's function at Klogger's point (exact).
+    /// Otherwise what the placement is relative to, e.g. "just before ip_rcv".
+    public let approximation: String?
+    /// What the site cannot see, if anything (e.g. "slow path only").
+    public let caveat: String?
+
+    /// The probes' own backend, or `.device` for an event derived from device packets.
+    public let backend: Backend
+
+    public init(probes: [Probe], approximation: String?, caveat: String?, derived: Bool = false) {
+        self.probes = probes
+        self.approximation = approximation
+        self.caveat = caveat
+        backend = derived ? .device : probes[0].backend
+    }
+
+    public var exact: Bool { approximation == nil }
+    public var placement: String {
+        let where_ = probes.map(\.site).joined(separator: " + ")
+        return (approximation.map { "approximate: \(where_), \($0)" } ?? "exact: \(where_)")
+            + (caveat.map { " (\($0))" } ?? "")
+    }
+}
+
+/// The fields an event carries beyond the common ones (time, CPU, pid/tid, comm, netns,
+/// socket and skb ids).
+public enum Fields: String, Sendable {
+    /// IP: fragment flag and offset, packet size (skb len), total size (IP length), MTU.
+    case ip
+    /// TCP: seq, ack, flags, payload length (plus addresses and ports).
+    case tcp
+    /// UDP: ports and payload length.
+    case udp
+    /// ICMP: type, code, id, seq.
+    case icmp
+    /// Socket: fd (where known), addresses and byte counts.
+    case socket
+    /// TCP state change: old and new state.
+    case state
+}
+
+/// One event of the schema: the single place where it is defined. The BPF programs get its
+/// id from a header generated from this catalog; the decoder, `klab schema` and the docs
+/// read it from here.
 public struct EventSpec: Sendable {
     public let id: UInt16
     public let name: String
+    /// The lowest (coarsest) level that logs it.
     public let level: Level
-    /// Where Klogger logged it, in today's kernel functions.
+    /// The finest level that still logs it: SOCKET_ASSIGNADDR is replaced by SOCKET_BIND
+    /// and SOCKET_CONNECT from the connection level on.
+    public let untilLevel: Level
+    public let fields: [Fields]
+    /// Klogger's function and the point in it, in today's kernel.
     public let klogger: String
-}
+    /// Other names the seed or the Klogger HOWTO use.
+    public let aliases: [String]
+    /// Probe sites from most to least faithful. The tracer keeps the first that loads
+    /// and attaches on the running kernel.
+    public let sites: [Site]
 
-/// A BPF program of klab's tracer and how faithfully it stands for Klogger's placement.
-public struct ProbeSite: Sendable {
-    public let id: UInt16
-    /// e.g. "tracepoint net:netif_receive_skb".
-    public let name: String
-    public let events: [UInt16]
-    /// nil when the site runs inside Klogger's function; otherwise what it is relative to.
-    public let approximation: String?
-
-    public var placement: String { approximation.map { "approximate: \(name) (\($0))" } ?? "exact: \(name)" }
-}
-
-public enum Schema {
-    private static func ev(_ id: klab_event_id, _ name: String, _ level: Level, _ klogger: String) -> EventSpec {
-        EventSpec(id: UInt16(id.rawValue), name: name, level: level, klogger: klogger)
-    }
-    private static func ev(_ id: UInt16, _ name: String, _ level: Level, _ klogger: String) -> EventSpec {
-        EventSpec(id: id, name: name, level: level, klogger: klogger)
-    }
-
-    /// The schema. Events whose id comes from klab_event.h have a BPF program today.
-    public static let events: [EventSpec] = [
-        ev(KLAB_EV_SOCKET_CREATE, "SOCKET_CREATE", .socket, "inet_create"),
-        ev(KLAB_EV_SOCKET_CLOSE, "SOCKET_CLOSE", .socket, "inet_release"),
-        ev(KLAB_EV_SOCKET_ASSIGNADDR, "SOCKET_ASSIGNADDR", .socket, "inet_bind → __inet_bind"),
-        ev(KLAB_EV_SOCKET_LISTEN, "SOCKET_LISTEN", .socket, "inet_listen"),
-        ev(KLAB_EV_SOCKET_ACCEPT, "SOCKET_ACCEPT", .socket, "inet_accept → inet_csk_accept"),
-        ev(KLAB_EV_SOCKET_WRITE, "SOCKET_WRITE", .socket, "inet_sendmsg (entry)"),
-        ev(KLAB_EV_SOCKET_RECEIVE, "SOCKET_RECEIVE", .socket, "inet_recvmsg (end)"),
-        ev(KLAB_EV_SOCKET_BIND, "SOCKET_BIND", .connection, "inet_bind → __inet_bind"),
-        ev(KLAB_EV_SOCKET_CONNECT, "SOCKET_CONNECT", .connection, "__inet_stream_connect → tcp_v4_connect"),
-        ev(KLAB_EV_CONNECTION_HANDSHAKE, "CONNECTION_HANDSHAKE", .connection, "TCP handshake completes"),
-        ev(KLAB_EV_CONNECTION_CLOSE, "CONNECTION_CLOSE", .connection, "after the connection is closed"),
-        ev(20, "TCP_SENDSYN", .protocol, "tcp_connect"),
-        ev(21, "TCP_RECVSYN", .protocol, "tcp_conn_request"),
-        ev(22, "TCP_SENDACK", .protocol, "__tcp_send_ack"),
-        ev(23, "TCP_RECVACK", .protocol, "tcp_ack"),
-        ev(24, "TCP_SENDSYNACK", .protocol, "tcp_v4_send_synack"),
-        ev(25, "TCP_RECVSYNACK", .protocol, "tcp_rcv_synsent_state_process"),
-        ev(26, "TCP_RECV_URGENTDATA", .protocol, "tcp_urg / tcp_check_urg"),
-        ev(27, "TCP_SEND", .protocol, "tcp_sendmsg"),
-        ev(28, "TCP_RECEIVE", .protocol, "tcp_recvmsg (end)"),
-        ev(29, "UDP_SEND", .protocol, "udp_sendmsg"),
-        ev(30, "UDP_RECEIVE", .protocol, "udp_recvmsg (end)"),
-        ev(31, "ICMP_SEND", .protocol, "__icmp_send"),
-        ev(32, "ICMP_RECEIVE", .protocol, "icmp_rcv"),
-        ev(33, "TCP_SENDPACKET", .protocol, "tcp_sendmsg_locked copy loop → tcp_write_xmit → __tcp_transmit_skb"),
-        ev(34, "TCP_RECEIVEPACKET", .protocol, "tcp_v4_rcv → tcp_rcv_established / tcp_data_queue"),
-        ev(35, "TCP_DISCONNECT", .protocol, "tcp_disconnect"),
-        ev(36, "ICMP_REPLY", .protocol, "icmp_reply"),
-        ev(37, "UDP_PUSHPENDINGFRAMES", .protocol, "udp_push_pending_frames"),
-        ev(38, "ICMP_PUSHPENDINGFRAMES", .protocol, "icmp_push_reply → ip_push_pending_frames"),
-        ev(39, "UDP_FLUSHPENDINGFRAMES", .protocol, "udp_flush_pending_frames"),
-        ev(40, "UDP_QUEUE_SOCKETBUFFER", .protocol, "__udp_queue_rcv_skb / __udp_enqueue_schedule_skb"),
-        ev(50, "IP_PUSH_PENDINGFRAMES", .ip, "ip_push_pending_frames"),
-        ev(51, "IP_FLUSH_PENDINGFRAMES", .ip, "ip_flush_pending_frames"),
-        ev(KLAB_EV_IP_SENDBUFFER, "IP_SENDBUFFER", .ip, "__ip_queue_xmit (TCP), ip_send_skb (UDP, ICMP), ip_finish_output"),
-        ev(KLAB_EV_IP_RECEIVEPACKET, "IP_RECEIVEPACKET", .ip, "ip_rcv → ip_rcv_finish → ip_local_deliver"),
-    ]
-
-    /// klab's own events, outside the schema.
-    public static let auxiliary: [EventSpec] = [
-        ev(KLAB_EV_TCP_STATE, "TCP_STATE", .connection, "klab: a TCP state change other than ESTABLISHED or CLOSE"),
-    ]
-
-    public static let probes: [ProbeSite] = [
-        ProbeSite(
-            id: UInt16(KLAB_PROBE_TP_NETIF_RECEIVE_SKB.rawValue), name: "tracepoint net:netif_receive_skb",
-            events: [UInt16(KLAB_EV_IP_RECEIVEPACKET.rawValue)],
-            approximation: "the device hands the packet to the stack, just before ip_rcv"),
-        ProbeSite(
-            id: UInt16(KLAB_PROBE_TP_NET_DEV_QUEUE.rawValue), name: "tracepoint net:net_dev_queue",
-            events: [UInt16(KLAB_EV_IP_SENDBUFFER.rawValue)],
-            approximation: "the packet is queued on the device, after ip_finish_output"),
-        ProbeSite(
-            id: UInt16(KLAB_PROBE_BTF_INET_SOCK_SET_STATE.rawValue), name: "tp_btf sock:inet_sock_set_state",
-            events: [UInt16(KLAB_EV_CONNECTION_HANDSHAKE.rawValue), UInt16(KLAB_EV_CONNECTION_CLOSE.rawValue),
-                     UInt16(KLAB_EV_TCP_STATE.rawValue)],
-            approximation: "the TCP state change itself (tcp_set_state)"),
-        ProbeSite(
-            id: UInt16(KLAB_PROBE_CG_SOCK_CREATE.rawValue), name: "cgroup/sock_create",
-            events: [UInt16(KLAB_EV_SOCKET_CREATE.rawValue)], approximation: nil),
-        ProbeSite(
-            id: UInt16(KLAB_PROBE_CG_SOCK_RELEASE.rawValue), name: "cgroup/sock_release",
-            events: [UInt16(KLAB_EV_SOCKET_CLOSE.rawValue)], approximation: nil),
-    ]
-
-    private static let byID: [UInt16: EventSpec] = Dictionary(
-        uniqueKeysWithValues: (events + auxiliary).map { ($0.id, $0) })
-    private static let probeByID: [UInt16: ProbeSite] = Dictionary(uniqueKeysWithValues: probes.map { ($0.id, $0) })
-
-    public static func event(_ id: UInt16) -> EventSpec? { byID[id] }
-    public static func event(named name: String) -> EventSpec? { (events + auxiliary).first { $0.name == name } }
-    public static func probe(_ id: UInt16) -> ProbeSite? { probeByID[id] }
-    public static func eventName(_ id: UInt16) -> String { byID[id]?.name ?? "EVENT_\(id)" }
-    public static func probeName(_ id: UInt16) -> String { probeByID[id]?.name ?? "probe \(id)" }
+    public func logged(at level: Level) -> Bool { self.level <= level && level <= untilLevel }
 }

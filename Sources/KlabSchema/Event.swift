@@ -97,6 +97,9 @@ public struct TraceEvent: Sendable {
     public var ifindex: UInt32
     public var arg0: Int32
     public var arg1: Int32
+    public var bytes: UInt64
+    public var fd: Int32
+    public var mtu: UInt16
     /// IP protocol of the packet, or the socket's protocol.
     public var proto: UInt8
     /// Packet identity, for events that carry a packet.
@@ -130,9 +133,13 @@ public struct TraceEvent: Sendable {
         ifindex = r.ifindex
         arg0 = r.arg0
         arg1 = r.arg1
+        bytes = r.bytes
+        fd = r.fd
+        mtu = r.mtu
         proto = r.proto
         let id = PacketIdentity(r)
-        if r.skb != 0 { packet = id } else if r.saddr != 0 || r.sport != 0 || r.daddr != 0 { endpoints = id }
+        // An event carries a packet when its probe read an IP header; otherwise only a socket's endpoints.
+        if r.ip_len != 0 { packet = id } else if r.saddr != 0 || r.sport != 0 || r.daddr != 0 { endpoints = id }
     }
 }
 

@@ -8,83 +8,116 @@ public struct TracerError: Error, CustomStringConvertible {
     public let description: String
 }
 
-/// klab's BPF tracer: loads the embedded object, limits it to the lab's namespaces, attaches
-/// every program and drains the ring buffer into raw records (decoded later: formatting text
-/// on the hot path costs about 450 ns an event). Requires CAP_BPF, CAP_PERFMON and
-/// CAP_SYS_ADMIN (root), kernel BTF and tracefs.
+/// klab's BPF tracer. At start it tries each enabled event's probe sites in catalog order
+/// (fentry, kprobe, cgroup/sockops, tracepoint, device) and keeps the first that loads and
+/// attaches; it tells each program which events to emit; and it drains the ring buffer into
+/// raw binary records (formatting text on the hot path costs about 450 ns an event).
+/// Requires CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN (root), kernel BTF and tracefs.
 public final class Tracer: @unchecked Sendable {
-    public struct Attachment: Sendable {
-        public let program: String
-        public let section: String
-        public let probe: String
-    }
+    public private(set) var selections: [Selection] = []
+    /// Why whole backends are unusable on this kernel, e.g. fentry: "Operation not permitted".
+    public private(set) var backendProblems: [Backend: String] = [:]
 
-    private let object: OpaquePointer
-    private let objectBytes: [UInt8]  // libbpf reads it until load
-    private var links: [OpaquePointer] = []
+    private var objects: [BPFObject] = []
+    private var links: [String: OpaquePointer] = [:]
+    private var attachFailures: [String: String] = [:]
     private var ring: OpaquePointer?
-    private var thread: Thread?
     private let lock = NSLock()
     private var running = false
     private let stopped = DispatchSemaphore(value: 0)
-    private var raw: [UInt8] = []
-    public private(set) var attachments: [Attachment] = []
+    private let sink: RecordSink
 
     /// - Parameters:
-    ///   - namespaces: (netns cookie, netns inode) of every lab host.
-    ///   - cgroupFD: the lab cgroup, for the cgroup/sock_* programs.
-    public init(namespaces: [(cookie: UInt64, inode: UInt32)], cgroupFD: Int32) throws {
+    ///   - namespaces: (netns cookie, netns inode) of every lab host; empty to only probe.
+    ///   - cgroupFD: the lab cgroup, for cgroup and sockops programs.
+    ///   - rawPath: where the binary records go (struct klab_event, back to back).
+    public init(config: TracerConfig, namespaces: [(cookie: UInt64, inode: UInt32)], cgroupFD: Int32, rawPath: String) throws {
         LibbpfLog.install()
-        objectBytes = decodeHex(bpfObject_klab)
-        let obj = objectBytes.withUnsafeBytes { bpf_object__open_mem($0.baseAddress, $0.count, nil) }
-        guard let obj, libbpf_get_error(UnsafeRawPointer(obj)) == 0 else {
-            throw TracerError(description: "cannot open the embedded BPF object: \(LibbpfLog.tail())")
-        }
-        object = obj
+        sink = try RecordSink(path: rawPath)
+        let wanted = try config.events()
         var ok = false
         defer { if !ok { close() } }
-        let err = bpf_object__load(obj)
-        if err != 0 {
-            let why = -err == EPERM
-                ? "BPF program load refused (EPERM): run as root; in a container use --privileged"
-                : "BPF program load failed: \(String(cString: strerror(-err)))"
-            throw Requirement(why + "\n" + LibbpfLog.tail())
+        let needed = Set(wanted.flatMap { $0.sites.filter { !config.disabledBackends.contains($0.backend) }.flatMap(\.probes) }.map(\.program))
+
+        let base = try BPFObject.load(hex: bpfObject_klab, name: "klab", needed: needed, reuse: nil)
+        objects.append(base)
+        for problem in base.failures { attachFailures[problem.key] = problem.value }
+        for (backend, hex) in [(Backend.fentry, bpfObject_klab_fentry), (.kprobe, bpfObject_klab_kprobe)] {
+            if config.disabledBackends.contains(backend) { backendProblems[backend] = "disabled (--disable-backend)"; continue }
+            do {
+                let o = try BPFObject.load(hex: hex, name: "klab_\(backend)", needed: needed, reuse: base)
+                objects.append(o)
+                for problem in o.failures { attachFailures[problem.key] = problem.value }
+            } catch {
+                backendProblems[backend] = "\(error)"
+            }
         }
-        guard let map = bpf_object__find_map_by_name(obj, "lab_netns") else {
-            throw TracerError(description: "the BPF object has no lab_netns map")
-        }
+
+        guard let netnsMap = base.map("lab_netns") else { throw TracerError(description: "the BPF object has no lab_netns map") }
         for ns in namespaces {
             var key = ns.cookie, value = ns.inode
-            let r = bpf_map__update_elem(map, &key, 8, &value, 4, 0)
+            let r = bpf_map__update_elem(netnsMap, &key, 8, &value, 4, 0)
             if r != 0 { throw TracerError(description: "cannot add netns \(ns.inode) to the filter: \(String(cString: strerror(-r)))") }
         }
-        var prog = bpf_object__next_program(obj, nil)
-        while let p = prog {
-            let section = String(cString: bpf_program__section_name(p))
-            let name = String(cString: bpf_program__name(p))
-            let link = section.hasPrefix("cgroup/") ? bpf_program__attach_cgroup(p, cgroupFD) : bpf_program__attach(p)
-            guard let link, libbpf_get_error(UnsafeRawPointer(link)) == 0 else {
-                let e = errno
-                throw Requirement("cannot attach BPF program \(name) at \(section): \(String(cString: strerror(e)))"
-                    + (section.hasPrefix("tracepoint/") ? " (is tracefs mounted? run lab/setup)" : ""))
+
+        // Choose each event's site: the first whose programs all attach.
+        var masks: [UInt16: UInt64] = [:]
+        for event in wanted {
+            var passed: [(Site, String)] = []
+            var chosen: Site?
+            for site in event.sites {
+                if config.disabledBackends.contains(site.backend) {
+                    passed.append((site, "backend \(site.backend) disabled"))
+                    continue
+                }
+                if let why = backendProblems[site.backend] ?? site.probes.lazy.compactMap({ self.attach($0, cgroupFD: cgroupFD) }).first {
+                    passed.append((site, why))
+                    continue
+                }
+                chosen = site
+                break
             }
-            links.append(link)
-            let probe = Schema.probes.first { $0.name.hasSuffix(section.split(separator: "/").last.map(String.init) ?? "") }
-            attachments.append(Attachment(program: name, section: section, probe: probe?.name ?? section))
-            prog = bpf_object__next_program(obj, p)
+            if let chosen { for p in chosen.probes { masks[p.id, default: 0] |= 1 << UInt64(event.id) } }
+            selections.append(Selection(event: event, site: chosen, passedOver: passed))
         }
-        let events = bpf_object__find_map_fd_by_name(obj, "events")
-        ring = ring_buffer__new(events, { ctx, data, size in
+        guard let emit = base.map("emit") else { throw TracerError(description: "the BPF object has no emit map") }
+        for (probe, mask) in masks {
+            var key = UInt32(probe), value = mask
+            bpf_map__update_elem(emit, &key, 4, &value, 8, 0)
+        }
+
+        ring = ring_buffer__new(bpf_map__fd(base.map("events")), { ctx, data, size in
             guard let ctx, let data else { return 0 }
-            Unmanaged<Tracer>.fromOpaque(ctx).takeUnretainedValue().append(data, size)
+            Unmanaged<RecordSink>.fromOpaque(ctx).takeUnretainedValue().append(data, size)
             return 0
-        }, Unmanaged.passUnretained(self).toOpaque(), nil)
+        }, Unmanaged.passUnretained(sink).toOpaque(), nil)
         guard ring != nil else { throw TracerError(description: "ring_buffer__new failed: \(LibbpfLog.tail())") }
         ok = true
     }
 
-    private func append(_ data: UnsafeMutableRawPointer, _ size: Int) {
-        raw.append(contentsOf: UnsafeRawBufferPointer(start: data, count: size))
+    /// Attaches a probe's program once; nil on success, else why not.
+    private func attach(_ probe: Probe, cgroupFD: Int32) -> String? {
+        if links[probe.program] != nil { return nil }
+        if let why = attachFailures[probe.program] { return why }
+        guard let (object, prog) = objects.lazy.compactMap({ o in o.program(probe.program).map { (o, $0) } }).first else {
+            attachFailures[probe.program] = "not loaded"
+            return "not loaded"
+        }
+        _ = object
+        let section = String(cString: bpf_program__section_name(prog))
+        errno = 0
+        let link = section.hasPrefix("cgroup") || section == "sockops"
+            ? bpf_program__attach_cgroup(prog, cgroupFD) : bpf_program__attach(prog)
+        if let link, libbpf_get_error(UnsafeRawPointer(link)) == 0 {
+            links[probe.program] = link
+            return nil
+        }
+        let e = errno
+        var why = "attach failed: \(String(cString: strerror(e)))"
+        if section.hasPrefix("tracepoint/") && e == ENOENT { why += " (no such tracepoint, or tracefs is not mounted)" }
+        if section.hasPrefix("kprobe/") || section.hasPrefix("kretprobe/") { why = "kprobe attach failed: \(String(cString: strerror(e))) (is CONFIG_KPROBES on?)" }
+        attachFailures[probe.program] = why
+        return why
     }
 
     /// Starts draining the ring buffer: on a wakeup (the kernel side wakes the consumer
@@ -99,11 +132,11 @@ public final class Tracer: @unchecked Sendable {
             stopped.signal()
         }
         t.name = "klab-tracer"
-        thread = t
         t.start()
     }
 
-    /// Stops the consumer and takes the last records. Programs stay attached until `close`.
+    /// Stops the consumer, takes the last records and flushes the record file. Programs stay
+    /// attached until `close`.
     public func stop() {
         let was = lock.withLock { () -> Bool in
             defer { running = false }
@@ -111,21 +144,15 @@ public final class Tracer: @unchecked Sendable {
         }
         if was { stopped.wait() }
         if let ring { ring_buffer__consume(ring) }
+        sink.flush()
     }
 
     /// The records so far, decoded.
-    public func events() -> [TraceEvent] {
-        let size = TraceEvent.recordSize
-        return raw.withUnsafeBytes { buf in
-            stride(from: 0, to: buf.count - size + 1, by: size).map {
-                TraceEvent(record: UnsafeRawBufferPointer(rebasing: buf[$0..<$0 + size]))
-            }
-        }
-    }
+    public func events() -> [TraceEvent] { sink.flush(); return RecordSink.read(sink.path) }
 
     /// Per-CPU counters summed: serial numbers handed out and records dropped (ring full).
     public func counters() -> (emitted: UInt64, dropped: UInt64) {
-        guard let map = bpf_object__find_map_by_name(object, "counters") else { return (0, 0) }
+        guard let map = objects.first?.map("counters") else { return (0, 0) }
         let cpus = Int(libbpf_num_possible_cpus())
         var sums: [UInt64] = [0, 0]
         for i in 0..<2 {
@@ -136,45 +163,68 @@ public final class Tracer: @unchecked Sendable {
         return (sums[0], sums[1])
     }
 
-    /// Detaches every program and frees the object. Also happens when klab exits: the
+    /// The programs attached, for the record header.
+    public var attached: [(program: String, site: String)] {
+        links.keys.sorted().map { ($0, Schema.probe(program: $0)?.site ?? $0) }
+    }
+
+    /// Detaches every program and frees the objects. Also happens when klab exits: the
     /// attachments are BPF links held by fds.
     public func close() {
         stop()
         if let ring { ring_buffer__free(ring) }
         ring = nil
-        for l in links { bpf_link__destroy(l) }
-        links = []
-        bpf_object__close(object)
+        for l in links.values { bpf_link__destroy(l) }
+        links = [:]
+        for o in objects.reversed() { o.close() }
+        objects = []
+        sink.close()
     }
 }
 
-private func decodeHex(_ s: StaticString) -> [UInt8] {
-    s.withUTF8Buffer { hex in
-        func v(_ c: UInt8) -> UInt8 { c <= 57 ? c - 48 : c - 87 }
-        return stride(from: 0, to: hex.count - 1, by: 2).map { v(hex[$0]) << 4 | v(hex[$0 + 1]) }
+/// Raw records, appended by the ring-buffer callback in 1 MB chunks to a file.
+final class RecordSink: @unchecked Sendable {
+    let path: String
+    private let fd: Int32
+    private var buffer: [UInt8] = []
+    private let lock = NSLock()
+
+    init(path: String) throws {
+        self.path = path
+        fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        if fd < 0 { throw TracerError(description: "cannot create \(path): \(String(cString: strerror(errno)))") }
+        buffer.reserveCapacity(1 << 20)
     }
-}
 
-/// libbpf's messages, kept instead of printed, so a failure can quote the verifier.
-enum LibbpfLog {
-    nonisolated(unsafe) static var lines: [String] = []
-    static let lock = NSLock()
+    func append(_ data: UnsafeMutableRawPointer, _ size: Int) {
+        lock.lock()
+        buffer.append(contentsOf: UnsafeRawBufferPointer(start: data, count: size))
+        if buffer.count >= 1 << 20 { writeOut() }
+        lock.unlock()
+    }
 
-    static func install() {
-        _ = libbpf_set_print { level, format, args in
-            guard let format, let args else { return 0 }
-            var buf = [CChar](repeating: 0, count: 1024)
-            vsnprintf(&buf, buf.count, format, args)
-            let line = String(decoding: buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-            LibbpfLog.lock.withLock {
-                LibbpfLog.lines.append(line)
-                if LibbpfLog.lines.count > 200 { LibbpfLog.lines.removeFirst(100) }
+    private func writeOut() {
+        buffer.withUnsafeBytes { b in
+            var off = 0
+            while off < b.count {
+                let n = write(fd, b.baseAddress! + off, b.count - off)
+                if n <= 0 { break }
+                off += n
             }
-            return 0
         }
+        buffer.removeAll(keepingCapacity: true)
     }
 
-    static func tail(_ n: Int = 15) -> String {
-        lock.withLock { lines.suffix(n).joined() }
+    func flush() { lock.withLock { writeOut() } }
+    func close() { flush(); Glibc.close(fd) }
+
+    static func read(_ path: String) -> [TraceEvent] {
+        guard let data = FileManager.default.contents(atPath: path) else { return [] }
+        let size = TraceEvent.recordSize
+        return data.withUnsafeBytes { buf in
+            stride(from: 0, to: buf.count - size + 1, by: size).map {
+                TraceEvent(record: UnsafeRawBufferPointer(rebasing: buf[$0..<$0 + size]))
+            }
+        }
     }
 }

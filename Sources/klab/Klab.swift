@@ -14,17 +14,23 @@ struct Klab: ParsableCommand {
             same time, logs the Klogger networking schema's events with BPF. Then it matches
             packets and events, so you can see where each event sits in the stack.
 
-            Exit codes: 0 success, 1 a scenario failed, 64 bad command line, 65 bad scenario
-            file, 69 a requirement is missing (root, /dev/net/tun, BTF, tracefs, cgroup v2,
-            BPF), 70 internal error, 130 interrupted (Ctrl-C or SIGTERM).
+            Exit codes: 0 success; 1 a scenario failed; 2 bad scenario file (printed as
+            file:line:column: error: …); 64 bad command line; 69 a requirement is missing
+            (root, /dev/net/tun, BTF, tracefs, cgroup v2, BPF); 70 internal error; 130
+            interrupted (Ctrl-C or SIGTERM).
             """,
-        subcommands: [Run.self])
+        subcommands: [Run.self, Bench.self])
 }
 
 enum ExitCodes {
     static let failed: Int32 = 1
     static let software: Int32 = 70
     static let interrupted: Int32 = 130
+}
+
+/// Writes a line to stdout unbuffered, so progress reaches a pipe as it happens.
+@Sendable func say(_ line: String) {
+    FileHandle.standardOutput.write(Data((line + "\n").utf8))
 }
 
 /// Prints an error the way klab's exit codes document it, and exits.

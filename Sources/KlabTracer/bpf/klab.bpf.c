@@ -1,223 +1,423 @@
-// klab's tracer: schema events from tracepoints and cgroup hooks, filtered in the kernel
-// to the lab's network namespaces, written as struct klab_event into one ring buffer.
-//
-// CO-RE with small hand-written structs (preserve_access_index) instead of a vmlinux.h:
-// libbpf relocates each field against the running kernel's BTF.
-#include <linux/bpf.h>
-#include <bpf/bpf_helpers.h>
-#include <bpf/bpf_core_read.h>
-#include <bpf/bpf_tracing.h>
-#include <bpf/bpf_endian.h>
-#include "klab_event.h"
+// klab's base tracer object: tracepoints, cgroup hooks and sockops. Each program emits
+// only the events klab selected for it (the `emit` map); see KlabSchema's catalog for
+// which event each program stands for and how faithfully.
+#include "klab.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
-#define CORE __attribute__((preserve_access_index))
-struct ns_common { unsigned int inum; } CORE;
-struct net { struct ns_common ns; __u64 net_cookie; } CORE;
-struct net_device { int ifindex; struct { struct net *net; } nd_net; } CORE;
-struct sock_common {
-    __be32 skc_daddr;
-    __be32 skc_rcv_saddr;
-    __be16 skc_dport;
-    __u16 skc_num;
-    struct { struct net *net; } skc_net;
-    struct { long long counter; } skc_cookie;
-} CORE;
-struct sock { struct sock_common __sk_common; __u16 sk_protocol; __u16 sk_type; } CORE;
-struct sk_buff { unsigned int len; unsigned char *data; struct net_device *dev; struct sock *sk; } CORE;
+// MARK: The device: IP_RECEIVEPACKET, IP_SENDBUFFER, and events derived from the packet
 
-// Lab namespaces: netns cookie -> netns inode. Filled by klab before attaching.
-struct {
-    __uint(type, BPF_MAP_TYPE_HASH);
-    __uint(max_entries, 64);
-    __type(key, __u64);
-    __type(value, __u32);
-} lab_netns SEC(".maps");
+// Classic tracepoint layout of net:net_dev_template (netif_receive_skb, net_dev_queue).
+struct net_dev_template_args { __u64 common; void *skbaddr; unsigned int len; };
 
-struct {
-    __uint(type, BPF_MAP_TYPE_RINGBUF);
-    __uint(max_entries, 16 << 20);
-} events SEC(".maps");
+#define ICMP_ERROR(t) ((t) == 3 || (t) == 4 || (t) == 5 || (t) == 11 || (t) == 12)
 
-// Per-CPU: [0] serial numbers handed out, [1] records dropped because the ring was full.
-struct {
-    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-    __uint(max_entries, 2);
-    __type(key, __u32);
-    __type(value, __u64);
-} counters SEC(".maps");
+SEC("tracepoint/net/netif_receive_skb")
+int tp_netif_receive_skb(struct net_dev_template_args *a) {
+    __u64 m = mask_of(KLAB_PROBE_ID_tp_netif_receive_skb);
+    if (!m) return 0;
+    struct sk_buff *skb = a->skbaddr;
+    __u32 *ns = lab_skb(skb);
+    if (!ns) return 0;
+    struct klab_event e;
+    begin(&e, KLAB_PROBE_ID_tp_netif_receive_skb, *ns);
+    fill_skb(&e, skb);
+    __u8 f = e.tcp_flags;
+    int tcp = e.proto == 6 && !(e.frag & 0x1fff), udp = e.proto == 17 && !(e.frag & 0x1fff);
+    EMIT_IF(m, &e, KLAB_EV_IP_RECEIVEPACKET, 1);
+    EMIT_IF(m, &e, KLAB_EV_TCP_RECVSYN, tcp && (f & TH_SYN) && !(f & TH_ACK));
+    EMIT_IF(m, &e, KLAB_EV_TCP_RECVSYNACK, tcp && (f & TH_SYN) && (f & TH_ACK));
+    EMIT_IF(m, &e, KLAB_EV_TCP_RECVACK, tcp && (f & TH_ACK) && !(f & TH_SYN));
+    EMIT_IF(m, &e, KLAB_EV_TCP_RECV_URGENTDATA, tcp && (f & TH_URG));
+    EMIT_IF(m, &e, KLAB_EV_TCP_RECEIVEPACKET, tcp);
+    EMIT_IF(m, &e, KLAB_EV_UDP_QUEUE_SOCKETBUFFER, udp);
+    EMIT_IF(m, &e, KLAB_EV_ICMP_RECEIVE, e.proto == 1 && !(e.frag & 0x1fff));
+    return 0;
+}
 
-// Wake the consumer only when this much is waiting; it also polls on a short timer.
-// A wakeup per event costs about 1 us here.
-const volatile __u64 wakeup_bytes = 256 << 10;
+SEC("tracepoint/net/net_dev_queue")
+int tp_net_dev_queue(struct net_dev_template_args *a) {
+    __u64 m = mask_of(KLAB_PROBE_ID_tp_net_dev_queue);
+    if (!m) return 0;
+    struct sk_buff *skb = a->skbaddr;
+    __u32 *ns = lab_skb(skb);
+    if (!ns) return 0;
+    struct klab_event e;
+    begin(&e, KLAB_PROBE_ID_tp_net_dev_queue, *ns);
+    fill_skb(&e, skb);
+    __u8 f = e.tcp_flags;
+    int tcp = e.proto == 6 && !(e.frag & 0x1fff), icmp = e.proto == 1 && !(e.frag & 0x1fff);
+    EMIT_IF(m, &e, KLAB_EV_IP_SENDBUFFER, 1);
+    EMIT_IF(m, &e, KLAB_EV_TCP_SENDSYN, tcp && (f & TH_SYN) && !(f & TH_ACK));
+    EMIT_IF(m, &e, KLAB_EV_TCP_SENDSYNACK, tcp && (f & TH_SYN) && (f & TH_ACK));
+    EMIT_IF(m, &e, KLAB_EV_TCP_SENDACK, tcp && f == TH_ACK && e.l4_len == 0);
+    EMIT_IF(m, &e, KLAB_EV_TCP_SENDPACKET, tcp);
+    EMIT_IF(m, &e, KLAB_EV_ICMP_SEND, icmp && ICMP_ERROR(e.icmp_type));
+    EMIT_IF(m, &e, KLAB_EV_ICMP_REPLY, icmp && e.icmp_type == 0);
+    return 0;
+}
 
-static __always_inline __u64 *counter(__u32 i) { return bpf_map_lookup_elem(&counters, &i); }
+// MARK: Tracepoints at the socket and TCP layers
 
-static __always_inline struct klab_event *reserve(__u16 event, __u16 probe, __u32 netns) {
-    __u64 *serial = counter(0);
-    __u32 s = 0;
-    if (serial) { s = (__u32)*serial; *serial += 1; }
-    struct klab_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-    if (!e) {
-        __u64 *drops = counter(1);
-        if (drops) *drops += 1;
-        return 0;
+#define TCP_ESTABLISHED 1
+#define TCP_SYN_RECV 3
+#define TCP_CLOSE 7
+#define TCP_LISTEN 10
+
+// tp_btf gives typed pointers, so the socket's cookie can be assigned here: accepted
+// sockets never pass through sock_create.
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(btf_inet_sock_set_state, struct sock *sk, int oldstate, int newstate) {
+    __u32 *ns = lab_sk(sk);
+    if (!ns) return 0;
+    // Every lab socket gets its cookie and a place in lab_socks, whatever is logged.
+    __u64 cookie = bpf_get_socket_cookie(sk);
+    __u32 inum = *ns;
+    if (newstate == TCP_SYN_RECV || newstate == TCP_LISTEN || oldstate == TCP_CLOSE)
+        bpf_map_update_elem(&lab_socks, &cookie, &inum, BPF_ANY);
+    __u64 m = mask_of(KLAB_PROBE_ID_btf_inet_sock_set_state);
+    if (!m) return 0;
+    struct klab_event e;
+    begin(&e, KLAB_PROBE_ID_btf_inet_sock_set_state, inum);
+    fill_sock(&e, sk);
+    e.sock = cookie;
+    e.arg0 = oldstate;
+    e.arg1 = newstate;
+    __u16 ev = newstate == TCP_ESTABLISHED ? KLAB_EV_CONNECTION_HANDSHAKE
+             : newstate == TCP_CLOSE ? KLAB_EV_CONNECTION_CLOSE
+             : newstate == TCP_LISTEN ? KLAB_EV_SOCKET_LISTEN : KLAB_EV_TCP_STATE;
+    if (!(m & BIT(ev))) ev = KLAB_EV_TCP_STATE;
+    EMIT_IF(m, &e, ev, 1);
+    return 0;
+}
+
+static __always_inline int length_event(struct sock *sk, int ret, int flags, __u32 probe, int send) {
+    __u64 m = mask_of(probe);
+    if (!m || BPF_CORE_READ(sk, __sk_common.skc_family) != AF_INET) return 0;
+    __u32 *ns = lab_sk(sk);
+    if (!ns) return 0;
+    struct klab_event e;
+    begin(&e, probe, *ns);
+    fill_sock(&e, sk);
+    e.sock = bpf_get_socket_cookie(sk);
+    e.arg0 = ret;
+    e.arg1 = flags;
+    e.bytes = ret > 0 ? ret : 0;
+    if (send) {
+        EMIT_IF(m, &e, KLAB_EV_SOCKET_WRITE, 1);
+        EMIT_IF(m, &e, KLAB_EV_UDP_SEND, e.proto == 17);
+    } else {
+        EMIT_IF(m, &e, KLAB_EV_SOCKET_RECEIVE, 1);
+        EMIT_IF(m, &e, KLAB_EV_TCP_RECEIVE, e.proto == 6);
+        EMIT_IF(m, &e, KLAB_EV_UDP_RECEIVE, e.proto == 17);
     }
-    __builtin_memset(e, 0, sizeof(*e));
-    e->ts_ns = bpf_ktime_get_ns();
-    e->serial = s;
-    e->netns = netns;
-    e->event = event;
-    e->probe = probe;
-    e->cpu = bpf_get_smp_processor_id();
-    __u64 pt = bpf_get_current_pid_tgid();
-    e->pid = pt >> 32;
-    e->tid = (__u32)pt;
-    bpf_get_current_comm(e->comm, sizeof(e->comm));
-    return e;
+    return 0;
 }
 
-static __always_inline void submit(struct klab_event *e) {
-    __u64 flags = BPF_RB_NO_WAKEUP;
-    if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes) flags = BPF_RB_FORCE_WAKEUP;
-    bpf_ringbuf_submit(e, flags);
+// sock:sock_send_length / sock_recv_length fire as sock_sendmsg / sock_recvmsg return.
+SEC("tp_btf/sock_send_length")
+int BPF_PROG(btf_sock_send_length, struct sock *sk, int ret, int flags) {
+    return length_event(sk, ret, flags, KLAB_PROBE_ID_btf_sock_send_length, 1);
 }
 
-static __always_inline __u32 *lab(struct net *net) {
-    __u64 cookie = BPF_CORE_READ(net, net_cookie);
+SEC("tp_btf/sock_recv_length")
+int BPF_PROG(btf_sock_recv_length, struct sock *sk, int ret, int flags) {
+    return length_event(sk, ret, flags, KLAB_PROBE_ID_btf_sock_recv_length, 0);
+}
+
+// TCP_SEND: tcp:tcp_sendmsg_locked fires on entry to tcp_sendmsg_locked.
+SEC("tp_btf/tcp_sendmsg_locked")
+int BPF_PROG(btf_tcp_sendmsg_locked, struct sock *sk, struct msghdr *msg, struct sk_buff *skb, int size_goal) {
+    __u64 m = mask_of(KLAB_PROBE_ID_btf_tcp_sendmsg_locked);
+    if (!m) return 0;
+    __u32 *ns = lab_sk(sk);
+    if (!ns) return 0;
+    struct klab_event e;
+    begin(&e, KLAB_PROBE_ID_btf_tcp_sendmsg_locked, *ns);
+    fill_sock(&e, sk);
+    e.sock = bpf_get_socket_cookie(sk);
+    e.bytes = BPF_CORE_READ(msg, msg_iter.count);
+    e.arg0 = size_goal;
+    EMIT_IF(m, &e, KLAB_EV_TCP_SEND, 1);
+    return 0;
+}
+
+// tcp:tcp_probe fires at the entry of tcp_rcv_established, for every segment an
+// established socket receives.
+SEC("tp_btf/tcp_probe")
+int BPF_PROG(btf_tcp_probe, struct sock *sk, struct sk_buff *skb) {
+    __u64 m = mask_of(KLAB_PROBE_ID_btf_tcp_probe);
+    if (!m) return 0;
+    __u32 *ns = lab_sk(sk);
+    if (!ns) return 0;
+    struct klab_event e;
+    begin(&e, KLAB_PROBE_ID_btf_tcp_probe, *ns);
+    fill_skb(&e, skb);
+    e.sock = bpf_get_socket_cookie(sk);
+    __u8 f = e.tcp_flags;
+    EMIT_IF(m, &e, KLAB_EV_TCP_RECVACK, f & TH_ACK);
+    EMIT_IF(m, &e, KLAB_EV_TCP_RECV_URGENTDATA, f & TH_URG);
+    EMIT_IF(m, &e, KLAB_EV_TCP_RECEIVEPACKET, 1);
+    return 0;
+}
+
+// icmp:icmp_send fires inside __icmp_send; the skb is the packet being answered.
+SEC("tp_btf/icmp_send")
+int BPF_PROG(btf_icmp_send, struct sk_buff *skb, int type, int code) {
+    __u64 m = mask_of(KLAB_PROBE_ID_btf_icmp_send);
+    if (!m) return 0;
+    __u32 *ns = lab_skb(skb);
+    if (!ns) return 0;
+    struct klab_event e;
+    begin(&e, KLAB_PROBE_ID_btf_icmp_send, *ns);
+    fill_skb(&e, skb);
+    e.arg0 = type;  // the error being sent; the packet fields are the offending datagram's
+    e.arg1 = code;
+    EMIT_IF(m, &e, KLAB_EV_ICMP_SEND, 1);
+    return 0;
+}
+
+// SOCKET_ACCEPT from the return of accept4()/accept(). Enabling any syscall tracepoint
+// puts every task on the machine on the slow syscall path.
+struct sys_exit_args { __u64 common; long nr; long ret; };
+
+static __always_inline int accept_exit(struct sys_exit_args *a, __u32 probe) {
+    __u64 m = mask_of(probe);
+    if (!m || a->ret < 0) return 0;
+    __u32 *ns = lab_task();
+    if (!ns) return 0;
+    struct klab_event e;
+    begin(&e, probe, *ns);
+    e.fd = a->ret;
+    EMIT_IF(m, &e, KLAB_EV_SOCKET_ACCEPT, 1);
+    return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_accept4")
+int tp_sys_exit_accept4(struct sys_exit_args *a) { return accept_exit(a, KLAB_PROBE_ID_tp_sys_exit_accept4); }
+
+SEC("tracepoint/syscalls/sys_exit_accept")
+int tp_sys_exit_accept(struct sys_exit_args *a) { return accept_exit(a, KLAB_PROBE_ID_tp_sys_exit_accept); }
+
+// MARK: cgroup hooks (the lab cgroup holds exactly the lab's sockets)
+
+static __always_inline __u32 *sock_ns(void *ctx) {
+    __u64 cookie = bpf_get_netns_cookie(ctx);
     return bpf_map_lookup_elem(&lab_netns, &cookie);
 }
 
-struct iphdr_ { __u8 vihl, tos; __be16 tot_len, id, frag_off; __u8 ttl, protocol; __u16 check; __be32 saddr, daddr; };
-struct tcphdr_ { __be16 source, dest; __be32 seq, ack_seq; __u8 doff, flags; __be16 window, check, urg; };
-struct udphdr_ { __be16 source, dest, len, check; };
-struct icmphdr_ { __u8 type, code; __u16 check; __be16 id, seq; };
+// SOCKET_CREATE: runs inside inet_create once the sock exists. Also remembers the socket
+// as the lab's, for cgroup_skb.
+SEC("cgroup/sock_create")
+int cg_sock_create(struct bpf_sock *ctx) {
+    __u32 *ns = sock_ns(ctx);
+    if (!ns) return 1;
+    __u64 cookie = bpf_get_socket_cookie(ctx);
+    __u32 inum = *ns;
+    bpf_map_update_elem(&lab_socks, &cookie, &inum, BPF_ANY);
+    __u64 m = mask_of(KLAB_PROBE_ID_cg_sock_create);
+    if (!m) return 1;
+    struct klab_event e;
+    begin(&e, KLAB_PROBE_ID_cg_sock_create, inum);
+    e.sock = cookie;
+    e.proto = ctx->protocol;
+    e.arg0 = ctx->type;
+    e.arg1 = ctx->family;
+    EMIT_IF(m, &e, KLAB_EV_SOCKET_CREATE, 1);
+    return 1;  // never refuse the socket
+}
 
-// Packet identity from an IPv4 header at `data` (a TUN has no link-layer header).
-static __always_inline void fill_packet(struct klab_event *e, struct sk_buff *skb) {
-    unsigned char *data = BPF_CORE_READ(skb, data);
-    e->skb = (__u64)skb;
-    e->skb_len = BPF_CORE_READ(skb, len);
-    e->ifindex = BPF_CORE_READ(skb, dev, ifindex);
-    struct sock *sk = BPF_CORE_READ(skb, sk);
-    if (sk) e->sock = BPF_CORE_READ(sk, __sk_common.skc_cookie.counter);
+// SOCKET_CLOSE: runs inside inet_release.
+SEC("cgroup/sock_release")
+int cg_sock_release(struct bpf_sock *ctx) {
+    __u64 m = mask_of(KLAB_PROBE_ID_cg_sock_release);
+    __u32 *ns = sock_ns(ctx);
+    __u64 cookie = bpf_get_socket_cookie(ctx);
+    bpf_map_delete_elem(&lab_socks, &cookie);
+    if (!m || !ns) return 1;
+    struct klab_event e;
+    begin(&e, KLAB_PROBE_ID_cg_sock_release, *ns);
+    e.sock = cookie;
+    e.proto = ctx->protocol;
+    e.arg0 = ctx->type;
+    e.arg1 = ctx->family;
+    EMIT_IF(m, &e, KLAB_EV_SOCKET_CLOSE, 1);
+    return 1;
+}
+
+// SOCKET_BIND / SOCKET_ASSIGNADDR: inside __inet_bind, once the address and port are set.
+SEC("cgroup/post_bind4")
+int cg_post_bind4(struct bpf_sock *ctx) {
+    __u64 m = mask_of(KLAB_PROBE_ID_cg_post_bind4);
+    __u32 *ns = sock_ns(ctx);
+    if (!m || !ns) return 1;
+    struct klab_event e;
+    begin(&e, KLAB_PROBE_ID_cg_post_bind4, *ns);
+    e.sock = bpf_get_socket_cookie(ctx);
+    e.proto = ctx->protocol;
+    e.saddr = ctx->src_ip4;
+    e.sport = ctx->src_port;
+    e.arg0 = ctx->type;
+    e.arg1 = ctx->family;
+    EMIT_IF(m, &e, KLAB_EV_SOCKET_BIND, 1);
+    EMIT_IF(m, &e, KLAB_EV_SOCKET_ASSIGNADDR, 1);
+    return 1;
+}
+
+// SOCKET_CONNECT: the pre_connect hook that __inet_stream_connect / inet_dgram_connect run.
+SEC("cgroup/connect4")
+int cg_connect4(struct bpf_sock_addr *ctx) {
+    __u64 m = mask_of(KLAB_PROBE_ID_cg_connect4);
+    if (!m) return 1;
+    __u64 nc = bpf_get_netns_cookie(ctx);
+    __u32 *ns = bpf_map_lookup_elem(&lab_netns, &nc);
+    if (!ns) return 1;
+    struct klab_event e;
+    begin(&e, KLAB_PROBE_ID_cg_connect4, *ns);
+    e.sock = bpf_get_socket_cookie(ctx);
+    e.proto = ctx->protocol;
+    e.daddr = ctx->user_ip4;
+    e.dport = bpf_ntohs(ctx->user_port);
+    e.arg0 = ctx->type;
+    e.arg1 = ctx->family;
+    EMIT_IF(m, &e, KLAB_EV_SOCKET_CONNECT, 1);
+    return 1;
+}
+
+static __always_inline void fill_cg_skb(struct klab_event *e, struct __sk_buff *skb) {
     struct iphdr_ ip;
-    if (bpf_probe_read_kernel(&ip, sizeof(ip), data) || (ip.vihl >> 4) != 4) return;
+    if (bpf_skb_load_bytes(skb, 0, &ip, sizeof(ip)) || (ip.vihl >> 4) != 4) return;
     __u32 ihl = (ip.vihl & 0xf) * 4;
-    __u16 tot = bpf_ntohs(ip.tot_len);
-    __u16 frag = bpf_ntohs(ip.frag_off);
+    e->skb_len = skb->len;
+    e->ifindex = skb->ifindex;
     e->proto = ip.protocol;
     e->saddr = ip.saddr;
     e->daddr = ip.daddr;
     e->ip_id = bpf_ntohs(ip.id);
-    e->ip_len = tot;
-    e->frag = frag;
-    if (frag & 0x1fff) return;  // not the first fragment: no transport header
-    unsigned char *l4 = data + ihl;
+    e->ip_len = bpf_ntohs(ip.tot_len);
+    e->frag = bpf_ntohs(ip.frag_off);
+    if (e->frag & 0x1fff) return;
     if (ip.protocol == 6) {
         struct tcphdr_ t;
-        if (bpf_probe_read_kernel(&t, sizeof(t), l4)) return;
+        if (bpf_skb_load_bytes(skb, ihl & 0x3c, &t, sizeof(t))) return;
         e->sport = bpf_ntohs(t.source);
         e->dport = bpf_ntohs(t.dest);
         e->tcp_seq = bpf_ntohl(t.seq);
         e->tcp_ack = bpf_ntohl(t.ack_seq);
         e->tcp_flags = t.flags;
         __u32 hl = ihl + (t.doff >> 4) * 4;
-        e->l4_len = tot > hl ? tot - hl : 0;
+        e->l4_len = e->ip_len > hl ? e->ip_len - hl : 0;
     } else if (ip.protocol == 17) {
         struct udphdr_ u;
-        if (bpf_probe_read_kernel(&u, sizeof(u), l4)) return;
+        if (bpf_skb_load_bytes(skb, ihl & 0x3c, &u, sizeof(u))) return;
         e->sport = bpf_ntohs(u.source);
         e->dport = bpf_ntohs(u.dest);
-        e->l4_len = tot > ihl + 8 ? tot - ihl - 8 : 0;
-    } else if (ip.protocol == 1) {
-        struct icmphdr_ c;
-        if (bpf_probe_read_kernel(&c, sizeof(c), l4)) return;
-        e->icmp_type = c.type;
-        e->icmp_code = c.code;
-        e->icmp_id = bpf_ntohs(c.id);
-        e->icmp_seq = bpf_ntohs(c.seq);
-        e->l4_len = tot > ihl + 8 ? tot - ihl - 8 : 0;
+        e->l4_len = e->ip_len > ihl + 8 ? e->ip_len - ihl - 8 : 0;
     }
 }
 
-// Classic tracepoint layout of net:net_dev_template (netif_receive_skb, net_dev_queue).
-struct net_dev_template_args { __u64 common; void *skbaddr; unsigned int len; };
-
-static __always_inline int packet_event(struct net_dev_template_args *a, __u16 event, __u16 probe) {
-    struct sk_buff *skb = a->skbaddr;
-    __u32 *inum = lab(BPF_CORE_READ(skb, dev, nd_net.net));
-    if (!inum) return 0;
-    struct klab_event *e = reserve(event, probe, *inum);
-    if (!e) return 0;
-    fill_packet(e, skb);
-    submit(e);
-    return 0;
+// TCP_RECEIVEPACKET and UDP_QUEUE_SOCKETBUFFER: the socket filter that tcp_v4_rcv and
+// udp_queue_rcv_one_skb run once the socket is known.
+SEC("cgroup_skb/ingress")
+int cg_skb_ingress(struct __sk_buff *skb) {
+    __u64 m = mask_of(KLAB_PROBE_ID_cg_skb_ingress);
+    if (!m) return 1;
+    __u64 cookie = bpf_get_socket_cookie(skb);
+    __u32 *ns = bpf_map_lookup_elem(&lab_socks, &cookie);
+    if (!ns) return 1;
+    struct klab_event e;
+    begin(&e, KLAB_PROBE_ID_cg_skb_ingress, *ns);
+    e.sock = cookie;
+    fill_cg_skb(&e, skb);
+    EMIT_IF(m, &e, KLAB_EV_TCP_RECEIVEPACKET, e.proto == 6);
+    EMIT_IF(m, &e, KLAB_EV_UDP_QUEUE_SOCKETBUFFER, e.proto == 17);
+    return 1;
 }
 
-// IP_RECEIVEPACKET, approximate: the packet enters the stack from the device, just
-// before ip_rcv (Klogger placed it in ip_rcv / ip_local_deliver).
-SEC("tracepoint/net/netif_receive_skb")
-int tp_netif_receive_skb(struct net_dev_template_args *a) {
-    return packet_event(a, KLAB_EV_IP_RECEIVEPACKET, KLAB_PROBE_TP_NETIF_RECEIVE_SKB);
+// IP_SENDBUFFER for the lab's own sockets: ip_finish_output runs the egress hook.
+SEC("cgroup_skb/egress")
+int cg_skb_egress(struct __sk_buff *skb) {
+    __u64 m = mask_of(KLAB_PROBE_ID_cg_skb_egress);
+    if (!m) return 1;
+    __u64 cookie = bpf_get_socket_cookie(skb);
+    __u32 *ns = bpf_map_lookup_elem(&lab_socks, &cookie);
+    if (!ns) return 1;
+    struct klab_event e;
+    begin(&e, KLAB_PROBE_ID_cg_skb_egress, *ns);
+    e.sock = cookie;
+    fill_cg_skb(&e, skb);
+    EMIT_IF(m, &e, KLAB_EV_IP_SENDBUFFER, 1);
+    return 1;
 }
 
-// IP_SENDBUFFER, approximate: the packet is queued on the device, after ip_finish_output
-// (Klogger placed it in ip_queue_xmit / ip_send_skb).
-SEC("tracepoint/net/net_dev_queue")
-int tp_net_dev_queue(struct net_dev_template_args *a) {
-    return packet_event(a, KLAB_EV_IP_SENDBUFFER, KLAB_PROBE_TP_NET_DEV_QUEUE);
+// MARK: sockops
+
+#define WANTS_SEGMENTS (BIT(KLAB_EV_TCP_SENDACK) | BIT(KLAB_EV_TCP_SENDSYNACK) | BIT(KLAB_EV_TCP_SENDPACKET))
+
+static __always_inline void fill_skops(struct klab_event *e, struct bpf_sock_ops *s) {
+    e->proto = 6;
+    e->saddr = s->local_ip4;
+    e->daddr = s->remote_ip4;
+    e->sport = s->local_port;
+    e->dport = bpf_ntohl(s->remote_port);
 }
 
-#define TCP_ESTABLISHED 1
-#define TCP_CLOSE 7
-
-// CONNECTION_HANDSHAKE when a socket reaches ESTABLISHED, CONNECTION_CLOSE when it
-// reaches CLOSE; other transitions are klab's TCP_STATE. tp_btf gives a typed sock, so
-// its cookie can be assigned here (accepted sockets never pass through sock_create).
-SEC("tp_btf/inet_sock_set_state")
-int BPF_PROG(btf_inet_sock_set_state, struct sock *sk, int oldstate, int newstate) {
-    __u32 *inum = lab(BPF_CORE_READ(sk, __sk_common.skc_net.net));
-    if (!inum) return 0;
-    __u16 ev = newstate == TCP_ESTABLISHED ? KLAB_EV_CONNECTION_HANDSHAKE
-             : newstate == TCP_CLOSE ? KLAB_EV_CONNECTION_CLOSE : KLAB_EV_TCP_STATE;
-    struct klab_event *e = reserve(ev, KLAB_PROBE_BTF_INET_SOCK_SET_STATE, *inum);
-    if (!e) return 0;
-    e->sock = bpf_get_socket_cookie(sk);
-    e->proto = BPF_CORE_READ(sk, sk_protocol);
-    e->saddr = BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr);
-    e->daddr = BPF_CORE_READ(sk, __sk_common.skc_daddr);
-    e->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
-    e->dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
-    e->arg0 = oldstate;
-    e->arg1 = newstate;
-    submit(e);
-    return 0;
-}
-
-static __always_inline int socket_event(struct bpf_sock *ctx, __u16 event, __u16 probe) {
-    __u64 cookie = bpf_get_netns_cookie(ctx);
-    __u32 *inum = bpf_map_lookup_elem(&lab_netns, &cookie);
-    if (!inum) return 1;
-    struct klab_event *e = reserve(event, probe, *inum);
-    if (!e) return 1;
-    e->sock = bpf_get_socket_cookie(ctx);
-    e->proto = ctx->protocol;
-    e->arg0 = ctx->type;
-    e->arg1 = ctx->family;
-    submit(e);
-    return 1;  // never refuse the socket
-}
-
-// SOCKET_CREATE: runs inside inet_create once the sock exists (exact for Klogger's site).
-SEC("cgroup/sock_create")
-int cg_sock_create(struct bpf_sock *ctx) {
-    return socket_event(ctx, KLAB_EV_SOCKET_CREATE, KLAB_PROBE_CG_SOCK_CREATE);
-}
-
-// SOCKET_CLOSE: runs inside inet_release.
-SEC("cgroup/sock_release")
-int cg_sock_release(struct bpf_sock *ctx) {
-    return socket_event(ctx, KLAB_EV_SOCKET_CLOSE, KLAB_PROBE_CG_SOCK_RELEASE);
+// Lifecycle callbacks for SOCKET_LISTEN, TCP_SENDSYN, TCP_RECVSYN and TCP_RECVSYNACK; the
+// header-option sizing callback, which __tcp_transmit_skb and tcp_make_synack run for
+// every segment once BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG is set, for TCP_SENDPACKET,
+// TCP_SENDACK and TCP_SENDSYNACK. klab never reserves option space: the segments on the
+// wire stay exactly what the kernel would send.
+SEC("sockops")
+int klab_sockops(struct bpf_sock_ops *s) {
+    __u64 m = mask_of(KLAB_PROBE_ID_klab_sockops);
+    if (!m) return 1;
+    __u64 nc = bpf_get_netns_cookie(s);
+    __u32 *ns = bpf_map_lookup_elem(&lab_netns, &nc);
+    if (!ns) return 1;
+    __u32 op = s->op;
+    if ((m & WANTS_SEGMENTS) && (op == BPF_SOCK_OPS_TCP_LISTEN_CB || op == BPF_SOCK_OPS_TCP_CONNECT_CB
+            || op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB || op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB))
+        bpf_sock_ops_cb_flags_set(s, s->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG);
+    struct klab_event e;
+    begin(&e, KLAB_PROBE_ID_klab_sockops, *ns);
+    fill_skops(&e, s);
+    e.sock = bpf_get_socket_cookie(s);
+    e.arg0 = op;
+    switch (op) {
+    case BPF_SOCK_OPS_TCP_LISTEN_CB:
+        EMIT_IF(m, &e, KLAB_EV_SOCKET_LISTEN, 1);
+        break;
+    case BPF_SOCK_OPS_TCP_CONNECT_CB:
+        EMIT_IF(m, &e, KLAB_EV_TCP_SENDSYN, 1);
+        break;
+    case BPF_SOCK_OPS_TIMEOUT_INIT:
+        // On a request sock (not a full sock) it runs inside tcp_conn_request.
+        e.tcp_flags = TH_SYN;
+        EMIT_IF(m, &e, KLAB_EV_TCP_RECVSYN, !s->is_fullsock);
+        break;
+    case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
+        e.tcp_flags = TH_SYN | TH_ACK;
+        e.tcp_ack = s->snd_una;
+        e.tcp_seq = s->rcv_nxt - 1;
+        EMIT_IF(m, &e, KLAB_EV_TCP_RECVSYNACK, 1);
+        break;
+    case BPF_SOCK_OPS_HDR_OPT_LEN_CB: {
+        // args[0] has BPF_WRITE_HDR_TCP_CURRENT_MSS when only the MSS is being computed.
+        if (s->args[0] & BPF_WRITE_HDR_TCP_CURRENT_MSS) break;
+        __u8 f = s->skb_tcp_flags;
+        e.tcp_flags = f;
+        e.skb_len = s->skb_len;
+        e.l4_len = s->skb_len;
+        if ((f & TH_SYN) && (f & TH_ACK)) {
+            EMIT_IF(m, &e, KLAB_EV_TCP_SENDSYNACK, 1);
+            break;
+        }
+        e.tcp_seq = s->snd_nxt;
+        e.tcp_ack = s->rcv_nxt;
+        EMIT_IF(m, &e, KLAB_EV_TCP_SENDACK, f == TH_ACK && s->skb_len == 0);
+        EMIT_IF(m, &e, KLAB_EV_TCP_SENDPACKET, 1);
+        break;
+    }
+    }
+    return 1;
 }

@@ -1,0 +1,217 @@
+// What every klab BPF object shares: kernel structs (CO-RE), maps, and how a record is
+// filled and written. The maps are created by the base object (klab.bpf.c); the fentry and
+// kprobe objects reuse them by fd.
+#pragma once
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_endian.h>
+#include "klab_event.h"
+#include "klab_ids.inc"
+
+// Small hand-written kernel structs: libbpf relocates each field against the running
+// kernel's BTF, so no vmlinux.h is needed and old headers' offsets never leak in.
+#define CORE __attribute__((preserve_access_index))
+struct ns_common { unsigned int inum; } CORE;
+struct net { struct ns_common ns; __u64 net_cookie; } CORE;
+struct net_device { int ifindex; unsigned int mtu; struct { struct net *net; } nd_net; } CORE;
+struct sock_common {
+    __be32 skc_daddr;
+    __be32 skc_rcv_saddr;
+    __be16 skc_dport;
+    __u16 skc_num;
+    unsigned short skc_family;
+    struct { struct net *net; } skc_net;
+    struct { long long counter; } skc_cookie;
+} CORE;
+struct sock { struct sock_common __sk_common; __u16 sk_protocol; __u16 sk_type; } CORE;
+struct sk_buff {
+    unsigned int len;
+    unsigned char *head;
+    unsigned char *data;
+    __u16 network_header;
+    struct net_device *dev;
+    struct sock *sk;
+} CORE;
+struct socket { struct sock *sk; } CORE;
+struct iov_iter { __u64 count; } CORE;
+struct msghdr { struct iov_iter msg_iter; } CORE;
+struct nsproxy { struct net *net_ns; } CORE;
+struct task_struct { struct nsproxy *nsproxy; } CORE;
+
+#define AF_INET 2
+#define BIT(ev) (1ULL << (ev))
+
+// Lab namespaces: netns cookie -> netns inode. Filled by klab before anything attaches.
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, 64);
+    __type(key, __u64);
+    __type(value, __u32);
+} lab_netns SEC(".maps");
+
+// The lab's sockets: socket cookie -> netns inode, for hooks that see a socket but not its
+// namespace (cgroup_skb).
+struct {
+    __uint(type, BPF_MAP_TYPE_LRU_HASH);
+    __uint(max_entries, 65536);
+    __type(key, __u64);
+    __type(value, __u32);
+} lab_socks SEC(".maps");
+
+// probe id -> the events it must emit (bit per event id). Set by klab after it has chosen
+// each event's site; a probe with no bits returns at once.
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, 256);
+    __type(key, __u32);
+    __type(value, __u64);
+} emit SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_RINGBUF);
+    __uint(max_entries, 16 << 20);
+} events SEC(".maps");
+
+// Per-CPU: [0] serial numbers handed out, [1] records dropped because the ring was full.
+struct {
+    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+    __uint(max_entries, 2);
+    __type(key, __u32);
+    __type(value, __u64);
+} counters SEC(".maps");
+
+// Wake the consumer only when this much is waiting; it also polls on a short timer.
+// A wakeup per event costs about 1 us here.
+const volatile __u64 wakeup_bytes = 256 << 10;
+
+static __always_inline __u64 mask_of(__u32 probe) {
+    __u64 *m = bpf_map_lookup_elem(&emit, &probe);
+    return m ? *m : 0;
+}
+
+static __always_inline __u32 *lab_net(struct net *net) {
+    __u64 cookie = BPF_CORE_READ(net, net_cookie);
+    return bpf_map_lookup_elem(&lab_netns, &cookie);
+}
+
+static __always_inline __u32 *lab_sk(struct sock *sk) {
+    return sk ? lab_net(BPF_CORE_READ(sk, __sk_common.skc_net.net)) : 0;
+}
+
+static __always_inline __u32 *lab_skb(struct sk_buff *skb) {
+    return lab_net(BPF_CORE_READ(skb, dev, nd_net.net));
+}
+
+// The calling thread's namespace (syscall-time probes).
+static __always_inline __u32 *lab_task(void) {
+    struct task_struct *t = (struct task_struct *)bpf_get_current_task();
+    return lab_net(BPF_CORE_READ(t, nsproxy, net_ns));
+}
+
+// The common part of a record: time, CPU, task, namespace, probe.
+static __always_inline void begin(struct klab_event *e, __u16 probe, __u32 netns) {
+    __builtin_memset(e, 0, sizeof(*e));
+    e->ts_ns = bpf_ktime_get_ns();
+    e->probe = probe;
+    e->netns = netns;
+    e->cpu = bpf_get_smp_processor_id();
+    e->fd = -1;
+    __u64 pt = bpf_get_current_pid_tgid();
+    e->pid = pt >> 32;
+    e->tid = (__u32)pt;
+    bpf_get_current_comm(e->comm, sizeof(e->comm));
+}
+
+// Writes one record as event `ev`; counts it in the CPU's serial numbers, or as dropped.
+static __always_inline void emit_as(struct klab_event *e, __u16 ev) {
+    __u32 k = 0;
+    __u64 *serial = bpf_map_lookup_elem(&counters, &k);
+    if (serial) { e->serial = (__u32)*serial; *serial += 1; }
+    e->event = ev;
+    __u64 flags = BPF_RB_NO_WAKEUP;
+    if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes) flags = BPF_RB_FORCE_WAKEUP;
+    if (bpf_ringbuf_output(&events, e, sizeof(*e), flags)) {
+        k = 1;
+        __u64 *drops = bpf_map_lookup_elem(&counters, &k);
+        if (drops) *drops += 1;
+    }
+}
+
+#define EMIT_IF(m, e, ev, cond) do { if (((m) & BIT(ev)) && (cond)) emit_as(e, ev); } while (0)
+
+struct iphdr_ { __u8 vihl, tos; __be16 tot_len, id, frag_off; __u8 ttl, protocol; __u16 check; __be32 saddr, daddr; };
+struct tcphdr_ { __be16 source, dest; __be32 seq, ack_seq; __u8 doff, flags; __be16 window, check, urg; };
+struct udphdr_ { __be16 source, dest, len, check; };
+struct icmphdr_ { __u8 type, code; __u16 check; __be16 id, seq; };
+
+#define TH_FIN 0x01
+#define TH_SYN 0x02
+#define TH_RST 0x04
+#define TH_PSH 0x08
+#define TH_ACK 0x10
+#define TH_URG 0x20
+
+// Packet identity from an IPv4 header at kernel address `iph`.
+static __always_inline void fill_ip(struct klab_event *e, unsigned char *iph) {
+    struct iphdr_ ip;
+    if (bpf_probe_read_kernel(&ip, sizeof(ip), iph) || (ip.vihl >> 4) != 4) return;
+    __u32 ihl = (ip.vihl & 0xf) * 4;
+    __u16 tot = bpf_ntohs(ip.tot_len);
+    __u16 frag = bpf_ntohs(ip.frag_off);
+    e->proto = ip.protocol;
+    e->saddr = ip.saddr;
+    e->daddr = ip.daddr;
+    e->ip_id = bpf_ntohs(ip.id);
+    e->ip_len = tot;
+    e->frag = frag;
+    if (frag & 0x1fff) return;  // not the first fragment: no transport header
+    unsigned char *l4 = iph + ihl;
+    if (ip.protocol == 6) {
+        struct tcphdr_ t;
+        if (bpf_probe_read_kernel(&t, sizeof(t), l4)) return;
+        e->sport = bpf_ntohs(t.source);
+        e->dport = bpf_ntohs(t.dest);
+        e->tcp_seq = bpf_ntohl(t.seq);
+        e->tcp_ack = bpf_ntohl(t.ack_seq);
+        e->tcp_flags = t.flags;
+        __u32 hl = ihl + (t.doff >> 4) * 4;
+        e->l4_len = tot > hl ? tot - hl : 0;
+    } else if (ip.protocol == 17) {
+        struct udphdr_ u;
+        if (bpf_probe_read_kernel(&u, sizeof(u), l4)) return;
+        e->sport = bpf_ntohs(u.source);
+        e->dport = bpf_ntohs(u.dest);
+        e->l4_len = tot > ihl + 8 ? tot - ihl - 8 : 0;
+    } else if (ip.protocol == 1) {
+        struct icmphdr_ c;
+        if (bpf_probe_read_kernel(&c, sizeof(c), l4)) return;
+        e->icmp_type = c.type;
+        e->icmp_code = c.code;
+        e->icmp_id = bpf_ntohs(c.id);
+        e->icmp_seq = bpf_ntohs(c.seq);
+        e->l4_len = tot > ihl + 8 ? tot - ihl - 8 : 0;
+    }
+}
+
+// The skb's packet (its network header must be set) and device.
+static __always_inline void fill_skb(struct klab_event *e, struct sk_buff *skb) {
+    e->skb = (__u64)skb;
+    e->skb_len = BPF_CORE_READ(skb, len);
+    e->ifindex = BPF_CORE_READ(skb, dev, ifindex);
+    e->mtu = BPF_CORE_READ(skb, dev, mtu);
+    struct sock *sk = BPF_CORE_READ(skb, sk);
+    if (sk) e->sock = BPF_CORE_READ(sk, __sk_common.skc_cookie.counter);
+    fill_ip(e, BPF_CORE_READ(skb, head) + BPF_CORE_READ(skb, network_header));
+}
+
+// A socket's endpoints, protocol and cookie (0 if nothing asked for it yet).
+static __always_inline void fill_sock(struct klab_event *e, struct sock *sk) {
+    e->sock = BPF_CORE_READ(sk, __sk_common.skc_cookie.counter);
+    e->proto = BPF_CORE_READ(sk, sk_protocol);
+    e->saddr = BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr);
+    e->daddr = BPF_CORE_READ(sk, __sk_common.skc_daddr);
+    e->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
+    e->dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+}
