@@ -20,7 +20,7 @@ public struct LabError: Error, CustomStringConvertible, Sendable {
 }
 
 /// Runs a libc call that returns -1 and sets errno, retrying on EINTR.
-@discardableResult
+@discardableResult @inlinable @inline(__always)
 func sys(_ name: @autoclosure () -> String, hint: String? = nil, _ body: () -> Int32) throws -> Int32 {
     while true {
         let r = body()

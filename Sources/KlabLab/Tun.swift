@@ -32,9 +32,9 @@ public final class TunDevice: @unchecked Sendable {
 
     /// Injects one packet into the host's stack. On a TUN without NAPI the whole receive
     /// path runs inside this call.
-    @inline(__always)
+    @inlinable @inline(__always)
     public func write(_ bytes: UnsafeRawBufferPointer) throws {
-        try sys("write(\(name))") { Int32(truncatingIfNeeded: Glibc.write(fd, bytes.baseAddress, bytes.count)) }
+        try sys("write(\(name))") { Int32(truncatingIfNeeded: klab_write(fd, bytes.baseAddress, bytes.count)) }
     }
 
     public func write(_ bytes: [UInt8]) throws {
@@ -47,13 +47,13 @@ public final class TunDevice: @unchecked Sendable {
         var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
         let n = try sys("poll(\(name))") { poll(&p, 1, timeoutMs) }
         if n == 0 { return nil }
-        let r = try sys("read(\(name))") { Int32(truncatingIfNeeded: Glibc.read(fd, buffer.baseAddress, buffer.count)) }
+        let r = try sys("read(\(name))") { Int32(truncatingIfNeeded: klab_read(fd, buffer.baseAddress, buffer.count)) }
         return Int(r)
     }
 
     /// Reads one packet without polling first: the caller knows one is waiting or wants to block.
-    @inline(__always)
+    @inlinable @inline(__always)
     public func readBlocking(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
-        Int(try sys("read(\(name))") { Int32(truncatingIfNeeded: Glibc.read(fd, buffer.baseAddress, buffer.count)) })
+        Int(try sys("read(\(name))") { Int32(truncatingIfNeeded: klab_read(fd, buffer.baseAddress, buffer.count)) })
     }
 }
