@@ -34,7 +34,7 @@ let package = Package(
             swiftSettings: strict),
         .executableTarget(
             name: "klab",
-            dependencies: ["KlabScenario", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["KlabScenario", "KlabTracer", "KlabSchema", "KlabLab", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             swiftSettings: strict),
 
         // Build-time: compiles bpf/*.bpf.c with the toolchain's clang and embeds the objects.

@@ -242,6 +242,7 @@ struct EventLine: Encodable {
     let fd: Int32?
     let tcp_state: [String]?
     let socket: [String: Int32]?
+    let icmp_error: [String: Int32]?
     let wire_frame: Int?
 
     init(_ e: TraceEvent, frame: Int?, tscHz: Double) {
@@ -264,6 +265,7 @@ struct EventLine: Encodable {
         endpoints = e.endpoints.map(PacketFields.init)
         tcp_state = e.probe == Schema.setState.id ? [tcpStateName(e.arg0), tcpStateName(e.arg1)] : nil
         let socketProbe = [Schema.sockCreate.id, Schema.sockRelease.id, Schema.postBind4.id, Schema.connect4.id].contains(e.probe)
+        icmp_error = e.name == "ICMP_SEND" && e.probe == Schema.icmpSendTP.id ? ["type": e.arg0, "code": e.arg1] : nil
         socket = socketProbe ? ["type": e.arg0, "family": e.arg1, "protocol": Int32(e.proto)] : nil
         wire_frame = frame
     }

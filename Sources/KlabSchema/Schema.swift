@@ -15,7 +15,7 @@ public enum Schema {
     public static let recvLength = p(5, "btf_sock_recv_length", .tracepoint, "tp_btf sock:sock_recv_length")
     static let tcpSendmsgLocked = p(6, "btf_tcp_sendmsg_locked", .tracepoint, "tp_btf tcp:tcp_sendmsg_locked", in: "tcp_sendmsg_locked")
     public static let tcpProbe = p(7, "btf_tcp_probe", .tracepoint, "tp_btf tcp:tcp_probe", in: "tcp_rcv_established")
-    static let icmpSendTP = p(8, "btf_icmp_send", .tracepoint, "tp_btf icmp:icmp_send", in: "__icmp_send")
+    public static let icmpSendTP = p(8, "btf_icmp_send", .tracepoint, "tp_btf icmp:icmp_send", in: "__icmp_send")
     static let exitAccept4 = p(9, "tp_sys_exit_accept4", .tracepoint, "tracepoint syscalls:sys_exit_accept4")
     static let exitAccept = p(10, "tp_sys_exit_accept", .tracepoint, "tracepoint syscalls:sys_exit_accept")
     public static let sockCreate = p(11, "cg_sock_create", .cgroup, "cgroup/sock_create", in: "inet_create")

@@ -37,7 +37,11 @@ public final class Tracer: @unchecked Sendable {
         let wanted = try config.events()
         var ok = false
         defer { if !ok { close() } }
-        let needed = Set(wanted.flatMap { $0.sites.filter { !config.disabledBackends.contains($0.backend) }.flatMap(\.probes) }.map(\.program))
+        var needed = Set(wanted.flatMap { $0.sites.filter { !config.disabledBackends.contains($0.backend) }.flatMap(\.probes) }.map(\.program))
+        // These two keep the map of the lab's sockets (and give sockets their cookies) that
+        // cgroup_skb programs need, whatever is logged; with nothing to emit they return early.
+        let infrastructure = [Schema.sockCreate, Schema.setState]
+        needed.formUnion(infrastructure.map(\.program))
 
         let base = try BPFObject.load(hex: bpfObject_klab, name: "klab", needed: needed, reuse: nil)
         objects.append(base)
@@ -80,6 +84,7 @@ public final class Tracer: @unchecked Sendable {
             if let chosen { for p in chosen.probes { masks[p.id, default: 0] |= 1 << UInt64(event.id) } }
             selections.append(Selection(event: event, site: chosen, passedOver: passed))
         }
+        for p in infrastructure where !config.disabledBackends.contains(p.backend) { _ = attach(p, cgroupFD: cgroupFD) }
         guard let emit = base.map("emit") else { throw TracerError(description: "the BPF object has no emit map") }
         for (probe, mask) in masks {
             var key = UInt32(probe), value = mask

@@ -25,6 +25,8 @@ struct Run: ParsableCommand {
     @Option(name: .shortAndLong, help: "Folder for the results (one subfolder per scenario).")
     var out: String?
 
+    @OptionGroup(title: "Tracing") var tracing: TracingOptions
+
     func validate() throws {
         for f in files where !FileManager.default.fileExists(atPath: f) {
             throw ValidationError("no such scenario file: \(f)")
@@ -38,7 +40,7 @@ struct Run: ParsableCommand {
         let base = out ?? "results/run-\(stamp)"
         Interrupt.install()
         let runner: Runner
-        do { runner = try Runner(log: say) } catch { die(error) }
+        do { runner = try Runner(tracing: try tracing.config(), log: say) } catch { die(error) }
         var outcomes: [Outcome] = []
         var failure: Error?
         for (i, s) in scenarios.enumerated() where !Interrupt.requested {
