@@ -143,12 +143,16 @@ enum LibbpfLog {
     nonisolated(unsafe) static var lines: [String] = []
     static let lock = NSLock()
 
+    /// KLAB_DEBUG_LIBBPF=1 also prints every libbpf message (verifier logs included) to stderr.
+    static let echo = ProcessInfo.processInfo.environment["KLAB_DEBUG_LIBBPF"] == "1"
+
     static func install() {
         _ = libbpf_set_print { level, format, args in
             guard let format, let args else { return 0 }
-            var buf = [CChar](repeating: 0, count: 1024)
+            var buf = [CChar](repeating: 0, count: 1 << 16)  // verifier logs come as one message
             vsnprintf(&buf, buf.count, format, args)
             let line = String(decoding: buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            if LibbpfLog.echo { FileHandle.standardError.write(Data(line.utf8)) }
             LibbpfLog.lock.withLock {
                 LibbpfLog.lines.append(line)
                 if LibbpfLog.lines.count > 400 { LibbpfLog.lines.removeFirst(200) }

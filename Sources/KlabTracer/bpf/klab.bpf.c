@@ -326,7 +326,7 @@ int cg_skb_ingress(struct __sk_buff *skb) {
     __u32 *ns = bpf_map_lookup_elem(&lab_socks, &cookie);
     if (!ns) return 1;
     struct klab_event e;
-    begin(&e, KLAB_PROBE_ID_cg_skb_ingress, *ns);
+    begin_task(&e, KLAB_PROBE_ID_cg_skb_ingress, *ns);
     e.sock = cookie;
     fill_cg_skb(&e, skb);
     EMIT_IF(m, &e, KLAB_EV_TCP_RECEIVEPACKET, e.proto == 6);
@@ -343,7 +343,7 @@ int cg_skb_egress(struct __sk_buff *skb) {
     __u32 *ns = bpf_map_lookup_elem(&lab_socks, &cookie);
     if (!ns) return 1;
     struct klab_event e;
-    begin(&e, KLAB_PROBE_ID_cg_skb_egress, *ns);
+    begin_task(&e, KLAB_PROBE_ID_cg_skb_egress, *ns);
     e.sock = cookie;
     fill_cg_skb(&e, skb);
     EMIT_IF(m, &e, KLAB_EV_IP_SENDBUFFER, 1);
@@ -379,7 +379,7 @@ int klab_sockops(struct bpf_sock_ops *s) {
             || op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB || op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB))
         bpf_sock_ops_cb_flags_set(s, s->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG);
     struct klab_event e;
-    begin(&e, KLAB_PROBE_ID_klab_sockops, *ns);
+    begin_task(&e, KLAB_PROBE_ID_klab_sockops, *ns);
     fill_skops(&e, s);
     e.sock = bpf_get_socket_cookie(s);
     e.arg0 = op;

@@ -38,7 +38,7 @@ struct socket { struct sock *sk; } CORE;
 struct iov_iter { __u64 count; } CORE;
 struct msghdr { struct iov_iter msg_iter; } CORE;
 struct nsproxy { struct net *net_ns; } CORE;
-struct task_struct { struct nsproxy *nsproxy; } CORE;
+struct task_struct { struct nsproxy *nsproxy; int pid; int tgid; char comm[16]; } CORE;
 
 #define AF_INET 2
 #define BIT(ev) (1ULL << (ev))
@@ -122,6 +122,21 @@ static __always_inline void begin(struct klab_event *e, __u16 probe, __u32 netns
     e->pid = pt >> 32;
     e->tid = (__u32)pt;
     bpf_get_current_comm(e->comm, sizeof(e->comm));
+}
+
+// The same for program types that lack the pid and comm helpers on older kernels
+// (cgroup_skb and sockops before 6.x): read them from the current task.
+static __always_inline void begin_task(struct klab_event *e, __u16 probe, __u32 netns) {
+    __builtin_memset(e, 0, sizeof(*e));
+    e->ts_ns = bpf_ktime_get_ns();
+    e->probe = probe;
+    e->netns = netns;
+    e->cpu = bpf_get_smp_processor_id();
+    e->fd = -1;
+    struct task_struct *t = (struct task_struct *)bpf_get_current_task();
+    e->pid = BPF_CORE_READ(t, tgid);
+    e->tid = BPF_CORE_READ(t, pid);
+    BPF_CORE_READ_STR_INTO(&e->comm, t, comm);
 }
 
 // Writes one record as event `ev`; counts it in the CPU's serial numbers, or as dropped.
