@@ -1,0 +1,175 @@
+import Foundation
+import KlabPacket
+import Testing
+
+/// The schema tracer on this machine's kernel: each event it can produce is driven by real
+/// traffic and its fields are checked; levels and backend fallbacks change what is logged.
+@Suite(.serialized, .enabled(if: Privileged.enabled))
+struct TracerTests {
+    struct Run {
+        let log: EventLog
+        let pcap: PcapFile
+        let summary: [String: Any]
+        let stdout: String
+
+        /// The header's record of where each event was logged from.
+        func site(_ name: String) -> (site: String?, placement: String?) {
+            let e = (log.header["events"] as? [[String: Any]] ?? []).first { $0["name"] as? String == name }
+            return (e?["site"] as? String, e?["placement"] as? String)
+        }
+
+        func packet(_ e: [String: Any]) -> [String: Any] { e["packet"] as? [String: Any] ?? [:] }
+        func endpoints(_ e: [String: Any]) -> [String: Any] { e["endpoints"] as? [String: Any] ?? [:] }
+        var names: Set<String> { Set(log.events.compactMap { $0["event"] as? String }) }
+    }
+
+    func run(_ file: String, _ args: [String] = []) throws -> Run {
+        let out = try temporaryDirectory()
+        let r = try klab(["run", file, "--out", out] + args)
+        let name = URL(fileURLWithPath: file).deletingPathExtension().lastPathComponent
+        try #require(r.status == 0, "klab run \(file) \(args) exited \(r.status)\n\(r.stdout)\n\(r.stderr)")
+        let dir = "\(out)/\(name)"
+        return Run(log: try EventLog(path: "\(dir)/events.jsonl"), pcap: try PcapFile(path: "\(dir)/capture.pcap"),
+                   summary: try json("\(dir)/summary.json"), stdout: r.stdout)
+    }
+
+    func scenario(_ name: String, _ yaml: String) throws -> String {
+        let path = "\(try temporaryDirectory())/\(name).yaml"
+        try yaml.write(toFile: path, atomically: true, encoding: .utf8)
+        return path
+    }
+
+    /// A passive open, data both ways and an orderly close: the socket, connection, TCP and IP
+    /// events, each with the fields that identify it.
+    @Test func passiveTCPConnection() throws {
+        let r = try run("lab/scenarios/tcp-handshake.yaml")
+        let expected: Set = [
+            "SOCKET_CREATE", "SOCKET_BIND", "SOCKET_LISTEN", "SOCKET_ACCEPT", "SOCKET_WRITE", "SOCKET_RECEIVE", "SOCKET_CLOSE",
+            "CONNECTION_HANDSHAKE", "CONNECTION_CLOSE", "TCP_RECVSYN", "TCP_SENDSYNACK", "TCP_SENDACK", "TCP_RECVACK",
+            "TCP_SEND", "TCP_RECEIVE", "TCP_SENDPACKET", "TCP_RECEIVEPACKET", "IP_SENDBUFFER", "IP_RECEIVEPACKET",
+        ]
+        #expect(expected.subtracting(r.names).isEmpty, "missing: \(expected.subtracting(r.names).sorted())")
+        #expect(!r.names.contains("SOCKET_ASSIGNADDR"), "SOCKET_ASSIGNADDR is socket-level only")
+
+        let bind = try #require(r.log.named("SOCKET_BIND").first)
+        #expect(r.endpoints(bind)["sport"] as? Int == 8080 && r.endpoints(bind)["src"] as? String == "0.0.0.0")
+        // The accepted fd that the tracer saw is the one accept() returned to the scenario.
+        let steps = r.summary["steps"] as? [[String: Any]] ?? []
+        let acceptResult = steps.first { ($0["step"] as? String)?.hasPrefix("accept") == true }?["result"] as? String
+        #expect(r.log.named("SOCKET_ACCEPT").first?["fd"] as? Int == acceptResult.flatMap { Int($0) })
+        #expect(r.log.named("TCP_SEND").first?["bytes"] as? Int == 5)
+        #expect(r.log.named("SOCKET_WRITE").first?["bytes"] as? Int == 5)
+        #expect(r.log.named("SOCKET_RECEIVE").first?["bytes"] as? Int == 3 && r.log.named("TCP_RECEIVE").first?["bytes"] as? Int == 3)
+
+        // TCP_SENDSYNACK falls between the SYN entering IP and the SYN-ACK leaving it, for this flow.
+        let synIn = try #require(r.log.named("IP_RECEIVEPACKET").first { r.packet($0)["tcp_flags"] as? String == "S" })
+        let synackOut = try #require(r.log.named("IP_SENDBUFFER").first { r.packet($0)["tcp_flags"] as? String == "S." })
+        let synack = try #require(r.log.named("TCP_SENDSYNACK").first)
+        let t = synack["t_ns"] as? Int ?? 0
+        #expect((synIn["t_ns"] as? Int ?? .max) < t && t < (synackOut["t_ns"] as? Int ?? 0))
+        #expect(r.endpoints(synack)["sport"] as? Int == 8080 && r.endpoints(synack)["dport"] as? Int == 40000)
+        let recvsyn = try #require(r.log.named("TCP_RECVSYN").first)
+        #expect(r.endpoints(recvsyn)["dport"] as? Int == 40000)
+
+        // Every segment the host sent has a TCP_SENDPACKET, and the data one carries 5 bytes.
+        let sent = r.pcap.packets.filter { $0.ip.source == IPv4Address(198, 18, 0, 1) }
+        let segments = r.log.named("TCP_SENDPACKET")
+        #expect(segments.count == sent.count - 1, "the SYN-ACK is built by tcp_make_synack, not __tcp_transmit_skb")
+        #expect(segments.contains { r.packet($0)["length"] as? Int == 5 || r.endpoints($0)["length"] as? Int == 5 })
+        // Received ACKs name the segment by its real sequence number.
+        let wireData = try #require(r.pcap.packets.first { $0.ip.source == IPv4Address(198, 18, 0, 2) && $0.payload.count == 3 })
+        guard case .tcp(let th) = wireData.transport else { Issue.record("not TCP"); return }
+        #expect(r.log.named("TCP_RECVACK").contains { r.packet($0)["tcp_seq"] as? Int == Int(th.sequence) })
+        #expect(r.log.named("TCP_RECEIVEPACKET").contains { r.packet($0)["tcp_seq"] as? Int == Int(th.sequence) })
+        // IP events carry the device MTU and the IP total length.
+        let ipEvent = try #require(r.log.named("IP_RECEIVEPACKET").first)
+        #expect(ipEvent["mtu"] as? Int == 1500 && r.packet(ipEvent)["df"] as? Bool == true)
+        // Where each event was logged from is in the header.
+        #expect(r.site("SOCKET_CREATE") == ("cgroup/sock_create", "exact"))
+        #expect(r.site("IP_RECEIVEPACKET") == ("tracepoint net:netif_receive_skb", "approximate"))
+        #expect(r.site("TCP_DISCONNECT").placement == "unavailable")
+        #expect((r.summary["events"] as? [String: Any])?["lost"] as? Int == 0)
+    }
+
+    /// --level socket logs only the socket level, with SOCKET_ASSIGNADDR for bind.
+    @Test func socketLevelLogsOnlySocketEvents() throws {
+        let r = try run("lab/scenarios/tcp-handshake.yaml", ["--level", "socket"])
+        let socketLevel: Set = ["SOCKET_CREATE", "SOCKET_CLOSE", "SOCKET_ASSIGNADDR", "SOCKET_LISTEN", "SOCKET_ACCEPT", "SOCKET_WRITE", "SOCKET_RECEIVE"]
+        #expect(r.names.isSubset(of: socketLevel), "not socket level: \(r.names.subtracting(socketLevel).sorted())")
+        #expect(r.names == socketLevel)
+        #expect(r.endpoints(r.log.named("SOCKET_ASSIGNADDR").first ?? [:])["sport"] as? Int == 8080)
+    }
+
+    /// --events toggles after the level, with globs.
+    @Test func togglesTurnEventsOff() throws {
+        let r = try run("lab/scenarios/tcp-handshake.yaml", ["--events=-TCP_*", "--events=-IP_*"])
+        #expect(!r.names.contains { $0.hasPrefix("TCP_") && $0 != "TCP_STATE" } && !r.names.contains { $0.hasPrefix("IP_") })
+        #expect(r.names.contains("CONNECTION_HANDSHAKE") && r.names.contains("SOCKET_CREATE"))
+    }
+
+    /// With sockops turned off, the SYN-ACK event falls back to the device and says so.
+    @Test func disabledBackendFallsBack() throws {
+        let r = try run("lab/scenarios/tcp-handshake.yaml", ["--disable-backend", "sockops"])
+        #expect(r.site("TCP_SENDSYNACK") == ("tracepoint net:net_dev_queue", "approximate"))
+        #expect(r.site("SOCKET_LISTEN") == ("tp_btf sock:inet_sock_set_state", "approximate"))
+        let synack = try #require(r.log.named("TCP_SENDSYNACK").first)
+        #expect(synack["probe"] as? String == "tracepoint net:net_dev_queue")
+        #expect(r.packet(synack)["tcp_flags"] as? String == "S." && synack["wire_frame"] as? Int == 2)
+        #expect(r.log.named("SOCKET_LISTEN").first?["probe"] as? String == "tp_btf sock:inet_sock_set_state")
+    }
+
+    @Test func udpEvents() throws {
+        let r = try run("lab/scenarios/udp-echo.yaml")
+        let queued = try #require(r.log.named("UDP_QUEUE_SOCKETBUFFER").first)
+        #expect(r.packet(queued)["length"] as? Int == 32 && r.packet(queued)["dport"] as? Int == 7)
+        #expect(r.log.named("UDP_RECEIVE").first?["bytes"] as? Int == 32)
+        #expect(r.log.named("UDP_SEND").first?["bytes"] as? Int == 32)
+        // Where UDP_SEND lands depends on its site: sock:sock_send_length fires as sock_sendmsg
+        // returns, after the datagram has left through IP; udp_sendmsg's entry would be before.
+        let afterIP = r.site("UDP_SEND").site == "tp_btf sock:sock_send_length"
+        let names = ["UDP_QUEUE_SOCKETBUFFER", "UDP_RECEIVE"] + (afterIP ? ["IP_SENDBUFFER", "UDP_SEND"] : ["UDP_SEND", "IP_SENDBUFFER"])
+        let order = names.map { n in r.log.named(n).last?["t_ns"] as? Int ?? 0 }
+        #expect(order == order.sorted() && !order.contains(0), "\(zip(names, order).map { "\($0) \($1)" })")
+    }
+
+    @Test func icmpEchoEvents() throws {
+        let r = try run("lab/scenarios/icmp-echo.yaml")
+        let received = try #require(r.log.named("ICMP_RECEIVE").first)
+        let reply = try #require(r.log.named("ICMP_REPLY").first)
+        #expect(r.packet(received)["icmp_type"] as? Int == 8 && r.packet(received)["icmp_id"] as? Int == 7)
+        #expect(r.packet(reply)["icmp_type"] as? Int == 0 && r.packet(reply)["icmp_seq"] as? Int == 1)
+    }
+
+    /// A datagram to a closed port: ICMP_SEND for the port unreachable, naming the datagram.
+    @Test func icmpSendForClosedPort() throws {
+        let file = try scenario("closed-port", "host_port: 9\nsteps:\n  - inject: udp (10)\n")
+        let r = try run(file)
+        let send = try #require(r.log.named("ICMP_SEND").first)
+        #expect(send["icmp_error"] as? [String: Int] == ["type": 3, "code": 3])
+        let datagram = try #require(r.pcap.packets.first)
+        #expect(r.packet(send)["ip_id"] as? Int == Int(datagram.ip.identification) && r.packet(send)["proto"] as? Int == 17)
+        guard case .icmp(.destinationUnreachable(3, _, _)) = r.pcap.packets.last?.transport else {
+            Issue.record("no port unreachable on the wire")
+            return
+        }
+    }
+
+    /// A segment with URG set reaches an established socket.
+    @Test func urgentData() throws {
+        let file = try scenario("urgent", """
+            steps:
+              - socket: l tcp
+              - bind: l 0.0.0.0:8080
+              - listen: l 1
+              - inject: S 0:0(0) win 65535 <mss 1460>
+              - expect: S. 0:0(0) ack 1 <...>
+              - inject: . 1:1(0) ack 1 win 512
+              - accept: l c
+              - inject: PU. 1:2(1) ack 1 win 512
+              - expect: . 1:1(0) ack 2 <...>
+            """)
+        let r = try run(file)
+        let urgent = try #require(r.log.named("TCP_RECV_URGENTDATA").first)
+        #expect(r.packet(urgent)["tcp_flags"] as? String == "P.U" && r.packet(urgent)["length"] as? Int == 1)
+    }
+}
