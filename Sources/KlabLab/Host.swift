@@ -28,11 +28,21 @@ public final class LabHost: @unchecked Sendable {
     private var started = false
     private var startError: Error?
 
-    public init(name: String) throws {
+    /// - Parameter joining: a namespace file (/proc/PID/ns/net, /run/netns/NAME) to enter
+    ///   instead of creating a namespace; klab then only observes it.
+    public init(name: String, joining: String? = nil) throws {
         self.name = name
         let t = Thread { [self] in
             do {
-                try sys("unshare(CLONE_NEWNET)", hint: "needs CAP_SYS_ADMIN: run as root") { klab_unshare_net() }
+                if let joining {
+                    let fd = try sys("open(\(joining))", hint: "give a network namespace file: /proc/PID/ns/net or /run/netns/NAME") {
+                        open(joining, O_RDONLY | O_CLOEXEC)
+                    }
+                    defer { close(fd) }
+                    try sys("setns(\(joining), CLONE_NEWNET)", hint: "not a network namespace, or not root") { klab_setns_net(fd) }
+                } else {
+                    try sys("unshare(CLONE_NEWNET)", hint: "needs CAP_SYS_ADMIN: run as root") { klab_unshare_net() }
+                }
                 namespaceFD = try sys("open(/proc/thread-self/ns/net)") { open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC) }
                 var st = stat()
                 try sys("fstat(netns)") { fstat(namespaceFD, &st) }

@@ -183,7 +183,8 @@ struct Header: Encodable {
     let record_size: Int
 }
 
-struct EventLine: Encodable {
+/// One line of events.jsonl.
+public struct EventLine: Encodable {
     struct PacketFields: Encodable {
         let proto: UInt8
         let src: String
@@ -245,7 +246,7 @@ struct EventLine: Encodable {
     let icmp_error: [String: Int32]?
     let wire_frame: Int?
 
-    init(_ e: TraceEvent, frame: Int?, tscHz: Double) {
+    public init(_ e: TraceEvent, frame: Int?, tscHz: Double) {
         (t_ns, serial, cpu, pid, tid, comm, netns) = (e.timeNs, e.serial, e.cpu, e.pid, e.tid, e.comm, e.netns)
         cycles = UInt64(Double(e.timeNs) * tscHz / 1e9)
         let fields = Schema.event(e.event)?.fields ?? []

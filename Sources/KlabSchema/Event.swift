@@ -152,3 +152,27 @@ public let tcpStateNames = [
 public func tcpStateName(_ s: Int32) -> String {
     s >= 0 && Int(s) < tcpStateNames.count && s > 0 ? tcpStateNames[Int(s)] : "STATE_\(s)"
 }
+
+extension PacketIdentity {
+    /// A packet with this identity (payload zeroed), for matching against a pcap filter.
+    public func packet() -> Packet {
+        let zeros = [UInt8](repeating: 0, count: Int(length))
+        var p: Packet
+        switch proto {
+        case 6:
+            p = Packet.tcp(from: source, to: destination, sport: sourcePort, dport: destinationPort, seq: tcpSeq, ack: tcpAck,
+                           flags: TCPFlags(rawValue: tcpFlags), payload: zeros, id: ipID)
+        case 17:
+            p = Packet.udp(from: source, to: destination, sport: sourcePort, dport: destinationPort, payload: zeros, id: ipID)
+        case 1 where icmpType == 0 || icmpType == 8:
+            p = Packet.icmpEcho(from: source, to: destination, id: icmpID, sequence: icmpSeq, payload: zeros, reply: icmpType == 0, ipID: ipID)
+        default:
+            p = Packet(ip: IPv4Header(source: source, destination: destination, protocol: proto, identification: ipID),
+                       transport: .other(protocol: proto), payload: zeros)
+        }
+        p.ip.dontFragment = frag & 0x4000 != 0
+        p.ip.moreFragments = frag & 0x2000 != 0
+        p.ip.fragmentOffset = Int(frag & 0x1fff) * 8
+        return p
+    }
+}

@@ -31,9 +31,12 @@ public final class Tracer: @unchecked Sendable {
     ///   - namespaces: (netns cookie, netns inode) of every lab host; empty to only probe.
     ///   - cgroupFD: the lab cgroup, for cgroup and sockops programs.
     ///   - rawPath: where the binary records go (struct klab_event, back to back).
-    public init(config: TracerConfig, namespaces: [(cookie: UInt64, inode: UInt32)], cgroupFD: Int32, rawPath: String) throws {
+    ///   - live: called with each record as it arrives (on the consumer thread) instead of
+    ///     writing it to `rawPath`.
+    public init(config: TracerConfig, namespaces: [(cookie: UInt64, inode: UInt32)], cgroupFD: Int32, rawPath: String,
+                live: ((TraceEvent) -> Void)? = nil) throws {
         LibbpfLog.install()
-        sink = try RecordSink(path: rawPath)
+        sink = try RecordSink(path: rawPath, live: live)
         let wanted = try config.events()
         var ok = false
         defer { if !ok { close() } }
@@ -194,14 +197,21 @@ final class RecordSink: @unchecked Sendable {
     private var buffer: [UInt8] = []
     private let lock = NSLock()
 
-    init(path: String) throws {
+    private let live: ((TraceEvent) -> Void)?
+
+    init(path: String, live: ((TraceEvent) -> Void)? = nil) throws {
         self.path = path
+        self.live = live
         fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
         if fd < 0 { throw TracerError(description: "cannot create \(path): \(String(cString: strerror(errno)))") }
         buffer.reserveCapacity(1 << 20)
     }
 
     func append(_ data: UnsafeMutableRawPointer, _ size: Int) {
+        if let live {
+            live(TraceEvent(record: UnsafeRawBufferPointer(start: data, count: size)))
+            return
+        }
         lock.lock()
         buffer.append(contentsOf: UnsafeRawBufferPointer(start: data, count: size))
         if buffer.count >= 1 << 20 { writeOut() }
