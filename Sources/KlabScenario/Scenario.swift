@@ -1,13 +1,17 @@
 import Foundation
 import KlabPacket
+import KlabSchema
 import Yams
 
 /// A place in a scenario file, printed as file:line:column like a compiler does.
-public struct SourceLocation: Sendable, CustomStringConvertible {
+public struct SourceLocation: Sendable, CustomStringConvertible, Equatable {
     public let file: String
     public let line: Int
     public let column: Int
+    public init(file: String, line: Int, column: Int) { (self.file, self.line, self.column) = (file, line, column) }
     public var description: String { "\(file):\(line):\(column)" }
+    /// The same line, `n` columns further right.
+    func advanced(by n: Int) -> SourceLocation { SourceLocation(file: file, line: line, column: column + n) }
 }
 
 /// Bad scenario input. The CLI prints it as `file:line:column: error: message`.
@@ -30,7 +34,13 @@ public struct Scenario: Sendable {
     /// Ports of the scripted flow (packet lines use them).
     public var peerPort: UInt16
     public var hostPort: UInt16
+    /// A scenario still running after this long is stopped and fails.
+    public var timeoutNs: UInt64
     public var steps: [Step]
+    /// Where `name:` is written (for duplicate names across files).
+    public var nameLocation: SourceLocation?
+
+    public static let defaultTimeoutNs: UInt64 = 30_000_000_000
 }
 
 public struct HostSpec: Sendable {
@@ -38,6 +48,18 @@ public struct HostSpec: Sendable {
     public var address: IPv4Address
     public var prefixLength: Int
     public var mtu: UInt32
+    /// Per-namespace sysctls (net.*), written inside the host before the first step.
+    public var sysctls: [(key: String, value: String)] = []
+}
+
+/// When a step runs: at a time from the scenario's start, or after the previous step's
+/// event (a packet's arrival or injection, a call's return), give or take `toleranceNs`.
+public struct Timing: Sendable, Equatable {
+    public enum Base: Sendable, Equatable { case start, previous }
+    public let base: Base
+    public let offsetNs: UInt64
+    public let toleranceNs: UInt64
+    public static let defaultToleranceNs: UInt64 = 10_000_000
 }
 
 public struct Step: Sendable {
@@ -47,6 +69,9 @@ public struct Step: Sendable {
     public let action: Action
     /// What a socket call must return; nil means the call's natural success.
     public let result: Expected?
+    public var timing: Timing? = nil
+    /// A socket call that runs on while later steps play; `wait: SOCKET` collects it.
+    public var background = false
 }
 
 public enum SocketKind: String, Sendable { case tcp, udp }
@@ -62,39 +87,107 @@ public enum Expected: Sendable, Equatable, CustomStringConvertible {
     }
 }
 
-public enum Action: Sendable {
-    case socket(name: String, kind: SocketKind)
-    case bind(sock: String, address: IPv4Address, port: UInt16)
-    case listen(sock: String, backlog: Int32)
-    case accept(sock: String, as: String)
-    case write(sock: String, bytes: [UInt8])
-    case read(sock: String, count: Int)
-    case sendto(sock: String, bytes: [UInt8], to: (IPv4Address, UInt16)?)
-    case recvfrom(sock: String, count: Int)
-    case close(sock: String)
-    case inject(PacketSpec)
-    case expect(PacketSpec, timeoutMs: Int)
+/// A socket option klab can set: where it lives and whether its value is a string.
+public struct SocketOption: Sendable, Equatable {
+    public let name: String
+    public let level: Int32
+    public let option: Int32
+    public let isString: Bool
 }
 
-/// A packet in packetdrill's notation. Sequence numbers are relative to the sender's
-/// initial sequence number; `options == nil` means "<...>": not checked (for `expect`) or
-/// none (for `inject`).
-public enum PacketSpec: Sendable, Equatable, CustomStringConvertible {
-    case tcp(flags: TCPFlags, start: UInt32, end: UInt32, ack: UInt32?, window: UInt16?, options: [TCPOption]?)
-    case udp(length: Int)
-    case icmpEcho(reply: Bool, id: UInt16?, sequence: UInt16?, length: Int)
-
+public enum OptionValue: Sendable, Equatable, CustomStringConvertible {
+    case int(Int32)
+    case string(String)
     public var description: String {
         switch self {
-        case .tcp(let f, let s, let e, let ack, let win, let opts):
-            var t = "\(f) \(s):\(e)(\(e &- s))"
-            if let ack { t += " ack \(ack)" }
-            if let win { t += " win \(win)" }
-            if let opts { if !opts.isEmpty { t += " <\(opts.map(\.description).joined(separator: ","))>" } } else { t += " <...>" }
-            return t
-        case .udp(let n): return "udp (\(n))"
-        case .icmpEcho(let reply, let id, let seq, let n):
-            return "icmp echo_\(reply ? "reply" : "request")" + (id.map { " id \($0)" } ?? "") + (seq.map { " seq \($0)" } ?? "") + " (\(n))"
+        case .int(let v): "\(v)"
+        case .string(let s): s
+        }
+    }
+}
+
+/// write, send and sendto: bytes (a count of pattern bytes or given text) and flags.
+public struct SendCall: Sendable {
+    /// write, send or sendto.
+    public let verb: String
+    public let sock: String
+    public let bytes: [UInt8]
+    public let flags: Int32
+    /// For sendto; nil means the socket's last sender (or its connected peer).
+    public let to: Endpoint?
+}
+
+/// read, recv and recvfrom: up to `count` bytes; with `data`, exactly those bytes.
+public struct ReceiveCall: Sendable {
+    /// read, recv or recvfrom.
+    public let verb: String
+    public let sock: String
+    public let count: Int
+    public let flags: Int32
+    public let data: [UInt8]?
+}
+
+public struct Endpoint: Sendable, Equatable, CustomStringConvertible {
+    public let address: IPv4Address
+    public let port: UInt16
+    public var description: String { "\(address):\(port)" }
+}
+
+/// A real program run inside the host: an argv, no shell.
+public struct ProgramSpec: Sendable {
+    public let name: String
+    public let argv: [String]
+    /// The executable found on PATH when the file was read.
+    public let path: String
+    public let background: Bool
+    /// The exit status it must end with; nil: any.
+    public let status: Int32?
+    /// How long a foreground program may run (default: until the scenario's timeout).
+    public let timeoutNs: UInt64?
+}
+
+/// An ordered sequence of schema events that must appear in the trace.
+public struct EventExpectation: Sendable {
+    public let patterns: [(glob: String, at: SourceLocation)]
+    /// Only events of this scenario socket (by its SO_COOKIE).
+    public let sock: String?
+    /// Only events logged at this level or a coarser one.
+    public let level: Level?
+    /// The filtered events must be exactly the sequence, nothing in between.
+    public let exact: Bool
+}
+
+public enum Action: Sendable {
+    case socket(name: String, kind: SocketKind, nonblocking: Bool)
+    case setsockopt(sock: String, option: SocketOption, value: OptionValue)
+    case getsockopt(sock: String, option: SocketOption, want: String?)
+    case bind(sock: String, address: IPv4Address, port: UInt16)
+    case listen(sock: String, backlog: Int32)
+    case connect(sock: String, to: Endpoint)
+    case accept(sock: String, as: String)
+    case send(SendCall)
+    case receive(ReceiveCall)
+    case shutdown(sock: String, how: Int32)
+    case close(sock: String)
+    /// Waits for a background socket call or program.
+    case wait(name: String)
+    case sleep(ns: UInt64)
+    case inject(PacketSpec)
+    case expect(PacketSpec, timeoutMs: Int)
+    case program(ProgramSpec)
+    /// Stops a background program (SIGTERM, then SIGKILL).
+    case stop(name: String)
+    case events(EventExpectation)
+
+    /// The socket a call works on (the name a background call is waited for by).
+    var socketName: String? {
+        switch self {
+        case .socket(let s, _, _), .setsockopt(let s, _, _), .getsockopt(let s, _, _), .bind(let s, _, _), .listen(let s, _),
+             .connect(let s, _), .accept(let s, _), .shutdown(let s, _), .close(let s):
+            return s
+        case .send(let c): return c.sock
+        case .receive(let c): return c.sock
+        default: return nil
         }
     }
 }
@@ -111,6 +204,22 @@ extension Scenario {
             throw ScenarioError(nil, "cannot read scenario file \(path): \((error as NSError).localizedDescription)")
         }
         return try parse(text, file: path)
+    }
+
+    /// Reads several files; two scenarios with one name would share a results folder.
+    public static func load(all paths: [String]) throws(ScenarioError) -> [Scenario] {
+        var seen: [String: String] = [:]
+        var out: [Scenario] = []
+        for p in paths {
+            let s = try load(p)
+            if let other = seen[s.name] {
+                throw ScenarioError(s.nameLocation ?? SourceLocation(file: p, line: 1, column: 1),
+                                    "duplicate scenario name '\(s.name)': \(other) has it too (each gets a results folder by name)")
+            }
+            seen[s.name] = p
+            out.append(s)
+        }
+        return out
     }
 
     public static func parse(_ text: String, file: String) throws(ScenarioError) -> Scenario {
@@ -146,6 +255,12 @@ struct Reader {
         SourceLocation(file: file, line: node.mark?.line ?? 1, column: node.mark?.column ?? 1)
     }
 
+    /// Where a scalar's text begins: a quoted scalar's text starts one column after its mark.
+    func textStart(_ node: Node) -> SourceLocation {
+        if case .scalar(let sc) = node, sc.style == .singleQuoted || sc.style == .doubleQuoted { return at(node).advanced(by: 1) }
+        return at(node)
+    }
+
     func fail(_ node: Node, _ message: String) -> ScenarioError { ScenarioError(at(node), message) }
 
     func mapping(_ node: Node, _ what: String) throws(ScenarioError) -> [(key: String, keyNode: Node, value: Node)] {
@@ -170,28 +285,66 @@ struct Reader {
         return v
     }
 
+    func bool(_ node: Node, _ what: String) throws(ScenarioError) -> Bool {
+        switch try string(node, what) {
+        case "true", "yes": return true
+        case "false", "no": return false
+        default: throw fail(node, "\(what) must be true or false")
+        }
+    }
+
     func address(_ node: Node, _ what: String) throws(ScenarioError) -> IPv4Address {
         guard let a = IPv4Address(try string(node, what)) else { throw fail(node, "\(what) must be an IPv4 address like 198.18.0.1") }
+        guard Scenario.labPrefix.contains(a) else {
+            throw fail(node, "\(a) is outside the lab prefix \(Scenario.labPrefix); lab traffic must stay in it")
+        }
         return a
     }
+
+    /// `500ms`, `0.5s`, `250us`, `2s`: a duration with its unit.
+    func duration(_ node: Node, _ what: String) throws(ScenarioError) -> UInt64 {
+        let text = try string(node, what)
+        guard let ns = Reader.duration(text) else {
+            throw fail(node, "\(what) must be a duration with a unit, like 500ms, 0.5s or 250us, not '\(text)'")
+        }
+        return ns
+    }
+
+    static func duration(_ text: String) -> UInt64? {
+        for (unit, scale) in [("ms", 1e6), ("us", 1e3), ("µs", 1e3), ("ns", 1.0), ("s", 1e9)] where text.hasSuffix(unit) {
+            guard let v = Double(text.dropLast(unit.count)), v >= 0, v * scale < 1e13 else { return nil }
+            return UInt64((v * scale).rounded())
+        }
+        return nil
+    }
+
+    static let scenarioKeys = "name, about, host, peer, peer_port, host_port, timeout and steps"
 
     func scenario(_ root: Node) throws(ScenarioError) -> Scenario {
         var s = Scenario(
             file: file, name: URL(fileURLWithPath: file).deletingPathExtension().lastPathComponent, about: "",
             host: HostSpec(name: "h1", address: "198.18.0.1", prefixLength: 24, mtu: 1500),
-            peer: "198.18.0.2", peerPort: 40000, hostPort: 8080, steps: [])
+            peer: "198.18.0.2", peerPort: 40000, hostPort: 8080, timeoutNs: Scenario.defaultTimeoutNs, steps: [])
         var peerGiven = false
         var stepsNode: Node?
         for (key, keyNode, value) in try mapping(root, "a scenario") {
             switch key {
-            case "name": s.name = try string(value, "name")
+            case "name":
+                s.name = try string(value, "name")
+                s.nameLocation = at(value)
+                guard !s.name.isEmpty, s.name.allSatisfy({ $0.isLetter || $0.isNumber || "-_.".contains($0) }), !s.name.hasPrefix(".") else {
+                    throw fail(value, "a scenario name is one word of letters, digits, - _ and . (it names the results folder)")
+                }
             case "about": s.about = try string(value, "about")
             case "host": s.host = try host(value)
             case "peer": s.peer = try address(value, "peer"); peerGiven = true
             case "peer_port": s.peerPort = UInt16(try int(value, "peer_port", in: 1...65535))
             case "host_port": s.hostPort = UInt16(try int(value, "host_port", in: 1...65535))
+            case "timeout":
+                s.timeoutNs = try duration(value, "timeout")
+                guard s.timeoutNs > 0 else { throw fail(value, "impossible time: a timeout of 0") }
             case "steps": stepsNode = value
-            default: throw fail(keyNode, "unknown key '\(key)'; a scenario has name, about, host, peer, peer_port, host_port and steps")
+            default: throw fail(keyNode, "unknown key '\(key)'; a scenario has \(Reader.scenarioKeys)")
             }
         }
         if !peerGiven { s.peer = IPv4Address(rawValue: s.host.address.rawValue + 1) }
@@ -199,6 +352,7 @@ struct Reader {
             throw ScenarioError(at(stepsNode ?? root), "a scenario needs 'steps:', a list of steps")
         }
         for node in seq { s.steps.append(try step(node, s)) }
+        try Checker(scenario: s).check()
         return s
     }
 
@@ -217,27 +371,55 @@ struct Reader {
                 }
                 (h.address, h.prefixLength) = (p.address, p.length)
             case "mtu": h.mtu = UInt32(try int(value, "mtu", in: 68...65535))
-            default: throw fail(keyNode, "unknown host key '\(key)'; a host has name, address and mtu")
+            case "sysctls":
+                for (k, kn, v) in try mapping(value, "sysctls") {
+                    // Only the network namespace's own settings: anything else would change the machine.
+                    guard k.hasPrefix("net."), !k.contains(".."), !k.contains("/"),
+                          FileManager.default.fileExists(atPath: "/proc/sys/" + k.replacingOccurrences(of: ".", with: "/")) else {
+                        throw fail(kn, "unknown sysctl '\(k)': a host takes net.* sysctls that exist under /proc/sys/net")
+                    }
+                    h.sysctls.append((k, try string(v, "a sysctl value")))
+                }
+            default: throw fail(keyNode, "unknown host key '\(key)'; a host has name, address, mtu and sysctls")
             }
         }
         return h
     }
 
-    static let verbs = ["socket", "bind", "listen", "accept", "write", "read", "sendto", "recvfrom", "close", "inject", "expect"]
+    static let verbs = [
+        "socket", "setsockopt", "getsockopt", "bind", "listen", "connect", "accept", "write", "send", "sendto", "read", "recv",
+        "recvfrom", "shutdown", "close", "wait", "sleep", "inject", "expect", "run", "stop", "events",
+    ]
+    /// Keys any step may have besides its verb.
+    static let timingKeys = ["at", "after", "tolerance"]
 
     func step(_ node: Node, _ s: Scenario) throws(ScenarioError) -> Step {
+        if case .scalar = node { return try packetLine(node) }
         let fields = try mapping(node, "a step")
-        guard let verb = fields.first(where: { Reader.verbs.contains($0.key) }) else {
+        let verbs = fields.filter { Reader.verbs.contains($0.key) }
+        guard let verb = verbs.first else {
+            if let f = fields.first { throw fail(f.keyNode, "unknown step '\(f.key)'; a step is one of: \(Reader.verbs.joined(separator: ", ")), or a packet line \"< …\" / \"> …\"") }
             throw fail(node, "a step needs one of: \(Reader.verbs.joined(separator: ", "))")
         }
-        var result: Expected?
-        for f in fields where f.key != verb.key {
-            guard f.key == "result" else { throw fail(f.keyNode, "unknown key '\(f.key)' in a \(verb.key) step") }
-            result = try expected(f.value)
+        if verbs.count > 1 { throw fail(verbs[1].keyNode, "a step does one thing: '\(verb.key)' and '\(verbs[1].key)' are two steps") }
+        let extra = Dictionary(fields.filter { $0.key != verb.key }.map { ($0.key, ($0.keyNode, $0.value)) }, uniquingKeysWith: { a, _ in a })
+        // Keys each verb takes besides the timing ones.
+        let allowed: [String]
+        switch verb.key {
+        case "run": allowed = ["name", "background", "status", "timeout"]
+        case "events": allowed = ["sock", "level", "exact"]
+        case "inject", "expect", "wait", "sleep", "stop": allowed = []
+        default: allowed = ["result", "background"]
         }
-        let text = "\(verb.key) \((try? string(verb.value, "")) ?? "")"
+        for (k, (kn, _)) in extra where !allowed.contains(k) && !Reader.timingKeys.contains(k) {
+            throw fail(kn, "unknown key '\(k)' in a \(verb.key) step; it takes \((allowed + Reader.timingKeys).joined(separator: ", "))")
+        }
         let loc = at(verb.keyNode)
+        let timing = try self.timing(extra)
+        let result = try extra["result"].map { (_, v) throws(ScenarioError) in try expected(v) }
+        let background = try extra["background"].map { (_, v) throws(ScenarioError) in try bool(v, "background") } ?? false
         let action: Action
+        var text = "\(verb.key) \((try? string(verb.value, "")) ?? "")"
         switch verb.key {
         case "inject", "expect":
             var line = verb.value
@@ -254,86 +436,420 @@ struct Reader {
                 guard let packet else { throw fail(verb.value, "\(verb.key) needs packet:") }
                 line = packet
             }
-            // A quoted scalar's text starts one column after its mark.
-            var start = at(line)
-            if case .scalar(let sc) = line, sc.style == .singleQuoted || sc.style == .doubleQuoted {
-                start = SourceLocation(file: start.file, line: start.line, column: start.column + 1)
-            }
-            let spec = try PacketNotation.parse(try string(line, "a packet"), at: start)
+            let spec = try PacketNotation.parse(try string(line, "a packet"), at: textStart(line))
             action = verb.key == "inject" ? .inject(spec) : .expect(spec, timeoutMs: timeout)
-            return Step(location: loc, text: "\(verb.key) \(spec)", action: action, result: nil)
+            text = "\(verb.key) \(spec)"
+        case "run":
+            action = .program(try program(verb.value, extra))
+            if case .program(let p) = action { text = "run \(p.argv.joined(separator: " "))" }
+        case "events":
+            action = .events(try events(verb.value, extra))
+        case "sleep":
+            action = .sleep(ns: try duration(verb.value, "sleep"))
         default:
             action = try call(verb.key, verb.value)
         }
-        return Step(location: loc, text: text, action: action, result: result)
+        if background, verb.key != "run" {
+            guard action.socketName != nil else { throw fail(extra["background"]!.0, "only socket calls run in the background") }
+        }
+        return Step(location: loc, text: text, action: action, result: result, timing: timing, background: background)
     }
 
-    /// `socket: l tcp`, `bind: l 0.0.0.0:8080`, `write: c 100` or `write: c "hello"` …
-    func call(_ verb: String, _ node: Node) throws(ScenarioError) -> Action {
-        let words = try string(node, verb).split(separator: " ", omittingEmptySubsequences: true).map(String.init)
-        func need(_ n: Int, _ usage: String) throws(ScenarioError) {
-            guard words.count == n else { throw fail(node, "\(verb) takes \(usage)") }
+    /// A step written as a packetdrill line: `[TIME] < PACKET` injects, `[TIME] > PACKET` expects.
+    /// TIME is packetdrill's: `+0.1` after the previous step, `0.5` from the start (seconds).
+    func packetLine(_ node: Node) throws(ScenarioError) -> Step {
+        let start = textStart(node)
+        let line = try string(node, "a step")
+        var rest = Substring(line)
+        var column = 0
+        func skip() { while rest.first == " " { rest = rest.dropFirst(); column += 1 } }
+        skip()
+        var timing: Timing?
+        if let c = rest.first, c == "+" || c.isNumber {
+            let word = rest.prefix { $0 != " " }
+            let relative = word.hasPrefix("+")
+            guard let secs = Double(relative ? word.dropFirst() : word), secs >= 0, secs < 1e4 else {
+                throw ScenarioError(start.advanced(by: column), "'\(word)' is not a time: packetdrill times are seconds, +0.1 (after the previous step) or 0.5 (from the start)")
+            }
+            timing = Timing(base: relative ? .previous : .start, offsetNs: UInt64((secs * 1e9).rounded()), toleranceNs: Timing.defaultToleranceNs)
+            rest = rest.dropFirst(word.count)
+            column += word.count
+            skip()
         }
-        func count(_ w: String) throws(ScenarioError) -> Int {
-            guard let n = Int(w), n >= 0, n <= 1 << 26 else { throw fail(node, "'\(w)' is not a byte count") }
+        guard let dir = rest.first, dir == "<" || dir == ">" else {
+            throw ScenarioError(start.advanced(by: column), "a step written as a line is a packet: '< PACKET' (the peer injects it) or '> PACKET' (the host must send it)")
+        }
+        rest = rest.dropFirst()
+        column += 1
+        let spec = try PacketNotation.parse(String(rest), at: start.advanced(by: column))
+        let inject = dir == "<"
+        return Step(location: at(node), text: "\(inject ? "inject" : "expect") \(spec)",
+                    action: inject ? .inject(spec) : .expect(spec, timeoutMs: 1000), result: nil, timing: timing)
+    }
+
+    func timing(_ extra: [String: (Node, Node)]) throws(ScenarioError) -> Timing? {
+        let at = extra["at"], after = extra["after"]
+        if let at, after != nil { throw fail(at.0, "impossible time: a step has 'at' (from the start) or 'after' (from the previous step), not both") }
+        let tolerance = try extra["tolerance"].map { (_, v) throws(ScenarioError) in try duration(v, "tolerance") }
+        if let tol = extra["tolerance"], at == nil && after == nil { throw fail(tol.0, "'tolerance' needs 'at' or 'after'") }
+        guard let (_, value) = at ?? after else { return nil }
+        return Timing(base: at != nil ? .start : .previous, offsetNs: try duration(value, at != nil ? "at" : "after"),
+                      toleranceNs: tolerance ?? Timing.defaultToleranceNs)
+    }
+
+    // MARK: Calls
+
+    /// A call's words, with each word's column so errors point at it. `"text"` is one word
+    /// (escapes: \n \t \r \0 \\ \" \xHH).
+    struct Words {
+        var words: [(text: String, quoted: Bool, column: Int)] = []
+        let start: SourceLocation
+
+        init(_ line: String, at start: SourceLocation) throws(ScenarioError) {
+            self.start = start
+            let chars = Array(line)
+            var i = 0
+            while i < chars.count {
+                if chars[i] == " " { i += 1; continue }
+                let begin = i
+                if chars[i] == "\"" {
+                    var s = ""
+                    i += 1
+                    while i < chars.count && chars[i] != "\"" {
+                        if chars[i] == "\\" && i + 1 < chars.count {
+                            i += 1
+                            switch chars[i] {
+                            case "n": s.append("\n")
+                            case "t": s.append("\t")
+                            case "r": s.append("\r")
+                            case "0": s.append("\0")
+                            case "x" where i + 2 < chars.count:
+                                guard let v = UInt8(String(chars[i + 1...i + 2]), radix: 16) else {
+                                    throw ScenarioError(start.advanced(by: i - 1), "\\x takes two hex digits")
+                                }
+                                s.unicodeScalars.append(Unicode.Scalar(v))
+                                i += 2
+                            default: s.append(chars[i])
+                            }
+                        } else {
+                            s.append(chars[i])
+                        }
+                        i += 1
+                    }
+                    guard i < chars.count else { throw ScenarioError(start.advanced(by: begin), "this \" is never closed") }
+                    i += 1
+                    words.append((s, true, begin))
+                } else {
+                    while i < chars.count && chars[i] != " " { i += 1 }
+                    words.append((String(chars[begin..<i]), false, begin))
+                }
+            }
+        }
+
+        var count: Int { words.count }
+        subscript(i: Int) -> String { words[i].text }
+        func at(_ i: Int) -> SourceLocation { start.advanced(by: words[min(i, words.count - 1)].column) }
+        func fail(_ i: Int, _ message: String) -> ScenarioError { ScenarioError(words.isEmpty ? start : at(i), message) }
+    }
+
+    /// `socket: l tcp`, `bind: l 0.0.0.0:8080`, `send: c "x" MSG_OOB`, `setsockopt: c TCP_NODELAY 1` …
+    func call(_ verb: String, _ node: Node) throws(ScenarioError) -> Action {
+        let w = try Words(try string(node, verb), at: textStart(node))
+        func need(_ range: ClosedRange<Int>, _ usage: String) throws(ScenarioError) {
+            guard range.contains(w.count) else {
+                throw w.count > range.upperBound ? w.fail(range.upperBound, "unexpected '\(w[range.upperBound])': \(verb) takes \(usage)")
+                                                 : ScenarioError(textStart(node), "\(verb) takes \(usage)")
+            }
+        }
+        func count(_ i: Int) throws(ScenarioError) -> Int {
+            guard !w.words[i].quoted, let n = Int(w[i]), n >= 0, n <= 1 << 26 else { throw w.fail(i, "'\(w[i])' is not a byte count") }
             return n
         }
-        func bytes(_ w: String) throws(ScenarioError) -> [UInt8] {
-            if w.hasPrefix("\"") && w.hasSuffix("\"") && w.count >= 2 { return Array(w.dropFirst().dropLast().utf8) }
-            return (0..<(try count(w))).map { UInt8(truncatingIfNeeded: $0 % 26 + 97) }
+        func bytes(_ i: Int) throws(ScenarioError) -> [UInt8] {
+            if w.words[i].quoted { return Array(w[i].unicodeScalars.map { UInt8(truncatingIfNeeded: $0.value) }) }
+            return Play.pattern(try count(i))
         }
-        func endpoint(_ w: String) throws(ScenarioError) -> (IPv4Address, UInt16) {
-            let parts = w.split(separator: ":")
+        func endpoint(_ i: Int) throws(ScenarioError) -> Endpoint {
+            let parts = w[i].split(separator: ":")
             guard parts.count == 2, let a = IPv4Address(parts[0]), let p = UInt16(parts[1]) else {
-                throw fail(node, "'\(w)' must be ADDRESS:PORT, like 0.0.0.0:8080")
+                throw w.fail(i, "'\(w[i])' must be ADDRESS:PORT, like 0.0.0.0:8080")
             }
-            return (a, p)
+            guard a == .any || Scenario.labPrefix.contains(a) || a.rawValue >> 24 == 127 else {
+                throw w.fail(i, "\(a) is outside the lab prefix \(Scenario.labPrefix); lab traffic must stay in it")
+            }
+            return Endpoint(address: a, port: p)
+        }
+        func flags(from i: Int) throws(ScenarioError) -> Int32 {
+            var f: Int32 = 0
+            for j in i..<w.count {
+                for name in w[j].split(separator: "|") {
+                    guard let v = Reader.messageFlags[String(name)] else {
+                        let column = w.words[j].column + w[j].distance(from: w[j].startIndex, to: name.startIndex)
+                        throw ScenarioError(w.start.advanced(by: column), "unknown flag '\(name)'; klab knows \(Reader.messageFlags.keys.sorted().joined(separator: ", "))")
+                    }
+                    f |= v
+                }
+            }
+            return f
+        }
+        func name(_ i: Int) throws(ScenarioError) -> String {
+            guard !w.words[i].quoted, w[i].first?.isLetter == true, w[i].allSatisfy({ $0.isLetter || $0.isNumber || $0 == "_" || $0 == "-" }) else {
+                throw w.fail(i, "'\(w[i])' is not a name: socket names are words like l, c or srv1")
+            }
+            return w[i]
         }
         switch verb {
         case "socket":
-            try need(2, "a name and a kind: socket: l tcp")
-            guard let k = SocketKind(rawValue: words[1]) else { throw fail(node, "socket kind must be tcp or udp") }
-            return .socket(name: words[0], kind: k)
-        case "bind":
-            try need(2, "a socket and ADDRESS:PORT: bind: l 0.0.0.0:8080")
-            let (a, p) = try endpoint(words[1])
-            return .bind(sock: words[0], address: a, port: p)
-        case "listen":
-            guard words.count == 1 || words.count == 2 else { throw fail(node, "listen takes a socket and an optional backlog") }
-            return .listen(sock: words[0], backlog: Int32(words.count == 2 ? try count(words[1]) : 8))
-        case "accept":
-            try need(2, "the listening socket and a name for the new one: accept: l c")
-            return .accept(sock: words[0], as: words[1])
-        case "write":
-            try need(2, "a socket and a byte count or \"text\": write: c 100")
-            return .write(sock: words[0], bytes: try bytes(words[1]))
-        case "read":
-            try need(2, "a socket and a byte count: read: c 100")
-            return .read(sock: words[0], count: try count(words[1]))
-        case "sendto":
-            guard words.count == 2 || words.count == 3 else {
-                throw fail(node, "sendto takes a socket, a byte count and an optional ADDRESS:PORT (default: the last sender)")
+            try need(2...3, "a name, a kind and optionally nonblock: socket: l tcp")
+            guard let k = SocketKind(rawValue: w[1]) else { throw w.fail(1, "socket kind must be tcp or udp, not '\(w[1])'") }
+            if w.count == 3 && w[2] != "nonblock" { throw w.fail(2, "unexpected '\(w[2])': after the kind comes only 'nonblock'") }
+            return .socket(name: try name(0), kind: k, nonblocking: w.count == 3)
+        case "setsockopt", "getsockopt":
+            let set = verb == "setsockopt"
+            try need(set ? 3...3 : 2...3, set ? "a socket, an option and a value: setsockopt: c TCP_NODELAY 1" : "a socket and an option: getsockopt: c SO_RCVBUF")
+            guard let opt = Reader.socketOptions.first(where: { $0.name == w[1] }) else {
+                throw w.fail(1, "unknown option '\(w[1])'; klab knows \(Reader.socketOptions.map(\.name).joined(separator: ", "))")
             }
-            return .sendto(sock: words[0], bytes: try bytes(words[1]), to: words.count == 3 ? try endpoint(words[2]) : nil)
-        case "recvfrom":
-            try need(2, "a socket and a byte count: recvfrom: u 100")
-            return .recvfrom(sock: words[0], count: try count(words[1]))
+            if !set { return .getsockopt(sock: try name(0), option: opt, want: w.count == 3 ? w[2] : nil) }
+            if opt.isString { return .setsockopt(sock: try name(0), option: opt, value: .string(w[2])) }
+            guard let v = Int32(w[2]) else { throw w.fail(2, "\(opt.name) takes a whole number, not '\(w[2])'") }
+            return .setsockopt(sock: try name(0), option: opt, value: .int(v))
+        case "bind":
+            try need(2...2, "a socket and ADDRESS:PORT: bind: l 0.0.0.0:8080")
+            let e = try endpoint(1)
+            return .bind(sock: try name(0), address: e.address, port: e.port)
+        case "connect":
+            try need(2...2, "a socket and ADDRESS:PORT: connect: c 198.18.0.2:40000")
+            return .connect(sock: try name(0), to: try endpoint(1))
+        case "listen":
+            try need(1...2, "a socket and an optional backlog: listen: l 8")
+            return .listen(sock: try name(0), backlog: Int32(w.count == 2 ? try count(1) : 8))
+        case "accept":
+            try need(2...2, "the listening socket and a name for the new one: accept: l c")
+            return .accept(sock: try name(0), as: try name(1))
+        case "write", "send":
+            try need(verb == "write" ? 2...2 : 2...8, "a socket, a byte count or \"text\"\(verb == "send" ? ", and flags" : ""): \(verb): c 100")
+            return .send(SendCall(verb: verb, sock: try name(0), bytes: try bytes(1), flags: try flags(from: 2), to: nil))
+        case "sendto":
+            try need(2...8, "a socket, a byte count or \"text\", an optional ADDRESS:PORT (default: the last sender) and flags")
+            let to = w.count > 2 && w[2].contains(":") ? try endpoint(2) : nil
+            return .send(SendCall(verb: verb, sock: try name(0), bytes: try bytes(1), flags: try flags(from: to == nil ? 2 : 3), to: to))
+        case "read", "recv", "recvfrom":
+            try need(verb == "read" ? 2...2 : 2...8, "a socket and a byte count or the \"text\" that must arrive\(verb == "read" ? "" : ", and flags"): \(verb): c 100")
+            let data: [UInt8]? = w.words[1].quoted ? try bytes(1) : nil
+            var n = data?.count ?? 0
+            if data == nil { n = try count(1) }
+            return .receive(ReceiveCall(verb: verb, sock: try name(0), count: n, flags: try flags(from: 2), data: data))
+        case "shutdown":
+            try need(2...2, "a socket and SHUT_RD, SHUT_WR or SHUT_RDWR")
+            let how: [String: Int32] = ["SHUT_RD": Int32(SHUT_RD), "SHUT_WR": Int32(SHUT_WR), "SHUT_RDWR": Int32(SHUT_RDWR)]
+            guard let h = how[w[1]] else { throw w.fail(1, "shutdown takes SHUT_RD, SHUT_WR or SHUT_RDWR, not '\(w[1])'") }
+            return .shutdown(sock: try name(0), how: h)
+        case "wait", "stop":
+            try need(1...1, verb == "wait" ? "the name of a background call's socket or a background program" : "a background program's name")
+            return verb == "wait" ? .wait(name: try name(0)) : .stop(name: try name(0))
         default:
-            try need(1, "a socket")
-            return .close(sock: words[0])
+            try need(1...1, "a socket")
+            return .close(sock: try name(0))
         }
     }
 
+    static let messageFlags: [String: Int32] = {
+        let flags: [(String, Int)] = [
+            ("MSG_OOB", MSG_OOB), ("MSG_PEEK", MSG_PEEK), ("MSG_DONTWAIT", MSG_DONTWAIT),
+            ("MSG_WAITALL", MSG_WAITALL), ("MSG_MORE", MSG_MORE), ("MSG_NOSIGNAL", MSG_NOSIGNAL),
+            ("MSG_TRUNC", MSG_TRUNC), ("MSG_DONTROUTE", MSG_DONTROUTE), ("MSG_CONFIRM", MSG_CONFIRM),
+        ]
+        return Dictionary(uniqueKeysWithValues: flags.map { ($0.0, Int32(truncatingIfNeeded: $0.1)) })
+    }()
+
+    static let socketOptions: [SocketOption] = {
+        let tcp = Int32(IPPROTO_TCP), udp = Int32(IPPROTO_UDP), ip = Int32(IPPROTO_IP), sol = SOL_SOCKET
+        return [
+            SocketOption(name: "TCP_NODELAY", level: tcp, option: TCP_NODELAY, isString: false),
+            SocketOption(name: "TCP_CORK", level: tcp, option: TCP_CORK, isString: false),
+            SocketOption(name: "TCP_MAXSEG", level: tcp, option: TCP_MAXSEG, isString: false),
+            SocketOption(name: "TCP_QUICKACK", level: tcp, option: TCP_QUICKACK, isString: false),
+            SocketOption(name: "TCP_NOTSENT_LOWAT", level: tcp, option: TCP_NOTSENT_LOWAT, isString: false),
+            SocketOption(name: "TCP_USER_TIMEOUT", level: tcp, option: TCP_USER_TIMEOUT, isString: false),
+            SocketOption(name: "TCP_CONGESTION", level: tcp, option: TCP_CONGESTION, isString: true),
+            SocketOption(name: "UDP_CORK", level: udp, option: 1, isString: false),  // linux/udp.h
+            SocketOption(name: "SO_RCVBUF", level: sol, option: SO_RCVBUF, isString: false),
+            SocketOption(name: "SO_SNDBUF", level: sol, option: SO_SNDBUF, isString: false),
+            SocketOption(name: "SO_REUSEADDR", level: sol, option: SO_REUSEADDR, isString: false),
+            SocketOption(name: "SO_REUSEPORT", level: sol, option: SO_REUSEPORT, isString: false),
+            SocketOption(name: "SO_KEEPALIVE", level: sol, option: SO_KEEPALIVE, isString: false),
+            SocketOption(name: "SO_OOBINLINE", level: sol, option: SO_OOBINLINE, isString: false),
+            SocketOption(name: "SO_ERROR", level: sol, option: SO_ERROR, isString: false),
+            SocketOption(name: "IP_TOS", level: ip, option: IP_TOS, isString: false),
+            SocketOption(name: "IP_TTL", level: ip, option: IP_TTL, isString: false),
+            SocketOption(name: "IP_RECVERR", level: ip, option: IP_RECVERR, isString: false),
+            SocketOption(name: "IP_MTU_DISCOVER", level: ip, option: IP_MTU_DISCOVER, isString: false),
+        ]
+    }()
+
     static let errnos: [String: Int32] = [
-        "EAGAIN": EAGAIN, "EWOULDBLOCK": EWOULDBLOCK, "ECONNREFUSED": ECONNREFUSED, "ECONNRESET": ECONNRESET,
-        "EINPROGRESS": EINPROGRESS, "EADDRINUSE": EADDRINUSE, "EINVAL": EINVAL, "EPIPE": EPIPE,
-        "ENOTCONN": ENOTCONN, "ETIMEDOUT": ETIMEDOUT, "EBADF": EBADF, "EMSGSIZE": EMSGSIZE,
+        "EAGAIN": EAGAIN, "ECONNREFUSED": ECONNREFUSED, "ECONNRESET": ECONNRESET, "ECONNABORTED": ECONNABORTED,
+        "EINPROGRESS": EINPROGRESS, "EALREADY": EALREADY, "EISCONN": EISCONN, "EADDRINUSE": EADDRINUSE,
+        "EADDRNOTAVAIL": EADDRNOTAVAIL, "EINVAL": EINVAL, "EPIPE": EPIPE, "ENOTCONN": ENOTCONN, "ETIMEDOUT": ETIMEDOUT,
+        "EBADF": EBADF, "EMSGSIZE": EMSGSIZE, "ENOPROTOOPT": ENOPROTOOPT, "EOPNOTSUPP": EOPNOTSUPP,
+        "EHOSTUNREACH": EHOSTUNREACH, "ENETUNREACH": ENETUNREACH, "EACCES": EACCES, "EPERM": EPERM, "ENOENT": ENOENT,
+        "EDESTADDRREQ": EDESTADDRREQ, "ENOBUFS": ENOBUFS, "EFAULT": EFAULT, "EINTR": EINTR, "ESHUTDOWN": ESHUTDOWN,
+        "EPROTOTYPE": EPROTOTYPE, "EAFNOSUPPORT": EAFNOSUPPORT,
     ]
+
+    /// errno's name for a number (EWOULDBLOCK is EAGAIN on Linux).
+    static func errnoName(_ e: Int32) -> String { errnos.first { $0.value == e }?.key ?? "errno \(e)" }
 
     func expected(_ node: Node) throws(ScenarioError) -> Expected {
         let w = try string(node, "result")
         if let v = Int(w) { return .value(v) }
+        if w == "EWOULDBLOCK" { return .errno(EAGAIN, "EAGAIN") }
         if let e = Reader.errnos[w] { return .errno(e, w) }
-        throw fail(node, "result must be a number or one of \(Reader.errnos.keys.sorted().joined(separator: ", "))")
+        throw fail(node, "result must be a number or an errno: \(Reader.errnos.keys.sorted().joined(separator: ", "))")
+    }
+
+    // MARK: Programs and events
+
+    /// `run: ping -c 1 198.18.0.2` or `run: [ping, -c, 1, 198.18.0.2]`: an argv, no shell.
+    func program(_ node: Node, _ extra: [String: (Node, Node)]) throws(ScenarioError) -> ProgramSpec {
+        var argv: [String]
+        var firstNode = node
+        if case .sequence(let seq) = node {
+            argv = []
+            for n in seq { argv.append(try string(n, "an argument")) }
+            if let f = seq.first { firstNode = f }
+        } else {
+            argv = try Words(try string(node, "run"), at: textStart(node)).words.map(\.text)
+        }
+        guard let exe = argv.first, !exe.isEmpty else { throw fail(node, "run takes a program and its arguments: run: ping -c 1 198.18.0.2") }
+        guard let path = Reader.which(exe) else {
+            throw fail(firstNode, "program '\(exe)' is not installed (not found on PATH: \(ProcessInfo.processInfo.environment["PATH"] ?? ""))")
+        }
+        let background = try extra["background"].map { (_, v) throws(ScenarioError) in try bool(v, "background") } ?? false
+        var status: Int32? = 0
+        if let (_, v) = extra["status"] {
+            status = try string(v, "status") == "any" ? nil : Int32(try int(v, "status", in: 0...255))
+        }
+        let name = try extra["name"].map { (_, v) throws(ScenarioError) in try string(v, "name") }
+            ?? URL(fileURLWithPath: exe).lastPathComponent
+        if let (_, v) = extra["name"], !(name.first?.isLetter ?? false) || !name.allSatisfy({ $0.isLetter || $0.isNumber || "_-".contains($0) }) {
+            throw fail(v, "'\(name)' is not a name: program names are words like srv or ping1")
+        }
+        let timeout = try extra["timeout"].map { (_, v) throws(ScenarioError) in try duration(v, "timeout") }
+        if let (k, _) = extra["timeout"], background { throw fail(k, "a background program runs until 'stop' or the end; timeout is for foreground programs") }
+        return ProgramSpec(name: name, argv: argv, path: path, background: background, status: status, timeoutNs: timeout)
+    }
+
+    /// The executable `name` resolves to on PATH (or itself, if it has a slash).
+    static func which(_ name: String) -> String? {
+        if name.contains("/") { return FileManager.default.isExecutableFile(atPath: name) ? name : nil }
+        let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"
+        for dir in path.split(separator: ":") where FileManager.default.isExecutableFile(atPath: "\(dir)/\(name)") {
+            return "\(dir)/\(name)"
+        }
+        return nil
+    }
+
+    /// `events: SOCKET_CREATE SOCKET_BIND "TCP_*"` or a YAML list; globs as in the shell.
+    func events(_ node: Node, _ extra: [String: (Node, Node)]) throws(ScenarioError) -> EventExpectation {
+        var patterns: [(String, SourceLocation)] = []
+        if case .sequence(let seq) = node {
+            for n in seq { patterns.append((try string(n, "an event name"), textStart(n))) }
+        } else {
+            let w = try Words(try string(node, "events"), at: textStart(node))
+            for i in 0..<w.count { patterns.append((w[i], w.at(i))) }
+        }
+        if patterns.isEmpty { throw fail(node, "events takes event names in the order they must appear: events: SOCKET_CREATE SOCKET_BIND") }
+        let names = Schema.all.map(\.name)
+        for (p, loc) in patterns where !names.contains(where: { fnmatch(p, $0, 0) == 0 }) {
+            throw ScenarioError(loc, "no schema event matches '\(p)' (see klab schema for the names)")
+        }
+        var level: Level?
+        if let (_, v) = extra["level"] {
+            guard let l = Level(name: try string(v, "level")) else { throw fail(v, "level must be socket, connection, protocol or ip") }
+            level = l
+        }
+        let sock = try extra["sock"].map { (_, v) throws(ScenarioError) in try string(v, "sock") }
+        let exact = try extra["exact"].map { (_, v) throws(ScenarioError) in try bool(v, "exact") } ?? false
+        return EventExpectation(patterns: patterns, sock: sock, level: level, exact: exact)
+    }
+}
+
+/// Checks a whole scenario once every step is read: names used before they exist or
+/// defined twice, and times that cannot happen.
+struct Checker {
+    let scenario: Scenario
+
+    func check() throws(ScenarioError) {
+        var open: [String: SourceLocation] = [:]  // sockets
+        var programs: [String: SourceLocation] = [:]  // background programs not yet stopped or waited
+        var pending: Set<String> = []  // background socket calls not yet waited
+        var everSocket: Set<String> = []
+        var lastAt: (ns: UInt64, line: Int)?
+        var elapsedFloor: UInt64 = 0  // the least time that has passed by this step
+        func use(_ s: String, _ step: Step) throws(ScenarioError) {
+            guard open[s] != nil else {
+                throw ScenarioError(step.location, everSocket.contains(s) ? "socket '\(s)' is already closed" : "unknown socket '\(s)': create it first with socket: \(s) tcp (or accept)")
+            }
+        }
+        func define(_ s: String, _ step: Step) throws(ScenarioError) {
+            if let other = open[s] ?? programs[s] {
+                throw ScenarioError(step.location, "duplicate name '\(s)': line \(other.line) already has one open by that name")
+            }
+            open[s] = step.location
+            everSocket.insert(s)
+        }
+        for step in scenario.steps {
+            if let t = step.timing {
+                switch t.base {
+                case .start:
+                    if let last = lastAt, t.offsetNs < last.ns {
+                        throw ScenarioError(step.location, "impossible time: at \(Self.show(t.offsetNs)) is before line \(last.line)'s at \(Self.show(last.ns))")
+                    }
+                    lastAt = (t.offsetNs, step.location.line)
+                    elapsedFloor = max(elapsedFloor, t.offsetNs)
+                case .previous:
+                    elapsedFloor += t.offsetNs
+                }
+                if elapsedFloor >= scenario.timeoutNs {
+                    throw ScenarioError(step.location, "impossible time: this step comes \(Self.show(elapsedFloor)) in, past the scenario's timeout of \(Self.show(scenario.timeoutNs))")
+                }
+            }
+            if case .sleep(let ns) = step.action { elapsedFloor += ns }
+            if let s = step.action.socketName, pending.contains(s), !step.background {
+                // The background call holds the host's thread: this call would wait behind it anyway.
+                if case .socket = step.action {} else { pending.remove(s) }
+            }
+            switch step.action {
+            case .socket(let name, _, _): try define(name, step)
+            case .accept(let l, let name): try use(l, step); try define(name, step)
+            case .close(let s): try use(s, step); open[s] = nil
+            case .wait(let name):
+                if pending.remove(name) == nil && programs.removeValue(forKey: name) == nil {
+                    throw ScenarioError(step.location, "nothing named '\(name)' runs in the background here: wait takes a background call's socket or a background program")
+                }
+            case .stop(let name):
+                guard programs.removeValue(forKey: name) != nil else {
+                    throw ScenarioError(step.location, "no background program named '\(name)' is running here")
+                }
+            case .program(let p) where p.background:
+                if let other = programs[p.name] ?? open[p.name] {
+                    throw ScenarioError(step.location, "duplicate name '\(p.name)': line \(other.line) already has one running by that name; give this one name:")
+                }
+                programs[p.name] = step.location
+            case .events(let e):
+                if let s = e.sock, !everSocket.contains(s) {
+                    throw ScenarioError(step.location, "unknown socket '\(s)': events can be tied to a socket created earlier")
+                }
+            default:
+                if let s = step.action.socketName { try use(s, step) }
+            }
+            if step.background, let s = step.action.socketName { pending.insert(s) }
+        }
+    }
+
+    static func show(_ ns: UInt64) -> String {
+        ns % 1_000_000_000 == 0 ? "\(ns / 1_000_000_000)s" : ns % 1_000_000 == 0 ? "\(ns / 1_000_000)ms" : String(format: "%.3fms", Double(ns) / 1e6)
     }
 }

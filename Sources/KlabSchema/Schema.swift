@@ -193,3 +193,21 @@ public enum Schema {
         return lines.joined(separator: "\n") + "\n"
     }
 }
+
+extension Schema {
+    /// The catalog as a Markdown table, for the README (a test keeps the two equal).
+    public static func markdownTable() -> String {
+        var rows = ["| event | level | Klogger's placement | probe sites, most faithful first |", "|---|---|---|---|"]
+        for e in events {
+            let level = e.untilLevel < .ip ? "\(e.level) only" : "\(e.level)"
+            let sites = e.sites.map { s in
+                s.probes.map { "`\($0.site)`" }.joined(separator: " + ")
+                    + (s.backend == .device ? " (derived)" : "") + (s.exact ? "" : ": \(s.approximation!)")
+                    + (s.caveat.map { " [\($0)]" } ?? "")
+            }.joined(separator: "; ")
+            let name = e.aliases.isEmpty ? e.name : "\(e.name) (\(e.aliases.joined(separator: ", ")))"
+            rows.append("| \(name) | \(level) | \(e.klogger) | \(sites) |")
+        }
+        return rows.joined(separator: "\n") + "\n"
+    }
+}

@@ -30,11 +30,15 @@ struct SchemaCommand: ParsableCommand {
     @Flag(help: "JSON: one object per event with name, level, site and placement.")
     var json = false
 
+    @Flag(help: "The catalog alone as a Markdown table (what the README shows); probes nothing.")
+    var markdown = false
+
     @Option(name: .customLong("disable-backend"), parsing: .singleValue, help: ArgumentHelp(
         "Probe as if the kernel lacked this backend.", valueName: "backend"))
     var disabled: [String] = []
 
     func run() throws {
+        if markdown { print(Schema.markdownTable(), terminator: ""); return }
         let options = try TracingOptions.parse(["--events", "*"] + disabled.flatMap { ["--disable-backend", $0] })
         var config = try options.config()
         config.level = .ip

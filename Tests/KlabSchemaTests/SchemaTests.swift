@@ -1,4 +1,5 @@
 import CKlabLinux
+import Foundation
 import KlabPacket
 import Testing
 
@@ -102,6 +103,13 @@ struct SchemaTests {
         r.ip_len = 0
         let s = withUnsafeBytes(of: r) { TraceEvent(record: $0) }
         #expect(s.packet == nil && s.endpoints?.sourcePort == 40000)
+    }
+
+    /// The README's catalog table is the catalog's own rendering (`klab schema --markdown`).
+    @Test func readmeShowsTheCatalog() throws {
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let readme = try String(contentsOf: root.appendingPathComponent("README.md"), encoding: .utf8)
+        #expect(readme.contains(Schema.markdownTable()), "run `klab schema --markdown` and paste it into the README")
     }
 
     @Test func tcpStates() {
