@@ -32,9 +32,10 @@ let package = Package(
             name: "KlabScenario",
             dependencies: ["KlabLab", "KlabTracer", "KlabSchema", "KlabPacket", .product(name: "Yams", package: "Yams")],
             swiftSettings: strict),
+        .target(name: "KlabAnalysis", swiftSettings: strict),
         .executableTarget(
             name: "klab",
-            dependencies: ["KlabScenario", "KlabTracer", "KlabSchema", "KlabLab", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["KlabScenario", "KlabAnalysis", "KlabTracer", "KlabSchema", "KlabLab", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             swiftSettings: strict),
 
         // Build-time: compiles bpf/*.bpf.c with the toolchain's clang and embeds the objects.

@@ -79,7 +79,8 @@ struct Report {
             probes: attached.map { Header.Probe(program: $0.program, site: $0.site) },
             events: selections.map {
                 Header.Event(name: $0.event.name, level: $0.event.level.description, site: $0.site.map { $0.probes.map(\.site).joined(separator: " + ") },
-                             placement: $0.verdict, detail: $0.placement)
+                             placement: $0.verdict, detail: $0.placement,
+                             also: $0.alsoLogged.isEmpty ? nil : $0.alsoLogged.map { $0.probes.map(\.site).joined(separator: " + ") })
             },
             clocks: Header.Clocks(
                 event_time: "CLOCK_MONOTONIC ns (bpf_ktime_get_ns)", capture_time: "CLOCK_REALTIME ns (libpcap)",
@@ -164,7 +165,7 @@ struct Report {
 
 struct Header: Encodable {
     struct Probe: Encodable { let program: String; let site: String }
-    struct Event: Encodable { let name: String; let level: String; let site: String?; let placement: String; let detail: String }
+    struct Event: Encodable { let name: String; let level: String; let site: String?; let placement: String; let detail: String; let also: [String]? }
     struct Clocks: Encodable {
         let event_time: String
         let capture_time: String

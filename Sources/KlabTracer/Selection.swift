@@ -10,6 +10,9 @@ public struct TracerConfig: Sendable {
     public var disabledBackends: Set<Backend> = []
     /// klab's own TCP_STATE event, for state changes the schema has no event for.
     public var auxiliary = true
+    /// Log each event from every site that attaches, not just the first: to compare an
+    /// approximate site with the exact one on a kernel that has both.
+    public var allSites = false
 
     public init(level: Level = .ip, toggles: [String] = [], disabledBackends: Set<Backend> = []) {
         self.level = level
@@ -51,6 +54,8 @@ public struct Selection: Sendable {
     public let event: EventSpec
     public let site: Site?
     public let passedOver: [(site: Site, reason: String)]
+    /// With `allSites`: the less faithful sites that attached too.
+    public var alsoLogged: [Site] = []
 
     /// `exact: …`, `approximate: … (relative to …)` or `unavailable: …`.
     public var placement: String {

@@ -84,8 +84,18 @@ public final class Tracer: @unchecked Sendable {
                 chosen = site
                 break
             }
-            if let chosen { for p in chosen.probes { masks[p.id, default: 0] |= 1 << UInt64(event.id) } }
-            selections.append(Selection(event: event, site: chosen, passedOver: passed))
+            var selection = Selection(event: event, site: chosen, passedOver: passed)
+            if let chosen, config.allSites {
+                for site in event.sites.drop(while: { $0.probes != chosen.probes || $0.backend != chosen.backend }).dropFirst()
+                where !config.disabledBackends.contains(site.backend) && backendProblems[site.backend] == nil
+                    && site.probes.allSatisfy({ attach($0, cgroupFD: cgroupFD) == nil }) {
+                    selection.alsoLogged.append(site)
+                }
+            }
+            for site in (chosen.map { [$0] } ?? []) + selection.alsoLogged {
+                for p in site.probes { masks[p.id, default: 0] |= 1 << UInt64(event.id) }
+            }
+            selections.append(selection)
         }
         for p in infrastructure where !config.disabledBackends.contains(p.backend) { _ = attach(p, cgroupFD: cgroupFD) }
         guard let emit = base.map("emit") else { throw TracerError(description: "the BPF object has no emit map") }

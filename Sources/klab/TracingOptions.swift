@@ -19,6 +19,9 @@ struct TracingOptions: ParsableArguments {
         valueName: "backend"))
     var disabled: [String] = []
 
+    @Flag(name: .customLong("all-sites"), help: "Log each event from every site that attaches, not just the most faithful: to compare sites (klab compare-sites).")
+    var allSites = false
+
     func config() throws -> TracerConfig {
         guard let l = Level(name: level) else {
             throw ValidationError("--level must be socket, connection, protocol or ip, not '\(level)'")
@@ -29,7 +32,8 @@ struct TracingOptions: ParsableArguments {
             }
             return b
         }
-        let c = TracerConfig(level: l, toggles: toggles, disabledBackends: Set(backends))
+        var c = TracerConfig(level: l, toggles: toggles, disabledBackends: Set(backends))
+        c.allSites = allSites
         do { _ = try c.events() } catch { throw ValidationError("\(error)") }
         return c
     }
