@@ -1,5 +1,7 @@
 import CLibpcap
 
+public struct FilterError: Error, CustomStringConvertible { public let description: String }
+
 /// A pcap-filter expression (as tcpdump takes), compiled by libpcap for raw IPv4 packets.
 public final class PacketFilter: @unchecked Sendable {
     private var program = pcap_bpf_program()
@@ -8,7 +10,7 @@ public final class PacketFilter: @unchecked Sendable {
         guard let dead = pcap_open_dead(DLT_RAW, 65535) else { throw LabError("pcap_open_dead", errno: 12) }
         defer { pcap_close(dead) }
         if pcap_compile(dead, &program, expression, 1, PCAP_NETMASK_UNKNOWN) != 0 {
-            throw LabError("pcap-filter '\(expression)': \(String(cString: pcap_geterr(dead)))", errno: 0)
+            throw FilterError(description: "bad pcap-filter expression '\(expression)': \(String(cString: pcap_geterr(dead)))")
         }
     }
 

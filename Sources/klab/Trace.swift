@@ -41,7 +41,9 @@ struct Trace: ParsableCommand {
 
     func validate() throws {
         if (netns == nil) == command.isEmpty { throw ValidationError("give either --netns or a command after --") }
-        if let filter { _ = try PacketFilter(filter) }
+        if let filter {
+            do { _ = try PacketFilter(filter) } catch { throw ValidationError("\(error)") }
+        }
     }
 
     func run() throws {

@@ -173,3 +173,32 @@ struct TracerTests {
         #expect(r.packet(urgent)["tcp_flags"] as? String == "P.U" && r.packet(urgent)["length"] as? Int == 1)
     }
 }
+
+/// `klab trace`: a command in a fresh lab host, its events live, filtered by a pcap-filter.
+@Suite(.serialized, .enabled(if: Privileged.enabled))
+struct LiveTraceTests {
+    func lines(_ r: Finished) -> [[String: Any]] {
+        r.stdout.split(separator: "\n").compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+    }
+
+    @Test func tracesACommandInAFreshHost() throws {
+        let r = try klab(["trace", "--json", "--", "/bin/ping", "-n", "-c", "1", "127.0.0.1"])
+        #expect(r.status == 0, "\(r.stderr)")
+        let events = lines(r)
+        let received = events.first { $0["event"] as? String == "ICMP_RECEIVE" && ($0["packet"] as? [String: Any])?["icmp_type"] as? Int == 8 }
+        #expect((received?["packet"] as? [String: Any])?["dst"] as? String == "127.0.0.1")
+        #expect(events.contains { $0["event"] as? String == "SOCKET_CREATE" && $0["comm"] as? String == "ping" })
+    }
+
+    @Test func filterKeepsMatchingPacketEvents() throws {
+        let r = try klab(["trace", "--json", "--filter", "icmp[icmptype] == icmp-echoreply", "--", "/bin/ping", "-n", "-c", "1", "127.0.0.1"])
+        #expect(r.status == 0, "\(r.stderr)")
+        let withPackets = lines(r).compactMap { $0["packet"] as? [String: Any] }
+        #expect(!withPackets.isEmpty && withPackets.allSatisfy { $0["icmp_type"] as? Int == 0 })
+    }
+
+    @Test func badFilterIsAUsageError() throws {
+        let r = try klab(["trace", "--filter", "tcp port nonsense", "--", "/bin/true"])
+        #expect(r.status == 64 && r.stderr.contains("pcap-filter"))
+    }
+}
