@@ -55,10 +55,11 @@ public final class Capture: @unchecked Sendable {
         self.dumper = dumper
     }
 
-    /// Opens both directions of `device`. Call on the host's thread: libpcap finds the
-    /// device by name in the calling thread's namespace.
-    public func add(device: String) throws {
-        for direction in [Direction.in, .out] {
+    /// Opens both directions of `device` (or only `directions`: wire mode captures what each
+    /// host sends, so every forwarded packet is in the file once). Call on the host's thread:
+    /// libpcap finds the device by name in the calling thread's namespace.
+    public func add(device: String, directions: [Direction] = [.in, .out]) throws {
+        for direction in directions {
             var errbuf = [CChar](repeating: 0, count: Int(PCAP_ERRBUF_SIZE))
             guard let p = pcap_create(device, &errbuf) else {
                 throw LabError("pcap_create(\(device)): \(String(decoding: errbuf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))", errno: 0)

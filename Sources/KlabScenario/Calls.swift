@@ -128,7 +128,7 @@ extension Play {
             }
         }
         let expected = step.result.map { "\($0)" } ?? (natural > 0 ? "\(natural)" : "success")
-        return StepOutcome(text: ok && dataOK ? got : "\(got), expected \(expected)", ok: ok && dataOK, eventNs: Clock.monotonicNs())
+        return StepOutcome(text: ok ? got : "\(got), expected \(expected)", ok: ok && dataOK, eventNs: Clock.monotonicNs())
     }
 
     func show(_ b: [UInt8]) -> String {
@@ -168,7 +168,7 @@ extension Play {
         let dir = "\(directory)/programs"
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         let output = "\(dir)/\(p.name).line\(step.location.line)"
-        let pid = try host.run { try spawn(p, output: output) }
+        let pid = try labHost(for: step).run { try spawn(p, output: output) }
         let r = Running(pid: pid, spec: p, output: output)
         if p.background {
             programs[p.name] = r
@@ -220,6 +220,12 @@ extension Play {
         let text = describe(status)
         let ok = r.spec.status.map { wantStatus in status & 0x7f == 0 && (status >> 8) & 0xff == wantStatus } ?? true
         let tail = lastLines("\(r.output).stdout")
+        if ok, let want = r.spec.output {
+            let out = (try? String(contentsOfFile: "\(r.output).stdout", encoding: .utf8)) ?? ""
+            if !out.contains(want) {
+                return StepOutcome(text: "\(text), but its output lacks \"\(want)\" (output: \(r.output).stdout)\(tail)", ok: false, eventNs: done)
+            }
+        }
         return StepOutcome(text: ok ? "\(text)\(tail)" : "\(text), expected exit status \(r.spec.status ?? 0) (output: \(r.output).stdout/.stderr)\(tail)",
                            ok: ok, eventNs: done)
     }
@@ -256,10 +262,10 @@ extension Play {
 
     /// Writes the host's sysctls from its thread: /proc/sys/net resolves to the namespace
     /// of the task that opens it.
-    func applySysctls() -> String? {
+    func applySysctls(_ spec: HostSpec, _ host: LabHost) -> String? {
         do {
             try host.run {
-                for (key, value) in scenario.host.sysctls {
+                for (key, value) in spec.sysctls {
                     let path = "/proc/sys/" + key.replacingOccurrences(of: ".", with: "/")
                     let fd = open(path, O_WRONLY | O_CLOEXEC)
                     if fd < 0 { throw LabError("open(\(path))") }
@@ -286,25 +292,26 @@ extension Play {
         background = [:]
         for r in programs.values { terminate(r) }
         programs = [:]
-        _ = try? host.run {
-            for fd in fds.values { Glibc.close(fd) }
-            fds = [:]
-        }
+        // Any thread may close an fd; the host's thread keeps the order with its other calls.
+        for (name, fd) in fds { _ = try? (socketHost[name] ?? host).run { Glibc.close(fd) } }
+        fds = [:]
     }
 
     // MARK: Events
 
     /// Checks every `events:` step against the trace: each pattern must match an event
-    /// after the previous one's match, among the events from the previous `events:` step
-    /// (or the start) to the end of the run, filtered by socket and level.
-    func checkEvents(_ all: [TraceEvent]) {
+    /// after the previous one's match, among the events between the previous `events:` step
+    /// (or the start) and this one, filtered by socket and level. A checkpoint, then: it
+    /// covers what the steps since the last one made the kernel do.
+    /// `traced` names the events the tracer has a probe for on this kernel.
+    func checkEvents(_ all: [TraceEvent], traced: Set<String>) {
         let events = all.sorted { $0.timeNs < $1.timeNs }
         var from = startNs
         for (n, step) in scenario.steps.enumerated() {
             guard case .events(let e) = step.action else { continue }
             guard let reached = reachedNs[n] else { continue }  // the run stopped before it
             defer { from = reached }
-            var pool = events.filter { $0.timeNs >= from }
+            var pool = events.filter { $0.timeNs >= from && $0.timeNs <= reached }
             if let s = e.sock {
                 guard let cookie = cookies[s] else { failures.append("\(step.location): events: socket '\(s)' was never created"); continue }
                 pool = pool.filter { $0.sock == cookie }
@@ -313,23 +320,40 @@ extension Play {
             var i = 0
             var matched: [TraceEvent] = []
             var missing: (String, SourceLocation)?
-            for (glob, at) in e.patterns {
-                if e.exact {
-                    if i < pool.count, fnmatch(glob, pool[i].name, 0) == 0 { matched.append(pool[i]); i += 1; continue }
-                    missing = (glob, at)
-                    break
+            if e.exact {
+                // Consecutive events, nothing else (after filtering) in between.
+                let n = e.patterns.count
+                if let s = pool.indices.first(where: { s in
+                    s + n <= pool.count && e.patterns.indices.allSatisfy { fnmatch(e.patterns[$0].glob, pool[s + $0].name, 0) == 0 }
+                }) {
+                    matched = Array(pool[s..<s + n])
+                } else {
+                    // Name the pattern where the longest run breaks.
+                    var best = (len: -1, start: 0)
+                    for s in pool.indices {
+                        var k = 0
+                        while k < n && s + k < pool.count && fnmatch(e.patterns[k].glob, pool[s + k].name, 0) == 0 { k += 1 }
+                        if k > best.len { best = (k, s) }
+                    }
+                    let k = max(best.len, 0)
+                    missing = (e.patterns[k].glob, e.patterns[k].at)
+                    matched = Array(pool[best.start..<best.start + k])
+                    i = best.start + k
                 }
-                guard let j = pool[i...].firstIndex(where: { fnmatch(glob, $0.name, 0) == 0 }) else { missing = (glob, at); break }
-                matched.append(pool[j])
-                i = j + 1
+            } else {
+                for (glob, at) in e.patterns {
+                    guard let j = pool[i...].firstIndex(where: { fnmatch(glob, $0.name, 0) == 0 }) else { missing = (glob, at); break }
+                    matched.append(pool[j])
+                    i = j + 1
+                }
             }
-            if missing == nil && e.exact && i < pool.count { missing = ("nothing more", step.location) }
             let scope = (e.sock.map { " of socket \($0)" } ?? "") + (e.level.map { " at level \($0)" } ?? "")
             if let (glob, at) = missing {
                 let after = matched.last.map { " after \($0.name) at +\(ms($0.timeNs - startNs))" } ?? ""
-                let seen = pool.dropFirst(e.exact ? i : i).prefix(12).map(\.name).joined(separator: " ")
-                let text = e.exact && glob == "nothing more" ? "expected no more events\(scope), found \(seen)"
-                    : "missing event \(glob)\(scope)\(after); the events that followed: \(seen.isEmpty ? "none" : seen)"
+                let seen = pool.dropFirst(i).prefix(12).map(\.name).joined(separator: " ")
+                let untraced = !traced.contains { fnmatch(glob, $0, 0) == 0 }
+                let text = untraced ? "missing event \(glob): the tracer has no probe for it on this kernel or at this level (klab schema shows the sites)"
+                    : "missing event \(glob)\(scope)\(after)\(e.exact ? " right after it" : ""); the events that followed: \(seen.isEmpty ? "none" : seen)"
                 failures.append("\(at): events: \(text)")
                 records.append(StepRecord(line: step.location.line, step: step.text, monotonicNs: reached, result: text, ok: false))
                 log("  FAIL \(step.location): events: \(text)")

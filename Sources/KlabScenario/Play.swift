@@ -19,8 +19,11 @@ struct StepOutcome {
 /// results are handed over under `lock`.
 final class Play: @unchecked Sendable {
     let scenario: Scenario
+    /// The first host (the scripted peer's), and every host by name.
     let host: LabHost
-    let wire: Wire
+    let hosts: [String: LabHost]
+    /// The scripted peer's end of the first host's link; nil in wire mode.
+    let wire: Wire?
     let directory: String
     let log: (String) -> Void
     var records: [StepRecord] = []
@@ -64,10 +67,36 @@ final class Play: @unchecked Sendable {
     struct Running { let pid: pid_t; let spec: ProgramSpec; let output: String }
     var programs: [String: Running] = [:]
 
-    init(scenario: Scenario, host: LabHost, wire: Wire, directory: String, log: @escaping (String) -> Void) {
-        (self.scenario, self.host, self.wire, self.directory, self.log) = (scenario, host, wire, directory, log)
+    /// What the workload steps measured.
+    var workloads: [WorkloadResult] = []
+    /// Which host each socket lives in.
+    var socketHost: [String: LabHost] = [:]
+
+    convenience init(scenario: Scenario, host: LabHost, wire: Wire, directory: String, log: @escaping (String) -> Void) {
+        self.init(scenario: scenario, hosts: [host], wire: wire, directory: directory, log: log)
+    }
+
+    init(scenario: Scenario, hosts: [LabHost], wire: Wire?, directory: String, log: @escaping (String) -> Void) {
+        (self.scenario, self.host, self.wire, self.directory, self.log) = (scenario, hosts[0], wire, directory, log)
+        self.hosts = Dictionary(uniqueKeysWithValues: hosts.map { ($0.name, $0) })
         hostPort = scenario.hostPort
     }
+
+    /// The host a step runs in: its `host:`, its socket's host, or the first host.
+    func labHost(for step: Step) -> LabHost {
+        if let name = step.host, let h = hosts[name] { return h }
+        if let s = step.action.socketName, let h = socketHost[s] { return h }
+        return host
+    }
+
+    /// The scripted peer's link (never nil outside wire mode, where packet steps are refused).
+    var link: Wire {
+        get throws {
+            guard let wire else { throw ScenarioError(nil, "no scripted peer in wire mode") }
+            return wire
+        }
+    }
+
 
     static func pattern(_ n: Int) -> [UInt8] { (0..<n).map { UInt8(truncatingIfNeeded: $0 % 26 + 97) } }
 
@@ -78,9 +107,11 @@ final class Play: @unchecked Sendable {
         signal(SIGPIPE, SIG_IGN)
         startNs = now
         deadlineNs = startNs &+ scenario.timeoutNs
-        if let problem = applySysctls() {
-            failures.append("\(scenario.file): host \(scenario.host.name): \(problem)")
-            return
+        for spec in scenario.hosts {
+            if let h = hosts[spec.name], let problem = applySysctls(spec, h) {
+                failures.append("\(scenario.file): host \(spec.name): \(problem)")
+                return
+            }
         }
         var previousNs = startNs
         for (n, step) in scenario.steps.enumerated() {
@@ -134,10 +165,20 @@ final class Play: @unchecked Sendable {
         case .inject(let spec):
             let packets = try build(spec)
             var t: UInt64 = 0
-            for p in packets { t = try wire.inject(try p.serialize()) }
+            for p in packets { t = try link.inject(try p.serialize()) }
             return StepOutcome(text: packets.count == 1 ? packets[0].description : "\(packets.count) fragments of \(spec)", ok: true, eventNs: t)
         case .expect(let spec, let timeout):
             return try expect(spec, timeoutMs: timeout, step: step, previous: previous)
+        case .expectNothing(let quiet):
+            let until = min(now &+ UInt64(quiet) * 1_000_000, deadlineNs)
+            if let got = try next(until: until) {
+                let what = (try? Packet.parse(got.bytes)).map { p in
+                    if case .tcp = p.transport { return p.tcpSummary(relativeTo: hostISN ?? 0, ackRelativeTo: peerISN) }
+                    return p.description
+                } ?? "\(got.bytes.count) bytes"
+                return StepOutcome(text: "the host sent a packet within \(quiet) ms: \(what)", ok: false, eventNs: got.monotonicNs)
+            }
+            return StepOutcome(text: "no packet for \(quiet) ms", ok: !Interrupt.requested)
         case .sleep(let ns):
             let until = min(now &+ ns, deadlineNs)
             while now < until && !Interrupt.requested { usleep(UInt32(min((until - now) / 1000, 50_000))) }
@@ -146,6 +187,8 @@ final class Play: @unchecked Sendable {
             return waitFor(name)
         case .program(let p):
             return try runProgram(p, step)
+        case .workload(let w):
+            return try runWorkload(w, step)
         case .stop(let name):
             guard let r = programs.removeValue(forKey: name) else { return StepOutcome(text: "no program '\(name)' is running", ok: false) }
             let status = terminate(r)
@@ -153,12 +196,18 @@ final class Play: @unchecked Sendable {
         case .events:
             return StepOutcome(text: "checked after the run, against the trace", ok: true)
         default:
+            let h = labHost(for: step)
+            switch step.action {
+            case .socket(let name, _, _): socketHost[name] = h
+            case .accept(let l, let name): socketHost[name] = socketHost[l] ?? h
+            default: break
+            }
             if step.background, let name = step.action.socketName {
                 let b = Background()
                 lock.withLock { background[name] = b }
                 let t = Thread { [self] in
                     let o: StepOutcome
-                    do { o = try host.run { try call(step) } } catch { o = StepOutcome(text: "\(error)", ok: false) }
+                    do { o = try h.run { try call(step) } } catch { o = StepOutcome(text: "\(error)", ok: false) }
                     lock.withLock { b.outcome = o }
                     b.done.signal()
                 }
@@ -166,7 +215,7 @@ final class Play: @unchecked Sendable {
                 t.start()
                 return StepOutcome(text: "runs in the background (wait: \(name))", ok: true)
             }
-            return try host.run { try call(step) }
+            return try h.run { try call(step) }
         }
     }
 
@@ -244,7 +293,8 @@ final class Play: @unchecked Sendable {
         }
         guard let got = try next(until: min(waitUntil, deadlineNs)) else {
             if Interrupt.requested { return StepOutcome(text: "interrupted while waiting for \(spec)", ok: false) }
-            let limit = window != nil ? "by \(ms(window!.to - startNs)) after the start" : "within \(timeoutMs) ms"
+            let limit = waitUntil > deadlineNs ? "before the scenario's timeout"
+                : window != nil ? "by \(ms(window!.to - startNs)) after the start" : "within \(timeoutMs) ms"
             return StepOutcome(text: "nothing arrived \(limit)\n      expected: \(spec)", ok: false)
         }
         var result: (problems: [String], actual: String)
@@ -268,13 +318,14 @@ final class Play: @unchecked Sendable {
 
     func next(until: UInt64) throws -> Wire.Received? {
         let left = until > now ? Int((until - now) / 1_000_000) + 1 : 1
-        return try wire.next(timeoutMs: left, interrupted: { Interrupt.requested })
+        return try link.next(timeoutMs: left, interrupted: { Interrupt.requested })
     }
 
     /// A datagram the host sent as IP fragments: reads them all, checks each against the
     /// link's MTU and the set for holes, reassembles them and checks the whole.
     func fragments(_ inner: PacketSpec, count: Int?, first: Wire.Received) throws -> (problems: [String], actual: String) {
-        var pieces: [Packet] = []
+        // Each fragment's IP header and its raw data (a first fragment's transport header is data too).
+        var pieces: [(ip: IPv4Header, data: [UInt8])] = []
         var problems: [String] = []
         var next: Wire.Received? = first
         while let r = next {
@@ -287,22 +338,22 @@ final class Play: @unchecked Sendable {
                 break
             }
             if r.bytes.count > Int(scenario.host.mtu) { problems.append("a \(r.bytes.count)-byte fragment on a \(scenario.host.mtu)-byte link") }
-            pieces.append(p)
+            pieces.append((p.ip, Array(r.bytes[p.ip.headerLength..<Int(p.ip.totalLength)])))
             // Done when the pieces cover 0 up to the last one without a hole.
             let sorted = pieces.sorted { $0.ip.fragmentOffset < $1.ip.fragmentOffset }
             var end = 0, hole = false
-            for s in sorted { if s.ip.fragmentOffset != end { hole = true }; end = s.ip.fragmentOffset + s.payload.count }
+            for s in sorted { if s.ip.fragmentOffset != end { hole = true }; end = s.ip.fragmentOffset + s.data.count }
             if !hole && sorted.last?.ip.moreFragments == false { break }
             next = try self.next(until: min(now + 500_000_000, deadlineNs))
             if next == nil { problems.append("the datagram never completed: \(pieces.count) fragments arrived") }
         }
         let sorted = pieces.sorted { $0.ip.fragmentOffset < $1.ip.fragmentOffset }
-        let sizes = sorted.map { "\($0.ip.headerLength + $0.payload.count)@\($0.ip.fragmentOffset)" }.joined(separator: " ")
+        let sizes = sorted.map { "\($0.ip.headerLength + $0.data.count)@\($0.ip.fragmentOffset)" }.joined(separator: " ")
         if let count, pieces.count != count { problems.append("fragment count: \(pieces.count), not \(count)") }
         guard problems.isEmpty, var header = sorted.first?.ip else { return (problems, "\(pieces.count) fragments: \(sizes)") }
         header.moreFragments = false
         header.fragmentOffset = 0
-        let whole = try Packet(ip: header, transport: .other(protocol: header.protocol), payload: sorted.flatMap(\.payload)).serialize()
+        let whole = try Packet(ip: header, transport: .other(protocol: header.protocol), payload: sorted.flatMap(\.data)).serialize()
         let datagram = try Packet.parse(whole)
         let (more, actual) = check(inner, datagram)
         return (more, "\(actual) in \(pieces.count) fragments (bytes@offset: \(sizes))")

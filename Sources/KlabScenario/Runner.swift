@@ -62,6 +62,7 @@ public final class Runner {
     public func finish() { cgroup.remove() }
 
     public func run(_ scenario: Scenario, into dir: String) throws -> Outcome {
+        if scenario.wireMode { return try runWire(scenario, into: dir) }
         // A run that cannot start leaves no results folder behind.
         let fresh = !FileManager.default.fileExists(atPath: dir)
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
@@ -102,7 +103,7 @@ public final class Runner {
         wire.stop()
         capture.close()
         tracer.stop()
-        play.checkEvents(tracer.events())
+        play.checkEvents(tracer.events(), traced: Set(tracer.selections.filter { $0.site != nil }.map(\.event.name)))
         let counters = tracer.counters()
         let report = Report(
             scenario: scenario, directory: dir, host: host, events: tracer.events(), packets: capture.packets,

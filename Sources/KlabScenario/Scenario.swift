@@ -23,12 +23,19 @@ public struct ScenarioError: Error, CustomStringConvertible, Sendable {
     public var description: String { location.map { "\($0): error: \(message)" } ?? "error: \(message)" }
 }
 
-/// A scenario: one host whose TUN link ends at klab's scripted peer, and the steps to run.
+/// A scenario: one host whose TUN link ends at klab's scripted peer, or several hosts whose
+/// TUN links klab joins (wire mode), and the steps to run.
 public struct Scenario: Sendable {
     public var file: String
     public var name: String
     public var about: String
+    /// The first host: the one the scripted peer talks to, and steps' default host.
     public var host: HostSpec
+    /// Every host; more than one means wire mode (klab forwards between their TUNs and
+    /// there is no scripted peer).
+    public var hosts: [HostSpec]
+    /// Impairments on the wire (wire mode).
+    public var wire: WireSpec
     /// The daemon's address on the link: the scripted peer.
     public var peer: IPv4Address
     /// Ports of the scripted flow (packet lines use them).
@@ -41,6 +48,25 @@ public struct Scenario: Sendable {
     public var nameLocation: SourceLocation?
 
     public static let defaultTimeoutNs: UInt64 = 30_000_000_000
+    public var wireMode: Bool { hosts.count > 1 }
+}
+
+/// What the daemon does to packets it forwards in wire mode, per direction ("a>b").
+public struct Impairment: Sendable, Equatable {
+    /// Probability of dropping, duplicating and reordering (holding back behind the next packet) a packet.
+    public var loss = 0.0, duplicate = 0.0, reorder = 0.0
+    public var delayNs: UInt64 = 0, jitterNs: UInt64 = 0
+    /// Bits per second; 0: no limit.
+    public var rate: UInt64 = 0
+    public var isNone: Bool { self == Impairment() }
+}
+
+public struct WireSpec: Sendable {
+    public var seed: UInt64 = 1
+    /// By direction, "a>b"; directions not listed get `all`.
+    public var directions: [String: Impairment] = [:]
+    public var all = Impairment()
+    public func impairment(from a: String, to b: String) -> Impairment { directions["\(a)>\(b)"] ?? all }
 }
 
 public struct HostSpec: Sendable {
@@ -72,6 +98,9 @@ public struct Step: Sendable {
     public var timing: Timing? = nil
     /// A socket call that runs on while later steps play; `wait: SOCKET` collects it.
     public var background = false
+    /// The host a socket or program step runs in (wire mode); nil: the socket's own host,
+    /// or the first host.
+    public var host: String? = nil
 }
 
 public enum SocketKind: String, Sendable { case tcp, udp }
@@ -144,6 +173,22 @@ public struct ProgramSpec: Sendable {
     public let status: Int32?
     /// How long a foreground program may run (default: until the scenario's timeout).
     public let timeoutNs: UInt64?
+    /// Text its standard output must contain.
+    public var output: String? = nil
+}
+
+/// A netperf-like workload between two hosts: a client in `from`, a server in `to`.
+public struct WorkloadSpec: Sendable {
+    public enum Kind: String, Sendable, CaseIterable { case TCP_STREAM, TCP_RR, UDP_STREAM, UDP_RR }
+    public let kind: Kind
+    public let from: String
+    public let to: String
+    public let port: UInt16
+    /// Bytes per message (a request and a response are each this size in RR).
+    public let size: Int
+    /// Messages (STREAM) or transactions (RR); nil: run for `durationNs`.
+    public let count: Int?
+    public let durationNs: UInt64
 }
 
 /// An ordered sequence of schema events that must appear in the trace.
@@ -153,7 +198,7 @@ public struct EventExpectation: Sendable {
     public let sock: String?
     /// Only events logged at this level or a coarser one.
     public let level: Level?
-    /// The filtered events must be exactly the sequence, nothing in between.
+    /// The sequence must be consecutive: no other (filtered) event in between.
     public let exact: Bool
 }
 
@@ -174,7 +219,10 @@ public enum Action: Sendable {
     case sleep(ns: UInt64)
     case inject(PacketSpec)
     case expect(PacketSpec, timeoutMs: Int)
+    /// `expect: nothing`: the host must send no packet for this long.
+    case expectNothing(ms: Int)
     case program(ProgramSpec)
+    case workload(WorkloadSpec)
     /// Stops a background program (SIGTERM, then SIGKILL).
     case stop(name: String)
     case events(EventExpectation)
@@ -318,15 +366,16 @@ struct Reader {
         return nil
     }
 
-    static let scenarioKeys = "name, about, host, peer, peer_port, host_port, timeout and steps"
+    static let scenarioKeys = "name, about, host, hosts, wire, peer, peer_port, host_port, timeout and steps"
 
     func scenario(_ root: Node) throws(ScenarioError) -> Scenario {
         var s = Scenario(
             file: file, name: URL(fileURLWithPath: file).deletingPathExtension().lastPathComponent, about: "",
-            host: HostSpec(name: "h1", address: "198.18.0.1", prefixLength: 24, mtu: 1500),
+            host: HostSpec(name: "h1", address: "198.18.0.1", prefixLength: 24, mtu: 1500), hosts: [], wire: WireSpec(),
             peer: "198.18.0.2", peerPort: 40000, hostPort: 8080, timeoutNs: Scenario.defaultTimeoutNs, steps: [])
         var peerGiven = false
         var stepsNode: Node?
+        var hostKey: Node?, hostsKey: Node?, wireNode: Node?
         for (key, keyNode, value) in try mapping(root, "a scenario") {
             switch key {
             case "name":
@@ -336,7 +385,25 @@ struct Reader {
                     throw fail(value, "a scenario name is one word of letters, digits, - _ and . (it names the results folder)")
                 }
             case "about": s.about = try string(value, "about")
-            case "host": s.host = try host(value)
+            case "host": s.host = try host(value); hostKey = keyNode
+            case "hosts":
+                hostsKey = keyNode
+                guard case .sequence(let list) = value, list.count >= 2 else {
+                    throw fail(value, "hosts is a list of two or more hosts, joined by klab's wire; one host is host:")
+                }
+                for (i, n) in list.enumerated() {
+                    var h = try host(n, default: HostSpec(name: "h\(i + 1)", address: IPv4Address(rawValue: Scenario.labPrefix.address.rawValue + UInt32(i) + 1),
+                                                          prefixLength: 24, mtu: 1500))
+                    if let other = s.hosts.first(where: { $0.name == h.name }) {
+                        throw fail(n, "duplicate host name '\(h.name)' (\(other.address) has it)")
+                    }
+                    if let other = s.hosts.first(where: { $0.address == h.address }) {
+                        throw fail(n, "duplicate address \(h.address): host \(other.name) has it")
+                    }
+                    h.mtu = h.mtu == 0 ? 1500 : h.mtu
+                    s.hosts.append(h)
+                }
+            case "wire": wireNode = value
             case "peer": s.peer = try address(value, "peer"); peerGiven = true
             case "peer_port": s.peerPort = UInt16(try int(value, "peer_port", in: 1...65535))
             case "host_port": s.hostPort = UInt16(try int(value, "host_port", in: 1...65535))
@@ -347,6 +414,12 @@ struct Reader {
             default: throw fail(keyNode, "unknown key '\(key)'; a scenario has \(Reader.scenarioKeys)")
             }
         }
+        if let hostKey, let hostsKey { throw fail(hostsKey, "a scenario has host: (one host and the scripted peer) or hosts: (wire mode), not both (host: is on line \(at(hostKey).line))") }
+        if s.hosts.isEmpty { s.hosts = [s.host] } else { s.host = s.hosts[0] }
+        if let wireNode {
+            guard s.wireMode else { throw fail(wireNode, "wire: impairs the wire between hosts; it needs hosts: with two or more") }
+            s.wire = try wire(wireNode, hosts: s.hosts.map(\.name))
+        }
         if !peerGiven { s.peer = IPv4Address(rawValue: s.host.address.rawValue + 1) }
         guard let stepsNode, case .sequence(let seq) = stepsNode else {
             throw ScenarioError(at(stepsNode ?? root), "a scenario needs 'steps:', a list of steps")
@@ -356,11 +429,15 @@ struct Reader {
         return s
     }
 
-    func host(_ node: Node) throws(ScenarioError) -> HostSpec {
-        var h = HostSpec(name: "h1", address: "198.18.0.1", prefixLength: 24, mtu: 1500)
+    func host(_ node: Node, default d: HostSpec = HostSpec(name: "h1", address: "198.18.0.1", prefixLength: 24, mtu: 1500)) throws(ScenarioError) -> HostSpec {
+        var h = d
         for (key, keyNode, value) in try mapping(node, "host") {
             switch key {
-            case "name": h.name = try string(value, "host name")
+            case "name":
+                h.name = try string(value, "host name")
+                guard h.name.first?.isLetter == true, h.name.count <= 12, h.name.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "_" }) else {
+                    throw fail(value, "a host name is a word of up to 12 letters, digits and _, like h1 or server")
+                }
             case "address":
                 let text = try string(value, "address")
                 guard let p = IPv4Prefix(text.contains("/") ? text : text + "/24") else {
@@ -386,15 +463,66 @@ struct Reader {
         return h
     }
 
+    /// `wire: {seed: 7, loss: 1%, delay: 5ms, jitter: 1ms, a>b: {loss: 10%}}`
+    func wire(_ node: Node, hosts: [String]) throws(ScenarioError) -> WireSpec {
+        var w = WireSpec()
+        var perDirection: [(String, Node)] = []
+        for (k, kn, v) in try mapping(node, "wire") {
+            if k == "seed" { w.seed = UInt64(try int(v, "seed", in: 0...Int(Int32.max))); continue }
+            if k.contains(">") {
+                let ends = k.split(separator: ">").map(String.init)
+                guard ends.count == 2, hosts.contains(ends[0]), hosts.contains(ends[1]), ends[0] != ends[1] else {
+                    throw fail(kn, "unknown direction '\(k)': a direction is FROM>TO between two of the hosts \(hosts.joined(separator: ", "))")
+                }
+                perDirection.append((k, v))
+                continue
+            }
+            try impairment(k, kn, v, &w.all)
+        }
+        for (k, v) in perDirection {
+            var i = w.all
+            for (k2, kn2, v2) in try mapping(v, "a direction's impairments") { try impairment(k2, kn2, v2, &i) }
+            w.directions[k] = i
+        }
+        return w
+    }
+
+    func impairment(_ key: String, _ keyNode: Node, _ v: Node, _ i: inout Impairment) throws(ScenarioError) {
+        func percent() throws(ScenarioError) -> Double {
+            let t = try string(v, key)
+            guard t.hasSuffix("%"), let p = Double(t.dropLast()), (0...100).contains(p) else { throw fail(v, "\(key) is a percentage like 1% or 0.5%") }
+            return p / 100
+        }
+        switch key {
+        case "loss": i.loss = try percent()
+        case "duplicate": i.duplicate = try percent()
+        case "reorder": i.reorder = try percent()
+        case "delay": i.delayNs = try duration(v, "delay")
+        case "jitter": i.jitterNs = try duration(v, "jitter")
+        case "rate":
+            let t = try string(v, "rate")
+            let units: [(String, Double)] = [("Gbit", 1e9), ("Mbit", 1e6), ("kbit", 1e3), ("bit", 1)]
+            guard let (u, scale) = units.first(where: { t.hasSuffix($0.0) }), let n = Double(t.dropLast(u.count)), n > 0 else {
+                throw fail(v, "rate is bits per second like 10Mbit, 500kbit or 1Gbit")
+            }
+            i.rate = UInt64(n * scale)
+        default:
+            throw fail(keyNode, "unknown wire key '\(key)'; the wire takes seed, loss, delay, jitter, reorder, duplicate, rate and FROM>TO: {…} per direction")
+        }
+        if i.jitterNs > i.delayNs && key == "jitter" || key == "delay" && i.jitterNs > i.delayNs {
+            throw fail(v, "impossible time: jitter (\(Checker.show(i.jitterNs))) larger than the delay (\(Checker.show(i.delayNs)))")
+        }
+    }
+
     static let verbs = [
         "socket", "setsockopt", "getsockopt", "bind", "listen", "connect", "accept", "write", "send", "sendto", "read", "recv",
-        "recvfrom", "shutdown", "close", "wait", "sleep", "inject", "expect", "run", "stop", "events",
+        "recvfrom", "shutdown", "close", "wait", "sleep", "inject", "expect", "run", "stop", "events", "workload",
     ]
     /// Keys any step may have besides its verb.
     static let timingKeys = ["at", "after", "tolerance"]
 
     func step(_ node: Node, _ s: Scenario) throws(ScenarioError) -> Step {
-        if case .scalar = node { return try packetLine(node) }
+        if case .scalar = node { return try packetLine(node, s) }
         let fields = try mapping(node, "a step")
         let verbs = fields.filter { Reader.verbs.contains($0.key) }
         guard let verb = verbs.first else {
@@ -406,9 +534,11 @@ struct Reader {
         // Keys each verb takes besides the timing ones.
         let allowed: [String]
         switch verb.key {
-        case "run": allowed = ["name", "background", "status", "timeout"]
+        case "run": allowed = ["name", "background", "status", "timeout", "host", "output"]
+        case "workload": allowed = ["from", "to", "size", "count", "duration"]
         case "events": allowed = ["sock", "level", "exact"]
         case "inject", "expect", "wait", "sleep", "stop": allowed = []
+        case "socket": allowed = ["result", "host"]
         default: allowed = ["result", "background"]
         }
         for (k, (kn, _)) in extra where !allowed.contains(k) && !Reader.timingKeys.contains(k) {
@@ -418,12 +548,12 @@ struct Reader {
         let timing = try self.timing(extra)
         let result = try extra["result"].map { (_, v) throws(ScenarioError) in try expected(v) }
         let background = try extra["background"].map { (_, v) throws(ScenarioError) in try bool(v, "background") } ?? false
-        let action: Action
+        var action: Action
         var text = "\(verb.key) \((try? string(verb.value, "")) ?? "")"
         switch verb.key {
         case "inject", "expect":
             var line = verb.value
-            var timeout = 1000
+            var timeout: Int?
             if case .mapping = verb.value {
                 var packet: Node?
                 for (k, kn, v) in try mapping(verb.value, verb.key) {
@@ -436,9 +566,16 @@ struct Reader {
                 guard let packet else { throw fail(verb.value, "\(verb.key) needs packet:") }
                 line = packet
             }
-            let spec = try PacketNotation.parse(try string(line, "a packet"), at: textStart(line))
-            action = verb.key == "inject" ? .inject(spec) : .expect(spec, timeoutMs: timeout)
-            text = "\(verb.key) \(spec)"
+            if verb.key == "expect", try string(line, "a packet") == "nothing" {
+                action = .expectNothing(ms: timeout ?? 200)
+                text = "expect nothing for \(timeout ?? 200) ms"
+            } else {
+                let spec = try PacketNotation.parse(try string(line, "a packet"), at: textStart(line))
+                action = verb.key == "inject" ? .inject(spec) : .expect(spec, timeoutMs: timeout ?? 1000)
+                text = "\(verb.key) \(spec)"
+            }
+        case "workload":
+            action = .workload(try workload(verb.value, extra, s))
         case "run":
             action = .program(try program(verb.value, extra))
             if case .program(let p) = action { text = "run \(p.argv.joined(separator: " "))" }
@@ -452,12 +589,32 @@ struct Reader {
         if background, verb.key != "run" {
             guard action.socketName != nil else { throw fail(extra["background"]!.0, "only socket calls run in the background") }
         }
-        return Step(location: loc, text: text, action: action, result: result, timing: timing, background: background)
+        var host: String?
+        if let (_, v) = extra["host"] {
+            let name = try string(v, "host")
+            guard s.hosts.contains(where: { $0.name == name }) else {
+                throw fail(v, "unknown host '\(name)'; this scenario's hosts are \(s.hosts.map(\.name).joined(separator: ", "))")
+            }
+            host = name
+        }
+        if case .program(var p) = action, let (_, v) = extra["output"] {
+            p.output = try string(v, "output")
+            action = .program(p)
+        }
+        if s.wireMode {
+            switch action {
+            case .inject, .expect, .expectNothing:
+                throw ScenarioError(loc, "in wire mode the hosts talk to each other: there is no scripted peer to inject or expect packets")
+            default: break
+            }
+        }
+        return Step(location: loc, text: text, action: action, result: result, timing: timing, background: background, host: host)
     }
 
     /// A step written as a packetdrill line: `[TIME] < PACKET` injects, `[TIME] > PACKET` expects.
     /// TIME is packetdrill's: `+0.1` after the previous step, `0.5` from the start (seconds).
-    func packetLine(_ node: Node) throws(ScenarioError) -> Step {
+    func packetLine(_ node: Node, _ s: Scenario) throws(ScenarioError) -> Step {
+        if s.wireMode { throw fail(node, "in wire mode the hosts talk to each other: there is no scripted peer to inject or expect packets") }
         let start = textStart(node)
         let line = try string(node, "a step")
         var rest = Substring(line)
@@ -739,6 +896,37 @@ struct Reader {
         let timeout = try extra["timeout"].map { (_, v) throws(ScenarioError) in try duration(v, "timeout") }
         if let (k, _) = extra["timeout"], background { throw fail(k, "a background program runs until 'stop' or the end; timeout is for foreground programs") }
         return ProgramSpec(name: name, argv: argv, path: path, background: background, status: status, timeoutNs: timeout)
+    }
+
+    /// `workload: TCP_RR` with `from: a`, `to: b:5001`, `size: 100`, `count: 1000` or `duration: 2s`.
+    func workload(_ node: Node, _ extra: [String: (Node, Node)], _ s: Scenario) throws(ScenarioError) -> WorkloadSpec {
+        let name = try string(node, "workload")
+        guard let kind = WorkloadSpec.Kind(rawValue: name) else {
+            throw fail(node, "unknown workload '\(name)'; klab runs \(WorkloadSpec.Kind.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        func hostName(_ key: String, _ fallback: String) throws(ScenarioError) -> (String, UInt16?) {
+            guard let (_, v) = extra[key] else { return (fallback, nil) }
+            let parts = try string(v, key).split(separator: ":").map(String.init)
+            guard let h = parts.first, s.hosts.contains(where: { $0.name == h }) else {
+                throw fail(v, "unknown host '\(parts.first ?? "")'; this scenario's hosts are \(s.hosts.map(\.name).joined(separator: ", "))")
+            }
+            if parts.count == 2 {
+                guard let p = UInt16(parts[1]), p > 0 else { throw fail(v, "'\(parts[1])' is not a port") }
+                return (h, p)
+            }
+            guard parts.count == 1 else { throw fail(v, "\(key) is HOST or HOST:PORT") }
+            return (h, nil)
+        }
+        let (from, _) = try hostName("from", s.hosts[0].name)
+        let (to, port) = try hostName("to", s.hosts[s.hosts.count > 1 ? 1 : 0].name)
+        let stream = kind == .TCP_STREAM || kind == .UDP_STREAM
+        let maxSize = kind.rawValue.hasPrefix("UDP") ? 65507 : 1 << 20
+        let size = try extra["size"].map { (_, v) throws(ScenarioError) in try int(v, "size", in: 1...maxSize) } ?? (stream ? (kind == .UDP_STREAM ? 1472 : 16384) : 1)
+        let count = try extra["count"].map { (_, v) throws(ScenarioError) in try int(v, "count", in: 1...100_000_000) }
+        if let (k, _) = extra["count"], extra["duration"] != nil { throw fail(k, "a workload runs for a count or a duration, not both") }
+        let ns = try extra["duration"].map { (_, v) throws(ScenarioError) in try self.duration(v, "duration") } ?? 1_000_000_000
+        if ns == 0 { throw fail(extra["duration"]!.1, "impossible time: a duration of 0") }
+        return WorkloadSpec(kind: kind, from: from, to: to, port: port ?? 5001, size: size, count: count, durationNs: ns)
     }
 
     /// The executable `name` resolves to on PATH (or itself, if it has a slash).

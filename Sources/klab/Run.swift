@@ -8,8 +8,11 @@ struct Run: ParsableCommand {
         abstract: "Run scenario files and write a results folder for each.",
         discussion: """
             Each scenario builds a host (an anonymous network namespace) with a TUN link whose
-            other end is klab's scripted peer, starts the capture and the tracer, plays the
-            steps and prints every packet on the wire with the kernel events that belong to it.
+            other end is klab's scripted peer, or several hosts joined by klab's wire (wire
+            mode), starts the capture and the tracer, plays the steps and prints every packet
+            on the wire with the kernel events that belong to it. The scenario language is in
+            lab/SCENARIOS.md; `klab run --list` shows the shipped scenarios and `klab validate`
+            checks files without running them.
 
             Results go to DIR/NAME/ (default DIR: results/RUN-TIME): capture.pcap (read it with
             tcpdump -r), events.jsonl (a header line, then one schema event per line) and
@@ -17,10 +20,14 @@ struct Run: ParsableCommand {
 
               klab run lab/scenarios/icmp-echo.yaml
               klab run lab/scenarios/*.yaml --out /tmp/klab-results
+              klab run --list
             """)
 
-    @Argument(help: "Scenario files (YAML; see lab/scenarios/ and the README).")
-    var files: [String]
+    @Argument(help: "Scenario files (YAML; see lab/SCENARIOS.md).")
+    var files: [String] = []
+
+    @Flag(help: "List the scenarios shipped in lab/scenarios/ with what each one shows, and exit.")
+    var list = false
 
     @Option(name: .shortAndLong, help: "Folder for the results (one subfolder per scenario).")
     var out: String?
@@ -28,14 +35,16 @@ struct Run: ParsableCommand {
     @OptionGroup(title: "Tracing") var tracing: TracingOptions
 
     func validate() throws {
+        if files.isEmpty && !list { throw ValidationError("give scenario files to run, or --list to see the shipped ones") }
         for f in files where !FileManager.default.fileExists(atPath: f) {
             throw ValidationError("no such scenario file: \(f)")
         }
     }
 
     func run() throws {
+        if list { return try listShipped() }
         let scenarios: [Scenario]
-        do { scenarios = try files.map { try Scenario.load($0) } } catch { die(error) }
+        do { scenarios = try Scenario.load(all: files) } catch { die(error) }
         let stamp = ISO8601DateFormatter().string(from: Date()).replacingOccurrences(of: ":", with: "")
         let base = out ?? "results/run-\(stamp)"
         Interrupt.install()
@@ -61,5 +70,34 @@ struct Run: ParsableCommand {
         }
         if Interrupt.requested { throw ExitCode(ExitCodes.interrupted) }
         if outcomes.contains(where: { !$0.passed }) { throw ExitCode(ExitCodes.failed) }
+    }
+}
+
+extension Run {
+    /// lab/scenarios/ under the current folder, or beside the klab binary's package.
+    static func shippedFolder() -> String? {
+        var dir = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
+        var candidates = ["lab/scenarios"]
+        for _ in 0..<6 {
+            candidates.append(dir.appendingPathComponent("lab/scenarios").path)
+            dir.deleteLastPathComponent()
+        }
+        return candidates.first { FileManager.default.fileExists(atPath: $0) }
+    }
+
+    func listShipped() throws {
+        guard let dir = Run.shippedFolder() else { die(ValidationError("no lab/scenarios folder here or beside klab")) }
+        let files = try FileManager.default.contentsOfDirectory(atPath: dir).filter { $0.hasSuffix(".yaml") }.sorted()
+        for f in files {
+            let path = "\(dir)/\(f)"
+            do {
+                let s = try Scenario.load(path)
+                let about = s.about.split(whereSeparator: \.isWhitespace).joined(separator: " ")
+                say("\(s.name.padding(toLength: 24, withPad: " ", startingAt: 0)) \(path)")
+                say("    \(about)")
+            } catch {
+                say("\(f): \(error)")
+            }
+        }
     }
 }

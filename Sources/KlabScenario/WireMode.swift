@@ -1,0 +1,258 @@
+import Foundation
+import KlabLab
+import KlabPacket
+import KlabTracer
+
+/// Wire mode: several hosts whose TUN links the daemon joins. It reads each packet a host
+/// sends, impairs it (this kernel has no netem) and writes it into the TUN of the host that
+/// owns its destination address.
+final class Forwarder: @unchecked Sendable {
+    struct Link {
+        let name: String
+        let address: IPv4Address
+        let tun: TunDevice
+    }
+
+    /// What happened to the packets, per direction "a>b".
+    struct Counters: Encodable {
+        var forwarded = 0, dropped = 0, duplicated = 0, reordered = 0
+        /// Writes the receiving TUN refused (e.g. its host's backlog was full).
+        var refused = 0
+    }
+
+    let links: [Link]
+    let spec: WireSpec
+    private let lock = NSLock()
+    private var running = false
+    private let stopped = DispatchSemaphore(value: 0)
+    private(set) var counters: [String: Counters] = [:]
+    /// Packets from a host to an address no host has.
+    private(set) var undeliverable = 0
+    private var failure: Error?
+
+    /// A packet waiting for its release time (delay, jitter, rate).
+    private struct Pending { let release: UInt64; let order: Int; let to: Int; let bytes: [UInt8]; let dir: String }
+    private var queue: [Pending] = []
+    private var order = 0
+    /// Per direction: when the rate limiter's link is free again, and a packet held back
+    /// to be overtaken (reordering).
+    private var busyUntil: [String: UInt64] = [:]
+    private var held: [String: Pending] = [:]
+    /// One generator per direction, so what happens to a>b's packets does not depend on
+    /// how b>a's interleave with them: a run repeats with its seed.
+    private var rngs: [String: SplitMix] = [:]
+
+    init(links: [Link], spec: WireSpec) {
+        (self.links, self.spec) = (links, spec)
+    }
+
+    private func draw(_ dir: String) -> Double {
+        var g = rngs[dir] ?? SplitMix(seed: spec.seed ^ dir.utf8.reduce(UInt64(14_695_981_039_346_656_037)) { ($0 ^ UInt64($1)) &* 1_099_511_628_211 })
+        let v = g.unit()
+        rngs[dir] = g
+        return v
+    }
+
+    func start() {
+        lock.withLock { running = true }
+        let t = Thread { [self] in
+            defer { stopped.signal() }
+            do { try loop() } catch { lock.withLock { failure = error } }
+        }
+        t.name = "klab-forwarder"
+        t.start()
+    }
+
+    func stop() -> Error? {
+        let was = lock.withLock { () -> Bool in
+            defer { running = false }
+            return running
+        }
+        if was { stopped.wait() }
+        return lock.withLock { failure }
+    }
+
+    private func loop() throws {
+        var fds = links.map { pollfd(fd: $0.tun.fd, events: Int16(POLLIN), revents: 0) }
+        for l in links { _ = fcntl(l.tun.fd, F_SETFL, fcntl(l.tun.fd, F_GETFL) | O_NONBLOCK) }
+        let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: 65536, alignment: 8)
+        defer { buf.deallocate() }
+        while lock.withLock({ running }) {
+            let now = Clock.monotonicNs()
+            releaseDue(now)
+            // Sleep until the next release, or 20 ms to notice stop().
+            var wait: UInt64 = 20_000_000
+            if let next = queue.map(\.release).min() { wait = min(wait, next > now ? next - now : 0) }
+            if let h = held.values.map(\.release).min() { wait = min(wait, h > now ? h - now : 0) }
+            let n = poll(&fds, nfds_t(fds.count), Int32((wait + 999_999) / 1_000_000))
+            if n < 0 && errno != EINTR { throw LabError("poll(wire)") }
+            guard n > 0 else { continue }
+            for i in fds.indices where fds[i].revents & Int16(POLLIN) != 0 {
+                // Drain what is queued on this link now: the fds are non-blocking, so one
+                // read per packet and no poll per packet (a poll per packet costs ~30%).
+                while true {
+                    let len = read(fds[i].fd, buf.baseAddress, buf.count)
+                    if len < 0 {
+                        if errno == EAGAIN || errno == EINTR { break }
+                        throw LabError("read(\(links[i].tun.name))")
+                    }
+                    if len >= 20 { forward(from: i, bytes: buf, count: len) }
+                }
+            }
+        }
+    }
+
+    private func forward(from i: Int, bytes buf: UnsafeMutableRawBufferPointer, count: Int) {
+        let dst = IPv4Address(rawValue: UInt32(buf[16]) << 24 | UInt32(buf[17]) << 16 | UInt32(buf[18]) << 8 | UInt32(buf[19]))
+        guard let to = links.firstIndex(where: { $0.address == dst }), to != i else {
+            undeliverable += 1
+            return
+        }
+        let imp = spec.impairment(from: links[i].name, to: links[to].name)
+        let dir = "\(links[i].name)>\(links[to].name)"
+        if imp.isNone {
+            // The common case: straight through, no copy.
+            do { try links[to].tun.write(UnsafeRawBufferPointer(rebasing: buf[0..<count])) } catch { counters[dir, default: Counters()].refused += 1 }
+            counters[dir, default: Counters()].forwarded += 1
+            return
+        }
+        if imp.loss > 0 && draw(dir) < imp.loss {
+            counters[dir, default: Counters()].dropped += 1
+            return
+        }
+        let now = Clock.monotonicNs()
+        var release = now &+ imp.delayNs
+        if imp.jitterNs > 0 {
+            // Uniform in delay ± jitter.
+            release = release &- imp.jitterNs &+ UInt64(draw(dir) * Double(2 * imp.jitterNs))
+        }
+        if imp.rate > 0 {
+            let start = max(release, busyUntil[dir] ?? 0)
+            release = start + UInt64(Double(count * 8) / Double(imp.rate) * 1e9)
+            busyUntil[dir] = release
+        }
+        let bytes = Array(buf[0..<count])
+        order += 1
+        let packet = Pending(release: release, order: order, to: to, bytes: bytes, dir: dir)
+        if let h = held.removeValue(forKey: dir) {
+            // The held-back packet goes right after this one: the two swap places.
+            queue.append(packet)
+            order += 1
+            queue.append(Pending(release: release, order: order, to: h.to, bytes: h.bytes, dir: dir))
+        } else if imp.reorder > 0 && draw(dir) < imp.reorder {
+            // Wait for the next packet to overtake this one, but no longer than 10 ms.
+            held[dir] = Pending(release: release + 10_000_000, order: order, to: to, bytes: bytes, dir: dir)
+            counters[dir, default: Counters()].reordered += 1
+        } else {
+            queue.append(packet)
+        }
+        if imp.duplicate > 0 && draw(dir) < imp.duplicate {
+            order += 1
+            queue.append(Pending(release: release, order: order, to: to, bytes: bytes, dir: dir))
+            counters[dir, default: Counters()].duplicated += 1
+        }
+        counters[dir, default: Counters()].forwarded += 1
+        releaseDue(now)
+    }
+
+    private func releaseDue(_ now: UInt64) {
+        for (dir, h) in held where h.release <= now {
+            held[dir] = nil
+            queue.append(h)
+        }
+        guard queue.contains(where: { $0.release <= now }) else { return }
+        let due = queue.filter { $0.release <= now }.sorted { ($0.release, $0.order) < ($1.release, $1.order) }
+        queue.removeAll { $0.release <= now }
+        for p in due {
+            do { try links[p.to].tun.write(p.bytes) } catch { counters[p.dir, default: Counters()].refused += 1 }
+        }
+    }
+}
+
+/// A small seeded generator (SplitMix64), so an impaired run repeats with its seed.
+struct SplitMix {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+    /// Uniform in [0, 1).
+    mutating func unit() -> Double { Double(next() >> 11) / Double(1 << 53) }
+}
+
+extension Runner {
+    /// Runs a wire-mode scenario: a host (namespace + TUN) per `hosts:` entry, the forwarder
+    /// between them, capture of what each host sends (so each packet is in the file once),
+    /// the tracer on every host's namespace, then the steps.
+    func runWire(_ scenario: Scenario, into dir: String) throws -> Outcome {
+        let fresh = !FileManager.default.fileExists(atPath: dir)
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        var started = false
+        defer { if !started && fresh { try? FileManager.default.removeItem(atPath: dir) } }
+        var hosts: [LabHost] = []
+        defer { for h in hosts { h.shutdown() } }
+        var links: [Forwarder.Link] = []
+        for spec in scenario.hosts {
+            let host = try LabHost(name: spec.name)
+            hosts.append(host)
+            let tun = try host.run { () throws -> TunDevice in
+                let nl = try Netlink()
+                try nl.setUp(1)
+                let tun = try TunDevice(name: "kl-\(spec.name)")
+                try nl.setAddrGenModeNone(tun.ifindex)
+                try nl.setUp(tun.ifindex, mtu: spec.mtu)
+                try nl.addAddress(tun.ifindex, spec.address, prefixLength: spec.prefixLength)
+                try nl.addRoute(Scenario.labPrefix, ifindex: tun.ifindex)
+                return tun
+            }
+            links.append(Forwarder.Link(name: spec.name, address: spec.address, tun: tun))
+        }
+        let capture = try Capture(path: "\(dir)/capture.pcap")
+        for (h, l) in zip(hosts, links) { try h.run { try capture.add(device: l.tun.name, directions: [.out]) } }
+        let tracer = try Tracer(
+            config: tracing, namespaces: hosts.map { ($0.netnsCookie, $0.netnsInode) }, cgroupFD: cgroup.fd,
+            rawPath: "\(dir)/events.bin")
+        defer { tracer.close() }
+        let offset = Clock.realtimeOffsetNs()
+        let tscHz = Clock.tscHz()
+        capture.start()
+        tracer.start()
+        started = true
+        let forwarder = Forwarder(links: links, spec: scenario.wire)
+        forwarder.start()
+        let impaired = scenario.hosts.flatMap { a in scenario.hosts.filter { $0.name != a.name }.map { (a.name, $0.name) } }
+            .filter { !scenario.wire.impairment(from: $0.0, to: $0.1).isNone }
+        if !impaired.isEmpty { log("  wire: impaired \(impaired.map { "\($0.0)>\($0.1)" }.joined(separator: ", ")), seed \(scenario.wire.seed)") }
+
+        let play = Play(scenario: scenario, hosts: hosts, wire: nil, directory: dir, log: log)
+        let startedNs = Clock.monotonicNs()
+        play.run()
+        play.closeAll()
+
+        if let error = forwarder.stop() { play.failures.append("the wire failed: \(error)") }
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.sortedKeys]
+        try enc.encode(forwarder.counters).write(to: URL(fileURLWithPath: "\(dir)/wire.json"))
+        for (d, c) in forwarder.counters.sorted(by: { $0.key < $1.key }) {
+            log("  wire \(d): \(c.forwarded) forwarded, \(c.dropped) dropped, \(c.duplicated) duplicated, \(c.reordered) reordered, \(c.refused) refused by the TUN")
+        }
+        capture.close()
+        tracer.stop()
+        play.checkEvents(tracer.events(), traced: Set(tracer.selections.filter { $0.site != nil }.map(\.event.name)))
+        let counters = tracer.counters()
+        let report = Report(
+            scenario: scenario, directory: dir, host: hosts[0], events: tracer.events(), packets: capture.packets,
+            selections: tracer.selections, attached: tracer.attached, realtimeOffsetNs: offset, tscHz: tscHz, startedNs: startedNs,
+            steps: play.records, failures: play.failures, unexpected: 0,
+            emitted: counters.emitted, dropped: counters.dropped, interrupted: Interrupt.requested)
+        try report.write()
+        log(report.timeline())
+        return Outcome(
+            scenario: scenario.name, directory: dir, passed: play.failures.isEmpty && !Interrupt.requested,
+            failures: play.failures, interrupted: Interrupt.requested)
+    }
+}
