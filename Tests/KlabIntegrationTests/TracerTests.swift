@@ -91,6 +91,26 @@ struct TracerTests {
         #expect((r.summary["events"] as? [String: Any])?["lost"] as? Int == 0)
     }
 
+    /// An active open: SOCKET_CONNECT names the destination, TCP_SENDSYN the new flow, and
+    /// TCP_RECVSYNACK the peer's initial sequence number.
+    @Test func activeTCPOpen() throws {
+        let r = try run("lab/scenarios/tcp-active-open.yaml")
+        let connect = try #require(r.log.named("SOCKET_CONNECT").first)
+        #expect(r.endpoints(connect)["dst"] as? String == "198.18.0.2" && r.endpoints(connect)["dport"] as? Int == 40000)
+        let syn = try #require(r.log.named("TCP_SENDSYN").first)
+        #expect(r.endpoints(syn)["sport"] as? Int == 45000 && syn["sock"] as? Int == connect["sock"] as? Int)
+        let synack = try #require(r.log.named("TCP_RECVSYNACK").first)
+        let wireSynack = try #require(r.pcap.packets.first { p in
+            if case .tcp(let t) = p.transport { return t.flags == [.syn, .ack] } else { return false }
+        })
+        guard case .tcp(let t) = wireSynack.transport else { return }
+        #expect(r.endpoints(synack)["tcp_seq"] as? Int == Int(t.sequence) && r.endpoints(synack)["tcp_ack"] as? Int == Int(t.acknowledgment))
+        // tcp_finish_connect sets ESTABLISHED (CONNECTION_HANDSHAKE) before it runs the sockops
+        // established callback (TCP_RECVSYNACK's site here).
+        let order = ["SOCKET_CONNECT", "TCP_SENDSYN", "CONNECTION_HANDSHAKE", "TCP_RECVSYNACK"].map { r.log.named($0).first?["t_ns"] as? Int ?? 0 }
+        #expect(order == order.sorted() && !order.contains(0))
+    }
+
     /// --level socket logs only the socket level, with SOCKET_ASSIGNADDR for bind.
     @Test func socketLevelLogsOnlySocketEvents() throws {
         let r = try run("lab/scenarios/tcp-handshake.yaml", ["--level", "socket"])
