@@ -29,6 +29,9 @@ public struct SiteComparison: Sendable {
         let probe: String
         let skb: String?
         let sock: Int?
+        /// TCP sequence number and flags, where the record has them.
+        let seq: Int?
+        let flags: String?
     }
 
     /// Reads RESULTS/events.jsonl.
@@ -44,7 +47,9 @@ public struct SiteComparison: Sendable {
         while let line = lines.next() {
             guard let o = try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
                   let t = o["t_ns"] as? Int, let event = o["event"] as? String, let probe = o["probe"] as? String else { continue }
-            records.append(Record(t: Int64(t), event: event, probe: probe, skb: o["skb"] as? String, sock: o["sock"] as? Int))
+            let tcp = (o["packet"] ?? o["endpoints"]) as? [String: Any]
+            records.append(Record(t: Int64(t), event: event, probe: probe, skb: o["skb"] as? String, sock: o["sock"] as? Int,
+                                  seq: tcp?["tcp_seq"] as? Int, flags: tcp?["tcp_flags"] as? String))
         }
         records.sort { $0.t < $1.t }
         let events = header["events"] as? [[String: Any]] ?? []
@@ -83,11 +88,13 @@ public struct SiteComparison: Sendable {
 
     /// Pairs records of one event from two sites, one to one, nearest in time first, among
     /// records that can be the same occurrence: the same skb where both know it, the same
-    /// socket where both know it.
+    /// socket where both know it, the same TCP sequence number and flags where both know them.
     static func pair(_ a: [Record], _ b: [Record]) -> [(Record, Record)] {
         func compatible(_ x: Record, _ y: Record) -> Bool {
             if let s = x.skb, let t = y.skb, s != t { return false }
             if let s = x.sock, let t = y.sock, s != t { return false }
+            if let s = x.seq, let t = y.seq, s != 0, t != 0, s != t { return false }
+            if let s = x.flags, let t = y.flags, s != "none", t != "none", s != t { return false }
             return true
         }
         var candidates: [(Int64, Int, Int)] = []

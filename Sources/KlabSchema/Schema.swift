@@ -25,6 +25,9 @@ public enum Schema {
     public static let skbIngress = p(15, "cg_skb_ingress", .cgroup, "cgroup_skb/ingress")
     static let skbEgress = p(16, "cg_skb_egress", .cgroup, "cgroup_skb/egress", in: "ip_finish_output")
     public static let sockops = p(17, "klab_sockops", .sockops, "sockops")
+    static let bind4 = p(18, "cg_bind4", .cgroup, "cgroup/bind4", in: "inet_bind")
+    static let sendmsg4 = p(19, "cg_sendmsg4", .cgroup, "cgroup/sendmsg4", in: "udp_sendmsg")
+    static let recvmsg4 = p(20, "cg_recvmsg4", .cgroup, "cgroup/recvmsg4", in: "udp_recvmsg")
 
     /// Klogger's functions, each probed by fentry (fexit where the event is at the end)
     /// and by kprobe: ids 32+ for fentry, 96+ for kprobe.
@@ -58,6 +61,7 @@ public enum Schema {
     public static let probes: [Probe] = [
         netifReceiveSkb, netDevQueue, setState, sendLength, recvLength, tcpSendmsgLocked, tcpProbe, icmpSendTP,
         exitAccept4, exitAccept, sockCreate, sockRelease, postBind4, connect4, skbIngress, skbEgress, sockops,
+        bind4, sendmsg4, recvmsg4,
     ] + functions.map { fentry($0.name) } + functions.map { kprobe($0.name) }
 
     // MARK: Events
@@ -91,7 +95,8 @@ public enum Schema {
            [exact(fentry("inet_create")), exact(sockCreate)]),
         ev(2, "SOCKET_CLOSE", .socket, [.socket], "inet_release", at("inet_release") + [exact(sockRelease)]),
         ev(3, "SOCKET_ASSIGNADDR", .socket, [.socket], "inet_bind → __inet_bind", until: .socket,
-           at("inet_bind") + [near(postBind4, "inside __inet_bind once the address is assigned")]),
+           at("inet_bind") + [near(postBind4, "inside __inet_bind once the address is assigned"),
+                              near(bind4, "inside inet_bind before __inet_bind: the address asked for, not the one assigned")]),
         ev(4, "SOCKET_LISTEN", .socket, [.socket], "inet_listen",
            at("inet_listen") + [near(sockops, "BPF_SOCK_OPS_TCP_LISTEN_CB in inet_csk_listen_start, called by inet_listen"),
                                 near(setState, "the change to LISTEN in inet_csk_listen_start")]),
@@ -104,7 +109,8 @@ public enum Schema {
            [exact(fentry("inet_recvmsg")), exact(kprobe("inet_recvmsg")), near(recvLength, "when sock_recvmsg returns, right after inet_recvmsg")]),
         // Connection level.
         ev(8, "SOCKET_BIND", .connection, [.socket], "inet_bind → __inet_bind",
-           at("inet_bind") + [near(postBind4, "inside __inet_bind once the address is assigned")]),
+           at("inet_bind") + [near(postBind4, "inside __inet_bind once the address is assigned"),
+                              near(bind4, "inside inet_bind before __inet_bind: the address asked for, not the one assigned")]),
         ev(9, "SOCKET_CONNECT", .connection, [.socket], "__inet_stream_connect → tcp_v4_connect",
            at("__inet_stream_connect") + [exact(connect4)]),
         ev(10, "CONNECTION_HANDSHAKE", .connection, [.socket], "the TCP handshake: tcp_finish_connect (active), tcp_v4_syn_recv_sock (passive)",
@@ -123,7 +129,9 @@ public enum Schema {
                                         "seq is snd_nxt"), device(netDevQueue)]),
         ev(15, "TCP_RECVACK", .protocol, [.tcp], "tcp_ack",
            at("tcp_ack") + [near(tcpProbe, "the entry of tcp_rcv_established, before tcp_ack", "established sockets only"),
-                            device(netifReceiveSkb)]),
+                            device(netifReceiveSkb),
+                            near(sockops, "BPF_SOCK_OPS_PARSE_HDR_OPT_CB in tcp_validate_incoming, before tcp_ack",
+                                 "segments on the slow path only: header prediction skips it")]),
         ev(16, "TCP_SENDSYNACK", .protocol, [.tcp], "tcp_v4_send_synack",
            at("tcp_v4_send_synack") + [near(sockops, "tcp_make_synack sizing the SYN-ACK's options, inside tcp_v4_send_synack",
                                             "seq and ack are not known there"), device(netDevQueue)]),
@@ -137,9 +145,11 @@ public enum Schema {
         ev(20, "TCP_RECEIVE", .protocol, [.tcp, .socket], "tcp_recvmsg, at its end",
            [exact(fentry("tcp_recvmsg")), exact(kprobe("tcp_recvmsg")), near(recvLength, "when sock_recvmsg returns, after tcp_recvmsg")]),
         ev(21, "UDP_SEND", .protocol, [.udp, .socket], "udp_sendmsg",
-           at("udp_sendmsg") + [near(sendLength, "when sock_sendmsg returns, not when udp_sendmsg is entered")]),
+           at("udp_sendmsg") + [near(sendLength, "when sock_sendmsg returns, not when udp_sendmsg is entered"),
+                                exact(sendmsg4, "unconnected sockets sending to an address only")]),
         ev(22, "UDP_RECEIVE", .protocol, [.udp, .socket], "udp_recvmsg, at its end",
-           [exact(fentry("udp_recvmsg")), exact(kprobe("udp_recvmsg")), near(recvLength, "when sock_recvmsg returns, after udp_recvmsg")]),
+           [exact(fentry("udp_recvmsg")), exact(kprobe("udp_recvmsg")), near(recvLength, "when sock_recvmsg returns, after udp_recvmsg"),
+            near(recvmsg4, "in udp_recvmsg once the datagram is copied", "calls that ask for the sender's address only")]),
         ev(23, "ICMP_SEND", .protocol, [.icmp], "__icmp_send", at("__icmp_send") + [exact(icmpSendTP), device(netDevQueue)]),
         ev(24, "ICMP_RECEIVE", .protocol, [.icmp], "icmp_rcv", at("icmp_rcv") + [device(netifReceiveSkb)]),
         ev(25, "TCP_SENDPACKET", .protocol, [.tcp], "the copy loop of tcp_sendmsg_locked → tcp_write_xmit → __tcp_transmit_skb",

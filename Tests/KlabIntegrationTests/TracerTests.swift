@@ -111,6 +111,23 @@ struct TracerTests {
         #expect(order == order.sorted() && !order.contains(0))
     }
 
+    /// IP events name each fragment by its offset and MF flag, going both ways.
+    @Test func fragmentsCarryTheirOffsets() throws {
+        let r = try run("lab/scenarios/udp-fragmented.yaml")
+        func fragments(_ name: String) -> [(Int, Bool)] {
+            r.log.named(name).compactMap { e in
+                let p = r.packet(e)
+                guard let off = p["frag_offset"] as? Int, let mf = p["mf"] as? Bool, off > 0 || mf else { return nil }
+                return (off, mf)
+            }
+        }
+        let out = fragments("IP_SENDBUFFER"), into = fragments("IP_RECEIVEPACKET")
+        #expect(out.map(\.0) == [0, 1480, 2960] && out.map(\.1) == [true, true, false])
+        #expect(into.map(\.0) == [0, 976, 1952, 2928] && into.map(\.1) == [true, true, true, false])
+        // Every fragment event is joined to its own frame on the wire.
+        #expect(r.log.named("IP_RECEIVEPACKET").allSatisfy { $0["wire_frame"] as? Int != nil })
+    }
+
     /// --level socket logs only the socket level, with SOCKET_ASSIGNADDR for bind.
     @Test func socketLevelLogsOnlySocketEvents() throws {
         let r = try run("lab/scenarios/tcp-handshake.yaml", ["--level", "socket"])

@@ -284,6 +284,58 @@ int cg_connect4(struct bpf_sock_addr *ctx) {
     return 1;
 }
 
+// SOCKET_BIND / SOCKET_ASSIGNADDR, the address asked for: inet_bind runs this hook before
+// __inet_bind.
+SEC("cgroup/bind4")
+int cg_bind4(struct bpf_sock_addr *ctx) {
+    __u64 m = mask_of(KLAB_PROBE_ID_cg_bind4);
+    if (!m) return 1;
+    __u64 nc = bpf_get_netns_cookie(ctx);
+    __u32 *ns = bpf_map_lookup_elem(&lab_netns, &nc);
+    if (!ns) return 1;
+    struct klab_event e;
+    begin(&e, KLAB_PROBE_ID_cg_bind4, *ns);
+    e.sock = bpf_get_socket_cookie(ctx);
+    e.proto = ctx->protocol;
+    e.saddr = ctx->user_ip4;
+    e.sport = bpf_ntohs(ctx->user_port);
+    e.arg0 = ctx->type;
+    e.arg1 = ctx->family;
+    EMIT_IF(m, &e, KLAB_EV_SOCKET_BIND, 1);
+    EMIT_IF(m, &e, KLAB_EV_SOCKET_ASSIGNADDR, 1);
+    return 1;
+}
+
+// UDP_SEND / UDP_RECEIVE for calls that carry an address: udp_sendmsg runs sendmsg4 before
+// routing a datagram to msg_name; udp_recvmsg runs recvmsg4 as it fills in the sender.
+static __always_inline int udp_addr_event(struct bpf_sock_addr *ctx, __u16 probe, __u16 ev, int send) {
+    __u64 m = mask_of(probe);
+    if (!m) return 1;
+    __u64 nc = bpf_get_netns_cookie(ctx);
+    __u32 *ns = bpf_map_lookup_elem(&lab_netns, &nc);
+    if (!ns) return 1;
+    struct klab_event e;
+    begin(&e, probe, *ns);
+    e.sock = bpf_get_socket_cookie(ctx);
+    e.proto = 17;
+    if (send) {
+        e.saddr = ctx->msg_src_ip4;
+        e.daddr = ctx->user_ip4;
+        e.dport = bpf_ntohs(ctx->user_port);
+    } else {
+        e.saddr = ctx->user_ip4;  // the sender
+        e.sport = bpf_ntohs(ctx->user_port);
+    }
+    EMIT_IF(m, &e, ev, 1);
+    return 1;
+}
+
+SEC("cgroup/sendmsg4")
+int cg_sendmsg4(struct bpf_sock_addr *ctx) { return udp_addr_event(ctx, KLAB_PROBE_ID_cg_sendmsg4, KLAB_EV_UDP_SEND, 1); }
+
+SEC("cgroup/recvmsg4")
+int cg_recvmsg4(struct bpf_sock_addr *ctx) { return udp_addr_event(ctx, KLAB_PROBE_ID_cg_recvmsg4, KLAB_EV_UDP_RECEIVE, 0); }
+
 static __always_inline void fill_cg_skb(struct klab_event *e, struct __sk_buff *skb) {
     struct iphdr_ ip;
     if (bpf_skb_load_bytes(skb, 0, &ip, sizeof(ip)) || (ip.vihl >> 4) != 4) return;
@@ -375,9 +427,13 @@ int klab_sockops(struct bpf_sock_ops *s) {
     __u32 *ns = bpf_map_lookup_elem(&lab_netns, &nc);
     if (!ns) return 1;
     __u32 op = s->op;
-    if ((m & WANTS_SEGMENTS) && (op == BPF_SOCK_OPS_TCP_LISTEN_CB || op == BPF_SOCK_OPS_TCP_CONNECT_CB
-            || op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB || op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB))
-        bpf_sock_ops_cb_flags_set(s, s->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG);
+    if (op == BPF_SOCK_OPS_TCP_LISTEN_CB || op == BPF_SOCK_OPS_TCP_CONNECT_CB
+            || op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB || op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB) {
+        __u32 flags = s->bpf_sock_ops_cb_flags;
+        if (m & WANTS_SEGMENTS) flags |= BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG;
+        if (m & BIT(KLAB_EV_TCP_RECVACK)) flags |= BPF_SOCK_OPS_PARSE_ALL_HDR_OPT_CB_FLAG;
+        if (flags != s->bpf_sock_ops_cb_flags) bpf_sock_ops_cb_flags_set(s, flags);
+    }
     struct klab_event e;
     begin_task(&e, KLAB_PROBE_ID_klab_sockops, *ns);
     fill_skops(&e, s);
@@ -401,6 +457,20 @@ int klab_sockops(struct bpf_sock_ops *s) {
         e.tcp_seq = s->rcv_nxt - 1;
         EMIT_IF(m, &e, KLAB_EV_TCP_RECVSYNACK, 1);
         break;
+    case BPF_SOCK_OPS_PARSE_HDR_OPT_CB: {
+        // An incoming segment, on the slow path (tcp_validate_incoming): its TCP header.
+        struct tcphdr_ *th = (void *)(long)s->skb_data;
+        if ((void *)(th + 1) > (void *)(long)s->skb_data_end) break;
+        e.tcp_flags = s->skb_tcp_flags;
+        e.tcp_seq = bpf_ntohl(th->seq);
+        e.tcp_ack = bpf_ntohl(th->ack_seq);
+        e.sport = bpf_ntohs(th->source);
+        e.dport = bpf_ntohs(th->dest);
+        e.saddr = s->remote_ip4;
+        e.daddr = s->local_ip4;
+        EMIT_IF(m, &e, KLAB_EV_TCP_RECVACK, s->skb_tcp_flags & TH_ACK);
+        break;
+    }
     case BPF_SOCK_OPS_HDR_OPT_LEN_CB: {
         // args[0] has BPF_WRITE_HDR_TCP_CURRENT_MSS when only the MSS is being computed.
         if (s->args[0] & BPF_WRITE_HDR_TCP_CURRENT_MSS) break;
