@@ -7,7 +7,8 @@ public enum Schema {
         Probe(id: id, program: program, backend: backend, site: site, function: function)
     }
 
-    // The base object (klab.bpf.c): tracepoints, cgroup hooks, sockops.
+    // The base object (klab.bpf.c): tracepoints, cgroup hooks, sockops. The two device
+    // tracepoints attach as tp_btf (typed skb, plain loads), the same hook as the classic one.
     public static let netifReceiveSkb = p(1, "tp_netif_receive_skb", .tracepoint, "tracepoint net:netif_receive_skb")
     public static let netDevQueue = p(2, "tp_net_dev_queue", .tracepoint, "tracepoint net:net_dev_queue")
     public static let setState = p(3, "btf_inet_sock_set_state", .tracepoint, "tp_btf sock:inet_sock_set_state")

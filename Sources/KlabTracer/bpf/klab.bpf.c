@@ -7,21 +7,18 @@ char LICENSE[] SEC("license") = "GPL";
 
 // MARK: The device: IP_RECEIVEPACKET, IP_SENDBUFFER, and events derived from the packet
 
-// Classic tracepoint layout of net:net_dev_template (netif_receive_skb, net_dev_queue).
-struct net_dev_template_args { __u64 common; void *skbaddr; unsigned int len; };
-
 #define ICMP_ERROR(t) ((t) == 3 || (t) == 4 || (t) == 5 || (t) == 11 || (t) == 12)
 
-SEC("tracepoint/net/netif_receive_skb")
-int tp_netif_receive_skb(struct net_dev_template_args *a) {
+// tp_btf: the skb is a typed pointer, so its fields are plain loads.
+SEC("tp_btf/netif_receive_skb")
+int BPF_PROG(tp_netif_receive_skb, struct sk_buff *skb) {
     __u64 m = mask_of(KLAB_PROBE_ID_tp_netif_receive_skb);
     if (!m) return 0;
-    struct sk_buff *skb = a->skbaddr;
-    __u32 *ns = lab_skb(skb);
+    __u32 *ns = lab_skb_btf(skb);
     if (!ns) return 0;
     struct klab_event e;
     begin(&e, KLAB_PROBE_ID_tp_netif_receive_skb, *ns);
-    fill_skb(&e, skb);
+    fill_skb_btf(&e, skb);
     __u8 f = e.tcp_flags;
     int tcp = e.proto == 6 && !(e.frag & 0x1fff), udp = e.proto == 17 && !(e.frag & 0x1fff);
     EMIT_IF(m, &e, KLAB_EV_IP_RECEIVEPACKET, 1);
@@ -35,16 +32,15 @@ int tp_netif_receive_skb(struct net_dev_template_args *a) {
     return 0;
 }
 
-SEC("tracepoint/net/net_dev_queue")
-int tp_net_dev_queue(struct net_dev_template_args *a) {
+SEC("tp_btf/net_dev_queue")
+int BPF_PROG(tp_net_dev_queue, struct sk_buff *skb) {
     __u64 m = mask_of(KLAB_PROBE_ID_tp_net_dev_queue);
     if (!m) return 0;
-    struct sk_buff *skb = a->skbaddr;
-    __u32 *ns = lab_skb(skb);
+    __u32 *ns = lab_skb_btf(skb);
     if (!ns) return 0;
     struct klab_event e;
     begin(&e, KLAB_PROBE_ID_tp_net_dev_queue, *ns);
-    fill_skb(&e, skb);
+    fill_skb_btf(&e, skb);
     __u8 f = e.tcp_flags;
     int tcp = e.proto == 6 && !(e.frag & 0x1fff), icmp = e.proto == 1 && !(e.frag & 0x1fff);
     EMIT_IF(m, &e, KLAB_EV_IP_SENDBUFFER, 1);

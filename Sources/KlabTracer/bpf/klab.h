@@ -168,46 +168,66 @@ struct icmphdr_ { __u8 type, code; __u16 check; __be16 id, seq; };
 #define TH_ACK 0x10
 #define TH_URG 0x20
 
-// Packet identity from an IPv4 header at kernel address `iph`.
+// Packet identity from an IPv4 header at kernel address `iph`. One read covers the IP
+// header and the first 20 bytes after it (each bpf_probe_read_kernel costs a helper call);
+// a header with options takes a second read for the transport header.
 static __always_inline void fill_ip(struct klab_event *e, unsigned char *iph) {
-    struct iphdr_ ip;
-    if (bpf_probe_read_kernel(&ip, sizeof(ip), iph) || (ip.vihl >> 4) != 4) return;
-    __u32 ihl = (ip.vihl & 0xf) * 4;
-    __u16 tot = bpf_ntohs(ip.tot_len);
-    __u16 frag = bpf_ntohs(ip.frag_off);
-    e->proto = ip.protocol;
-    e->saddr = ip.saddr;
-    e->daddr = ip.daddr;
-    e->ip_id = bpf_ntohs(ip.id);
+    struct { struct iphdr_ ip; union { struct tcphdr_ t; struct udphdr_ u; struct icmphdr_ c; } l4; } h;
+    if (bpf_probe_read_kernel(&h, sizeof(h), iph) || (h.ip.vihl >> 4) != 4) return;
+    __u32 ihl = (h.ip.vihl & 0xf) * 4;
+    __u16 tot = bpf_ntohs(h.ip.tot_len);
+    __u16 frag = bpf_ntohs(h.ip.frag_off);
+    e->proto = h.ip.protocol;
+    e->saddr = h.ip.saddr;
+    e->daddr = h.ip.daddr;
+    e->ip_id = bpf_ntohs(h.ip.id);
     e->ip_len = tot;
     e->frag = frag;
     if (frag & 0x1fff) return;  // not the first fragment: no transport header
-    unsigned char *l4 = iph + ihl;
-    if (ip.protocol == 6) {
-        struct tcphdr_ t;
-        if (bpf_probe_read_kernel(&t, sizeof(t), l4)) return;
-        e->sport = bpf_ntohs(t.source);
-        e->dport = bpf_ntohs(t.dest);
-        e->tcp_seq = bpf_ntohl(t.seq);
-        e->tcp_ack = bpf_ntohl(t.ack_seq);
-        e->tcp_flags = t.flags;
-        __u32 hl = ihl + (t.doff >> 4) * 4;
+    if (ihl != 20 && bpf_probe_read_kernel(&h.l4, sizeof(h.l4), iph + ihl)) return;
+    if (h.ip.protocol == 6) {
+        e->sport = bpf_ntohs(h.l4.t.source);
+        e->dport = bpf_ntohs(h.l4.t.dest);
+        e->tcp_seq = bpf_ntohl(h.l4.t.seq);
+        e->tcp_ack = bpf_ntohl(h.l4.t.ack_seq);
+        e->tcp_flags = h.l4.t.flags;
+        __u32 hl = ihl + (h.l4.t.doff >> 4) * 4;
         e->l4_len = tot > hl ? tot - hl : 0;
-    } else if (ip.protocol == 17) {
-        struct udphdr_ u;
-        if (bpf_probe_read_kernel(&u, sizeof(u), l4)) return;
-        e->sport = bpf_ntohs(u.source);
-        e->dport = bpf_ntohs(u.dest);
+    } else if (h.ip.protocol == 17) {
+        e->sport = bpf_ntohs(h.l4.u.source);
+        e->dport = bpf_ntohs(h.l4.u.dest);
         e->l4_len = tot > ihl + 8 ? tot - ihl - 8 : 0;
-    } else if (ip.protocol == 1) {
-        struct icmphdr_ c;
-        if (bpf_probe_read_kernel(&c, sizeof(c), l4)) return;
-        e->icmp_type = c.type;
-        e->icmp_code = c.code;
-        e->icmp_id = bpf_ntohs(c.id);
-        e->icmp_seq = bpf_ntohs(c.seq);
+    } else if (h.ip.protocol == 1) {
+        e->icmp_type = h.l4.c.type;
+        e->icmp_code = h.l4.c.code;
+        e->icmp_id = bpf_ntohs(h.l4.c.id);
+        e->icmp_seq = bpf_ntohs(h.l4.c.seq);
         e->l4_len = tot > ihl + 8 ? tot - ihl - 8 : 0;
     }
+}
+
+// The same skb fields read directly, for programs whose skb is a BTF pointer (tp_btf,
+// fentry): plain loads instead of a helper call per field.
+static __always_inline void fill_skb_btf(struct klab_event *e, struct sk_buff *skb) {
+    e->skb = (__u64)skb;
+    e->skb_len = skb->len;
+    struct net_device *dev = skb->dev;
+    if (dev) {
+        e->ifindex = dev->ifindex;
+        e->mtu = dev->mtu;
+    }
+    struct sock *sk = skb->sk;
+    if (sk) e->sock = sk->__sk_common.skc_cookie.counter;
+    fill_ip(e, skb->head + skb->network_header);
+}
+
+static __always_inline __u32 *lab_skb_btf(struct sk_buff *skb) {
+    struct net_device *dev = skb->dev;
+    if (!dev) return 0;
+    struct net *net = dev->nd_net.net;
+    if (!net) return 0;
+    __u64 cookie = net->net_cookie;
+    return bpf_map_lookup_elem(&lab_netns, &cookie);
 }
 
 // The skb's packet (its network header must be set) and device.
