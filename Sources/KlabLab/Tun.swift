@@ -1,5 +1,6 @@
 import CKlabLinux
 import Foundation
+import KlabPacket
 
 /// A TUN device (IFF_TUN | IFF_NO_PI): the daemon's end of a lab link. Each write() is one
 /// IPv4 packet handed to the host's stack; each read() is one packet the host sent.
@@ -55,5 +56,24 @@ public final class TunDevice: @unchecked Sendable {
     @inlinable @inline(__always)
     public func readBlocking(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
         Int(try sys("read(\(name))") { Int32(truncatingIfNeeded: klab_read(fd, buffer.baseAddress, buffer.count)) })
+    }
+}
+
+extension LabHost {
+    /// A link of this host: `ip link set lo up`, a TUN named `name` with addrgenmode none
+    /// (before up, or IPv6 chatter appears on it), MTU, up, `address/prefixLength`, and a route
+    /// to `route` through it. Runs on the host's thread; the TUN stays in its namespace.
+    public func addLink(name: String, address: IPv4Address, prefixLength: Int, mtu: UInt32? = nil,
+                        route: IPv4Prefix? = nil) throws -> TunDevice {
+        try run { () throws -> TunDevice in
+            let nl = try Netlink()
+            try nl.setUp(1)
+            let tun = try TunDevice(name: name)
+            try nl.setAddrGenModeNone(tun.ifindex)
+            try nl.setUp(tun.ifindex, mtu: mtu)
+            try nl.addAddress(tun.ifindex, address, prefixLength: prefixLength)
+            if let route { try nl.addRoute(route, ifindex: tun.ifindex) }
+            return tun
+        }
     }
 }

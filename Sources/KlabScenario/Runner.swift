@@ -70,17 +70,9 @@ public final class Runner {
         defer { if !started && fresh { try? FileManager.default.removeItem(atPath: dir) } }
         let host = try LabHost(name: scenario.host.name)
         defer { host.shutdown() }
-        // ip link set lo up; the TUN: addrgenmode none, mtu, up, address, route to the lab prefix.
-        let tun = try host.run { () throws -> TunDevice in
-            let nl = try Netlink()
-            try nl.setUp(1)
-            let tun = try TunDevice(name: "klab0")
-            try nl.setAddrGenModeNone(tun.ifindex)
-            try nl.setUp(tun.ifindex, mtu: scenario.host.mtu)
-            try nl.addAddress(tun.ifindex, scenario.host.address, prefixLength: scenario.host.prefixLength)
-            try nl.addRoute(Scenario.labPrefix, ifindex: tun.ifindex)
-            return tun
-        }
+        let tun = try host.addLink(
+            name: "klab0", address: scenario.host.address, prefixLength: scenario.host.prefixLength,
+            mtu: scenario.host.mtu, route: Scenario.labPrefix)
         let capture = try Capture(path: "\(dir)/capture.pcap")
         try host.run { try capture.add(device: tun.name) }
         let tracer = try Tracer(

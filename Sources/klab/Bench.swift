@@ -65,16 +65,7 @@ extension Bench {
             try Preflight.check(tracing: false)
             let host = try LabHost(name: "bench")
             defer { host.shutdown() }
-            // As in the scenario runner: lo up; the TUN with addrgenmode none (before up), up, address.
-            let tun = try host.run { () throws -> TunDevice in
-                let nl = try Netlink()
-                try nl.setUp(1)
-                let tun = try TunDevice(name: "kbench0")
-                try nl.setAddrGenModeNone(tun.ifindex)
-                try nl.setUp(tun.ifindex)
-                try nl.addAddress(tun.ifindex, Self.hostAddress, prefixLength: 24)
-                return tun
-            }
+            let tun = try host.addLink(name: "kbench0", address: Self.hostAddress, prefixLength: 24)
 
             let echo = Packet.icmpEcho(
                 from: Self.peerAddress, to: Self.hostAddress, id: Self.echoID, sequence: 0,

@@ -47,15 +47,7 @@ extension Bench {
             defer { cgroup.remove() }
             let host = try LabHost(name: "bench")
             defer { host.shutdown() }
-            let tun = try host.run { () throws -> TunDevice in
-                let nl = try Netlink()
-                try nl.setUp(1)
-                let tun = try TunDevice(name: "kbench0")
-                try nl.setAddrGenModeNone(tun.ifindex)
-                try nl.setUp(tun.ifindex)
-                try nl.addAddress(tun.ifindex, TunPingPong.hostAddress, prefixLength: 24)
-                return tun
-            }
+            let tun = try host.addLink(name: "kbench0", address: TunPingPong.hostAddress, prefixLength: 24)
             let echo = Packet.icmpEcho(
                 from: TunPingPong.peerAddress, to: TunPingPong.hostAddress, id: TunPingPong.echoID, sequence: 0,
                 payload: (0..<56).map { UInt8($0) }, ipID: 1)

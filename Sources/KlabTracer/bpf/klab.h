@@ -111,13 +111,17 @@ static __always_inline __u32 *lab_task(void) {
 }
 
 // The common part of a record: time, CPU, task, namespace, probe.
-static __always_inline void begin(struct klab_event *e, __u16 probe, __u32 netns) {
+static __always_inline void begin_record(struct klab_event *e, __u16 probe, __u32 netns) {
     __builtin_memset(e, 0, sizeof(*e));
     e->ts_ns = bpf_ktime_get_ns();
     e->probe = probe;
     e->netns = netns;
     e->cpu = bpf_get_smp_processor_id();
     e->fd = -1;
+}
+
+static __always_inline void begin(struct klab_event *e, __u16 probe, __u32 netns) {
+    begin_record(e, probe, netns);
     __u64 pt = bpf_get_current_pid_tgid();
     e->pid = pt >> 32;
     e->tid = (__u32)pt;
@@ -127,12 +131,7 @@ static __always_inline void begin(struct klab_event *e, __u16 probe, __u32 netns
 // The same for program types that lack the pid and comm helpers on older kernels
 // (cgroup_skb and sockops before 6.x): read them from the current task.
 static __always_inline void begin_task(struct klab_event *e, __u16 probe, __u32 netns) {
-    __builtin_memset(e, 0, sizeof(*e));
-    e->ts_ns = bpf_ktime_get_ns();
-    e->probe = probe;
-    e->netns = netns;
-    e->cpu = bpf_get_smp_processor_id();
-    e->fd = -1;
+    begin_record(e, probe, netns);
     struct task_struct *t = (struct task_struct *)bpf_get_current_task();
     e->pid = BPF_CORE_READ(t, tgid);
     e->tid = BPF_CORE_READ(t, pid);
