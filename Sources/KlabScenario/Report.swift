@@ -44,12 +44,31 @@ struct Report {
     }
 
     /// For each event, the frame of the wire packet with the same identity nearest in time.
+    /// Events that read the packet join by its whole identity; TCP events that only know the
+    /// segment from its socket (sockops, __tcp_transmit_skb: no IP ID yet) join by flow,
+    /// sequence number and flags, in the direction of their event (sent or received).
     func match(_ wire: [WirePacket]) -> [Int?] {
         var byIdentity: [PacketIdentity: [WirePacket]] = [:]
-        for w in wire { if let id = w.identity { byIdentity[id, default: []].append(w) } }
+        struct Segment: Hashable { let src, dst: UInt32; let sport, dport: UInt16; let seq: UInt32; let flags: UInt8 }
+        var bySegment: [Segment: [WirePacket]] = [:]
+        for w in wire {
+            guard let id = w.identity else { continue }
+            byIdentity[id, default: []].append(w)
+            if id.proto == 6 {
+                bySegment[Segment(src: id.source.rawValue, dst: id.destination.rawValue, sport: id.sourcePort,
+                                  dport: id.destinationPort, seq: id.tcpSeq, flags: id.tcpFlags), default: []].append(w)
+            }
+        }
         return events.map { e in
-            guard let id = e.packet, let candidates = byIdentity[id] else { return nil }
-            return candidates.min { diff($0.monotonicNs, e.timeNs) < diff($1.monotonicNs, e.timeNs) }?.frame
+            var candidates: [WirePacket]?
+            if let id = e.packet {
+                candidates = byIdentity[id]
+            } else if let p = e.endpoints, p.proto == 6, p.tcpFlags != 0, p.tcpSeq != 0 {
+                let outgoing = Segment(src: p.source.rawValue, dst: p.destination.rawValue, sport: p.sourcePort,
+                                       dport: p.destinationPort, seq: p.tcpSeq, flags: p.tcpFlags)
+                candidates = bySegment[outgoing]
+            }
+            return candidates?.min { diff($0.monotonicNs, e.timeNs) < diff($1.monotonicNs, e.timeNs) }?.frame
         }
     }
 
@@ -94,6 +113,7 @@ struct Report {
             out.append(10)
         }
         try out.write(to: URL(fileURLWithPath: "\(directory)/events.jsonl"), options: .atomic)
+        try writeJourneys(wire, frames, enc)
 
         var counts: [String: Int] = [:]
         for e in events { counts[e.name, default: 0] += 1 }
@@ -110,8 +130,35 @@ struct Report {
                 received: events.count, emitted_by_kernel: emitted, lost: dropped, serial_gaps: serialGaps,
                 with_packet: packetEvents, matched_to_wire: matched, unmatched_packet_events: packetEvents - matched,
                 by_name: counts),
-            files: ["capture.pcap", "events.jsonl", "events.bin", "summary.json"])
+            files: ["capture.pcap", "events.jsonl", "events.bin", "journeys.jsonl", "summary.json"])
         try enc.encode(summary).write(to: URL(fileURLWithPath: "\(directory)/summary.json"), options: .atomic)
+    }
+
+    /// journeys.jsonl: for every wire packet in time order, the kernel events joined to it, in
+    /// time order, with their distance from the wire in ns and TSC cycles; then one line
+    /// counting the packet events that joined no wire packet.
+    func writeJourneys(_ wire: [WirePacket], _ frames: [Int?], _ enc: JSONEncoder) throws {
+        var byFrame: [Int: [TraceEvent]] = [:]
+        var unmatched: [String: Int] = [:]
+        for (e, f) in zip(events, frames) {
+            if let f { byFrame[f, default: []].append(e) } else if e.packet != nil { unmatched[e.name, default: 0] += 1 }
+        }
+        var out = Data()
+        for w in wire.sorted(by: { $0.monotonicNs < $1.monotonicNs }) {
+            let steps = (byFrame[w.frame] ?? []).sorted { $0.timeNs < $1.timeNs }.map { e -> Journey.Step in
+                let d = Int64(e.timeNs) - Int64(w.monotonicNs)
+                return Journey.Step(event: e.name, probe: e.probeName, t_ns: e.timeNs, from_wire_ns: d,
+                                    from_wire_cycles: Int64((Double(d) * tscHz / 1e9).rounded()), cpu: e.cpu, comm: e.comm,
+                                    skb: e.skb == 0 ? nil : "0x" + String(e.skb, radix: 16))
+            }
+            let j = Journey(frame: w.frame, t_ns: w.monotonicNs, direction: w.direction == .in ? "to_host" : "from_host",
+                            packet: w.packet?.description ?? "unparsed", events: steps)
+            out.append(try enc.encode(j))
+            out.append(10)
+        }
+        out.append(try enc.encode(["unmatched_packet_events": unmatched]))
+        out.append(10)
+        try out.write(to: URL(fileURLWithPath: "\(directory)/journeys.jsonl"), options: .atomic)
     }
 
     /// Every packet on the wire in time order with the kernel events that belong to it
@@ -162,6 +209,25 @@ struct Report {
 }
 
 // MARK: - The files' shapes
+
+/// One line of journeys.jsonl.
+public struct Journey: Codable {
+    public struct Step: Codable {
+        public let event: String
+        public let probe: String
+        public let t_ns: UInt64
+        public let from_wire_ns: Int64
+        public let from_wire_cycles: Int64
+        public let cpu: UInt16
+        public let comm: String
+        public let skb: String?
+    }
+    public let frame: Int
+    public let t_ns: UInt64
+    public let direction: String
+    public let packet: String
+    public let events: [Step]
+}
 
 struct Header: Encodable {
     struct Probe: Encodable { let program: String; let site: String }
