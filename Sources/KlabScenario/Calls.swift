@@ -1,5 +1,6 @@
 import CKlabLinux
 import Foundation
+import Glibc
 import KlabLab
 import KlabPacket
 import KlabSchema
@@ -301,22 +302,29 @@ extension Play {
 
     /// Checks every `events:` step against the trace: each pattern must match an event
     /// after the previous one's match, among the events between the previous `events:` step
-    /// (or the start) and this one, filtered by socket and level. A checkpoint, then: it
-    /// covers what the steps since the last one made the kernel do.
+    /// (or the start) and this one, filtered by socket, level and packet. A checkpoint, then:
+    /// it covers what the steps since the last one made the kernel do (a run of consecutive
+    /// `events:` steps all cover the same steps).
     /// `traced` names the events the tracer has a probe for on this kernel.
     func checkEvents(_ all: [TraceEvent], traced: Set<String>) {
         let events = all.sorted { $0.timeNs < $1.timeNs }
-        var from = startNs
+        // Consecutive events: steps share one window: they all look at the steps before them.
+        var lastCheckpoint = startNs, from = startNs, previousWasEvents = false
         for (n, step) in scenario.steps.enumerated() {
-            guard case .events(let e) = step.action else { continue }
+            guard case .events(let e) = step.action else { previousWasEvents = false; continue }
             guard let reached = reachedNs[n] else { continue }  // the run stopped before it
-            defer { from = reached }
+            if !previousWasEvents { from = lastCheckpoint }
+            defer { (lastCheckpoint, previousWasEvents) = (reached, true) }
             var pool = events.filter { $0.timeNs >= from && $0.timeNs <= reached }
             if let s = e.sock {
                 guard let cookie = cookies[s] else { failures.append("\(step.location): events: socket '\(s)' was never created"); continue }
                 pool = pool.filter { $0.sock == cookie }
             }
             if let level = e.level { pool = pool.filter { (Schema.event($0.event)?.level ?? .ip) <= level } }
+            if let line = e.packetLine {
+                let ids = packetsByLine[line] ?? []
+                pool = pool.filter { $0.packet.map(ids.contains) ?? false }
+            }
             var i = 0
             var matched: [TraceEvent] = []
             var missing: (String, SourceLocation)?
@@ -348,6 +356,7 @@ extension Play {
                 }
             }
             let scope = (e.sock.map { " of socket \($0)" } ?? "") + (e.level.map { " at level \($0)" } ?? "")
+                + (e.packetLine.map { " with line \($0)'s packet" } ?? "")
             if let (glob, at) = missing {
                 let after = matched.last.map { " after \($0.name) at +\(ms($0.timeNs - startNs))" } ?? ""
                 let seen = pool.dropFirst(i).prefix(12).map(\.name).joined(separator: " ")

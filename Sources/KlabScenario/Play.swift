@@ -1,5 +1,6 @@
 import CKlabLinux
 import Foundation
+import Glibc
 import KlabLab
 import KlabPacket
 import KlabSchema
@@ -67,6 +68,10 @@ final class Play: @unchecked Sendable {
     struct Running { let pid: pid_t; let spec: ProgramSpec; let output: String }
     var programs: [String: Running] = [:]
 
+    /// The identities of the packets each packet step injected or took from the wire, by
+    /// the step's line (for `events:` tied to a packet), and those of the step running now.
+    var packetsByLine: [Int: Set<PacketIdentity>] = [:]
+    var stepPackets: Set<PacketIdentity> = []
     /// What the workload steps measured.
     var workloads: [WorkloadResult] = []
     /// Which host each socket lives in.
@@ -124,7 +129,9 @@ final class Play: @unchecked Sendable {
             } else {
                 t = now
                 reachedNs[n] = t
+                stepPackets = []
                 do { outcome = try perform(step, previous: previousNs) } catch { outcome = StepOutcome(text: "\(error)", ok: false) }
+                if !stepPackets.isEmpty { packetsByLine[step.location.line, default: []].formUnion(stepPackets) }
             }
             if !outcome.ok && now >= deadlineNs && !Interrupt.requested {
                 timedOut = true
@@ -165,7 +172,11 @@ final class Play: @unchecked Sendable {
         case .inject(let spec):
             let packets = try build(spec)
             var t: UInt64 = 0
-            for p in packets { t = try link.inject(try p.serialize()) }
+            for p in packets {
+                let bytes = try p.serialize()
+                t = try link.inject(bytes)
+                if let parsed = try? Packet.parse(bytes) { stepPackets.insert(PacketIdentity(parsed)) }
+            }
             return StepOutcome(text: packets.count == 1 ? packets[0].description : "\(packets.count) fragments of \(spec)", ok: true, eventNs: t)
         case .expect(let spec, let timeout):
             return try expect(spec, timeoutMs: timeout, step: step, previous: previous)
@@ -318,7 +329,9 @@ final class Play: @unchecked Sendable {
 
     func next(until: UInt64) throws -> Wire.Received? {
         let left = until > now ? Int((until - now) / 1_000_000) + 1 : 1
-        return try link.next(timeoutMs: left, interrupted: { Interrupt.requested })
+        let got = try link.next(timeoutMs: left, interrupted: { Interrupt.requested })
+        if let got, let parsed = try? Packet.parse(got.bytes) { stepPackets.insert(PacketIdentity(parsed)) }
+        return got
     }
 
     /// A datagram the host sent as IP fragments: reads them all, checks each against the

@@ -78,9 +78,11 @@ struct Report {
     var serialGaps: UInt64 {
         var byCPU: [UInt16: [UInt32]] = [:]
         for e in events { byCPU[e.cpu, default: []].append(e.serial) }
+        // Numbers missing between the lowest and the highest seen, per CPU.
         return byCPU.values.reduce(0) { total, serials in
-            let s = serials.sorted()
-            return total + zip(s, s.dropFirst()).reduce(0) { $0 + UInt64($1.1 - $1.0 - 1) }
+            let s = Set(serials)
+            guard let lo = s.min(), let hi = s.max() else { return total }
+            return total + UInt64(Int(hi) - Int(lo) + 1 - s.count)
         }
     }
 

@@ -200,6 +200,8 @@ public struct EventExpectation: Sendable {
     public let level: Level?
     /// The sequence must be consecutive: no other (filtered) event in between.
     public let exact: Bool
+    /// Only events that carry the packet(s) of the packet step on this line of the file.
+    public var packetLine: Int? = nil
 }
 
 public enum Action: Sendable {
@@ -392,7 +394,7 @@ struct Reader {
                     throw fail(value, "hosts is a list of two or more hosts, joined by klab's wire; one host is host:")
                 }
                 for (i, n) in list.enumerated() {
-                    var h = try host(n, default: HostSpec(name: "h\(i + 1)", address: IPv4Address(rawValue: Scenario.labPrefix.address.rawValue + UInt32(i) + 1),
+                    let h = try host(n, default: HostSpec(name: "h\(i + 1)", address: IPv4Address(rawValue: Scenario.labPrefix.address.rawValue + UInt32(i) + 1),
                                                           prefixLength: 24, mtu: 1500))
                     if let other = s.hosts.first(where: { $0.name == h.name }) {
                         throw fail(n, "duplicate host name '\(h.name)' (\(other.address) has it)")
@@ -400,7 +402,6 @@ struct Reader {
                     if let other = s.hosts.first(where: { $0.address == h.address }) {
                         throw fail(n, "duplicate address \(h.address): host \(other.name) has it")
                     }
-                    h.mtu = h.mtu == 0 ? 1500 : h.mtu
                     s.hosts.append(h)
                 }
             case "wire": wireNode = value
@@ -536,7 +537,7 @@ struct Reader {
         switch verb.key {
         case "run": allowed = ["name", "background", "status", "timeout", "host", "output"]
         case "workload": allowed = ["from", "to", "size", "count", "duration"]
-        case "events": allowed = ["sock", "level", "exact"]
+        case "events": allowed = ["sock", "level", "exact", "packet"]
         case "inject", "expect", "wait", "sleep", "stop": allowed = []
         case "socket": allowed = ["result", "host"]
         default: allowed = ["result", "background"]
@@ -960,7 +961,8 @@ struct Reader {
         }
         let sock = try extra["sock"].map { (_, v) throws(ScenarioError) in try string(v, "sock") }
         let exact = try extra["exact"].map { (_, v) throws(ScenarioError) in try bool(v, "exact") } ?? false
-        return EventExpectation(patterns: patterns, sock: sock, level: level, exact: exact)
+        let line = try extra["packet"].map { (_, v) throws(ScenarioError) in try int(v, "packet (the line of a packet step)", in: 1...1_000_000) }
+        return EventExpectation(patterns: patterns, sock: sock, level: level, exact: exact, packetLine: line)
     }
 }
 
@@ -974,6 +976,7 @@ struct Checker {
         var programs: [String: SourceLocation] = [:]  // background programs not yet stopped or waited
         var pending: Set<String> = []  // background socket calls not yet waited
         var everSocket: Set<String> = []
+        var packetLines: Set<Int> = []  // lines of packet steps so far
         var lastAt: (ns: UInt64, line: Int)?
         var elapsedFloor: UInt64 = 0  // the least time that has passed by this step
         func use(_ s: String, _ step: Step) throws(ScenarioError) {
@@ -1030,10 +1033,17 @@ struct Checker {
                 if let s = e.sock, !everSocket.contains(s) {
                     throw ScenarioError(step.location, "unknown socket '\(s)': events can be tied to a socket created earlier")
                 }
+                if let line = e.packetLine, !packetLines.contains(line) {
+                    throw ScenarioError(step.location, "packet: \(line) is not the line of an earlier inject or expect step (\(packetLines.isEmpty ? "there is none" : "those are on lines " + packetLines.sorted().map(String.init).joined(separator: ", ")))")
+                }
             default:
                 if let s = step.action.socketName { try use(s, step) }
             }
             if step.background, let s = step.action.socketName { pending.insert(s) }
+            switch step.action {
+            case .inject, .expect: packetLines.insert(step.location.line)
+            default: break
+            }
         }
     }
 

@@ -1,4 +1,5 @@
 import Foundation
+import Glibc
 import KlabLab
 import KlabPacket
 import KlabTracer

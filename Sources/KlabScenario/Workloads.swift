@@ -1,4 +1,6 @@
+import CKlabLinux
 import Foundation
+import Glibc
 import KlabLab
 import KlabPacket
 
@@ -40,7 +42,8 @@ extension Play {
             throw ScenarioError(step.location, "unknown host in the workload")
         }
         let tcp = w.kind == .TCP_STREAM || w.kind == .TCP_RR
-        let type = Int32((tcp ? SOCK_STREAM : SOCK_DGRAM).rawValue) | Int32(SOCK_CLOEXEC.rawValue)
+        let kind: __socket_type = tcp ? SOCK_STREAM : SOCK_DGRAM
+        let type = Int32(kind.rawValue) | Int32(SOCK_CLOEXEC.rawValue)
         var sa = sockaddr_in(address: serverAddress, port: w.port)
         let salen = socklen_t(MemoryLayout<sockaddr_in>.size)
         func check(_ r: Int32, _ what: String) throws { if r < 0 { throw LabError("\(w.kind) \(what)") } }
@@ -101,9 +104,12 @@ extension Play {
             }
             if tcp { shutdown(conn, Int32(SHUT_WR)) }
         }
+        // RR ends with the client's last answer (the server may still be waiting out its
+        // receive timeout); STREAM with the server's last byte.
+        let clientEnd = Clock.monotonicNs()
         serverSide.clientDone = true
         serverSide.done.wait()
-        let end = w.kind == .TCP_STREAM || w.kind == .UDP_STREAM ? max(serverSide.lastNs, start) : Clock.monotonicNs()
+        let end = w.kind == .TCP_STREAM || w.kind == .UDP_STREAM ? max(serverSide.lastNs, start) : clientEnd
         let seconds = Double(end - start) / 1e9
         latencies.sort()
         func pct(_ p: Double) -> Double? { latencies.isEmpty ? nil : Double(latencies[min(latencies.count - 1, Int(Double(latencies.count) * p))]) / 1000 }

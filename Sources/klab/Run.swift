@@ -7,16 +7,17 @@ struct Run: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run scenario files and write a results folder for each.",
         discussion: """
-            Each scenario builds a host (an anonymous network namespace) with a TUN link whose
-            other end is klab's scripted peer, or several hosts joined by klab's wire (wire
-            mode), starts the capture and the tracer, plays the steps and prints every packet
-            on the wire with the kernel events that belong to it. The scenario language is in
-            lab/SCENARIOS.md; `klab run --list` shows the shipped scenarios and `klab validate`
-            checks files without running them.
+            Each scenario builds a host (an anonymous network namespace) whose TUN
+            link ends at klab's scripted peer, or several hosts joined by klab's wire
+            (wire mode); starts the capture and the tracer; plays the steps; and
+            prints every packet on the wire with the kernel events that belong to it.
+            The scenario language is in lab/SCENARIOS.md; `klab validate` checks
+            files without running them.
 
-            Results go to DIR/NAME/ (default DIR: results/RUN-TIME): capture.pcap (read it with
-            tcpdump -r), events.jsonl (a header line, then one schema event per line) and
-            summary.json. Needs root. Examples:
+            Results go to DIR/NAME/ (default DIR: results/RUN-TIME): capture.pcap
+            (read it with tcpdump -r), events.jsonl (a header line, then one schema
+            event per line), summary.json, and programs/, workload.*.json and
+            wire.json when the scenario has them. Needs root. Examples:
 
               klab run lab/scenarios/icmp-echo.yaml
               klab run lab/scenarios/*.yaml --out /tmp/klab-results

@@ -6,11 +6,11 @@ struct Validate: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Check scenario files without running anything.",
         discussion: """
-            Reads each file as `klab run` would (YAML, hosts, steps, packet lines, socket calls,
-            times, program paths on PATH, names) and starts nothing: no namespace, no tracer, no
-            root needed. Prints one line per good file; a bad one gets
-            FILE:LINE:COLUMN: error: MESSAGE on stderr. Exits 0 when every file is good, 2 when
-            any is not. Example:
+            Reads each file as `klab run` would (YAML, hosts, steps, packet lines,
+            socket calls, times, programs on PATH, names) and starts nothing: no
+            namespace, no tracer, no root needed. Prints one line per good file; a
+            bad one gets FILE:LINE:COLUMN: error: MESSAGE on stderr. Exits 0 when
+            every file is good, 2 when any is not. The language: lab/SCENARIOS.md.
 
               klab validate lab/scenarios/*.yaml
             """)

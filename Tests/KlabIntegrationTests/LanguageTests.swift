@@ -148,6 +148,42 @@ struct LanguageTests {
         #expect((w1["b>a"] as? [String: Int])?["dropped"] == 0)
     }
 
+    /// Each impairment shows in what the hosts see: a rate caps throughput, duplication
+    /// doubles datagrams, reordering holds packets back behind the next one.
+    @Test func impairmentsDoWhatTheySay() throws {
+        let (r, dir, _) = try run(yaml: """
+            name: impaired
+            hosts: [{name: a}, {name: b}, {name: c}, {name: d}, {name: e}, {name: f}]
+            wire:
+              a>b: {rate: 10Mbit}
+              c>d: {duplicate: 100%}
+              e>f: {reorder: 100%}
+            steps:
+              - workload: TCP_STREAM
+                from: a
+                to: b:5001
+                count: 50
+              - workload: UDP_STREAM
+                from: c
+                to: d:5002
+                size: 100
+                count: 100
+              - run: [ping, -n, -q, -c, "4", -i, "0.05", 198.18.0.6]
+                host: e
+            """, name: "impaired")
+        #expect(r.status == 0, "\(r.stdout)")
+        let results = try FileManager.default.contentsOfDirectory(atPath: dir).filter { $0.hasPrefix("workload.") }.sorted()
+            .map { try json("\(dir)/\($0)") }
+        let stream = results.first { $0["workload"] as? String == "TCP_STREAM" }
+        let mbps = stream?["megabitsPerSecond"] as? Double ?? 0
+        #expect(mbps > 5 && mbps < 10.5, "TCP_STREAM at \(mbps) Mbit/s through a 10 Mbit/s wire")
+        let udp = results.first { $0["workload"] as? String == "UDP_STREAM" }
+        #expect(udp?["sent"] as? Int == 100 && udp?["received"] as? Int == 200, "\(udp ?? [:])")
+        let wire = try json("\(dir)/wire.json")
+        #expect((wire["c>d"] as? [String: Int])?["duplicated"] == 100)
+        #expect(((wire["e>f"] as? [String: Int])?["reordered"] ?? 0) >= 2)
+    }
+
     @Test func workloadsReportThroughputAndLatency() throws {
         let (r, dir) = try run("lab/scenarios/wire-tcp.yaml", name: "wire-tcp")
         #expect(r.status == 0, "\(r.stdout)")
@@ -222,6 +258,20 @@ struct LanguageTests {
 
             """)
         #expect(r.stdout.contains("\(file):8:41: events: missing event SOCKET_CONNECT of socket l after SOCKET_LISTEN at +"))
+    }
+
+    /// An event tied to a packet must carry that packet: the SYN-ACK's IP_SENDBUFFER is not the SYN's.
+    @Test func eventOfTheWrongPacket() throws {
+        let (r, file) = try failing("wrong-packet", """
+              - "> S. 0:0(0) ack 1 <...>"
+              - events: IP_RECEIVEPACKET
+                packet: 6
+              - events: IP_SENDBUFFER
+                packet: 6
+
+            """)
+        #expect(r.stdout.contains("ok   \(file):8:5: events: found IP_RECEIVEPACKET"))
+        #expect(r.stdout.contains("\(file):10:13: events: missing event IP_SENDBUFFER with line 6's packet; the events that followed: IP_RECEIVEPACKET TCP_RECEIVEPACKET"))
     }
 
     @Test func wrongExitStatus() throws {

@@ -142,7 +142,9 @@ static __always_inline void begin_task(struct klab_event *e, __u16 probe, __u32 
 static __always_inline void emit_as(struct klab_event *e, __u16 ev) {
     __u32 k = 0;
     __u64 *serial = bpf_map_lookup_elem(&counters, &k);
-    if (serial) { e->serial = (__u32)*serial; *serial += 1; }
+    // Atomic: a program can be interrupted on its CPU by another one (a softirq), and each
+    // must still get its own number.
+    if (serial) e->serial = (__u32)__sync_fetch_and_add(serial, 1);
     e->event = ev;
     __u64 flags = BPF_RB_NO_WAKEUP;
     if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes) flags = BPF_RB_FORCE_WAKEUP;
