@@ -63,6 +63,9 @@ public struct Impairment: Sendable, Equatable {
 
 public struct WireSpec: Sendable {
     public var seed: UInt64 = 1
+    /// IFF_VNET_HDR with TSO/GSO on every TUN: segments of up to 64 KB cross the wire whole
+    /// (and the capture shows them so).
+    public var offload = false
     /// By direction, "a>b"; directions not listed get `all`.
     public var directions: [String: Impairment] = [:]
     public var all = Impairment()
@@ -470,6 +473,11 @@ struct Reader {
         var perDirection: [(String, Node)] = []
         for (k, kn, v) in try mapping(node, "wire") {
             if k == "seed" { w.seed = UInt64(try int(v, "seed", in: 0...Int(Int32.max))); continue }
+            if k == "offload" {
+                guard let b = v.bool else { throw fail(v, "offload is true or false") }
+                w.offload = b
+                continue
+            }
             if k.contains(">") {
                 let ends = k.split(separator: ">").map(String.init)
                 guard ends.count == 2, hosts.contains(ends[0]), hosts.contains(ends[1]), ends[0] != ends[1] else {
@@ -508,7 +516,7 @@ struct Reader {
             }
             i.rate = UInt64(n * scale)
         default:
-            throw fail(keyNode, "unknown wire key '\(key)'; the wire takes seed, loss, delay, jitter, reorder, duplicate, rate and FROM>TO: {…} per direction")
+            throw fail(keyNode, "unknown wire key '\(key)'; the wire takes seed, offload, loss, delay, jitter, reorder, duplicate, rate and FROM>TO: {…} per direction")
         }
         if i.jitterNs > i.delayNs && key == "jitter" || key == "delay" && i.jitterNs > i.delayNs {
             throw fail(v, "impossible time: jitter (\(Checker.show(i.jitterNs))) larger than the delay (\(Checker.show(i.delayNs)))")

@@ -76,7 +76,9 @@ final class Forwarder: @unchecked Sendable {
     private func loop() throws {
         var fds = links.map { pollfd(fd: $0.tun.fd, events: Int16(POLLIN), revents: 0) }
         for l in links { _ = fcntl(l.tun.fd, F_SETFL, fcntl(l.tun.fd, F_GETFL) | O_NONBLOCK) }
-        let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: 65536, alignment: 8)
+        // With offload each read is a virtio-net header and a segment of up to 64 KB.
+        let hdr = links.first?.tun.headerLength ?? 0
+        let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: 65536 + hdr, alignment: 8)
         defer { buf.deallocate() }
         while lock.withLock({ running }) {
             let now = Clock.monotonicNs()
@@ -97,14 +99,15 @@ final class Forwarder: @unchecked Sendable {
                         if errno == EAGAIN || errno == EINTR { break }
                         throw LabError("read(\(links[i].tun.name))")
                     }
-                    if len >= 20 { forward(from: i, bytes: buf, count: len) }
+                    if len >= hdr + 20 { forward(from: i, bytes: buf, count: len, header: hdr) }
                 }
             }
         }
     }
 
-    private func forward(from i: Int, bytes buf: UnsafeMutableRawBufferPointer, count: Int) {
-        let dst = IPv4Address(rawValue: UInt32(buf[16]) << 24 | UInt32(buf[17]) << 16 | UInt32(buf[18]) << 8 | UInt32(buf[19]))
+    /// Forwards one packet (behind `header` bytes of virtio-net header, passed on unchanged).
+    private func forward(from i: Int, bytes buf: UnsafeMutableRawBufferPointer, count: Int, header h: Int) {
+        let dst = IPv4Address(rawValue: UInt32(buf[h + 16]) << 24 | UInt32(buf[h + 17]) << 16 | UInt32(buf[h + 18]) << 8 | UInt32(buf[h + 19]))
         guard let to = links.firstIndex(where: { $0.address == dst }), to != i else {
             undeliverable += 1
             return
@@ -129,7 +132,7 @@ final class Forwarder: @unchecked Sendable {
         }
         if imp.rate > 0 {
             let start = max(release, busyUntil[dir] ?? 0)
-            release = start + UInt64(Double(count * 8) / Double(imp.rate) * 1e9)
+            release = start + UInt64(Double((count - h) * 8) / Double(imp.rate) * 1e9)
             busyUntil[dir] = release
         }
         let bytes = Array(buf[0..<count])
@@ -200,16 +203,9 @@ extension Runner {
         for spec in scenario.hosts {
             let host = try LabHost(name: spec.name)
             hosts.append(host)
-            let tun = try host.run { () throws -> TunDevice in
-                let nl = try Netlink()
-                try nl.setUp(1)
-                let tun = try TunDevice(name: "kl-\(spec.name)")
-                try nl.setAddrGenModeNone(tun.ifindex)
-                try nl.setUp(tun.ifindex, mtu: spec.mtu)
-                try nl.addAddress(tun.ifindex, spec.address, prefixLength: spec.prefixLength)
-                try nl.addRoute(Scenario.labPrefix, ifindex: tun.ifindex)
-                return tun
-            }
+            let tun = try host.addLink(
+                name: "kl-\(spec.name)", address: spec.address, prefixLength: spec.prefixLength, mtu: spec.mtu,
+                route: Scenario.labPrefix, offload: scenario.wire.offload)
             links.append(Forwarder.Link(name: spec.name, address: spec.address, tun: tun))
         }
         let capture = try Capture(path: "\(dir)/capture.pcap")
@@ -227,6 +223,9 @@ extension Runner {
         forwarder.start()
         let impaired = scenario.hosts.flatMap { a in scenario.hosts.filter { $0.name != a.name }.map { (a.name, $0.name) } }
             .filter { !scenario.wire.impairment(from: $0.0, to: $0.1).isNone }
+        if scenario.wire.offload {
+            log("  wire: offload on (IFF_VNET_HDR, TSO/GSO): segments of up to 64 KB cross the wire whole, and the capture shows these super-packets, not MTU-sized packets")
+        }
         if !impaired.isEmpty { log("  wire: impaired \(impaired.map { "\($0.0)>\($0.1)" }.joined(separator: ", ")), seed \(scenario.wire.seed)") }
 
         let play = Play(scenario: scenario, hosts: hosts, wire: nil, directory: dir, log: log)

@@ -184,6 +184,18 @@ struct LanguageTests {
         #expect(((wire["e>f"] as? [String: Int])?["reordered"] ?? 0) >= 2)
     }
 
+    /// Offload mode: TSO/GSO segments cross the wire whole, the capture shows them, and the
+    /// run says so.
+    @Test func offloadPassesSuperPackets() throws {
+        let (r, dir) = try run("lab/scenarios/wire-offload.yaml", name: "wire-offload")
+        #expect(r.status == 0, "\(r.stdout)")
+        #expect(r.stdout.contains("offload on (IFF_VNET_HDR, TSO/GSO)"))
+        let biggest = try PcapFile(path: "\(dir)/capture.pcap").records.map(\.bytes.count).max() ?? 0
+        #expect(biggest > 1500, "largest captured packet \(biggest) bytes")
+        let w = try FileManager.default.contentsOfDirectory(atPath: dir).first { $0.hasPrefix("workload.") }.map { try json("\(dir)/\($0)") }
+        #expect((w?["megabitsPerSecond"] as? Double ?? 0) > 0)
+    }
+
     @Test func workloadsReportThroughputAndLatency() throws {
         let (r, dir) = try run("lab/scenarios/wire-tcp.yaml", name: "wire-tcp")
         #expect(r.status == 0, "\(r.stdout)")

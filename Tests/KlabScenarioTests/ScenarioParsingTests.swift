@@ -122,7 +122,7 @@ struct ScenarioParsingTests {
         ("hosts: [{name: a}, {name: b}]\nwire: {delay: 1ms, jitter: 2ms}\nsteps: []\n",
          "x.yaml:2:28: error: impossible time: jitter (2ms) larger than the delay (1ms)"),
         ("hosts: [{name: a}, {name: b}]\nwire: {colour: red}\nsteps: []\n",
-         "x.yaml:2:8: error: unknown wire key 'colour'; the wire takes seed, loss, delay, jitter, reorder, duplicate, rate and FROM>TO: {…} per direction"),
+         "x.yaml:2:8: error: unknown wire key 'colour'; the wire takes seed, offload, loss, delay, jitter, reorder, duplicate, rate and FROM>TO: {…} per direction"),
         ("wire: {loss: 1%}\nsteps: []\n", "x.yaml:1:7: error: wire: impairs the wire between hosts; it needs hosts: with two or more"),
         ("hosts: [{name: a}, {name: b}]\nsteps:\n  - socket: c tcp\n    host: z\n",
          "x.yaml:4:11: error: unknown host 'z'; this scenario's hosts are a, b"),

@@ -15,6 +15,15 @@ static const unsigned long klab_TUNSETIFF = TUNSETIFF;
 static const unsigned long klab_TUNSETPERSIST = TUNSETPERSIST;
 static const short klab_IFF_TUN = IFF_TUN;
 static const short klab_IFF_NO_PI = IFF_NO_PI;
+static const short klab_IFF_VNET_HDR = IFF_VNET_HDR;
+static const unsigned long klab_TUNSETOFFLOAD = TUNSETOFFLOAD;
+static const unsigned int klab_TUN_F_CSUM = TUN_F_CSUM;
+static const unsigned int klab_TUN_F_TSO4 = TUN_F_TSO4;
+static const unsigned int klab_TUN_F_TSO6 = TUN_F_TSO6;
+// ioctl(2) with an integer argument: Swift cannot call the variadic ioctl that way.
+static inline int klab_ioctl_int(int fd, unsigned long request, unsigned long arg) { return ioctl(fd, request, arg); }
+// The virtio-net header a TUN with IFF_VNET_HDR puts before each packet (10 bytes).
+static const int klab_VNET_HDR_LEN = 10;
 
 // unshare(2) and setns(2) need _GNU_SOURCE, which Glibc's Swift overlay does not set.
 int klab_unshare_net(void);
