@@ -61,19 +61,22 @@ extension Bench {
         static let peerAddress = IPv4Address(198, 18, 0, 2)
         static let echoID: UInt16 = 0x6B6C  // "kl"
 
+        /// A lab host with its TUN, and the echo request (in `out`) and a reply buffer the
+        /// ping-pong reuses. The caller deallocates the buffers and shuts the host down.
+        static func makeLab() throws -> (host: LabHost, tun: TunDevice, out: UnsafeMutableRawBufferPointer, buf: UnsafeMutableRawBufferPointer) {
+            let host = try LabHost(name: "bench")
+            let tun = try host.addLink(name: "kbench0", address: hostAddress, prefixLength: 24)
+            let echo = Packet.icmpEcho(
+                from: peerAddress, to: hostAddress, id: echoID, sequence: 0, payload: (0..<56).map { UInt8($0) }, ipID: 1)
+            let out = UnsafeMutableRawBufferPointer.allocate(byteCount: try echo.serializedLength(), alignment: 16)
+            _ = try echo.serialize(into: out)
+            return (host, tun, out, UnsafeMutableRawBufferPointer.allocate(byteCount: 65536, alignment: 16))
+        }
+
         private func measure() throws {
             try Preflight.check(tracing: false)
-            let host = try LabHost(name: "bench")
-            defer { host.shutdown() }
-            let tun = try host.addLink(name: "kbench0", address: Self.hostAddress, prefixLength: 24)
-
-            let echo = Packet.icmpEcho(
-                from: Self.peerAddress, to: Self.hostAddress, id: Self.echoID, sequence: 0,
-                payload: (0..<56).map { UInt8($0) }, ipID: 1)
-            let out = UnsafeMutableRawBufferPointer.allocate(byteCount: try echo.serializedLength(), alignment: 16)
-            let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: 65536, alignment: 16)
-            defer { out.deallocate(); buf.deallocate() }
-            _ = try echo.serialize(into: out)
+            let (host, tun, out, buf) = try Self.makeLab()
+            defer { host.shutdown(); out.deallocate(); buf.deallocate() }
             let packetHex = out.map { String(format: "%02x", $0) }.joined()
 
             // The first reply is awaited with a timeout, so a broken lab fails instead of hanging.

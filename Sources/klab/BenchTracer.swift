@@ -45,16 +45,8 @@ extension Bench {
             try Preflight.check()
             let cgroup = try LabCgroup()
             defer { cgroup.remove() }
-            let host = try LabHost(name: "bench")
-            defer { host.shutdown() }
-            let tun = try host.addLink(name: "kbench0", address: TunPingPong.hostAddress, prefixLength: 24)
-            let echo = Packet.icmpEcho(
-                from: TunPingPong.peerAddress, to: TunPingPong.hostAddress, id: TunPingPong.echoID, sequence: 0,
-                payload: (0..<56).map { UInt8($0) }, ipID: 1)
-            let out = UnsafeMutableRawBufferPointer.allocate(byteCount: try echo.serializedLength(), alignment: 16)
-            let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: 65536, alignment: 16)
-            defer { out.deallocate(); buf.deallocate() }
-            _ = try echo.serialize(into: out)
+            let (host, tun, out, buf) = try TunPingPong.makeLab()
+            defer { host.shutdown(); out.deallocate(); buf.deallocate() }
             var seq: UInt16 = 0
             try TunPingPong.pingPong(tun, out, buf, count: 20_000, seq: &seq)
 
