@@ -44,6 +44,7 @@ let package = Package(
 
         .testTarget(name: "KlabPacketTests", dependencies: ["KlabPacket"]),
         .testTarget(name: "KlabSchemaTests", dependencies: ["KlabSchema", "KlabPacket", "CKlabLinux"]),
+        .testTarget(name: "KlabAnalysisTests", dependencies: ["KlabAnalysis"]),
         .testTarget(name: "KlabTracerTests", dependencies: ["KlabTracer", "KlabSchema"]),
         .testTarget(name: "KlabScenarioTests", dependencies: ["KlabScenario"]),
         .testTarget(name: "KlabIntegrationTests", dependencies: ["KlabPacket"]),
