@@ -30,7 +30,7 @@ let package = Package(
             exclude: ["bpf"], swiftSettings: strict, plugins: ["BPFPlugin"]),
         .target(
             name: "KlabScenario",
-            dependencies: ["KlabLab", "KlabTracer", "KlabSchema", "KlabPacket", .product(name: "Yams", package: "Yams")],
+            dependencies: ["KlabLab", "KlabTracer", "KlabSchema", "KlabPacket", "KlabAnalysis", .product(name: "Yams", package: "Yams")],
             swiftSettings: strict),
         .target(name: "KlabAnalysis", swiftSettings: strict),
         .executableTarget(

@@ -99,7 +99,7 @@ public enum Statistics {
 
     public static func bimodality(_ samples: [Double], replicates: Int = 39, seed: UInt64 = 1, maxSamples: Int = 400) -> Bimodality {
         var logs = samples.filter { $0 > 0 }.map { log($0) }
-        var rng = Rng(seed: seed)
+        var rng = SplitMix(seed: seed)
         if logs.count > maxSamples {  // a seeded subsample keeps EM and the bootstrap affordable
             logs = (0..<maxSamples).map { _ in logs[Int(rng.next() % UInt64(logs.count))] }
         }
@@ -113,23 +113,5 @@ public enum Statistics {
         }
         return Bimodality(statistic: stat, pValue: Double(exceed + 1) / Double(replicates + 1), replicates: replicates,
                           method: "bootstrap likelihood-ratio test, 1 vs 2 Gaussian components on log(latency), \(replicates) replicates")
-    }
-
-    /// SplitMix64 with Box–Muller normals.
-    struct Rng {
-        var state: UInt64
-        init(seed: UInt64) { state = seed }
-        mutating func next() -> UInt64 {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
-        mutating func unit() -> Double { Double(next() >> 11) / Double(1 << 53) }
-        mutating func gaussian() -> Double {
-            let u = max(unit(), 1e-300), v = unit()
-            return sqrt(-2 * log(u)) * cos(2 * .pi * v)
-        }
     }
 }

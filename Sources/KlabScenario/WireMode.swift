@@ -1,4 +1,5 @@
 import Foundation
+import KlabAnalysis
 import Glibc
 import KlabLab
 import KlabPacket
@@ -171,21 +172,6 @@ final class Forwarder: @unchecked Sendable {
             do { try links[p.to].tun.write(p.bytes) } catch { counters[p.dir, default: Counters()].refused += 1 }
         }
     }
-}
-
-/// A small seeded generator (SplitMix64), so an impaired run repeats with its seed.
-struct SplitMix {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-    /// Uniform in [0, 1).
-    mutating func unit() -> Double { Double(next() >> 11) / Double(1 << 53) }
 }
 
 extension Runner {

@@ -5,8 +5,8 @@ import Testing
 
 /// The latency statistics on synthetic samples of known shape.
 struct StatisticsTests {
-    func sample(_ n: Int, seed: UInt64, _ draw: (inout Statistics.Rng) -> Double) -> [Double] {
-        var rng = Statistics.Rng(seed: seed)
+    func sample(_ n: Int, seed: UInt64, _ draw: (inout SplitMix) -> Double) -> [Double] {
+        var rng = SplitMix(seed: seed)
         return (0..<n).map { _ in draw(&rng) }
     }
 
