@@ -75,14 +75,8 @@ public final class Runner {
             mtu: scenario.host.mtu, route: Scenario.labPrefix)
         let capture = try Capture(path: "\(dir)/capture.pcap")
         try host.run { try capture.add(device: tun.name) }
-        let tracer = try Tracer(
-            config: tracing, namespaces: [(host.netnsCookie, host.netnsInode)], cgroupFD: cgroup.fd,
-            rawPath: "\(dir)/events.bin")
+        let (tracer, offset, tscHz) = try observe([host], capture, dir)
         defer { tracer.close() }
-        let offset = Clock.realtimeOffsetNs()
-        let tscHz = Clock.tscHz()
-        capture.start()
-        tracer.start()
         started = true
         let wire = Wire(tun: tun)
         wire.start()
@@ -93,14 +87,39 @@ public final class Runner {
         play.closeAll()
 
         wire.stop()
+        return try conclude(
+            scenario, dir, host: host, tracer: tracer, capture: capture, play: play, offset: offset, tscHz: tscHz,
+            startedNs: startedNs, unexpected: wire.leftovers().count)
+    }
+
+    /// Attaches the tracer to the hosts' namespaces, reads the clocks, and starts capture and
+    /// tracer. The caller closes the tracer.
+    func observe(_ hosts: [LabHost], _ capture: Capture, _ dir: String) throws -> (Tracer, offset: Int64, tscHz: Double) {
+        let tracer = try Tracer(
+            config: tracing, namespaces: hosts.map { ($0.netnsCookie, $0.netnsInode) }, cgroupFD: cgroup.fd,
+            rawPath: "\(dir)/events.bin")
+        let offset = Clock.realtimeOffsetNs()
+        let tscHz = Clock.tscHz()
+        capture.start()
+        tracer.start()
+        return (tracer, offset, tscHz)
+    }
+
+    /// Stops capture and tracer, checks the scenario's event expectations, writes the results
+    /// folder and prints the timeline. The records are decoded once, for both.
+    func conclude(
+        _ scenario: Scenario, _ dir: String, host: LabHost, tracer: Tracer, capture: Capture, play: Play, offset: Int64,
+        tscHz: Double, startedNs: UInt64, unexpected: Int
+    ) throws -> Outcome {
         capture.close()
         tracer.stop()
-        play.checkEvents(tracer.events(), traced: Set(tracer.selections.filter { $0.site != nil }.map(\.event.name)))
+        let events = tracer.events()
+        play.checkEvents(events, traced: Set(tracer.selections.filter { $0.site != nil }.map(\.event.name)))
         let counters = tracer.counters()
         let report = Report(
-            scenario: scenario, directory: dir, host: host, events: tracer.events(), packets: capture.packets,
+            scenario: scenario, directory: dir, host: host, events: events, packets: capture.packets,
             selections: tracer.selections, attached: tracer.attached, realtimeOffsetNs: offset, tscHz: tscHz, startedNs: startedNs,
-            steps: play.records, failures: play.failures, unexpected: wire.leftovers().count,
+            steps: play.records, failures: play.failures, unexpected: unexpected,
             emitted: counters.emitted, dropped: counters.dropped, interrupted: Interrupt.requested)
         try report.write()
         log(report.timeline())

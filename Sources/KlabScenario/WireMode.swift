@@ -196,14 +196,8 @@ extension Runner {
         }
         let capture = try Capture(path: "\(dir)/capture.pcap")
         for (h, l) in zip(hosts, links) { try h.run { try capture.add(device: l.tun.name, directions: [.out]) } }
-        let tracer = try Tracer(
-            config: tracing, namespaces: hosts.map { ($0.netnsCookie, $0.netnsInode) }, cgroupFD: cgroup.fd,
-            rawPath: "\(dir)/events.bin")
+        let (tracer, offset, tscHz) = try observe(hosts, capture, dir)
         defer { tracer.close() }
-        let offset = Clock.realtimeOffsetNs()
-        let tscHz = Clock.tscHz()
-        capture.start()
-        tracer.start()
         started = true
         let forwarder = Forwarder(links: links, spec: scenario.wire)
         forwarder.start()
@@ -226,19 +220,8 @@ extension Runner {
         for (d, c) in forwarder.counters.sorted(by: { $0.key < $1.key }) {
             log("  wire \(d): \(c.forwarded) forwarded, \(c.dropped) dropped, \(c.duplicated) duplicated, \(c.reordered) reordered, \(c.refused) refused by the TUN")
         }
-        capture.close()
-        tracer.stop()
-        play.checkEvents(tracer.events(), traced: Set(tracer.selections.filter { $0.site != nil }.map(\.event.name)))
-        let counters = tracer.counters()
-        let report = Report(
-            scenario: scenario, directory: dir, host: hosts[0], events: tracer.events(), packets: capture.packets,
-            selections: tracer.selections, attached: tracer.attached, realtimeOffsetNs: offset, tscHz: tscHz, startedNs: startedNs,
-            steps: play.records, failures: play.failures, unexpected: 0,
-            emitted: counters.emitted, dropped: counters.dropped, interrupted: Interrupt.requested)
-        try report.write()
-        log(report.timeline())
-        return Outcome(
-            scenario: scenario.name, directory: dir, passed: play.failures.isEmpty && !Interrupt.requested,
-            failures: play.failures, interrupted: Interrupt.requested)
+        return try conclude(
+            scenario, dir, host: hosts[0], tracer: tracer, capture: capture, play: play, offset: offset, tscHz: tscHz,
+            startedNs: startedNs, unexpected: 0)
     }
 }
