@@ -86,7 +86,9 @@ struct Report {
         }
     }
 
-    func write() throws {
+    /// Writes events.jsonl, journeys.jsonl and summary.json and returns the timeline: the
+    /// capture is parsed and joined to the events once, for all of them.
+    func write() throws -> String {
         let wire = self.wire
         let frames = match(wire)
         let enc = JSONEncoder()
@@ -134,6 +136,7 @@ struct Report {
                 by_name: counts),
             files: ["capture.pcap", "events.jsonl", "events.bin", "journeys.jsonl", "summary.json"])
         try enc.encode(summary).write(to: URL(fileURLWithPath: "\(directory)/summary.json"), options: .atomic)
+        return timeline(wire, frames)
     }
 
     /// journeys.jsonl: for every wire packet in time order, the kernel events joined to it, in
@@ -165,9 +168,7 @@ struct Report {
 
     /// Every packet on the wire in time order with the kernel events that belong to it
     /// (deltas from the wire), and the socket and connection events and steps between them.
-    func timeline() -> String {
-        let wire = self.wire
-        let frames = match(wire)
+    func timeline(_ wire: [WirePacket], _ frames: [Int?]) -> String {
         enum Item { case step(StepRecord), packet(WirePacket), event(TraceEvent) }
         var items: [(UInt64, Int, Item)] = []
         for s in steps { items.append((s.monotonicNs, 0, .step(s))) }

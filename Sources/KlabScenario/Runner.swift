@@ -121,8 +121,7 @@ public final class Runner {
             selections: tracer.selections, attached: tracer.attached, realtimeOffsetNs: offset, tscHz: tscHz, startedNs: startedNs,
             steps: play.records, failures: play.failures, unexpected: unexpected,
             emitted: counters.emitted, dropped: counters.dropped, interrupted: Interrupt.requested)
-        try report.write()
-        log(report.timeline())
+        log(try report.write())
         return Outcome(
             scenario: scenario.name, directory: dir, passed: play.failures.isEmpty && !Interrupt.requested,
             failures: play.failures, interrupted: Interrupt.requested)
