@@ -37,8 +37,8 @@ struct Run: ParsableCommand {
 
     func validate() throws {
         if files.isEmpty && !list { throw ValidationError("give scenario files to run, or --list to see the shipped ones") }
-        for f in files where !FileManager.default.fileExists(atPath: f) {
-            throw ValidationError("no such scenario file: \(f)")
+        for f in files where access(f, R_OK) != 0 {
+            throw ValidationError(errno == ENOENT ? "no such scenario file: \(f)" : "cannot read scenario file \(f): \(String(cString: strerror(errno)))")
         }
     }
 

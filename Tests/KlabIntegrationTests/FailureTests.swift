@@ -10,6 +10,16 @@ struct FailureTests {
         #expect(r.stderr.contains("no such scenario file: /nonexistent/scenario.yaml"))
     }
 
+    @Test(.enabled(if: Privileged.enabled && FileManager.default.isExecutableFile(atPath: "/usr/bin/setpriv")))
+    func unreadableScenarioFileSaysSo() throws {
+        let dir = try temporaryDirectory()
+        try "steps: []\n".write(toFile: "\(dir)/private.yaml", atomically: true, encoding: .utf8)
+        chmod("\(dir)/private.yaml", 0o600)
+        let r = try klab(["run", "\(dir)/private.yaml"], asUser: "65534")
+        #expect(r.status == 64)
+        #expect(r.stderr.contains("cannot read scenario file \(dir)/private.yaml: Permission denied"))
+    }
+
     @Test func badScenarioNamesFileLineColumn() throws {
         let dir = try temporaryDirectory()
         let file = "\(dir)/bad.yaml"
@@ -22,7 +32,10 @@ struct FailureTests {
 
     @Test(.enabled(if: Privileged.enabled && FileManager.default.isExecutableFile(atPath: "/usr/bin/setpriv")))
     func notRootSaysSo() throws {
-        let r = try klab(["run", "lab/scenarios/icmp-echo.yaml", "--out", try temporaryDirectory()], asUser: "65534")
+        // A copy in a world-readable folder: the checkout itself may be private to root.
+        let dir = try temporaryDirectory()
+        try FileManager.default.copyItem(atPath: "\(packageRoot)/lab/scenarios/icmp-echo.yaml", toPath: "\(dir)/icmp-echo.yaml")
+        let r = try klab(["run", "\(dir)/icmp-echo.yaml", "--out", dir], asUser: "65534")
         #expect(r.status == 69)
         #expect(r.stderr.contains("must run as root"))
     }
