@@ -30,12 +30,13 @@ let package = Package(
             exclude: ["bpf"], swiftSettings: strict, plugins: ["BPFPlugin"]),
         .target(
             name: "KlabScenario",
-            dependencies: ["KlabLab", "KlabTracer", "KlabSchema", "KlabPacket", "KlabAnalysis", .product(name: "Yams", package: "Yams")],
+            dependencies: ["KlabLab", "KlabTracer", "KlabSchema", "KlabPacket", "KlabAnalysis", "KlabCheck", .product(name: "Yams", package: "Yams")],
             swiftSettings: strict),
         .target(name: "KlabAnalysis", swiftSettings: strict),
+        .target(name: "KlabCheck", dependencies: ["KlabSchema", "KlabPacket"], swiftSettings: strict),
         .executableTarget(
             name: "klab",
-            dependencies: ["KlabScenario", "KlabAnalysis", "KlabTracer", "KlabSchema", "KlabLab", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["KlabScenario", "KlabAnalysis", "KlabCheck", "KlabTracer", "KlabSchema", "KlabLab", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             swiftSettings: strict),
 
         // Build-time: compiles bpf/*.bpf.c with the toolchain's clang and embeds the objects.
@@ -45,6 +46,7 @@ let package = Package(
         .testTarget(name: "KlabPacketTests", dependencies: ["KlabPacket"]),
         .testTarget(name: "KlabSchemaTests", dependencies: ["KlabSchema", "KlabPacket", "CKlabLinux"]),
         .testTarget(name: "KlabAnalysisTests", dependencies: ["KlabAnalysis"]),
+        .testTarget(name: "KlabCheckTests", dependencies: ["KlabCheck", "KlabSchema", "KlabPacket", "CKlabLinux"]),
         .testTarget(name: "KlabTracerTests", dependencies: ["KlabTracer", "KlabSchema"]),
         .testTarget(name: "KlabScenarioTests", dependencies: ["KlabScenario"]),
         .testTarget(name: "KlabIntegrationTests", dependencies: ["KlabPacket"]),

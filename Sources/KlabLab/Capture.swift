@@ -6,7 +6,8 @@ public struct CapturedPacket: Sendable {
     /// libpcap's stamp: CLOCK_REALTIME, nanoseconds.
     public let realtimeNs: UInt64
     public let direction: Direction
-    public let link: String
+    /// Index into `Capture.links`.
+    public let link: Int
     public let bytes: [UInt8]
 }
 
@@ -18,14 +19,22 @@ public enum Direction: String, Sendable, Codable {
 
 /// libpcap on every lab TUN, both directions, nanosecond stamps, into one pcap file
 /// (LINKTYPE_RAW) that tcpdump and Wireshark read. Each direction has its own handle
-/// (pcap_setdirection), so every packet's direction is known without guessing.
+/// (pcap_setdirection), so every packet's direction is known without guessing; it goes with
+/// the link's index, one byte per frame, into `<path minus .pcap>.links` (bit 7: into the
+/// host). Packets are written as they come, never all kept in memory.
 public final class Capture: @unchecked Sendable {
     public let path: String
     private let dead: OpaquePointer
     private let dumper: OpaquePointer
     private var handles: [(pcap: OpaquePointer, context: Unmanaged<Context>)] = []
     private let lock = NSLock()
-    private var captured: [CapturedPacket] = []
+    private let linksFile: UnsafeMutablePointer<FILE>
+    /// The captured links in the order `add` opened them: a frame's byte in the links file indexes this.
+    public private(set) var links: [(device: String, netns: UInt32)] = []
+    /// Frames written so far, and the first and last one's stamp.
+    public private(set) var frames = 0
+    public private(set) var firstRealtimeNs: UInt64?
+    public private(set) var lastRealtimeNs: UInt64?
     /// Read but not yet written: each direction has its own handle, so packets are held
     /// back briefly and written in time order.
     private var pending: [(packet: CapturedPacket, length: UInt32)] = []
@@ -37,8 +46,8 @@ public final class Capture: @unchecked Sendable {
     final class Context {
         unowned let capture: Capture
         let direction: Direction
-        let link: String
-        init(_ c: Capture, _ d: Direction, _ l: String) { (capture, direction, link) = (c, d, l) }
+        let link: Int
+        init(_ c: Capture, _ d: Direction, _ l: Int) { (capture, direction, link) = (c, d, l) }
     }
 
     public init(path: String) throws {
@@ -51,6 +60,13 @@ public final class Capture: @unchecked Sendable {
             pcap_close(dead)
             throw LabError("pcap_dump_open(\(path)): \(msg)", errno: 0)
         }
+        let links = (path.hasSuffix(".pcap") ? String(path.dropLast(5)) : path) + ".links"
+        guard let file = fopen(links, "we") else {
+            pcap_dump_close(dumper)
+            pcap_close(dead)
+            throw LabError("cannot create \(links)", errno: errno)
+        }
+        linksFile = file
         self.dead = dead
         self.dumper = dumper
     }
@@ -58,7 +74,9 @@ public final class Capture: @unchecked Sendable {
     /// Opens both directions of `device` (or only `directions`: wire mode captures what each
     /// host sends, so every forwarded packet is in the file once). Call on the host's thread:
     /// libpcap finds the device by name in the calling thread's namespace.
-    public func add(device: String, directions: [Direction] = [.in, .out]) throws {
+    public func add(device: String, directions: [Direction] = [.in, .out], netns: UInt32 = 0) throws {
+        let link = links.count
+        links.append((device, netns))
         for direction in directions {
             var errbuf = [CChar](repeating: 0, count: Int(PCAP_ERRBUF_SIZE))
             guard let p = pcap_create(device, &errbuf) else {
@@ -76,7 +94,7 @@ public final class Capture: @unchecked Sendable {
             }
             pcap_setdirection(p, direction == .in ? PCAP_D_IN : PCAP_D_OUT)
             pcap_setnonblock(p, 1, &errbuf)
-            handles.append((p, Unmanaged.passRetained(Context(self, direction, device))))
+            handles.append((p, Unmanaged.passRetained(Context(self, direction, link))))
         }
     }
 
@@ -118,10 +136,14 @@ public final class Capture: @unchecked Sendable {
                 h.caplen = UInt32(p.bytes.count)
                 h.len = length
                 p.bytes.withUnsafeBufferPointer { pcap_dump(UnsafeMutablePointer<UInt8>(dumper), &h, $0.baseAddress) }
-                captured.append(p)
+                fputc(Int32(p.link) | (p.direction == .in ? 0x80 : 0), linksFile)
+                frames += 1
+                if firstRealtimeNs == nil { firstRealtimeNs = p.realtimeNs }
+                lastRealtimeNs = p.realtimeNs
             }
             pending.removeFirst(ready.count)
             pcap_dump_flush(dumper)
+            fflush(linksFile)
         }
     }
 
@@ -133,9 +155,6 @@ public final class Capture: @unchecked Sendable {
             bytes: Array(UnsafeBufferPointer(start: bytes, count: Int(h.pointee.caplen))))
         lock.withLock { pending.append((packet, h.pointee.len)) }
     }
-
-    /// Everything written to the file so far, in time order (frame n is element n-1).
-    public var packets: [CapturedPacket] { lock.withLock { captured } }
 
     /// Stops the reader, drains the last packets and closes the file. Safe to call twice.
     public func stop() {
@@ -158,11 +177,15 @@ public final class Capture: @unchecked Sendable {
         stop()
         pcap_dump_close(dumper)
         pcap_close(dead)
+        fclose(linksFile)
     }
 
     /// Closes the file now (deinit would too), so it is complete on disk.
     public func close() {
         stop()
-        _ = lock.withLock { pcap_dump_flush(dumper) }
+        lock.withLock {
+            pcap_dump_flush(dumper)
+            fflush(linksFile)
+        }
     }
 }

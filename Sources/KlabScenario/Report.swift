@@ -1,17 +1,20 @@
 import Foundation
+import KlabCheck
 import KlabLab
 import KlabPacket
 import KlabSchema
 import KlabTracer
 
-/// A finished run: joins the capture with the event log by packet identity and writes the
-/// results folder (capture.pcap is already there): events.jsonl and summary.json.
+/// A finished run: streams the event log (events.bin) against the capture (capture.pcap)
+/// through KlabCheck's correlator and writes the results folder: events.jsonl, journeys.jsonl,
+/// verdicts.json and summary.json. Memory stays bounded whatever the run's size; only the
+/// printed timeline is capped.
 struct Report {
     let scenario: Scenario
     let directory: String
-    let host: LabHost
-    let events: [TraceEvent]
-    let packets: [CapturedPacket]
+    let hosts: [LabHost]
+    let capture: Capture
+    let records: Int
     let selections: [Selection]
     let attached: [(program: String, site: String)]
     let realtimeOffsetNs: Int64
@@ -24,161 +27,145 @@ struct Report {
     let dropped: UInt64
     let interrupted: Bool
 
-    /// A captured packet with its time on the monotonic clock, its frame number in
-    /// capture.pcap (1-based) and, once parsed, its identity.
-    struct WirePacket {
-        let frame: Int
-        let monotonicNs: UInt64
-        let direction: Direction
-        let packet: Packet?
-        let identity: PacketIdentity?
-    }
+    /// The timeline prints at most this many packets and unjoined events.
+    static let timelineLimit = 2000
 
-    var wire: [WirePacket] {
-        packets.enumerated().map { i, p in
-            let parsed = try? Packet.parse(p.bytes)
-            return WirePacket(
-                frame: i + 1, monotonicNs: UInt64(Int64(p.realtimeNs) - realtimeOffsetNs), direction: p.direction,
-                packet: parsed, identity: parsed.map(PacketIdentity.init))
-        }
-    }
-
-    /// For each event, the frame of the wire packet with the same identity nearest in time.
-    /// Events that read the packet join by its whole identity; TCP events that only know the
-    /// segment from its socket (sockops, __tcp_transmit_skb: no IP ID yet) join by flow,
-    /// sequence number and flags, in the direction of their event (sent or received).
-    func match(_ wire: [WirePacket]) -> [Int?] {
-        var byIdentity: [PacketIdentity: [WirePacket]] = [:]
-        struct Segment: Hashable { let src, dst: UInt32; let sport, dport: UInt16; let seq: UInt32; let flags: UInt8 }
-        var bySegment: [Segment: [WirePacket]] = [:]
-        for w in wire {
-            guard let id = w.identity else { continue }
-            byIdentity[id, default: []].append(w)
-            if id.proto == 6 {
-                bySegment[Segment(src: id.source.rawValue, dst: id.destination.rawValue, sport: id.sourcePort,
-                                  dport: id.destinationPort, seq: id.tcpSeq, flags: id.tcpFlags), default: []].append(w)
-            }
-        }
-        return events.map { e in
-            var candidates: [WirePacket]?
-            if let id = e.packet {
-                candidates = byIdentity[id]
-            } else if let p = e.endpoints, p.proto == 6, p.tcpFlags != 0, p.tcpSeq != 0 {
-                let outgoing = Segment(src: p.source.rawValue, dst: p.destination.rawValue, sport: p.sourcePort,
-                                       dport: p.destinationPort, seq: p.tcpSeq, flags: p.tcpFlags)
-                candidates = bySegment[outgoing]
-            }
-            return candidates?.min { diff($0.monotonicNs, e.timeNs) < diff($1.monotonicNs, e.timeNs) }?.frame
-        }
-    }
-
-    private func diff(_ a: UInt64, _ b: UInt64) -> UInt64 { a > b ? a - b : b - a }
-
-    /// Serial-number gaps per CPU: records the kernel numbered but klab never received.
-    var serialGaps: UInt64 {
-        var byCPU: [UInt16: [UInt32]] = [:]
-        for e in events { byCPU[e.cpu, default: []].append(e.serial) }
-        // Numbers missing between the lowest and the highest seen, per CPU.
-        return byCPU.values.reduce(0) { total, serials in
-            let s = Set(serials)
-            guard let lo = s.min(), let hi = s.max() else { return total }
-            return total + UInt64(Int(hi) - Int(lo) + 1 - s.count)
-        }
-    }
-
-    /// Writes events.jsonl, journeys.jsonl and summary.json and returns the timeline: the
-    /// capture is parsed and joined to the events once, for all of them.
-    func write() throws -> String {
-        let wire = self.wire
-        let frames = match(wire)
-        let enc = JSONEncoder()
-        enc.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        var out = Data()
+    var header: RunHeader {
         var uts = utsname()
         uname(&uts)
         let kernel = withUnsafeBytes(of: uts.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-        let header = Header(
-            klab: "events", version: 1, scenario: scenario.name, kernel: kernel,
-            probes: attached.map { Header.Probe(program: $0.program, site: $0.site) },
+        return RunHeader(
+            scenario: scenario.name, kernel: kernel,
+            probes: attached.map { RunHeader.Probe(program: $0.program, site: $0.site) },
             events: selections.map {
-                Header.Event(name: $0.event.name, level: $0.event.level.description, site: $0.site.map { $0.probes.map(\.site).joined(separator: " + ") },
-                             placement: $0.verdict, detail: $0.placement,
-                             also: $0.alsoLogged.isEmpty ? nil : $0.alsoLogged.map { $0.probes.map(\.site).joined(separator: " + ") })
+                RunHeader.Event(name: $0.event.name, level: $0.event.level.description, site: $0.site.map { $0.probes.map(\.site).joined(separator: " + ") },
+                                placement: $0.verdict, detail: $0.placement,
+                                also: $0.alsoLogged.isEmpty ? nil : $0.alsoLogged.map { $0.probes.map(\.site).joined(separator: " + ") })
             },
-            clocks: Header.Clocks(
+            clocks: RunHeader.Clocks(
                 event_time: "CLOCK_MONOTONIC ns (bpf_ktime_get_ns)", capture_time: "CLOCK_REALTIME ns (libpcap)",
                 monotonic_to_realtime_offset_ns: realtimeOffsetNs, tsc_hz: tscHz.rounded()),
-            hosts: [Header.HostInfo(name: host.name, netns: host.netnsInode, netns_cookie: host.netnsCookie)],
-            record_size: TraceEvent.recordSize)
-        out.append(try enc.encode(header))
-        out.append(10)
-        for (e, frame) in zip(events, frames) {
-            out.append(try enc.encode(EventLine(e, frame: frame, tscHz: tscHz)))
-            out.append(10)
-        }
-        try out.write(to: URL(fileURLWithPath: "\(directory)/events.jsonl"), options: .atomic)
-        try writeJourneys(wire, frames, enc)
-
-        var counts: [String: Int] = [:]
-        for e in events { counts[e.name, default: 0] += 1 }
-        let packetEvents = events.filter { $0.packet != nil }.count
-        let matched = frames.compactMap { $0 }.count
-        let summary = Summary(
-            scenario: scenario.name, file: scenario.file, passed: failures.isEmpty && !interrupted,
-            interrupted: interrupted, failures: failures, steps: steps,
-            packets: Summary.Packets(
-                captured: packets.count, to_host: packets.filter { $0.direction == .in }.count,
-                from_host: packets.filter { $0.direction == .out }.count,
-                unparsed: wire.filter { $0.packet == nil }.count, not_consumed_by_steps: unexpected),
-            events: Summary.Events(
-                received: events.count, emitted_by_kernel: emitted, lost: dropped, serial_gaps: serialGaps,
-                with_packet: packetEvents, matched_to_wire: matched, unmatched_packet_events: packetEvents - matched,
-                by_name: counts),
-            files: ["capture.pcap", "events.jsonl", "events.bin", "journeys.jsonl", "summary.json"])
-        try enc.encode(summary).write(to: URL(fileURLWithPath: "\(directory)/summary.json"), options: .atomic)
-        return timeline(wire, frames)
+            hosts: hosts.map { RunHeader.HostInfo(name: $0.name, netns: $0.netnsInode, netns_cookie: $0.netnsCookie) },
+            records: records,
+            capture: RunHeader.CaptureInfo(
+                frames: capture.frames, first_realtime_ns: capture.firstRealtimeNs, last_realtime_ns: capture.lastRealtimeNs,
+                links: capture.links.map { RunHeader.Link(device: $0.device, netns: $0.netns) }))
     }
 
-    /// journeys.jsonl: for every wire packet in time order, the kernel events joined to it, in
-    /// time order, with their distance from the wire in ns and TSC cycles; then one line
-    /// counting the packet events that joined no wire packet.
-    func writeJourneys(_ wire: [WirePacket], _ frames: [Int?], _ enc: JSONEncoder) throws {
-        var byFrame: [Int: [TraceEvent]] = [:]
-        var unmatched: [String: Int] = [:]
-        for (e, f) in zip(events, frames) {
-            if let f { byFrame[f, default: []].append(e) } else if e.packet != nil { unmatched[e.name, default: 0] += 1 }
+    /// Writes the files and returns the timeline and the placement check.
+    func write() throws -> (timeline: String, check: CheckReport) {
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        let header = self.header
+        let events = try LineWriter("\(directory)/events.jsonl")
+        let journeys = try LineWriter("\(directory)/journeys.jsonl")
+        try events.append(enc.encode(header))
+        let folder = try ResultsFolder(directory, header: header)
+        let correlator = Correlator(links: header.capture!.links)
+        let checker = PlacementChecker(header: header, correlator: correlator)
+        var counts: [String: Int] = [:]
+        var serials: [UInt16: (lo: UInt32, hi: UInt32, n: Int)] = [:]
+        var timeline = Timeline(limit: Self.timelineLimit)
+        correlator.onEvent = { e, frame, how in
+            try events.append(enc.encode(EventLine(e, frame: frame?.number, tscHz: tscHz)))
+            counts[e.name, default: 0] += 1
+            let s = serials[e.cpu] ?? (e.serial, e.serial, 0)
+            serials[e.cpu] = (min(s.lo, e.serial), max(s.hi, e.serial), s.n + 1)
+            checker.event(e, frame, how)
+            if frame == nil { timeline.add(e.timeNs, .event(e)) }
         }
-        var out = Data()
-        for w in wire.sorted(by: { $0.monotonicNs < $1.monotonicNs }) {
-            let steps = (byFrame[w.frame] ?? []).sorted { $0.timeNs < $1.timeNs }.map { e -> Journey.Step in
-                let d = Int64(e.timeNs) - Int64(w.monotonicNs)
+        correlator.onJourney = { frame, list in
+            checker.journey(frame, list)
+            let steps = list.map { e -> Journey.Step in
+                let d = Int64(e.timeNs) - Int64(frame.timeNs)
                 return Journey.Step(event: e.name, probe: e.probeName, t_ns: e.timeNs, from_wire_ns: d,
                                     from_wire_cycles: Int64((Double(d) * tscHz / 1e9).rounded()), cpu: e.cpu, comm: e.comm,
                                     skb: e.skb == 0 ? nil : "0x" + String(e.skb, radix: 16))
             }
-            let j = Journey(frame: w.frame, t_ns: w.monotonicNs, direction: w.direction == .in ? "to_host" : "from_host",
-                            packet: w.packet?.description ?? "unparsed", events: steps)
-            out.append(try enc.encode(j))
-            out.append(10)
+            try journeys.append(enc.encode(Journey(
+                frame: frame.number, t_ns: frame.timeNs, direction: frame.toHost ? "to_host" : "from_host",
+                link: header.capture!.links[frame.link].device, packet: frame.packet?.description ?? "unparsed", events: steps)))
+            timeline.add(frame.timeNs, .packet(frame, list))
         }
-        out.append(try enc.encode(["unmatched_packet_events": unmatched]))
-        out.append(10)
-        try out.write(to: URL(fileURLWithPath: "\(directory)/journeys.jsonl"), options: .atomic)
+        try folder.stream(correlator)
+        let check = checker.finish()
+        try journeys.append(enc.encode(["unmatched_packet_events": check.join.unmatched] as [String: [String: Int]]))
+        try events.close()
+        try journeys.close()
+        let pretty = JSONEncoder()
+        pretty.outputFormatting = [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes]
+        try pretty.encode(check).write(to: URL(fileURLWithPath: "\(directory)/verdicts.json"), options: .atomic)
+
+        let j = check.join
+        let summary = Summary(
+            scenario: scenario.name, file: scenario.file, passed: failures.isEmpty && !interrupted && check.violations == 0,
+            interrupted: interrupted, failures: failures, steps: steps,
+            packets: Summary.Packets(
+                captured: capture.frames, not_consumed_by_steps: unexpected,
+                without_events: j.framesWithoutEvents),
+            events: Summary.Events(
+                received: j.events, emitted_by_kernel: emitted, lost: dropped,
+                serial_gaps: serials.values.reduce(0) { $0 + UInt64(Int($1.hi) - Int($1.lo) + 1 - $1.n) },
+                with_packet: j.packetEvents, matched_to_wire: j.joined.values.reduce(0, +),
+                unmatched_packet_events: j.unmatched.values.reduce(0, +), by_name: counts),
+            placement: Summary.Placement(rules: check.verdicts.count, judged: check.judged, violations: check.violations),
+            files: ["capture.pcap", "capture.links", "events.bin", "events.jsonl", "journeys.jsonl", "verdicts.json", "summary.json"])
+        try enc.encode(summary).write(to: URL(fileURLWithPath: "\(directory)/summary.json"), options: .atomic)
+        for s in steps { timeline.add(s.monotonicNs, .step(s)) }
+        return (timeline.render(self, j), check)
+    }
+}
+
+/// Appends lines to a file through a buffer.
+final class LineWriter {
+    let path: String
+    private let handle: FileHandle
+    private var buffer = Data()
+
+    init(_ path: String) throws {
+        self.path = path
+        guard FileManager.default.createFile(atPath: path, contents: nil), let h = FileHandle(forWritingAtPath: path) else {
+            throw LabError("cannot create \(path)", errno: errno)
+        }
+        handle = h
     }
 
-    /// Every packet on the wire in time order with the kernel events that belong to it
-    /// (deltas from the wire), and the socket and connection events and steps between them.
-    func timeline(_ wire: [WirePacket], _ frames: [Int?]) -> String {
-        enum Item { case step(StepRecord), packet(WirePacket), event(TraceEvent) }
-        var items: [(UInt64, Int, Item)] = []
-        for s in steps { items.append((s.monotonicNs, 0, .step(s))) }
-        for w in wire { items.append((w.monotonicNs, 1, .packet(w))) }
-        var under: [Int: [TraceEvent]] = [:]
-        for (e, f) in zip(events, frames) {
-            if let f { under[f, default: []].append(e) } else { items.append((e.timeNs, 2, .event(e))) }
-        }
-        items.sort { ($0.0, $0.1) < ($1.0, $1.1) }
-        func t(_ ns: UInt64) -> String { String(format: "%10.1f", Double(Int64(ns) - Int64(startedNs)) / 1000) }
+    func append(_ line: Data) throws {
+        buffer.append(line)
+        buffer.append(10)
+        if buffer.count >= 1 << 20 { try flush() }
+    }
+
+    func flush() throws {
+        try handle.write(contentsOf: buffer)
+        buffer.removeAll(keepingCapacity: true)
+    }
+
+    func close() throws {
+        try flush()
+        try handle.close()
+    }
+}
+
+/// Every packet on the wire in time order with the kernel events that belong to it (deltas
+/// from the wire), and the socket and connection events and steps between them; long runs
+/// print the first `limit` packets and events and count the rest.
+struct Timeline {
+    enum Item { case step(StepRecord), packet(Frame, [TraceEvent]), event(TraceEvent) }
+    let limit: Int
+    private var items: [(UInt64, Int, Item)] = []
+    private(set) var elided = 0
+
+    init(limit: Int) { self.limit = limit }
+
+    mutating func add(_ t: UInt64, _ item: Item) {
+        if case .step = item {} else if items.count >= limit { elided += 1; return }
+        let rank = switch item { case .step: 0; case .packet: 1; case .event: 2 }
+        items.append((t, rank, item))
+    }
+
+    func render(_ r: Report, _ j: Correlator.Counts) -> String {
+        func t(_ ns: UInt64) -> String { String(format: "%10.1f", Double(Int64(ns) - Int64(r.startedNs)) / 1000) }
         func ev(_ e: TraceEvent, matched: Bool = false) -> String {
             var s = "\(e.name.padding(toLength: 22, withPad: " ", startingAt: 0)) cpu\(e.cpu) \(e.comm)[\(e.tid)]"
             if e.sock != 0 { s += " sock \(e.sock)" }
@@ -189,24 +176,27 @@ struct Report {
             return s + "  [\(e.probeName)]"
         }
         var lines = [
-            "\(scenario.name): \(packets.count) packets on the wire, \(events.count) kernel events "
-                + "(\(dropped) lost), \(frames.compactMap { $0 }.count) matched to wire packets",
+            "\(r.scenario.name): \(j.frames) packets on the wire, \(j.events) kernel events "
+                + "(\(r.dropped) lost), \(j.joined.values.reduce(0, +)) matched to wire packets",
             "      µs  what",
         ]
-        for (ns, _, item) in items {
+        for (ns, _, item) in items.sorted(by: { ($0.0, $0.1) < ($1.0, $1.1) }) {
             switch item {
             case .step(let s): lines.append("\(t(ns))  step  \(s.step) → \(s.result.split(separator: "\n").first ?? "")")
             case .event(let e): lines.append("\(t(ns))  event \(ev(e))")
-            case .packet(let w):
-                let text = w.packet?.description ?? "unparsed packet"
-                lines.append("\(t(ns))  wire  #\(w.frame) \(w.direction == .in ? "to host  " : "from host") \(text)")
-                for e in (under[w.frame] ?? []).sorted(by: { $0.timeNs < $1.timeNs }) {
-                    let d = Double(Int64(e.timeNs) - Int64(w.monotonicNs)) / 1000
+            case .packet(let f, let list):
+                let text = f.packet?.description ?? "unparsed packet"
+                let link = r.capture.links.count > 1 ? " \(r.capture.links[f.link].device)" : ""
+                lines.append("\(t(ns))  wire  #\(f.number)\(link) \(f.toHost ? "to host  " : "from host") \(text)")
+                for e in list {
+                    let d = Double(Int64(e.timeNs) - Int64(f.timeNs)) / 1000
                     lines.append(String(format: "            %+8.1f µs ", d) + ev(e, matched: true))
                 }
             }
         }
-        lines.append(failures.isEmpty && !interrupted ? "\(scenario.name): PASSED" : "\(scenario.name): FAILED")
+        if elided > 0 {
+            lines.append("  … and \(elided) more packets and events after the first \(limit): see journeys.jsonl and events.jsonl, or klab journey")
+        }
         return lines.joined(separator: "\n")
     }
 }
@@ -228,29 +218,10 @@ public struct Journey: Codable {
     public let frame: Int
     public let t_ns: UInt64
     public let direction: String
+    /// The link it was captured on.
+    public let link: String?
     public let packet: String
     public let events: [Step]
-}
-
-struct Header: Encodable {
-    struct Probe: Encodable { let program: String; let site: String }
-    struct Event: Encodable { let name: String; let level: String; let site: String?; let placement: String; let detail: String; let also: [String]? }
-    struct Clocks: Encodable {
-        let event_time: String
-        let capture_time: String
-        let monotonic_to_realtime_offset_ns: Int64
-        let tsc_hz: Double
-    }
-    struct HostInfo: Encodable { let name: String; let netns: UInt32; let netns_cookie: UInt64 }
-    let klab: String
-    let version: Int
-    let scenario: String
-    let kernel: String
-    let probes: [Probe]
-    let events: [Event]
-    let clocks: Clocks
-    let hosts: [HostInfo]
-    let record_size: Int
 }
 
 /// One line of events.jsonl.
@@ -345,11 +316,10 @@ public struct EventLine: Encodable {
 struct Summary: Encodable {
     struct Packets: Encodable {
         let captured: Int
-        let to_host: Int
-        let from_host: Int
-        let unparsed: Int
         let not_consumed_by_steps: Int
+        let without_events: Int
     }
+    struct Placement: Encodable { let rules: Int; let judged: Int; let violations: Int }
     struct Events: Encodable {
         let received: Int
         let emitted_by_kernel: UInt64
@@ -368,5 +338,6 @@ struct Summary: Encodable {
     let steps: [StepRecord]
     let packets: Packets
     let events: Events
+    let placement: Placement
     let files: [String]
 }

@@ -74,7 +74,7 @@ public final class Runner {
             name: "klab0", address: scenario.host.address, prefixLength: scenario.host.prefixLength,
             mtu: scenario.host.mtu, route: Scenario.labPrefix)
         let capture = try Capture(path: "\(dir)/capture.pcap")
-        try host.run { try capture.add(device: tun.name) }
+        try host.run { try capture.add(device: tun.name, netns: host.netnsInode) }
         let (tracer, offset, tscHz) = try observe([host], capture, dir)
         defer { tracer.close() }
         started = true
@@ -88,7 +88,7 @@ public final class Runner {
 
         wire.stop()
         return try conclude(
-            scenario, dir, host: host, tracer: tracer, capture: capture, play: play, offset: offset, tscHz: tscHz,
+            scenario, dir, hosts: [host], tracer: tracer, capture: capture, play: play, offset: offset, tscHz: tscHz,
             startedNs: startedNs, unexpected: wire.leftovers().count)
     }
 
@@ -106,22 +106,32 @@ public final class Runner {
     }
 
     /// Stops capture and tracer, checks the scenario's event expectations, writes the results
-    /// folder and prints the timeline. The records are decoded once, for both.
+    /// folder (streamed from the files), prints the timeline and judges every event's placement.
     func conclude(
-        _ scenario: Scenario, _ dir: String, host: LabHost, tracer: Tracer, capture: Capture, play: Play, offset: Int64,
+        _ scenario: Scenario, _ dir: String, hosts: [LabHost], tracer: Tracer, capture: Capture, play: Play, offset: Int64,
         tscHz: Double, startedNs: UInt64, unexpected: Int
     ) throws -> Outcome {
         capture.close()
         tracer.stop()
-        let events = tracer.events()
-        play.checkEvents(events, traced: Set(tracer.selections.filter { $0.site != nil }.map(\.event.name)))
+        // Only `events:` steps need the records in memory.
+        if scenario.steps.contains(where: { if case .events = $0.action { true } else { false } }) {
+            play.checkEvents(tracer.events(), traced: Set(tracer.selections.filter { $0.site != nil }.map(\.event.name)))
+        }
         let counters = tracer.counters()
+        var st = stat()
+        let records = stat("\(dir)/events.bin", &st) == 0 ? Int(st.st_size) / TraceEvent.recordSize : 0
         let report = Report(
-            scenario: scenario, directory: dir, host: host, events: events, packets: capture.packets,
+            scenario: scenario, directory: dir, hosts: hosts, capture: capture, records: records,
             selections: tracer.selections, attached: tracer.attached, realtimeOffsetNs: offset, tscHz: tscHz, startedNs: startedNs,
             steps: play.records, failures: play.failures, unexpected: unexpected,
             emitted: counters.emitted, dropped: counters.dropped, interrupted: Interrupt.requested)
-        log(try report.write())
+        let (timeline, check) = try report.write()
+        log(timeline)
+        log("")
+        log(check.text())
+        if check.violations > 0 {
+            play.failures.append("placement: \(check.violations) occurrences broke their placement rules (verdicts.json)")
+        }
         return Outcome(
             scenario: scenario.name, directory: dir, passed: play.failures.isEmpty && !Interrupt.requested,
             failures: play.failures, interrupted: Interrupt.requested)

@@ -195,7 +195,7 @@ extension Runner {
             links.append(Forwarder.Link(name: spec.name, address: spec.address, tun: tun))
         }
         let capture = try Capture(path: "\(dir)/capture.pcap")
-        for (h, l) in zip(hosts, links) { try h.run { try capture.add(device: l.tun.name, directions: [.out]) } }
+        for (h, l) in zip(hosts, links) { try h.run { try capture.add(device: l.tun.name, directions: [.out], netns: h.netnsInode) } }
         let (tracer, offset, tscHz) = try observe(hosts, capture, dir)
         defer { tracer.close() }
         started = true
@@ -221,7 +221,7 @@ extension Runner {
             log("  wire \(d): \(c.forwarded) forwarded, \(c.dropped) dropped, \(c.duplicated) duplicated, \(c.reordered) reordered, \(c.refused) refused by the TUN")
         }
         return try conclude(
-            scenario, dir, host: hosts[0], tracer: tracer, capture: capture, play: play, offset: offset, tscHz: tscHz,
+            scenario, dir, hosts: hosts, tracer: tracer, capture: capture, play: play, offset: offset, tscHz: tscHz,
             startedNs: startedNs, unexpected: 0)
     }
 }

@@ -55,12 +55,15 @@ public struct Site: Sendable {
 
     /// The probes' own backend, or `.device` for an event derived from device packets.
     public let backend: Backend
+    /// The placement rules of this site when they differ from the event's (Placement.swift).
+    public let rules: [Rule]?
 
-    public init(probes: [Probe], approximation: String?, caveat: String?, derived: Bool = false) {
+    public init(probes: [Probe], approximation: String?, caveat: String?, derived: Bool = false, rules: [Rule]? = nil) {
         self.probes = probes
         self.approximation = approximation
         self.caveat = caveat
         backend = derived ? .device : probes[0].backend
+        self.rules = rules
     }
 
     public var exact: Bool { approximation == nil }
@@ -107,6 +110,8 @@ public struct EventSpec: Sendable {
     /// Probe sites from most to least faithful. The tracer keeps the first that loads
     /// and attaches on the running kernel.
     public let sites: [Site]
+    /// Klogger's placement: the rules every occurrence must keep (Placement.swift).
+    public let rules: [Rule]
 
     public func logged(at level: Level) -> Bool { self.level <= level && level <= untilLevel }
 }

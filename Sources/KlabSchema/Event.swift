@@ -51,6 +51,39 @@ public struct PacketIdentity: Hashable, Sendable, CustomStringConvertible {
         }
     }
 
+    /// The same identity read in place from raw bytes (no Packet built): for streaming a
+    /// capture. A unit test keeps it equal to `init(_: Packet)`.
+    public init(_ v: IPv4View) {
+        proto = v.protocol
+        source = v.source
+        destination = v.destination
+        ipID = v.identification
+        frag = UInt16(v.bytes[6] & 0x60) << 8 | UInt16(v.fragmentOffset / 8)
+        let t = v.transportBytes
+        guard v.fragmentOffset == 0, t.count >= 4 || proto == 1 else { return }
+        switch proto {
+        case 6 where t.count >= 20:
+            sourcePort = v.sourcePort ?? 0
+            destinationPort = v.destinationPort ?? 0
+            tcpSeq = v.tcpSequence ?? 0
+            tcpAck = v.tcpAcknowledgment ?? 0
+            tcpFlags = v.tcpFlags?.rawValue ?? 0
+            length = UInt16(max(0, t.count - Int(t[12] >> 4) * 4))
+        case 17 where t.count >= 8:
+            sourcePort = v.sourcePort ?? 0
+            destinationPort = v.destinationPort ?? 0
+            length = UInt16(t.count - 8)
+        case 1 where t.count >= 2:
+            icmpType = t[0]
+            icmpCode = t[1]
+            icmpID = v.icmpID ?? 0
+            icmpSeq = v.icmpSequence ?? 0
+            length = UInt16(max(0, Int(v.totalLength) - v.headerLength - 8))
+        default:
+            break
+        }
+    }
+
     init(_ r: klab_event) {
         proto = r.proto
         source = IPv4Address(rawValue: UInt32(bigEndian: r.saddr))
@@ -102,6 +135,8 @@ public struct TraceEvent: Sendable {
     public var mtu: UInt16
     /// IP protocol of the packet, or the socket's protocol.
     public var proto: UInt8
+    /// IP total length of the packet the probe read (0 when it read none).
+    public var ipLength: UInt16
     /// Packet identity, for events that carry a packet.
     public var packet: PacketIdentity?
     /// Socket endpoints for socket and connection events (packet fields reused).
@@ -137,6 +172,7 @@ public struct TraceEvent: Sendable {
         fd = r.fd
         mtu = r.mtu
         proto = r.proto
+        ipLength = r.ip_len
         let id = PacketIdentity(r)
         // An event carries a packet when its probe read an IP header; otherwise only a socket's endpoints.
         if r.ip_len != 0 { packet = id } else if r.saddr != 0 || r.sport != 0 || r.daddr != 0 { endpoints = id }

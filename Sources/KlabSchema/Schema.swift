@@ -67,27 +67,32 @@ public enum Schema {
 
     // MARK: Events
 
-    private static func exact(_ probe: Probe, _ caveat: String? = nil) -> Site {
-        Site(probes: [probe], approximation: nil, caveat: caveat)
+    private static func exact(_ probe: Probe, _ caveat: String? = nil, rules: [Rule]? = nil) -> Site {
+        Site(probes: [probe], approximation: nil, caveat: caveat, rules: rules)
     }
-    private static func near(_ probe: Probe, _ relative: String, _ caveat: String? = nil) -> Site {
-        Site(probes: [probe], approximation: relative, caveat: caveat)
+    private static func near(_ probe: Probe, _ relative: String, _ caveat: String? = nil, rules: [Rule]? = nil) -> Site {
+        Site(probes: [probe], approximation: relative, caveat: caveat, rules: rules)
     }
     /// fentry then kprobe on Klogger's own function.
     private static func at(_ function: String) -> [Site] { [exact(fentry(function)), exact(kprobe(function))] }
     /// Derived from the packet where it crosses the device.
-    private static func device(_ probe: Probe) -> Site {
+    private static func device(_ probe: Probe, rules: [Rule]? = nil) -> Site {
         Site(probes: [probe], approximation: probe == netifReceiveSkb
              ? "derived from the packet entering from the device, before ip_rcv"
-             : "derived from the packet queued on the device, after ip_finish_output2", caveat: nil, derived: true)
+             : "derived from the packet queued on the device, after ip_finish_output2", caveat: nil, derived: true, rules: rules)
     }
 
     private static func ev(
         _ id: UInt16, _ name: String, _ level: Level, _ fields: [Fields], _ klogger: String, until: Level = .ip,
-        aliases: [String] = [], _ sites: [Site]
+        aliases: [String] = [], _ sites: [Site], rules: [Rule] = []
     ) -> EventSpec {
-        EventSpec(id: id, name: name, level: level, untilLevel: until, fields: fields, klogger: klogger, aliases: aliases, sites: sites)
+        EventSpec(id: id, name: name, level: level, untilLevel: until, fields: fields, klogger: klogger, aliases: aliases, sites: sites,
+                  rules: rules)
     }
+
+    // Placement rules shared by several events.
+    private static let sent: [Rule] = [.beforeSent]
+    private static let received: [Rule] = [.afterReceived, .afterOnPacket(["IP_RECEIVEPACKET"])]
 
     /// The schema, in the order of the seed's levels.
     public static let events: [EventSpec] = [
@@ -105,44 +110,57 @@ public enum Schema {
            at("inet_accept") + [Site(probes: [exitAccept4, exitAccept], approximation: "when accept4()/accept() return",
                                      caveat: "a syscall tracepoint slows every syscall on the machine while attached")]),
         ev(6, "SOCKET_WRITE", .socket, [.socket], "inet_sendmsg, at entry",
-           at("inet_sendmsg") + [near(sendLength, "when sock_sendmsg returns, not when inet_sendmsg is entered")]),
+           at("inet_sendmsg") + [near(sendLength, "when sock_sendmsg returns, not when inet_sendmsg is entered",
+                                      rules: [.afterOnSocket(["TCP_SEND", "UDP_SEND"])])],
+           rules: [.beforeOnSocket(["TCP_SEND", "UDP_SEND"])]),
         ev(7, "SOCKET_RECEIVE", .socket, [.socket], "inet_recvmsg, at its very end",
-           [exact(fentry("inet_recvmsg")), exact(kprobe("inet_recvmsg")), near(recvLength, "when sock_recvmsg returns, right after inet_recvmsg")]),
+           [exact(fentry("inet_recvmsg")), exact(kprobe("inet_recvmsg")), near(recvLength, "when sock_recvmsg returns, right after inet_recvmsg")],
+           rules: [.afterOnSocket(["TCP_RECEIVE", "UDP_RECEIVE"])]),
         // Connection level.
         ev(8, "SOCKET_BIND", .connection, [.socket], "inet_bind → __inet_bind",
            at("inet_bind") + [near(postBind4, "inside __inet_bind once the address is assigned"),
                               near(bind4, "inside inet_bind before __inet_bind: the address asked for, not the one assigned")]),
         ev(9, "SOCKET_CONNECT", .connection, [.socket], "__inet_stream_connect → tcp_v4_connect",
-           at("__inet_stream_connect") + [exact(connect4)]),
+           at("__inet_stream_connect") + [exact(connect4)], rules: [.beforeOnSocket(["TCP_SENDSYN"])]),
         ev(10, "CONNECTION_HANDSHAKE", .connection, [.socket], "the TCP handshake: tcp_finish_connect (active), tcp_v4_syn_recv_sock (passive)",
            [Site(probes: [fentry("tcp_finish_connect"), fentry("tcp_v4_syn_recv_sock")], approximation: nil, caveat: nil),
             Site(probes: [kprobe("tcp_finish_connect"), kprobe("tcp_v4_syn_recv_sock")], approximation: nil, caveat: nil),
-            near(setState, "the change to ESTABLISHED (after the final ACK on the passive side)")]),
+            near(setState, "the change to ESTABLISHED (after the final ACK on the passive side)")],
+           rules: [.handshake]),
         ev(11, "CONNECTION_CLOSE", .connection, [.socket, .state], "after the connection is closed (the change to CLOSE)",
            [exact(setState)]),
         // Protocol level.
         ev(12, "TCP_SENDSYN", .protocol, [.tcp], "tcp_connect",
-           at("tcp_connect") + [exact(sockops, "BPF_SOCK_OPS_TCP_CONNECT_CB, before the SYN is built"), device(netDevQueue)]),
+           at("tcp_connect") + [exact(sockops, "BPF_SOCK_OPS_TCP_CONNECT_CB, before the SYN is built"), device(netDevQueue, rules: sent)],
+           rules: [.onFlow(after: nil, before: .syn(toHost: false))]),
         ev(13, "TCP_RECVSYN", .protocol, [.tcp], "tcp_conn_request",
-           at("tcp_conn_request") + [exact(sockops, "BPF_SOCK_OPS_TIMEOUT_INIT on the new request sock"), device(netifReceiveSkb)]),
+           at("tcp_conn_request") + [exact(sockops, "BPF_SOCK_OPS_TIMEOUT_INIT on the new request sock"), device(netifReceiveSkb, rules: received)],
+           rules: [.onFlow(after: .syn(toHost: true), before: .synAck(toHost: false))]),
         ev(14, "TCP_SENDACK", .protocol, [.tcp], "__tcp_send_ack",
            at("__tcp_send_ack") + [near(sockops, "__tcp_transmit_skb sizing the options of a segment with only ACK set",
-                                        "seq is snd_nxt"), device(netDevQueue)]),
+                                        "seq is snd_nxt"), device(netDevQueue)],
+           rules: sent),
         ev(15, "TCP_RECVACK", .protocol, [.tcp], "tcp_ack",
            at("tcp_ack") + [near(tcpProbe, "the entry of tcp_rcv_established, before tcp_ack", "established sockets only"),
                             device(netifReceiveSkb),
                             near(sockops, "BPF_SOCK_OPS_PARSE_HDR_OPT_CB in tcp_validate_incoming, before tcp_ack",
-                                 "segments on the slow path only: header prediction skips it")]),
+                                 "segments on the slow path only: header prediction skips it")],
+           rules: received),
         ev(16, "TCP_SENDSYNACK", .protocol, [.tcp], "tcp_v4_send_synack",
            at("tcp_v4_send_synack") + [near(sockops, "tcp_make_synack sizing the SYN-ACK's options, inside tcp_v4_send_synack",
-                                            "seq and ack are not known there"), device(netDevQueue)]),
+                                            "seq and ack are not known there"), device(netDevQueue, rules: sent)],
+           rules: [.onFlow(after: .syn(toHost: true), before: .synAck(toHost: false))]),
         ev(17, "TCP_RECVSYNACK", .protocol, [.tcp], "tcp_rcv_synsent_state_process",
            at("tcp_rcv_synsent_state_process") + [near(sockops, "BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB in tcp_finish_connect, called by tcp_rcv_synsent_state_process"),
-                                                  device(netifReceiveSkb)]),
+                                                  device(netifReceiveSkb, rules: received)],
+           rules: [.onFlow(after: .synAck(toHost: true), before: .finalAck(toHost: false))]),
         ev(18, "TCP_RECV_URGENTDATA", .protocol, [.tcp], "tcp_urg / tcp_check_urg",
            at("tcp_urg") + [near(tcpProbe, "the entry of tcp_rcv_established, before tcp_urg", "established sockets only"),
-                            device(netifReceiveSkb)]),
-        ev(19, "TCP_SEND", .protocol, [.tcp, .socket], "tcp_sendmsg", at("tcp_sendmsg") + [exact(tcpSendmsgLocked)]),
+                            device(netifReceiveSkb)],
+           rules: received),
+        ev(19, "TCP_SEND", .protocol, [.tcp, .socket], "tcp_sendmsg",
+           at("tcp_sendmsg") + [Site(probes: [tcpSendmsgLocked, sendLength], approximation: nil,
+                                     caveat: "the first round of the copy loop; sock_send_length marks the call's end")]),
         ev(20, "TCP_RECEIVE", .protocol, [.tcp, .socket], "tcp_recvmsg, at its end",
            [exact(fentry("tcp_recvmsg")), exact(kprobe("tcp_recvmsg")), near(recvLength, "when sock_recvmsg returns, after tcp_recvmsg")]),
         ev(21, "UDP_SEND", .protocol, [.udp, .socket], "udp_sendmsg",
@@ -151,31 +169,42 @@ public enum Schema {
         ev(22, "UDP_RECEIVE", .protocol, [.udp, .socket], "udp_recvmsg, at its end",
            [exact(fentry("udp_recvmsg")), exact(kprobe("udp_recvmsg")), near(recvLength, "when sock_recvmsg returns, after udp_recvmsg"),
             near(recvmsg4, "in udp_recvmsg once the datagram is copied", "calls that ask for the sender's address only")]),
-        ev(23, "ICMP_SEND", .protocol, [.icmp], "__icmp_send", at("__icmp_send") + [exact(icmpSendTP), device(netDevQueue)]),
-        ev(24, "ICMP_RECEIVE", .protocol, [.icmp], "icmp_rcv", at("icmp_rcv") + [device(netifReceiveSkb)]),
+        // __icmp_send and the icmp_send tracepoint see the packet that caused the error; the
+        // device sees the error itself.
+        ev(23, "ICMP_SEND", .protocol, [.icmp], "__icmp_send", at("__icmp_send") + [exact(icmpSendTP), device(netDevQueue, rules: sent)],
+           rules: [.afterReceived]),
+        ev(24, "ICMP_RECEIVE", .protocol, [.icmp], "icmp_rcv", at("icmp_rcv") + [device(netifReceiveSkb)], rules: received),
         ev(25, "TCP_SENDPACKET", .protocol, [.tcp], "the copy loop of tcp_sendmsg_locked → tcp_write_xmit → __tcp_transmit_skb",
            aliases: ["TCP_SENDBUFFER"],
-           at("__tcp_transmit_skb") + [exact(sockops, "seq is snd_nxt, so a retransmission shows the next new byte"), device(netDevQueue)]),
+           at("__tcp_transmit_skb") + [exact(sockops, "seq is snd_nxt, so a retransmission shows the next new byte"), device(netDevQueue)],
+           rules: sent),
         ev(26, "TCP_RECEIVEPACKET", .protocol, [.tcp], "tcp_v4_rcv → tcp_rcv_established / tcp_data_queue",
            at("tcp_v4_rcv") + [near(skbIngress, "the socket filter in tcp_v4_rcv, once the socket is found", "the lab's sockets only"),
-                               near(tcpProbe, "the entry of tcp_rcv_established", "established sockets only"), device(netifReceiveSkb)]),
+                               near(tcpProbe, "the entry of tcp_rcv_established", "established sockets only"), device(netifReceiveSkb)],
+           rules: received),
         ev(27, "TCP_DISCONNECT", .protocol, [.tcp], "tcp_disconnect", at("tcp_disconnect")),
-        ev(28, "ICMP_REPLY", .protocol, [.icmp], "icmp_reply", at("icmp_reply") + [device(netDevQueue)]),
-        ev(29, "UDP_PUSHPENDINGFRAMES", .protocol, [.udp], "udp_push_pending_frames", at("udp_push_pending_frames")),
+        // icmp_reply sees the request; the device sees the reply.
+        ev(28, "ICMP_REPLY", .protocol, [.icmp], "icmp_reply", at("icmp_reply") + [device(netDevQueue, rules: sent)],
+           rules: [.afterReceived, .afterOnPacket(["ICMP_RECEIVE"])]),
+        ev(29, "UDP_PUSHPENDINGFRAMES", .protocol, [.udp], "udp_push_pending_frames", at("udp_push_pending_frames"),
+           rules: [.beforeOnSocket(["IP_PUSH_PENDINGFRAMES"])]),
         ev(30, "ICMP_PUSHPENDINGFRAMES", .protocol, [.icmp], "icmp_push_reply → ip_push_pending_frames", at("icmp_push_reply")),
         ev(31, "UDP_FLUSHPENDINGFRAMES", .protocol, [.udp], "udp_flush_pending_frames", at("udp_flush_pending_frames")),
         ev(32, "UDP_QUEUE_SOCKETBUFFER", .protocol, [.udp], "__udp_queue_rcv_skb / __udp_enqueue_schedule_skb",
            at("__udp_queue_rcv_skb") + [near(skbIngress, "the socket filter in udp_queue_rcv_one_skb, just before __udp_queue_rcv_skb", "the lab's sockets only"),
-                                        device(netifReceiveSkb)]),
+                                        device(netifReceiveSkb)],
+           rules: received),
         // IP level.
         ev(33, "IP_PUSH_PENDINGFRAMES", .ip, [.ip], "ip_push_pending_frames", at("ip_push_pending_frames")),
         ev(34, "IP_FLUSH_PENDINGFRAMES", .ip, [.ip], "ip_flush_pending_frames", at("ip_flush_pending_frames")),
         ev(35, "IP_SENDBUFFER", .ip, [.ip], "__ip_queue_xmit (TCP), ip_send_skb (UDP, ICMP), then each fragment in ip_finish_output",
            aliases: ["IP_SENDPACKET"],
            at("ip_finish_output2") + [near(netDevQueue, "the packet is queued on the device, after ip_finish_output2"),
-                                      near(skbEgress, "in ip_finish_output", "the lab's sockets only: no kernel ICMP replies or resets")]),
+                                      near(skbEgress, "in ip_finish_output", "the lab's sockets only: no kernel ICMP replies or resets")],
+           rules: [.beforeSent, .afterOnPacket(["TCP_SENDPACKET", "TCP_SENDACK", "TCP_SENDSYN", "TCP_SENDSYNACK"])]),
         ev(36, "IP_RECEIVEPACKET", .ip, [.ip], "ip_rcv → ip_rcv_finish → ip_local_deliver (ip_defrag)",
-           at("ip_rcv") + [near(netifReceiveSkb, "the device hands the packet to the stack, just before ip_rcv")]),
+           at("ip_rcv") + [near(netifReceiveSkb, "the device hands the packet to the stack, just before ip_rcv")],
+           rules: [.afterReceived]),
     ]
 
     /// klab's own events, outside the schema.

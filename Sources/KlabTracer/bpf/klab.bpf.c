@@ -87,6 +87,16 @@ int BPF_PROG(btf_inet_sock_set_state, struct sock *sk, int oldstate, int newstat
     return 0;
 }
 
+// TCP_SEND: tcp:tcp_sendmsg_locked fires in every round of tcp_sendmsg_locked's copy loop
+// (once per skb filled), so only its first round in a sendmsg call logs: `sending` remembers
+// the task's socket until sock:sock_send_length (attached with it) says the call returned.
+struct {
+    __uint(type, BPF_MAP_TYPE_LRU_HASH);
+    __uint(max_entries, 4096);
+    __type(key, __u32);
+    __type(value, __u64);
+} sending SEC(".maps");
+
 static __always_inline int length_event(struct sock *sk, int ret, int flags, __u32 probe, int send) {
     __u64 m = mask_of(probe);
     if (!m || BPF_CORE_READ(sk, __sk_common.skc_family) != AF_INET) return 0;
@@ -100,6 +110,8 @@ static __always_inline int length_event(struct sock *sk, int ret, int flags, __u
     e.arg1 = flags;
     e.bytes = ret > 0 ? ret : 0;
     if (send) {
+        __u32 tid = (__u32)bpf_get_current_pid_tgid();
+        bpf_map_delete_elem(&sending, &tid);  // this call's tcp_sendmsg_locked may log again
         EMIT_IF(m, &e, KLAB_EV_SOCKET_WRITE, 1);
         EMIT_IF(m, &e, KLAB_EV_UDP_SEND, e.proto == 17);
     } else {
@@ -121,17 +133,21 @@ int BPF_PROG(btf_sock_recv_length, struct sock *sk, int ret, int flags) {
     return length_event(sk, ret, flags, KLAB_PROBE_ID_btf_sock_recv_length, 0);
 }
 
-// TCP_SEND: tcp:tcp_sendmsg_locked fires on entry to tcp_sendmsg_locked.
 SEC("tp_btf/tcp_sendmsg_locked")
 int BPF_PROG(btf_tcp_sendmsg_locked, struct sock *sk, struct msghdr *msg, struct sk_buff *skb, int size_goal) {
     __u64 m = mask_of(KLAB_PROBE_ID_btf_tcp_sendmsg_locked);
     if (!m) return 0;
     __u32 *ns = lab_sk(sk);
     if (!ns) return 0;
+    __u32 tid = (__u32)bpf_get_current_pid_tgid();
+    __u64 cookie = bpf_get_socket_cookie(sk);
+    __u64 *last = bpf_map_lookup_elem(&sending, &tid);
+    if (last && *last == cookie) return 0;
+    bpf_map_update_elem(&sending, &tid, &cookie, BPF_ANY);
     struct klab_event e;
     begin(&e, KLAB_PROBE_ID_btf_tcp_sendmsg_locked, *ns);
     fill_sock(&e, sk);
-    e.sock = bpf_get_socket_cookie(sk);
+    e.sock = cookie;
     e.bytes = BPF_CORE_READ(msg, msg_iter.count);
     e.arg0 = size_goal;
     EMIT_IF(m, &e, KLAB_EV_TCP_SEND, 1);

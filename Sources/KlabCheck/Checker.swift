@@ -1,0 +1,287 @@
+import Foundation
+import KlabPacket
+import KlabSchema
+
+/// One placement rule of one event, as logged from one site: how many occurrences were
+/// judged, how many kept the rule, and the first counter-examples.
+public struct Verdict: Codable, Sendable {
+    public struct Example: Codable, Sendable {
+        public let t_ns: UInt64
+        public let frame: Int?
+        public let skb: String?
+        public let sock: UInt64?
+        public let packet: String?
+        public let problem: String
+    }
+    public let event: String
+    public let site: String
+    /// "Klogger's placement", or the site's own documented placement for approximate sites.
+    public let judged_against: String
+    public let rule: String
+    public var judged = 0
+    public var held = 0
+    /// Occurrences the rule could not be judged for, by reason.
+    public var not_judged: [String: Int] = [:]
+    public var counter_examples: [Example] = []
+    public var violated: Int { judged - held }
+    public var holds: Bool { judged == held }
+
+    enum CodingKeys: String, CodingKey { case event, site, judged_against, rule, judged, held, not_judged, counter_examples }
+}
+
+/// `klab check`'s result: the verdicts, the join's counts and the seed's §2.2 figures.
+public struct CheckReport: Codable, Sendable {
+    public let scenario: String
+    public let kernel: String
+    public let verdicts: [Verdict]
+    public let join: Correlator.Counts
+    public let figures: Figures
+    public var violations: Int { verdicts.reduce(0) { $0 + $1.violated } }
+    public var judged: Int { verdicts.reduce(0) { $0 + $1.judged } }
+}
+
+/// Judges every event against the placement rules of the site it was logged from, as the
+/// correlator hands over events (time order) and journeys (capture order).
+public final class PlacementChecker {
+    let header: RunHeader
+    let correlator: Correlator
+    let logged: Set<String>
+    private var verdicts: [String: Verdict] = [:]
+    private var order: [String] = []
+    private let figures: FigureBuilder
+
+    // Socket pairing: per socket and rule, the occurrences still waiting for a partner.
+    private struct PairKey: Hashable { let sock: UInt64; let rule: String }
+    private struct Waiting { var owners: [(t: UInt64, e: TraceEvent)] = []; var partners: [UInt64] = [] }
+    private var waiting: [PairKey: Waiting] = [:]
+    private struct SocketRule { let key: String; let owner: UInt16; let partners: Set<UInt16>; let before: Bool }
+    private var socketRules: [SocketRule] = []
+    private var rulesByPartner: [UInt16: [Int]] = [:]
+
+    // Handshake segments per flow (both directions in one key).
+    private struct FlowKey: Hashable { let a: UInt64; let b: UInt64 }
+    private struct Handshake { var segments: [(kind: Segment.Kind, frame: Frame)] = []; var afterFinal: Frame? }
+    private var flows: [FlowKey: Handshake] = [:]
+
+    public init(header: RunHeader, correlator: Correlator) {
+        self.header = header
+        self.correlator = correlator
+        logged = header.logged
+        figures = FigureBuilder(header: header, correlator: correlator)
+        // Socket rules are registered up front for the sites this run logged from, so a partner
+        // that comes first is not missed.
+        for h in header.events {
+            guard let spec = Schema.event(named: h.name) else { continue }
+            for siteName in [h.site].compactMap({ $0 }) + (h.also ?? []) {
+                guard let site = spec.sites.first(where: { Self.name($0) == siteName }) else { continue }
+                for rule in spec.rules(for: site) {
+                    let partners: [String], before: Bool
+                    switch rule {
+                    case .beforeOnSocket(let p): (partners, before) = (p, true)
+                    case .afterOnSocket(let p): (partners, before) = (p, false)
+                    default: continue
+                    }
+                    let key = verdictKey(spec, site, rule)
+                    socketRules.append(SocketRule(key: key, owner: spec.id, partners: Set(partners.compactMap { Schema.event(named: $0)?.id }), before: before))
+                    for p in partners { if let id = Schema.event(named: p)?.id { rulesByPartner[id, default: []].append(socketRules.count - 1) } }
+                }
+            }
+        }
+        correlator.onFrame = { [unowned self] f in admit(f); figures.frame(f) }
+    }
+
+    static func name(_ site: Site) -> String { site.probes.map(\.site).joined(separator: " + ") }
+
+    private func verdictKey(_ spec: EventSpec, _ site: Site, _ rule: Rule) -> String {
+        let key = "\(spec.name)|\(Self.name(site))|\(rule)"
+        if verdicts[key] == nil {
+            let against = site.rules == nil ? "Klogger's placement" : "its site's own placement: \(site.approximation ?? site.caveat ?? "exact")"
+            verdicts[key] = Verdict(event: spec.name, site: Self.name(site), judged_against: against, rule: "\(rule)")
+            order.append(key)
+        }
+        return key
+    }
+
+    private func record(_ key: String, _ ok: Bool, _ e: TraceEvent, _ frame: Frame?, _ problem: @autoclosure () -> String) {
+        verdicts[key]!.judged += 1
+        if ok { verdicts[key]!.held += 1; return }
+        guard verdicts[key]!.counter_examples.count < 5 else { return }
+        verdicts[key]!.counter_examples.append(Verdict.Example(
+            t_ns: e.timeNs, frame: frame?.number, skb: e.skb == 0 ? nil : "0x" + String(e.skb, radix: 16), sock: e.sock == 0 ? nil : e.sock,
+            packet: (e.packet ?? e.endpoints)?.description, problem: problem()))
+    }
+    private func skip(_ key: String, _ why: String) { verdicts[key]!.not_judged[why, default: 0] += 1 }
+
+    /// Call for every event the correlator joins, in time order.
+    public func event(_ e: TraceEvent, _ frame: Frame?, _ how: Join?) {
+        figures.event(e, frame, how)
+        guard let spec = Schema.event(e.event), !Schema.auxiliary.contains(where: { $0.id == e.event }) else { return }
+        for i in rulesByPartner[e.event] ?? [] { partner(socketRules[i], e) }
+        guard let site = spec.site(of: e.probe) else {
+            let key = "\(spec.name)|\(e.probeName)|a site of this event in the catalog"
+            if verdicts[key] == nil {
+                verdicts[key] = Verdict(event: spec.name, site: e.probeName, judged_against: "the catalog", rule: "logged from one of its catalog sites")
+                order.append(key)
+            }
+            record(key, false, e, frame, "logged by \(e.probeName), which is none of \(spec.name)'s sites")
+            return
+        }
+        for rule in spec.rules(for: site) {
+            let key = verdictKey(spec, site, rule)
+            if !rule.partners.isEmpty, !rule.partners.contains(where: logged.contains) {
+                skip(key, "\(rule.partners.joined(separator: "/")) not logged in this run")
+                continue
+            }
+            switch rule {
+            case .beforeSent, .afterReceived:
+                guard let frame else { skip(key, "joined no wire packet"); continue }
+                let inbound = correlator.toHost(frame, netns: e.netns)
+                let d = Double(Int64(e.timeNs) - Int64(frame.timeNs)) / 1000
+                if rule == .beforeSent {
+                    record(key, !inbound && e.timeNs <= frame.timeNs, e, frame,
+                           inbound ? "its packet (frame #\(frame.number)) came to the host" : String(format: "%.1f µs after its packet left (frame #%d)", d, frame.number))
+                } else {
+                    record(key, inbound && frame.timeNs <= e.timeNs, e, frame,
+                           !inbound ? "its packet (frame #\(frame.number)) left the host" : String(format: "%.1f µs before its packet arrived (frame #%d)", -d, frame.number))
+                }
+            case .afterOnPacket:
+                if frame == nil { skip(key, "joined no wire packet") }  // judged with the journey
+            case .beforeOnSocket, .afterOnSocket:
+                owner(key, e)
+            case .onFlow(let after, let before):
+                onFlow(key, e, after: after, before: before)
+            case .handshake:
+                handshake(key, e)
+            }
+        }
+    }
+
+    /// Call for every journey: rules between the events of one packet.
+    public func journey(_ frame: Frame, _ events: [TraceEvent]) {
+        figures.journey(frame, events)
+        for e in events {
+            guard let spec = Schema.event(e.event), let site = spec.site(of: e.probe) else { continue }
+            for rule in spec.rules(for: site) {
+                guard case .afterOnPacket(let names) = rule, names.contains(where: logged.contains) else { continue }
+                let key = verdictKey(spec, site, rule)
+                let ids = Set(names.compactMap { Schema.event(named: $0)?.id })
+                let partners = events.filter { ids.contains($0.event) && $0.netns == e.netns }
+                guard let latest = partners.max(by: { $0.timeNs < $1.timeNs }) else {
+                    skip(key, "no \(names.joined(separator: "/")) on the same packet")
+                    continue
+                }
+                record(key, latest.timeNs <= e.timeNs, e, frame, String(format: "%.1f µs before %@ on the same packet (frame #%d)",
+                                                                         Double(latest.timeNs - e.timeNs) / 1000, latest.name, frame.number))
+            }
+        }
+    }
+
+    // MARK: Socket pairs
+
+    private func owner(_ key: String, _ e: TraceEvent) {
+        guard e.sock != 0 else { skip(key, "no socket"); return }
+        guard let r = socketRules.first(where: { $0.key == key }) else { return }
+        let k = PairKey(sock: e.sock, rule: key)
+        var w = waiting[k] ?? Waiting()
+        if !w.partners.isEmpty {
+            let p = w.partners.removeFirst()
+            judgePair(r, e, partnerT: p)
+        } else if w.owners.count < 1024 {
+            w.owners.append((e.timeNs, e))
+        } else {
+            skip(key, "no partner on its socket")
+        }
+        waiting[k] = w
+    }
+
+    private func partner(_ r: SocketRule, _ e: TraceEvent) {
+        guard e.sock != 0 else { return }
+        let k = PairKey(sock: e.sock, rule: r.key)
+        var w = waiting[k] ?? Waiting()
+        if !w.owners.isEmpty {
+            let o = w.owners.removeFirst()
+            judgePair(r, o.e, partnerT: e.timeNs)
+        } else if w.partners.count < 1024 {
+            w.partners.append(e.timeNs)
+        }
+        waiting[k] = w
+    }
+
+    private func judgePair(_ r: SocketRule, _ owner: TraceEvent, partnerT: UInt64) {
+        let ok = r.before ? owner.timeNs <= partnerT : owner.timeNs >= partnerT
+        let d = Double(Int64(owner.timeNs) - Int64(partnerT)) / 1000
+        record(r.key, ok, owner, nil, String(format: "%.1f µs %@ its partner on socket %llu", abs(d), d > 0 ? "after" : "before", owner.sock))
+    }
+
+    // MARK: Flows
+
+    private func flowKey(_ p: PacketIdentity) -> FlowKey {
+        let a = UInt64(p.source.rawValue) << 16 | UInt64(p.sourcePort), b = UInt64(p.destination.rawValue) << 16 | UInt64(p.destinationPort)
+        return FlowKey(a: min(a, b), b: max(a, b))
+    }
+
+    /// Handshake segments, as packets enter the correlator's window (ahead of the events).
+    private func admit(_ f: Frame) {
+        guard let id = f.identity, id.proto == 6 else { return }
+        let key = flowKey(id)
+        let syn = id.tcpFlags & 0x02 != 0, ack = id.tcpFlags & 0x10 != 0
+        if !syn && flows[key] == nil { return }
+        var h = flows[key] ?? Handshake()
+        defer { flows[key] = h }
+        if syn { h.segments.append((ack ? .synAck : .syn, f)); return }
+        guard h.afterFinal == nil, let synAck = h.segments.last(where: { $0.kind == .synAck }) else { return }
+        if let final = h.segments.last(where: { $0.kind == .finalAck }), final.frame.timeNs > synAck.frame.timeNs {
+            h.afterFinal = f
+        } else if ack, synAck.frame.identity!.source != id.source {
+            h.segments.append((.finalAck, f))
+        }
+        if h.segments.count > 32 { h.segments.removeFirst(h.segments.count - 32) }
+    }
+
+    private func onFlow(_ key: String, _ e: TraceEvent, after: Segment?, before: Segment?) {
+        guard let p = e.packet ?? e.endpoints, p.proto == 6, let h = flows[flowKey(p)] else { skip(key, "no handshake of its flow on the wire"); return }
+        func matches(_ s: (kind: Segment.Kind, frame: Frame), _ want: Segment) -> Bool {
+            s.kind == want.kind && correlator.toHost(s.frame, netns: e.netns) == want.toHost
+        }
+        var start: UInt64 = 0
+        if let after {
+            guard let a = h.segments.last(where: { matches($0, after) && $0.frame.timeNs <= e.timeNs }) else {
+                record(key, false, e, nil, "no \(after) on the wire before it")
+                return
+            }
+            start = a.frame.timeNs
+        }
+        if let before, let b = h.segments.first(where: { matches($0, before) && $0.frame.timeNs >= start }) {
+            record(key, e.timeNs <= b.frame.timeNs, e, b.frame,
+                   String(format: "the %@ (frame #%d) was on the wire %.1f µs before it", "\(before)", b.frame.number, Double(e.timeNs - b.frame.timeNs) / 1000))
+        } else {
+            record(key, true, e, nil, "")
+        }
+    }
+
+    private func handshake(_ key: String, _ e: TraceEvent) {
+        guard let p = e.endpoints ?? e.packet, let h = flows[flowKey(p)],
+              let synAck = h.segments.last(where: { $0.kind == .synAck && $0.frame.timeNs <= e.timeNs }) else {
+            skip(key, "no SYN-ACK of its flow on the wire before it")
+            return
+        }
+        let final = h.segments.first { $0.kind == .finalAck && $0.frame.timeNs > synAck.frame.timeNs }?.frame
+        if correlator.toHost(synAck.frame, netns: e.netns) {
+            // Active open: established on the SYN-ACK, before the final ACK leaves.
+            record(key, final.map { e.timeNs <= $0.timeNs } ?? true, e, final,
+                   "the final ACK (frame #\(final?.number ?? 0)) left before it")
+        } else {
+            guard let final else { record(key, false, e, nil, "no final ACK reached the host before it"); return }
+            let next = h.afterFinal.map { $0.timeNs >= e.timeNs } ?? true
+            record(key, final.timeNs <= e.timeNs && next, e, final,
+                   final.timeNs > e.timeNs ? "before the final ACK (frame #\(final.number)) arrived" : "after the next segment of its flow")
+        }
+    }
+
+    public func finish() -> CheckReport {
+        for (k, w) in waiting where !w.owners.isEmpty { verdicts[k.rule]!.not_judged["no partner on its socket", default: 0] += w.owners.count }
+        waiting = [:]
+        return CheckReport(scenario: header.scenario, kernel: header.kernel, verdicts: order.map { verdicts[$0]! },
+                           join: correlator.counts, figures: figures.finish())
+    }
+}

@@ -1,0 +1,218 @@
+import KlabPacket
+import KlabSchema
+
+/// How an event found its wire packet.
+public enum Join: String, Sendable, Codable, CaseIterable {
+    /// The packet fields the probe read equal the captured packet's.
+    case identity
+    /// A TCP event that knows only its socket's flow, sequence number and flags.
+    case segment
+    /// The same skb as an earlier event of the packet, inside the kernel.
+    case skb
+    /// One skb that left as several wire packets (TSO/GSO): joined to the first.
+    case gso
+}
+
+/// Streams a run's events (time order) against its capture and joins them: each event to the
+/// wire packet it belongs to, nearest in time among those within `window`; each wire packet,
+/// once no event can still join it, to its journey. Memory holds only the packets of one
+/// window and one entry per recent skb, whatever the run's size.
+public final class Correlator {
+    public let links: [RunHeader.Link]
+    public let window: UInt64
+    /// Each event as it is joined, in time order, with its frame (if any).
+    public var onEvent: (TraceEvent, Frame?, Join?) throws -> Void = { _, _, _ in }
+    /// Each wire packet with its events in time order, in capture order.
+    public var onJourney: (Frame, [TraceEvent]) throws -> Void = { _, _ in }
+    /// Each wire packet as it enters the window (before any event joins it).
+    public var onFrame: (Frame) -> Void = { _ in }
+
+    public private(set) var counts = Counts()
+
+    public struct Counts: Codable, Sendable {
+        public var events = 0
+        public var packetEvents = 0
+        public var frames = 0
+        public var framesWithoutEvents = 0
+        public var joined: [String: Int] = [:]
+        /// Packet events that joined no wire packet, by event name.
+        public var unmatched: [String: Int] = [:]
+        /// skbs that left as several wire packets, and how many packets they made.
+        public var gsoSkbs = 0
+        public var gsoPackets = 0
+        /// Receive-side TCP events whose skb carried more than its first packet: backlog
+        /// coalescing or GRO merged later segments into it.
+        public var coalescedSkbs = 0
+        public var coalescedBytes = 0
+    }
+
+    private struct Slot { let frame: Frame; var events: [TraceEvent] }
+    private var slots: [Slot] = []
+    private var head = 0
+    private var firstNumber = 1
+    private var byIdentity: [PacketIdentity: [Int]] = [:]
+    private struct SegmentKey: Hashable { let src, dst: UInt32; let ports: UInt32; let seq: UInt32; let flags: UInt8 }
+    private var bySegment: [SegmentKey: [Int]] = [:]
+    private struct FlowKey: Hashable { let src, dst: UInt32; let ports: UInt32 }
+    private var byFlow: [FlowKey: [Int]] = [:]
+    private var skbs: [UInt64: (frame: Int, t: UInt64)] = [:]
+    private var skbSweep = 0
+
+    /// Probes that see a TCP skb after the IP header is pulled (skb->len is TCP header + data).
+    static let tcpLayerProbes: Set<UInt16> = Set(
+        [Schema.tcpProbe.id] + ["fentry_tcp_v4_rcv", "kprobe_tcp_v4_rcv"].compactMap { Schema.probe(program: $0)?.id })
+
+    public init(links: [RunHeader.Link], window: UInt64 = 50_000_000) {
+        self.links = links
+        self.window = window
+    }
+
+    /// Whether `frame` went into the host of namespace `netns`: frames are captured where
+    /// they leave or enter one host's link; the other host of a wire sees them arrive.
+    public func toHost(_ frame: Frame, netns: UInt32) -> Bool {
+        links[frame.link].netns == netns ? frame.toHost : !frame.toHost
+    }
+
+    public func run(events: EventReader, frames: FrameReader) throws {
+        var next = try frames.next()
+        while let e = try events.next() {
+            while let f = next, f.timeNs <= e.timeNs &+ window {
+                admit(f)
+                next = try frames.next()
+            }
+            try evict(before: e.timeNs &- min(window, e.timeNs))
+            try join(e)
+        }
+        while let f = next {
+            admit(f)
+            try evict(before: f.timeNs &- min(window, f.timeNs))
+            next = try frames.next()
+        }
+        try evict(before: .max)
+    }
+
+    private func admit(_ f: Frame) {
+        counts.frames += 1
+        onFrame(f)
+        slots.append(Slot(frame: f, events: []))
+        guard let id = f.identity else { return }
+        byIdentity[id, default: []].append(f.number)
+        if id.proto == 6 {
+            bySegment[segmentKey(id), default: []].append(f.number)
+            byFlow[flowKey(id), default: []].append(f.number)
+        }
+    }
+
+    private func segmentKey(_ id: PacketIdentity) -> SegmentKey {
+        SegmentKey(src: id.source.rawValue, dst: id.destination.rawValue, ports: UInt32(id.sourcePort) << 16 | UInt32(id.destinationPort),
+                   seq: id.tcpSeq, flags: id.tcpFlags)
+    }
+    private func flowKey(_ id: PacketIdentity) -> FlowKey {
+        FlowKey(src: id.source.rawValue, dst: id.destination.rawValue, ports: UInt32(id.sourcePort) << 16 | UInt32(id.destinationPort))
+    }
+
+    private func evict(before t: UInt64) throws {
+        while head < slots.count, slots[head].frame.timeNs < t {
+            let s = slots[head]
+            if s.events.isEmpty { counts.framesWithoutEvents += 1 }
+            try onJourney(s.frame, s.events)
+            if let id = s.frame.identity {
+                drop(s.frame.number, from: &byIdentity, id)
+                if id.proto == 6 {
+                    drop(s.frame.number, from: &bySegment, segmentKey(id))
+                    drop(s.frame.number, from: &byFlow, flowKey(id))
+                }
+            }
+            head += 1
+            firstNumber += 1
+        }
+        if head > 4096 && head * 2 > slots.count {
+            slots.removeFirst(head)
+            head = 0
+        }
+    }
+
+    private func drop<K>(_ n: Int, from map: inout [K: [Int]], _ key: K) {
+        guard var list = map[key] else { return }
+        list.removeAll { $0 == n }
+        map[key] = list.isEmpty ? nil : list
+    }
+
+    private func slotIndex(_ number: Int) -> Int { head + (number - firstNumber) }
+
+    private func nearest(_ numbers: [Int]?, to t: UInt64) -> Int? {
+        numbers?.min { distance(slots[slotIndex($0)].frame.timeNs, t) < distance(slots[slotIndex($1)].frame.timeNs, t) }
+    }
+    private func distance(_ a: UInt64, _ b: UInt64) -> UInt64 { a > b ? a - b : b - a }
+
+    /// For the event being joined by `.gso`: how many wire packets its skb became.
+    public private(set) var gsoParts = 0
+
+    private func join(_ e: TraceEvent) throws {
+        counts.events += 1
+        gsoParts = 0
+        var number: Int?, how: Join?
+        if let id = e.packet {
+            counts.packetEvents += 1
+            if let n = nearest(byIdentity[id], to: e.timeNs) {
+                (number, how) = (n, .identity)
+            } else if id.proto == 6, id.length > 0, let g = gso(id, e) {
+                (number, how) = (g.first, .gso)
+                gsoParts = g.parts
+                if e.skb == 0 || skbs[e.skb]?.frame != g.first {
+                    counts.gsoSkbs += 1
+                    counts.gsoPackets += g.parts
+                }
+            }
+        } else if let p = e.endpoints, p.proto == 6, p.tcpFlags != 0, p.tcpSeq != 0 {
+            if let n = nearest(bySegment[segmentKey(p)], to: e.timeNs) {
+                (number, how) = (n, .segment)
+            } else if p.length > 0, let g = gso(p, e) {
+                (number, how) = (g.first, .gso)
+                gsoParts = g.parts
+                counts.gsoSkbs += 1
+                counts.gsoPackets += g.parts
+            }
+        }
+        if number == nil, e.skb != 0, let s = skbs[e.skb], e.timeNs &- s.t < window, s.frame >= firstNumber {
+            (number, how) = (s.frame, .skb)
+        }
+        if let number, e.skb != 0 {
+            skbs[e.skb] = (number, e.timeNs)
+            skbSweep += 1
+            if skbSweep > 65536 && skbSweep > skbs.count {
+                let horizon = e.timeNs &- min(window, e.timeNs)
+                skbs = skbs.filter { $0.value.t >= horizon }
+                skbSweep = 0
+            }
+        }
+        if let p = e.packet, p.proto == 6, Self.tcpLayerProbes.contains(e.probe), e.ipLength > 20, Int(e.skbLen) > Int(e.ipLength) - 20 {
+            counts.coalescedSkbs += 1
+            counts.coalescedBytes += Int(e.skbLen) - (Int(e.ipLength) - 20)
+        }
+        if let how { counts.joined[how.rawValue, default: 0] += 1 } else if e.packet != nil { counts.unmatched[e.name, default: 0] += 1 }
+        var frame: Frame?
+        if let number {
+            let i = slotIndex(number)
+            slots[i].events.append(e)
+            frame = slots[i].frame
+        }
+        try onEvent(e, frame, how)
+    }
+
+    /// A TCP skb bigger than any wire packet of its flow: the wire packets of the same flow
+    /// whose sequence numbers fall inside it, within the window.
+    private func gso(_ id: PacketIdentity, _ e: TraceEvent) -> (first: Int, parts: Int)? {
+        guard let list = byFlow[flowKey(id)] else { return nil }
+        let end = id.tcpSeq &+ UInt32(id.length)
+        let parts = list.filter { n in
+            let p = slots[slotIndex(n)].frame.identity!
+            return p.length > 0 && p.length < id.length && (p.tcpSeq &- id.tcpSeq) < UInt32(id.length) && (end &- p.tcpSeq) <= UInt32(id.length)
+                && distance(slots[slotIndex(n)].frame.timeNs, e.timeNs) < window
+        }
+        guard let first = parts.filter({ slots[slotIndex($0)].frame.identity!.tcpSeq == id.tcpSeq }).min(by: {
+            distance(slots[slotIndex($0)].frame.timeNs, e.timeNs) < distance(slots[slotIndex($1)].frame.timeNs, e.timeNs)
+        }) else { return nil }
+        return (first, parts.count)
+    }
+}

@@ -1,0 +1,200 @@
+import Foundation
+import KlabSchema
+
+/// A results folder's problem, naming the file: a missing, truncated or corrupt file, or
+/// files that do not belong together.
+public struct ResultsError: Error, CustomStringConvertible {
+    public let file: String
+    public let problem: String
+    public init(_ file: String, _ problem: String) { (self.file, self.problem) = (file, problem) }
+    public var description: String { "\(file): \(problem)" }
+}
+
+/// The first line of events.jsonl: what the run logged, from where, and how to relate its
+/// clocks. `klab check` needs nothing else from that file: it reads events.bin and
+/// capture.pcap (with capture.links) again.
+public struct RunHeader: Codable, Sendable {
+    public struct Probe: Codable, Sendable {
+        public let program: String
+        public let site: String
+        public init(program: String, site: String) { (self.program, self.site) = (program, site) }
+    }
+    public struct Event: Codable, Sendable {
+        public let name: String
+        public let level: String
+        public let site: String?
+        public let placement: String
+        public let detail: String
+        public let also: [String]?
+        public init(name: String, level: String, site: String?, placement: String, detail: String, also: [String]?) {
+            (self.name, self.level, self.site, self.placement, self.detail, self.also) = (name, level, site, placement, detail, also)
+        }
+    }
+    public struct Clocks: Codable, Sendable {
+        public let event_time: String
+        public let capture_time: String
+        public let monotonic_to_realtime_offset_ns: Int64?
+        public let tsc_hz: Double?
+        public init(event_time: String, capture_time: String, monotonic_to_realtime_offset_ns: Int64?, tsc_hz: Double?) {
+            (self.event_time, self.capture_time, self.monotonic_to_realtime_offset_ns, self.tsc_hz) =
+                (event_time, capture_time, monotonic_to_realtime_offset_ns, tsc_hz)
+        }
+    }
+    public struct HostInfo: Codable, Sendable {
+        public let name: String
+        public let netns: UInt32
+        public let netns_cookie: UInt64
+        public init(name: String, netns: UInt32, netns_cookie: UInt64) { (self.name, self.netns, self.netns_cookie) = (name, netns, netns_cookie) }
+    }
+    /// What capture.pcap held when the run ended, so a capture from another run is caught.
+    public struct CaptureInfo: Codable, Sendable {
+        public let frames: Int
+        public let first_realtime_ns: UInt64?
+        public let last_realtime_ns: UInt64?
+        /// The captured links, by their index in capture.links.
+        public let links: [Link]
+        public init(frames: Int, first_realtime_ns: UInt64?, last_realtime_ns: UInt64?, links: [Link]) {
+            (self.frames, self.first_realtime_ns, self.last_realtime_ns, self.links) = (frames, first_realtime_ns, last_realtime_ns, links)
+        }
+    }
+    public struct Link: Codable, Sendable {
+        public let device: String
+        public let netns: UInt32
+        public init(device: String, netns: UInt32) { (self.device, self.netns) = (device, netns) }
+    }
+
+    public let klab: String
+    public let version: Int
+    public let scenario: String
+    public let kernel: String
+    public let probes: [Probe]
+    public let events: [Event]
+    public let clocks: Clocks
+    public let hosts: [HostInfo]
+    public let record_size: Int
+    public let records: Int?
+    public let capture: CaptureInfo?
+
+    public init(scenario: String, kernel: String, probes: [Probe], events: [Event], clocks: Clocks, hosts: [HostInfo],
+                records: Int, capture: CaptureInfo) {
+        (klab, version, self.scenario, self.kernel, self.probes, self.events) = ("events", 2, scenario, kernel, probes, events)
+        (self.clocks, self.hosts, record_size, self.records, self.capture) = (clocks, hosts, TraceEvent.recordSize, records, capture)
+    }
+
+    /// The names of the events this run logged (those with a site).
+    public var logged: Set<String> { Set(events.filter { $0.site != nil }.map(\.name)) }
+}
+
+/// A results folder as `klab check` reads it: the header, then events.bin and capture.pcap
+/// streamed. Everything is validated up front so a bad folder fails before any output.
+public struct ResultsFolder: Sendable {
+    public let path: String
+    public let header: RunHeader
+    public let offsetNs: Int64
+    public let tscHz: Double
+
+    public var eventsFile: String { "\(path)/events.bin" }
+    public var captureFile: String { "\(path)/capture.pcap" }
+    public var linksFile: String { "\(path)/capture.links" }
+
+    public init(_ path: String) throws {
+        self.path = path
+        var isDir: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir), isDir.boolValue else {
+            throw ResultsError(path, "no such results folder")
+        }
+        let jsonl = "\(path)/events.jsonl"
+        guard let handle = FileHandle(forReadingAtPath: jsonl) else {
+            throw ResultsError(jsonl, FileManager.default.fileExists(atPath: jsonl) ? "cannot read it" : "missing (not a results folder of klab run?)")
+        }
+        defer { try? handle.close() }
+        // The header is the first line; read only that much.
+        var first = Data()
+        while !first.contains(10), let chunk = try handle.read(upToCount: 1 << 16), !chunk.isEmpty { first.append(chunk) }
+        guard let end = first.firstIndex(of: 10) else { throw ResultsError(jsonl, "line 1: no complete header line (truncated file?)") }
+        do {
+            header = try JSONDecoder().decode(RunHeader.self, from: first[..<end])
+        } catch {
+            throw ResultsError(jsonl, "line 1: not a klab events header: \(Self.reason(error))")
+        }
+        guard header.klab == "events" else { throw ResultsError(jsonl, "line 1: not a klab events header") }
+        guard let offset = header.clocks.monotonic_to_realtime_offset_ns else {
+            throw ResultsError(jsonl, "line 1: no clocks.monotonic_to_realtime_offset_ns: the capture's times cannot be related to the events'")
+        }
+        guard let tsc = header.clocks.tsc_hz, tsc > 0 else { throw ResultsError(jsonl, "line 1: no clocks.tsc_hz: cycles cannot be given") }
+        (offsetNs, tscHz) = (offset, tsc)
+        try validate()
+    }
+
+    /// The folder of a run that has just written its files, with the header in hand.
+    public init(_ path: String, header: RunHeader) throws {
+        self.path = path
+        self.header = header
+        offsetNs = header.clocks.monotonic_to_realtime_offset_ns ?? 0
+        tscHz = header.clocks.tsc_hz ?? 0
+        try validate()
+    }
+
+    private func validate() throws {
+        let jsonl = "\(path)/events.jsonl"
+        guard header.record_size == TraceEvent.recordSize else {
+            throw ResultsError(jsonl, "line 1: records of \(header.record_size) bytes; this klab reads \(TraceEvent.recordSize)-byte records")
+        }
+        try checkEvents()
+        guard header.capture != nil else {
+            throw ResultsError(jsonl, "line 1: no capture section (a results folder from an older klab: rerun the scenario)")
+        }
+        // The first frame's stamp now; the count and the last stamp as the stream ends.
+        if let first = try frames().next(), first.realtimeNs != header.capture!.first_realtime_ns {
+            throw ResultsError(captureFile, "its first frame is stamped \(Self.clock(first.realtimeNs)), but this run's first was "
+                               + "\(header.capture!.first_realtime_ns.map(Self.clock) ?? "none"): the capture belongs to another run")
+        }
+    }
+
+    public func frames() throws -> FrameReader {
+        try FrameReader(pcap: captureFile, links: linksFile, offsetNs: offsetNs, linkCount: header.capture?.links.count ?? 0)
+    }
+
+    /// Streams the whole run through `correlator`, then checks the capture ended where the run's did.
+    public func stream(_ correlator: Correlator) throws {
+        let frames = try frames()
+        try correlator.run(events: EventReader(eventsFile), frames: frames)
+        let info = header.capture!
+        if frames.count != info.frames || frames.last != info.last_realtime_ns {
+            throw ResultsError(captureFile, "holds \(frames.count) frames up to \(frames.last.map(Self.clock) ?? "none"), but this run captured "
+                               + "\(info.frames) up to \(info.last_realtime_ns.map(Self.clock) ?? "none") (events.jsonl line 1): "
+                               + "truncated, or from another run")
+        }
+    }
+
+    private func checkEvents() throws {
+        var st = stat()
+        guard stat(eventsFile, &st) == 0 else { throw ResultsError(eventsFile, "missing: \(String(cString: strerror(errno)))") }
+        let size = Int(st.st_size), rec = TraceEvent.recordSize
+        if size % rec != 0 {
+            throw ResultsError(eventsFile, "\(size) bytes is not a whole number of \(rec)-byte records: truncated after record \(size / rec)")
+        }
+        if let n = header.records, n != size / rec {
+            throw ResultsError(eventsFile, "\(size / rec) records, but events.jsonl's header says the run logged \(n)")
+        }
+    }
+
+    static func clock(_ ns: UInt64) -> String {
+        let d = Date(timeIntervalSince1970: Double(ns) / 1e9)
+        let f = DateFormatter()
+        f.dateFormat = "yyyy-MM-dd HH:mm:ss.SSSSSS"
+        f.timeZone = TimeZone(identifier: "UTC")
+        return f.string(from: d) + " UTC"
+    }
+
+    static func reason(_ error: Error) -> String {
+        switch error {
+        case DecodingError.keyNotFound(let key, let ctx):
+            "no \((ctx.codingPath + [key]).map(\.stringValue).joined(separator: "."))"
+        case DecodingError.typeMismatch(_, let ctx), DecodingError.valueNotFound(_, let ctx):
+            "\(ctx.codingPath.map(\.stringValue).joined(separator: ".")): \(ctx.debugDescription)"
+        case DecodingError.dataCorrupted(let ctx): ctx.debugDescription
+        default: "\(error)"
+        }
+    }
+}
