@@ -35,6 +35,8 @@ public struct CheckReport: Codable, Sendable {
     public let kernel: String
     public let verdicts: [Verdict]
     public let join: Correlator.Counts
+    /// Packets libpcap lost (the kernel's count): events of those packets join nothing.
+    public let captureDropped: Int
     public let figures: Figures
     public var violations: Int { verdicts.reduce(0) { $0 + $1.violated } }
     public var judged: Int { verdicts.reduce(0) { $0 + $1.judged } }
@@ -272,7 +274,9 @@ public final class PlacementChecker {
                    "the final ACK (frame #\(final?.number ?? 0)) left before it")
         } else {
             guard let final else { record(key, false, e, nil, "no final ACK reached the host before it"); return }
-            let next = h.afterFinal.map { $0.timeNs >= e.timeNs } ?? true
+            // The next segment bounds it only when captured at this host (in wire mode the
+            // capture is where each packet is sent, before it crosses to this host).
+            let next = h.afterFinal.map { $0.timeNs >= e.timeNs || correlator.links[$0.link].netns != e.netns } ?? true
             record(key, final.timeNs <= e.timeNs && next, e, final,
                    final.timeNs > e.timeNs ? "before the final ACK (frame #\(final.number)) arrived" : "after the next segment of its flow")
         }
@@ -282,6 +286,6 @@ public final class PlacementChecker {
         for (k, w) in waiting where !w.owners.isEmpty { verdicts[k.rule]!.not_judged["no partner on its socket", default: 0] += w.owners.count }
         waiting = [:]
         return CheckReport(scenario: header.scenario, kernel: header.kernel, verdicts: order.map { verdicts[$0]! },
-                           join: correlator.counts, figures: figures.finish())
+                           join: correlator.counts, captureDropped: header.capture?.dropped ?? 0, figures: figures.finish())
     }
 }

@@ -51,7 +51,8 @@ public final class Correlator {
     private var head = 0
     private var firstNumber = 1
     private var byIdentity: [PacketIdentity: [Int]] = [:]
-    private struct SegmentKey: Hashable { let src, dst: UInt32; let ports: UInt32; let seq: UInt32; let flags: UInt8 }
+    /// A TCP segment as a socket knows it before IP: flow, seq, ack (rcv_nxt) and flags.
+    private struct SegmentKey: Hashable { let src, dst: UInt32; let ports: UInt32; let seq, ack: UInt32; let flags: UInt8; let length: UInt16 }
     private var bySegment: [SegmentKey: [Int]] = [:]
     private struct FlowKey: Hashable { let src, dst: UInt32; let ports: UInt32 }
     private var byFlow: [FlowKey: [Int]] = [:]
@@ -105,7 +106,7 @@ public final class Correlator {
 
     private func segmentKey(_ id: PacketIdentity) -> SegmentKey {
         SegmentKey(src: id.source.rawValue, dst: id.destination.rawValue, ports: UInt32(id.sourcePort) << 16 | UInt32(id.destinationPort),
-                   seq: id.tcpSeq, flags: id.tcpFlags)
+                   seq: id.tcpSeq, ack: id.tcpAck, flags: id.tcpFlags, length: id.length)
     }
     private func flowKey(_ id: PacketIdentity) -> FlowKey {
         FlowKey(src: id.source.rawValue, dst: id.destination.rawValue, ports: UInt32(id.sourcePort) << 16 | UInt32(id.destinationPort))
@@ -138,10 +139,19 @@ public final class Correlator {
         map[key] = list.isEmpty ? nil : list
     }
 
+    private func samePacket(_ a: PacketIdentity, _ b: PacketIdentity?) -> Bool {
+        guard let b else { return false }
+        return a.source == b.source && a.destination == b.destination && a.proto == b.proto && a.ipID == b.ipID
+            && a.sourcePort == b.sourcePort && a.destinationPort == b.destinationPort
+    }
+
     private func slotIndex(_ number: Int) -> Int { head + (number - firstNumber) }
 
-    private func nearest(_ numbers: [Int]?, to t: UInt64) -> Int? {
-        numbers?.min { distance(slots[slotIndex($0)].frame.timeNs, t) < distance(slots[slotIndex($1)].frame.timeNs, t) }
+    /// The frame nearest in time to `e` among `numbers` that holds no event of the same kind
+    /// from the same probe yet: identical segments (duplicate ACKs) each get their own.
+    private func nearest(_ numbers: [Int]?, to e: TraceEvent) -> Int? {
+        numbers?.filter { n in !slots[slotIndex(n)].events.contains { $0.event == e.event && $0.probe == e.probe } }
+            .min { distance(slots[slotIndex($0)].frame.timeNs, e.timeNs) < distance(slots[slotIndex($1)].frame.timeNs, e.timeNs) }
     }
     private func distance(_ a: UInt64, _ b: UInt64) -> UInt64 { a > b ? a - b : b - a }
 
@@ -154,7 +164,7 @@ public final class Correlator {
         var number: Int?, how: Join?
         if let id = e.packet {
             counts.packetEvents += 1
-            if let n = nearest(byIdentity[id], to: e.timeNs) {
+            if let n = nearest(byIdentity[id], to: e) {
                 (number, how) = (n, .identity)
             } else if id.proto == 6, id.length > 0, let g = gso(id, e) {
                 (number, how) = (g.first, .gso)
@@ -165,7 +175,7 @@ public final class Correlator {
                 }
             }
         } else if let p = e.endpoints, p.proto == 6, p.tcpFlags != 0, p.tcpSeq != 0 {
-            if let n = nearest(bySegment[segmentKey(p)], to: e.timeNs) {
+            if let n = nearest(bySegment[segmentKey(p)], to: e) {
                 (number, how) = (n, .segment)
             } else if p.length > 0, let g = gso(p, e) {
                 (number, how) = (g.first, .gso)
@@ -174,7 +184,10 @@ public final class Correlator {
                 counts.gsoPackets += g.parts
             }
         }
-        if number == nil, e.skb != 0, let s = skbs[e.skb], e.timeNs &- s.t < window, s.frame >= firstNumber {
+        // An skb is freed and reused within microseconds: join by it only the events that
+        // name no packet of their own, or the same packet (flow and IP ID) as before.
+        if number == nil, e.skb != 0, let s = skbs[e.skb], e.timeNs &- s.t < window, s.frame >= firstNumber,
+           e.packet.map({ samePacket($0, slots[slotIndex(s.frame)].frame.identity) }) ?? true {
             (number, how) = (s.frame, .skb)
         }
         if let number, e.skb != 0 {

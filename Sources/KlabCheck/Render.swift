@@ -27,6 +27,9 @@ extension CheckReport {
                      + Join.allCases.map { "\($0.rawValue) \(j.joined[$0.rawValue] ?? 0)" }.joined(separator: ", "))
         lines.append("      \(j.framesWithoutEvents) wire packets with no event; packet events joined to no wire packet: "
                      + (j.unmatched.isEmpty ? "none" : j.unmatched.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ")))
+        if captureDropped > 0 {
+            lines.append("      the capture lost \(captureDropped) packets (libpcap's kernel count): their events are among those joined to no wire packet")
+        }
         lines.append("      TSO/GSO: \(j.gsoSkbs) skbs left as \(j.gsoPackets) wire packets; coalescing: \(j.coalescedSkbs) receive skbs carried "
                      + "\(j.coalescedBytes) bytes of later segments")
         let s = figures.segmentation, t = figures.tcp_fragment, r = figures.reassembly, a = figures.acks_per_freed_frame

@@ -53,8 +53,11 @@ public struct RunHeader: Codable, Sendable {
         public let last_realtime_ns: UInt64?
         /// The captured links, by their index in capture.links.
         public let links: [Link]
-        public init(frames: Int, first_realtime_ns: UInt64?, last_realtime_ns: UInt64?, links: [Link]) {
-            (self.frames, self.first_realtime_ns, self.last_realtime_ns, self.links) = (frames, first_realtime_ns, last_realtime_ns, links)
+        /// Packets the kernel dropped before libpcap read them: their events join nothing.
+        public let dropped: Int?
+        public init(frames: Int, first_realtime_ns: UInt64?, last_realtime_ns: UInt64?, links: [Link], dropped: Int) {
+            (self.frames, self.first_realtime_ns, self.last_realtime_ns, self.links, self.dropped) =
+                (frames, first_realtime_ns, last_realtime_ns, links, dropped)
         }
     }
     public struct Link: Codable, Sendable {

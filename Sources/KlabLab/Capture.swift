@@ -35,6 +35,8 @@ public final class Capture: @unchecked Sendable {
     public private(set) var frames = 0
     public private(set) var firstRealtimeNs: UInt64?
     public private(set) var lastRealtimeNs: UInt64?
+    /// Packets the kernel dropped before libpcap read them (pcap_stats), known after `stop`.
+    public private(set) var dropped = 0
     /// Read but not yet written: each direction has its own handle, so packets are held
     /// back briefly and written in time order.
     private var pending: [(packet: CapturedPacket, length: UInt32)] = []
@@ -167,6 +169,8 @@ public final class Capture: @unchecked Sendable {
         guard !handles.isEmpty || wasRunning else { return }
         drain(final: true)
         for h in handles {
+            var st = pcap_stat()
+            if pcap_stats(h.pcap, &st) == 0 { dropped += Int(st.ps_drop) + Int(st.ps_ifdrop) }
             pcap_close(h.pcap)
             h.context.release()
         }

@@ -49,7 +49,7 @@ struct Report {
             records: records,
             capture: RunHeader.CaptureInfo(
                 frames: capture.frames, first_realtime_ns: capture.firstRealtimeNs, last_realtime_ns: capture.lastRealtimeNs,
-                links: capture.links.map { RunHeader.Link(device: $0.device, netns: $0.netns) }))
+                links: capture.links.map { RunHeader.Link(device: $0.device, netns: $0.netns) }, dropped: capture.dropped))
     }
 
     /// Writes the files and returns the timeline and the placement check.
