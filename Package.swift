@@ -33,7 +33,7 @@ let package = Package(
             dependencies: ["KlabLab", "KlabTracer", "KlabSchema", "KlabPacket", "KlabAnalysis", "KlabCheck", .product(name: "Yams", package: "Yams")],
             swiftSettings: strict),
         .target(name: "KlabAnalysis", swiftSettings: strict),
-        .target(name: "KlabCheck", dependencies: ["KlabSchema", "KlabPacket"], swiftSettings: strict),
+        .target(name: "KlabCheck", dependencies: ["CKlabLinux", "KlabSchema", "KlabPacket", "KlabAnalysis"], swiftSettings: strict),
         .executableTarget(
             name: "klab",
             dependencies: ["KlabScenario", "KlabAnalysis", "KlabCheck", "KlabTracer", "KlabSchema", "KlabLab", .product(name: "ArgumentParser", package: "swift-argument-parser")],

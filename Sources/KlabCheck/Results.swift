@@ -183,11 +183,11 @@ public struct ResultsFolder: Sendable {
     }
 
     static func clock(_ ns: UInt64) -> String {
-        let d = Date(timeIntervalSince1970: Double(ns) / 1e9)
-        let f = DateFormatter()
-        f.dateFormat = "yyyy-MM-dd HH:mm:ss.SSSSSS"
-        f.timeZone = TimeZone(identifier: "UTC")
-        return f.string(from: d) + " UTC"
+        var t = time_t(ns / 1_000_000_000)
+        var tm = tm()
+        gmtime_r(&t, &tm)
+        return String(format: "%04d-%02d-%02d %02d:%02d:%02d.%09llu UTC", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
+                      tm.tm_sec, ns % 1_000_000_000)
     }
 
     static func reason(_ error: Error) -> String {

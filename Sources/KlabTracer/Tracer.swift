@@ -162,7 +162,7 @@ public final class Tracer: @unchecked Sendable {
         }
         if was { stopped.wait() }
         if let ring { ring_buffer__consume(ring) }
-        sink.flush()
+        sink.seal()
     }
 
     /// The records so far, decoded.
@@ -208,6 +208,8 @@ final class RecordSink: @unchecked Sendable {
     private let lock = NSLock()
 
     private let live: ((TraceEvent) -> Void)?
+    /// Set by `seal`: the file is final (the results' header counts its records).
+    private var sealed = false
 
     init(path: String, live: ((TraceEvent) -> Void)? = nil) throws {
         self.path = path
@@ -223,6 +225,7 @@ final class RecordSink: @unchecked Sendable {
             return
         }
         lock.lock()
+        if sealed { lock.unlock(); return }
         buffer.append(contentsOf: UnsafeRawBufferPointer(start: data, count: size))
         if buffer.count >= 1 << 20 { writeOut() }
         lock.unlock()
@@ -241,6 +244,8 @@ final class RecordSink: @unchecked Sendable {
     }
 
     func flush() { lock.withLock { writeOut() } }
+    /// Writes what is buffered and ignores records from now on.
+    func seal() { lock.withLock { writeOut(); sealed = true } }
     func close() { flush(); Glibc.close(fd) }
 
     static func read(_ path: String) -> [TraceEvent] {

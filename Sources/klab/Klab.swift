@@ -14,17 +14,20 @@ struct Klab: ParsableCommand {
             same time, logs the Klogger networking schema's events with BPF. Then it matches
             packets and events, so you can see where each event sits in the stack.
 
-            Exit codes: 0 success; 1 a scenario failed; 2 bad scenario file (printed as
-            file:line:column: error: …); 64 bad command line; 69 a requirement is missing
+            Exit codes: 0 success; 1 a scenario failed or a placement rule was violated; 2 bad
+            scenario file (printed as file:line:column: error: …); 64 bad command line; 65 a
+            results folder is missing, truncated, corrupt or mixed from two runs; 69 a requirement is missing
             (root, /dev/net/tun, BTF, tracefs, cgroup v2, BPF); 70 internal error; 130
             interrupted (Ctrl-C or SIGTERM).
             """,
-        subcommands: [Run.self, Validate.self, Trace.self, SchemaCommand.self, CompareSites.self, JourneyCommand.self, Bench.self])
+        subcommands: [Run.self, Validate.self, Trace.self, SchemaCommand.self, CheckCommand.self, CompareSites.self, JourneyCommand.self, Bench.self])
 }
 
 enum ExitCodes {
     static let failed: Int32 = 1
     static let software: Int32 = 70
+    /// A results folder that is missing, truncated, corrupt or mixed from two runs (EX_DATAERR).
+    static let badResults: Int32 = 65
     static let interrupted: Int32 = 130
 }
 

@@ -1,0 +1,58 @@
+import ArgumentParser
+import Foundation
+import KlabCheck
+
+struct CheckCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "check",
+        abstract: "Judge where every schema event sits, from a results folder.",
+        discussion: """
+            Streams the run's event log (events.bin) against its capture (capture.pcap and
+            capture.links), joins each event to the wire packet it belongs to (by the packet's
+            fields, by a TCP socket's flow, seq, ack and flags, or by skb inside the kernel;
+            one skb that left as several packets (TSO/GSO) joins the first), and judges every
+            occurrence against the placement rules the catalog declares for the site it was
+            logged from (`klab schema` lists them): before or after its packet on the wire,
+            in order with the other layers' events on the same packet or socket, between the
+            right handshake segments. Approximate sites are judged against their own documented
+            placement, and the verdict says so.
+
+            Prints a table of verdicts (N of N hold, or the counter-examples with frame, time,
+            skb and socket), what joined nothing, and the seed's §2.2 figures: TCP_SENDPACKET
+            and wire packets per write, IP fragments among TCP packets, tcp_fragment calls,
+            reassembly, ACKs per frame freed after a full window. Writes RESULTS/verdicts.json.
+            Exit status 1 when a rule is violated. `klab run` does the same at the end of
+            every scenario. Memory stays bounded however long the run.
+
+              klab check results/demo/tcp-handshake
+              klab check results/demo/tcp-handshake --json | jq '.verdicts[] | select(.held < .judged)'
+            """)
+
+    @Argument(help: "A results folder of klab run.")
+    var results: String
+
+    @Flag(help: "Print the verdicts as JSON (the same as verdicts.json) instead of the table.")
+    var json = false
+
+    func run() throws {
+        let report: CheckReport
+        do {
+            let folder = try ResultsFolder(results)
+            let correlator = Correlator(links: folder.header.capture?.links ?? [])
+            let checker = PlacementChecker(header: folder.header, correlator: correlator)
+            correlator.onEvent = { e, f, how in checker.event(e, f, how) }
+            correlator.onJourney = { f, list in checker.journey(f, list) }
+            try folder.stream(correlator)
+            report = checker.finish()
+        } catch let e as ResultsError {
+            FileHandle.standardError.write(Data("klab check: \(e)\n".utf8))
+            throw ExitCode(ExitCodes.badResults)
+        }
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes]
+        let data = try enc.encode(report)
+        try data.write(to: URL(fileURLWithPath: "\(results)/verdicts.json"), options: .atomic)
+        say(json ? String(decoding: data, as: UTF8.self) : report.text())
+        if report.violations > 0 { throw ExitCode(ExitCodes.failed) }
+    }
+}
