@@ -132,6 +132,7 @@ public final class Runner {
         if check.violations > 0 {
             play.failures.append("placement: \(check.violations) occurrences broke their placement rules (verdicts.json)")
         }
+        log(play.failures.isEmpty && !Interrupt.requested ? "\(scenario.name): PASSED" : "\(scenario.name): FAILED")
         return Outcome(
             scenario: scenario.name, directory: dir, passed: play.failures.isEmpty && !Interrupt.requested,
             failures: play.failures, interrupted: Interrupt.requested)

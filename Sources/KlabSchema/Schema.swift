@@ -1,3 +1,5 @@
+import Foundation
+
 /// The catalog: every probe klab's tracer has and every event of the Klogger networking
 /// schema with its level, fields, Klogger placement and probe sites.
 public enum Schema {
@@ -94,8 +96,23 @@ public enum Schema {
     private static let sent: [Rule] = [.beforeSent]
     private static let received: [Rule] = [.afterReceived, .afterOnPacket(["IP_RECEIVEPACKET"])]
 
-    /// The schema, in the order of the seed's levels.
-    public static let events: [EventSpec] = [
+    /// The schema, in the order of the seed's levels. For tests only, KLAB_TEST_PLANT=EVENT=program
+    /// plants a wrong catalog entry: that program becomes the event's first (exact) site.
+    public static let events: [EventSpec] = planted(catalog)
+
+    static func planted(_ events: [EventSpec]) -> [EventSpec] {
+        guard let plant = ProcessInfo.processInfo.environment["KLAB_TEST_PLANT"] else { return events }
+        let parts = plant.split(separator: "=").map(String.init)
+        guard parts.count == 2, let probe = probe(program: parts[1]) else { return events }
+        return events.map { e in
+            guard e.name == parts[0] else { return e }
+            let wrong = Site(probes: [probe], approximation: nil, caveat: "planted by KLAB_TEST_PLANT, a test-only catalog entry")
+            return EventSpec(id: e.id, name: e.name, level: e.level, untilLevel: e.untilLevel, fields: e.fields, klogger: e.klogger,
+                             aliases: e.aliases, sites: [wrong] + e.sites, rules: e.rules)
+        }
+    }
+
+    static let catalog: [EventSpec] = [
         // Socket (high) level.
         ev(1, "SOCKET_CREATE", .socket, [.socket], "inet_create, once the socket is an AF_INET one",
            [exact(fentry("inet_create")), exact(sockCreate)]),

@@ -34,6 +34,10 @@ struct LanguageTests {
         #expect(r.stdout.contains("\(name): PASSED"))
         let summary = try json("\(dir)/summary.json")
         #expect(summary["passed"] as? Bool == true)
+        // Every placement verdict holds, and the run judged something.
+        let placement = summary["placement"] as? [String: Any]
+        #expect(placement?["violations"] as? Int == 0 && (placement?["judged"] as? Int ?? 0) > 0, "\(placement ?? [:])")
+        #expect(r.stdout.contains("placement verdicts for \(name)"))
         let steps = summary["steps"] as? [[String: Any]] ?? []
         #expect(!steps.isEmpty && steps.allSatisfy { $0["ok"] as? Bool == true })
         // Every events: step was checked against the trace and found its events.

@@ -41,8 +41,9 @@ struct Finished {
 }
 
 /// Runs klab to completion.
-func klab(_ args: [String], asUser user: String? = nil) throws -> Finished {
+func klab(_ args: [String], asUser user: String? = nil, environment: [String: String] = [:]) throws -> Finished {
     let p = Process()
+    if !environment.isEmpty { p.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
     if let user {
         p.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
         p.arguments = ["--reuid=\(user)", "--regid=\(user)", "--clear-groups", "--", klabBinary] + args

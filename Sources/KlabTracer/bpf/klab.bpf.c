@@ -50,6 +50,9 @@ int BPF_PROG(tp_net_dev_queue, struct sk_buff *skb) {
     EMIT_IF(m, &e, KLAB_EV_TCP_SENDPACKET, tcp);
     EMIT_IF(m, &e, KLAB_EV_ICMP_SEND, icmp && ICMP_ERROR(e.icmp_type));
     EMIT_IF(m, &e, KLAB_EV_ICMP_REPLY, icmp && e.icmp_type == 0);
+    // Never set by the catalog: only the planted test entry (KLAB_TEST_PLANT) ties a receive
+    // event to this transmit hook, to prove that klab check catches a misplaced event.
+    EMIT_IF(m, &e, KLAB_EV_IP_RECEIVEPACKET, 1);
     return 0;
 }
 

@@ -1,0 +1,79 @@
+import Foundation
+import Testing
+
+/// klab check on real runs: the verdicts klab run prints are the ones klab check finds again
+/// from the files, the seed's §2.2 figures come out of the scenarios built for them, and a
+/// planted catalog entry (an IP receive event tied to a transmit hook) is caught.
+@Suite(.serialized, .enabled(if: Privileged.enabled))
+struct PlacementTests {
+    func run(_ name: String, environment: [String: String] = [:]) throws -> (Finished, String) {
+        let out = try temporaryDirectory()
+        return (try klab(["run", "lab/scenarios/\(name).yaml", "--out", out], environment: environment), "\(out)/\(name)")
+    }
+
+    func figures(_ dir: String) throws -> [String: [String: Any]] {
+        try json("\(dir)/verdicts.json")["figures"] as? [String: [String: Any]] ?? [:]
+    }
+
+    @Test func checkFindsTheRunsVerdictsAgain() throws {
+        let (r, dir) = try run("tcp-handshake")
+        #expect(r.status == 0, "\(r.stdout)\n\(r.stderr)")
+        #expect(r.stdout.contains("placement verdicts for tcp-handshake") && r.stdout.contains("all hold"))
+        let during = try json("\(dir)/verdicts.json")
+        let again = try klab(["check", dir, "--json"])
+        #expect(again.status == 0, "\(again.stderr)")
+        let after = try JSONSerialization.jsonObject(with: Data(again.stdout.utf8)) as? [String: Any] ?? [:]
+        let judged = { (v: [String: Any]) in (v["verdicts"] as? [[String: Any]] ?? []).map { "\($0["event"]!) \($0["rule"]!) \($0["judged"]!)/\($0["held"]!)" } }
+        #expect(!judged(during).isEmpty && judged(during) == judged(after))
+        // Every rule this run could judge held, with the layers in order on the wire's packets.
+        let rows = during["verdicts"] as? [[String: Any]] ?? []
+        #expect(rows.contains { $0["event"] as? String == "TCP_RECEIVEPACKET" && ($0["rule"] as? String)?.contains("IP_RECEIVEPACKET") == true && ($0["judged"] as? Int ?? 0) >= 3 })
+        #expect(rows.allSatisfy { $0["judged"] as? Int == $0["held"] as? Int })
+    }
+
+    @Test func aPlantedMisplacementIsCaught() throws {
+        let (r, dir) = try run("tcp-handshake", environment: ["KLAB_TEST_PLANT": "IP_RECEIVEPACKET=tp_net_dev_queue"])
+        #expect(r.status == 1, "\(r.stdout)\n\(r.stderr)")
+        #expect(r.stdout.contains("placement:") && r.stdout.contains("VIOLATED"))
+        let rows = try json("\(dir)/verdicts.json")["verdicts"] as? [[String: Any]] ?? []
+        let planted = try #require(rows.first { $0["event"] as? String == "IP_RECEIVEPACKET" && ($0["rule"] as? String)?.contains("reaches the host") == true })
+        #expect(planted["site"] as? String == "tracepoint net:net_dev_queue")
+        #expect((planted["judged"] as? Int ?? 0) > 0 && planted["held"] as? Int == 0)
+        let example = (planted["counter_examples"] as? [[String: Any]])?.first
+        #expect((example?["problem"] as? String)?.contains("left the host") == true && example?["frame"] as? Int != nil)
+        // Judged later with the real catalog, the same events come from none of the event's sites.
+        let again = try klab(["check", dir])
+        #expect(again.status == 1)
+        #expect(again.stdout.contains("which is none of IP_RECEIVEPACKET's sites"))
+    }
+
+    @Test func tcpSegmentsAWriteAndLeavesNoIPFragments() throws {
+        let (r, dir) = try run("tcp-large-write")
+        #expect(r.status == 0, "\(r.stdout)\n\(r.stderr)")
+        let s = try figures(dir)["segmentation"] ?? [:]
+        #expect(s["largest_write_bytes"] as? Int == 5000)
+        let sendpackets = s["sendpackets_for_largest"] as? Int ?? 0, wire = s["wire_packets_for_largest"] as? Int ?? 0
+        #expect(sendpackets >= 1 && wire >= 4 && wire >= sendpackets)
+        #expect(s["tcp_ip_fragments_on_wire"] as? Int == 0 && (s["tcp_packets_on_wire"] as? Int ?? 0) > 0)
+        #expect(r.stdout.contains("IP fragments among TCP packets on the wire: 0 of"))
+    }
+
+    @Test func reassemblyHappensOnTheReceivePath() throws {
+        let (r, dir) = try run("udp-fragmented")
+        #expect(r.status == 0, "\(r.stdout)\n\(r.stderr)")
+        let f = try figures(dir)["reassembly"] ?? [:]
+        let fragments = f["fragments"] as? Int ?? 0
+        #expect(f["datagrams"] as? Int == 1 && fragments >= 2)
+        #expect(f["ip_events_on_fragments"] as? Int == fragments)
+        #expect(f["delivered_after_last_fragment"] as? Int == 1 && f["delivered_before_last_fragment"] as? Int == 0)
+    }
+
+    @Test func acksPerFreedFrameAfterAFullWindow() throws {
+        let (r, dir) = try run("tcp-receive-window")
+        #expect(r.status == 0, "\(r.stdout)\n\(r.stderr)")
+        let f = try figures(dir)["acks_per_freed_frame"] ?? [:]
+        #expect(f["zero_windows"] as? Int == 1)
+        // The scenario reads the two frames one by one; only the second read sends a window update.
+        #expect(f["frames_freed"] as? Int == 2 && f["acks_sent"] as? Int == 1)
+    }
+}
