@@ -166,8 +166,14 @@ public final class PlacementChecker {
             for rule in spec.rules(for: site) {
                 guard case .afterOnPacket(let names) = rule, names.contains(where: logged.contains) else { continue }
                 let key = verdictKey(spec, site, rule)
-                let ids = Set(names.compactMap { Schema.event(named: $0)?.id })
-                let partners = events.filter { ids.contains($0.event) && $0.netns == e.netns }
+                // Each partner event as logged from its most faithful site on this packet
+                // (--all-sites logs some twice), then the latest of them. One derived at the
+                // device stands where the device is, not at its layer: it orders nothing.
+                let partners = names.compactMap { name -> TraceEvent? in
+                    guard let p = Schema.event(named: name) else { return nil }
+                    return events.filter { $0.event == p.id && $0.netns == e.netns && p.site(of: $0.probe)?.backend != .device }
+                        .min { rank(p, $0) < rank(p, $1) }
+                }
                 guard let latest = partners.max(by: { $0.timeNs < $1.timeNs }) else {
                     skip(key, "no \(names.joined(separator: "/")) on the same packet")
                     continue
@@ -176,6 +182,11 @@ public final class PlacementChecker {
                                                                          Double(latest.timeNs - e.timeNs) / 1000, latest.name, frame.number))
             }
         }
+    }
+
+    /// A site's place in its event's list: lower is more faithful.
+    private func rank(_ spec: EventSpec, _ e: TraceEvent) -> Int {
+        spec.sites.firstIndex { $0.probes.contains { $0.id == e.probe } } ?? spec.sites.count
     }
 
     // MARK: Socket pairs

@@ -62,7 +62,7 @@ final class FigureBuilder {
 
     // Reassembly: fragment groups as they reach the window.
     private struct FragKey: Hashable { let src, dst: UInt32; let id: UInt16; let proto: UInt8 }
-    private var groups: [FragKey: (count: Int, last: UInt64, ipEvents: Int)] = [:]
+    private var groups: [FragKey: (count: Int, last: UInt64)] = [:]
     private var afterLast: [Double] = []
     private let receiveEvents: Set<UInt16> = Set(["UDP_QUEUE_SOCKETBUFFER", "UDP_RECEIVE", "TCP_RECEIVEPACKET", "ICMP_RECEIVE"].compactMap {
         Schema.event(named: $0)?.id
@@ -81,9 +81,17 @@ final class FigureBuilder {
     private var reads: [(t: UInt64, key: FlowKey, bytes: UInt64)] = []
     private let tcpReceive = Schema.event(named: "TCP_RECEIVE")!.id
 
+    /// Per event, the probes of the site the run logged it from: --all-sites logs some events
+    /// from other sites too, and figures count each occurrence once.
+    private var primary: [UInt16: Set<UInt16>] = [:]
+
     init(header: RunHeader, correlator: Correlator) {
         self.correlator = correlator
         logged = header.logged
+        for h in header.events {
+            guard let spec = Schema.event(named: h.name), let site = spec.sites.first(where: { PlacementChecker.name($0) == h.site }) else { continue }
+            primary[spec.id] = Set(site.probes.map(\.id))
+        }
         let visible = header.events.contains { $0.name == "TCP_FRAGMENT" && $0.site != nil }
         f = Figures(tcp_fragment: .init(
             visible: visible,
@@ -99,7 +107,7 @@ final class FigureBuilder {
         }
         if id.frag & 0x3fff != 0 {
             let k = FragKey(src: id.source.rawValue, dst: id.destination.rawValue, id: id.ipID, proto: id.proto)
-            var g = groups[k] ?? (0, 0, 0)
+            var g = groups[k] ?? (0, 0)
             g.count += 1
             g.last = max(g.last, fr.timeNs)
             groups[k] = g
@@ -108,6 +116,7 @@ final class FigureBuilder {
     }
 
     func event(_ e: TraceEvent, _ frame: Frame?, _ how: Join?) {
+        guard primary[e.event]?.contains(e.probe) ?? true else { return }
         if e.event == tcpSend, e.sock != 0 {
             closeWrite(e.sock)
             writes[e.sock] = Write(bytes: Int(e.bytes))
@@ -125,7 +134,6 @@ final class FigureBuilder {
             if let g = groups.removeValue(forKey: k) {
                 f.reassembly.datagrams += 1
                 f.reassembly.fragments += g.count
-                f.reassembly.ip_events_on_fragments += g.ipEvents
                 if e.timeNs >= g.last {
                     f.reassembly.delivered_after_last_fragment += 1
                     afterLast.append(Double(e.timeNs - g.last) / 1000)
@@ -157,7 +165,8 @@ final class FigureBuilder {
     /// Journeys come in capture order, a window behind the events: the reads before each
     /// packet are applied first, so the receiver's state is replayed in time order.
     func journey(_ fr: Frame, _ events: [TraceEvent]) {
-        for e in events where e.event == ipReceive && fr.identity.map({ $0.frag & 0x3fff != 0 }) == true {
+        for e in events where e.event == ipReceive && primary[e.event]?.contains(e.probe) ?? true
+            && fr.identity.map({ $0.frag & 0x3fff != 0 }) == true {
             f.reassembly.ip_events_on_fragments += 1
         }
         applyReads(until: fr.timeNs)

@@ -44,7 +44,7 @@ public enum Schema {
         ("tcp_v4_rcv", false), ("tcp_disconnect", false), ("udp_push_pending_frames", false), ("icmp_push_reply", false),
         ("udp_flush_pending_frames", false), ("__udp_queue_rcv_skb", false), ("ip_push_pending_frames", false),
         ("ip_flush_pending_frames", false), ("ip_finish_output2", false), ("ip_rcv", false),
-        ("tcp_v4_syn_recv_sock", false),
+        ("tcp_v4_syn_recv_sock", false), ("tcp_fragment", false),
     ]
 
     static func fentry(_ function: String) -> Probe {
@@ -78,10 +78,13 @@ public enum Schema {
     /// fentry then kprobe on Klogger's own function.
     private static func at(_ function: String) -> [Site] { [exact(fentry(function)), exact(kprobe(function))] }
     /// Derived from the packet where it crosses the device.
-    private static func device(_ probe: Probe, rules: [Rule]? = nil) -> Site {
-        Site(probes: [probe], approximation: probe == netifReceiveSkb
-             ? "derived from the packet entering from the device, before ip_rcv"
-             : "derived from the packet queued on the device, after ip_finish_output2", caveat: nil, derived: true, rules: rules)
+    /// Its rules: the packet's side of the device, nothing about the layers it stands in for.
+    private static func device(_ probe: Probe) -> Site {
+        let receive = probe == netifReceiveSkb
+        return Site(probes: [probe], approximation: receive
+                    ? "derived from the packet entering from the device, before ip_rcv"
+                    : "derived from the packet queued on the device, after ip_finish_output2", caveat: nil, derived: true,
+                    rules: [receive ? .afterReceived : .beforeSent])
     }
 
     private static func ev(
@@ -148,10 +151,10 @@ public enum Schema {
            [exact(setState)]),
         // Protocol level.
         ev(12, "TCP_SENDSYN", .protocol, [.tcp], "tcp_connect",
-           at("tcp_connect") + [exact(sockops, "BPF_SOCK_OPS_TCP_CONNECT_CB, before the SYN is built"), device(netDevQueue, rules: sent)],
+           at("tcp_connect") + [exact(sockops, "BPF_SOCK_OPS_TCP_CONNECT_CB, before the SYN is built"), device(netDevQueue)],
            rules: [.onFlow(after: nil, before: .syn(toHost: false))]),
         ev(13, "TCP_RECVSYN", .protocol, [.tcp], "tcp_conn_request",
-           at("tcp_conn_request") + [exact(sockops, "BPF_SOCK_OPS_TIMEOUT_INIT on the new request sock"), device(netifReceiveSkb, rules: received)],
+           at("tcp_conn_request") + [exact(sockops, "BPF_SOCK_OPS_TIMEOUT_INIT on the new request sock"), device(netifReceiveSkb)],
            rules: [.onFlow(after: .syn(toHost: true), before: .synAck(toHost: false))]),
         ev(14, "TCP_SENDACK", .protocol, [.tcp], "__tcp_send_ack",
            at("__tcp_send_ack") + [near(sockops, "__tcp_transmit_skb sizing the options of a segment with only ACK set",
@@ -165,11 +168,11 @@ public enum Schema {
            rules: received),
         ev(16, "TCP_SENDSYNACK", .protocol, [.tcp], "tcp_v4_send_synack",
            at("tcp_v4_send_synack") + [near(sockops, "tcp_make_synack sizing the SYN-ACK's options, inside tcp_v4_send_synack",
-                                            "seq and ack are not known there"), device(netDevQueue, rules: sent)],
+                                            "seq and ack are not known there"), device(netDevQueue)],
            rules: [.onFlow(after: .syn(toHost: true), before: .synAck(toHost: false))]),
         ev(17, "TCP_RECVSYNACK", .protocol, [.tcp], "tcp_rcv_synsent_state_process",
            at("tcp_rcv_synsent_state_process") + [near(sockops, "BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB in tcp_finish_connect, called by tcp_rcv_synsent_state_process"),
-                                                  device(netifReceiveSkb, rules: received)],
+                                                  device(netifReceiveSkb)],
            rules: [.onFlow(after: .synAck(toHost: true), before: .finalAck(toHost: false))]),
         ev(18, "TCP_RECV_URGENTDATA", .protocol, [.tcp], "tcp_urg / tcp_check_urg",
            at("tcp_urg") + [near(tcpProbe, "the entry of tcp_rcv_established, before tcp_urg", "established sockets only"),
@@ -188,7 +191,7 @@ public enum Schema {
             near(recvmsg4, "in udp_recvmsg once the datagram is copied", "calls that ask for the sender's address only")]),
         // __icmp_send and the icmp_send tracepoint see the packet that caused the error; the
         // device sees the error itself.
-        ev(23, "ICMP_SEND", .protocol, [.icmp], "__icmp_send", at("__icmp_send") + [exact(icmpSendTP), device(netDevQueue, rules: sent)],
+        ev(23, "ICMP_SEND", .protocol, [.icmp], "__icmp_send", at("__icmp_send") + [exact(icmpSendTP), device(netDevQueue)],
            rules: [.afterReceived]),
         ev(24, "ICMP_RECEIVE", .protocol, [.icmp], "icmp_rcv", at("icmp_rcv") + [device(netifReceiveSkb)], rules: received),
         ev(25, "TCP_SENDPACKET", .protocol, [.tcp], "the copy loop of tcp_sendmsg_locked → tcp_write_xmit → __tcp_transmit_skb",
@@ -201,7 +204,7 @@ public enum Schema {
            rules: received),
         ev(27, "TCP_DISCONNECT", .protocol, [.tcp], "tcp_disconnect", at("tcp_disconnect")),
         // icmp_reply sees the request; the device sees the reply.
-        ev(28, "ICMP_REPLY", .protocol, [.icmp], "icmp_reply", at("icmp_reply") + [device(netDevQueue, rules: sent)],
+        ev(28, "ICMP_REPLY", .protocol, [.icmp], "icmp_reply", at("icmp_reply") + [device(netDevQueue)],
            rules: [.afterReceived, .afterOnPacket(["ICMP_RECEIVE"])]),
         ev(29, "UDP_PUSHPENDINGFRAMES", .protocol, [.udp], "udp_push_pending_frames", at("udp_push_pending_frames"),
            rules: [.beforeOnSocket(["IP_PUSH_PENDINGFRAMES"])]),
@@ -228,6 +231,8 @@ public enum Schema {
     public static let auxiliary: [EventSpec] = [
         ev(40, "TCP_STATE", .connection, [.socket, .state], "klab: a TCP state change other than to ESTABLISHED or CLOSE",
            [exact(setState)]),
+        ev(41, "TCP_FRAGMENT", .protocol, [.tcp], "klab: tcp_fragment splits a queued skb (the seed's §2.2: practically never reached)",
+           at("tcp_fragment")),
     ]
 
     public static let all = events + auxiliary

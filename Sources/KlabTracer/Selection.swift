@@ -23,7 +23,7 @@ public struct TracerConfig: Sendable {
     /// The events this configuration logs, in catalog order.
     public func events() throws -> [EventSpec] {
         var on = Set(Schema.events.filter { $0.logged(at: level) }.map(\.id))
-        if auxiliary, level >= .connection { on.formUnion(Schema.auxiliary.map(\.id)) }
+        if auxiliary { on.formUnion(Schema.auxiliary.filter { $0.logged(at: level) }.map(\.id)) }
         for t in toggles {
             let add = !t.hasPrefix("-")
             let pattern = t.hasPrefix("-") || t.hasPrefix("+") ? String(t.dropFirst()) : t

@@ -208,6 +208,8 @@ static __always_inline int h_tcp_transmit_skb(__u16 probe, struct sock *sk, stru
 
 static __always_inline int h_tcp_v4_rcv(__u16 probe, struct sk_buff *skb) { return h_skb(probe, skb, KLAB_EV_TCP_RECEIVEPACKET); }
 
+// klab's own: tcp_fragment splits an skb already queued (the seed found it practically never reached).
+static __always_inline int h_tcp_fragment(__u16 probe, struct sock *sk, __u32 len) { return h_sock(probe, sk, 0, KLAB_EV_TCP_FRAGMENT, len); }
 static __always_inline int h_tcp_disconnect(__u16 probe, struct sock *sk) { return h_sock(probe, sk, 0, KLAB_EV_TCP_DISCONNECT, 0); }
 static __always_inline int h_udp_push_pending_frames(__u16 probe, struct sock *sk) { return h_sock(probe, sk, 0, KLAB_EV_UDP_PUSHPENDINGFRAMES, 0); }
 static __always_inline int h_icmp_push_reply(__u16 probe, struct sock *sk) { return h_sock(probe, sk, 0, KLAB_EV_ICMP_PUSHPENDINGFRAMES, 0); }
