@@ -48,15 +48,19 @@ public final class PlacementChecker {
     let header: RunHeader
     let correlator: Correlator
     let logged: Set<String>
-    private var verdicts: [String: Verdict] = [:]
-    private var order: [String] = []
+    private var verdicts: [Verdict] = []
+    private var verdictIndex: [String: Int] = [:]
     private let figures: FigureBuilder
 
+    /// What to judge for each (event, probe): worked out once, then looked up per record.
+    private struct Plan { let key: Int; let rule: Rule?; let partners: [EventSpec]; let partnersLogged: Bool }
+    private var plans: [UInt32: [Plan]] = [:]
+
     // Socket pairing: per socket and rule, the occurrences still waiting for a partner.
-    private struct PairKey: Hashable { let sock: UInt64; let rule: String }
+    private struct PairKey: Hashable { let sock: UInt64; let rule: Int }
     private struct Waiting { var owners: [(t: UInt64, e: TraceEvent)] = []; var partners: [UInt64] = [] }
     private var waiting: [PairKey: Waiting] = [:]
-    private struct SocketRule { let key: String; let owner: UInt16; let partners: Set<UInt16>; let before: Bool }
+    private struct SocketRule { let key: Int; let owner: UInt16; let partners: Set<UInt16>; let before: Bool }
     private var socketRules: [SocketRule] = []
     private var rulesByPartner: [UInt16: [Int]] = [:]
 
@@ -94,43 +98,58 @@ public final class PlacementChecker {
 
     static func name(_ site: Site) -> String { site.probes.map(\.site).joined(separator: " + ") }
 
-    private func verdictKey(_ spec: EventSpec, _ site: Site, _ rule: Rule) -> String {
-        let key = "\(spec.name)|\(Self.name(site))|\(rule)"
-        if verdicts[key] == nil {
-            let against = site.rules == nil ? "Klogger's placement" : "its site's own placement: \(site.approximation ?? site.caveat ?? "exact")"
-            verdicts[key] = Verdict(event: spec.name, site: Self.name(site), judged_against: against, rule: "\(rule)")
-            order.append(key)
-        }
-        return key
+    private func verdictKey(_ spec: EventSpec, _ site: Site, _ rule: Rule) -> Int {
+        let against = site.rules == nil ? "Klogger's placement" : "its site's own placement: \(site.approximation ?? site.caveat ?? "exact")"
+        return verdict(Verdict(event: spec.name, site: Self.name(site), judged_against: against, rule: "\(rule)"))
     }
 
-    private func record(_ key: String, _ ok: Bool, _ e: TraceEvent, _ frame: Frame?, _ problem: @autoclosure () -> String) {
-        verdicts[key]!.judged += 1
-        if ok { verdicts[key]!.held += 1; return }
-        guard verdicts[key]!.counter_examples.count < 5 else { return }
-        verdicts[key]!.counter_examples.append(Verdict.Example(
+    private func verdict(_ v: Verdict) -> Int {
+        let name = "\(v.event)|\(v.site)|\(v.rule)"
+        if let i = verdictIndex[name] { return i }
+        verdicts.append(v)
+        verdictIndex[name] = verdicts.count - 1
+        return verdicts.count - 1
+    }
+
+    private func plan(_ e: TraceEvent, _ spec: EventSpec) -> [Plan] {
+        let k = UInt32(e.event) << 16 | UInt32(e.probe)
+        if let p = plans[k] { return p }
+        let p: [Plan]
+        if let site = spec.site(of: e.probe) {
+            p = spec.rules(for: site).map { rule in
+                Plan(key: verdictKey(spec, site, rule), rule: rule, partners: rule.partners.compactMap { Schema.event(named: $0) },
+                     partnersLogged: rule.partners.isEmpty || rule.partners.contains(where: logged.contains))
+            }
+        } else {
+            p = [Plan(key: verdict(Verdict(event: spec.name, site: e.probeName, judged_against: "the catalog", rule: "logged from one of its catalog sites")),
+                      rule: nil, partners: [], partnersLogged: true)]
+        }
+        plans[k] = p
+        return p
+    }
+
+    private func record(_ key: Int, _ ok: Bool, _ e: TraceEvent, _ frame: Frame?, _ problem: @autoclosure () -> String) {
+        verdicts[key].judged += 1
+        if ok { verdicts[key].held += 1; return }
+        guard verdicts[key].counter_examples.count < 5 else { return }
+        verdicts[key].counter_examples.append(Verdict.Example(
             t_ns: e.timeNs, frame: frame?.number, skb: e.skb == 0 ? nil : "0x" + String(e.skb, radix: 16), sock: e.sock == 0 ? nil : e.sock,
             packet: (e.packet ?? e.endpoints)?.description, problem: problem()))
     }
-    private func skip(_ key: String, _ why: String) { verdicts[key]!.not_judged[why, default: 0] += 1 }
+    private func skip(_ key: Int, _ why: String) { verdicts[key].not_judged[why, default: 0] += 1 }
 
     /// Call for every event the correlator joins, in time order.
     public func event(_ e: TraceEvent, _ frame: Frame?, _ how: Join?) {
         figures.event(e, frame, how)
-        guard let spec = Schema.event(e.event), !Schema.auxiliary.contains(where: { $0.id == e.event }) else { return }
-        for i in rulesByPartner[e.event] ?? [] { partner(socketRules[i], e) }
-        guard let site = spec.site(of: e.probe) else {
-            let key = "\(spec.name)|\(e.probeName)|a site of this event in the catalog"
-            if verdicts[key] == nil {
-                verdicts[key] = Verdict(event: spec.name, site: e.probeName, judged_against: "the catalog", rule: "logged from one of its catalog sites")
-                order.append(key)
+        guard e.event < 40, let spec = Schema.event(e.event) else { return }  // klab's own events have no rules
+        if let list = rulesByPartner[e.event] { for i in list { partner(socketRules[i], e) } }
+        for plan in plan(e, spec) {
+            let key = plan.key
+            guard let rule = plan.rule else {
+                record(key, false, e, frame, "logged by \(e.probeName), which is none of \(spec.name)'s sites")
+                continue
             }
-            record(key, false, e, frame, "logged by \(e.probeName), which is none of \(spec.name)'s sites")
-            return
-        }
-        for rule in spec.rules(for: site) {
-            let key = verdictKey(spec, site, rule)
-            if !rule.partners.isEmpty, !rule.partners.contains(where: logged.contains) {
+            if !plan.partnersLogged {
                 skip(key, "\(rule.partners.joined(separator: "/")) not logged in this run")
                 continue
             }
@@ -162,19 +181,23 @@ public final class PlacementChecker {
     public func journey(_ frame: Frame, _ events: [TraceEvent]) {
         figures.journey(frame, events)
         for e in events {
-            guard let spec = Schema.event(e.event), let site = spec.site(of: e.probe) else { continue }
-            for rule in spec.rules(for: site) {
-                guard case .afterOnPacket(let names) = rule, names.contains(where: logged.contains) else { continue }
-                let key = verdictKey(spec, site, rule)
+            guard e.event < 40, let spec = Schema.event(e.event) else { continue }
+            for plan in plan(e, spec) {
+                guard case .afterOnPacket(let names) = plan.rule, plan.partnersLogged else { continue }
+                let key = plan.key
                 // Each partner event as logged from its most faithful site on this packet
                 // (--all-sites logs some twice), then the latest of them. One derived at the
                 // device stands where the device is, not at its layer: it orders nothing.
-                let partners = names.compactMap { name -> TraceEvent? in
-                    guard let p = Schema.event(named: name) else { return nil }
-                    return events.filter { $0.event == p.id && $0.netns == e.netns && p.site(of: $0.probe)?.backend != .device }
-                        .min { rank(p, $0) < rank(p, $1) }
+                var latest: TraceEvent?
+                for p in plan.partners {
+                    var best: (e: TraceEvent, rank: Int)?
+                    for x in events where x.event == p.id && x.netns == e.netns {
+                        let r = rank(p, x)
+                        if r < p.sites.count, p.sites[r].backend != .device, r < best?.rank ?? .max { best = (x, r) }
+                    }
+                    if let b = best, b.e.timeNs > latest?.timeNs ?? 0 { latest = b.e }
                 }
-                guard let latest = partners.max(by: { $0.timeNs < $1.timeNs }) else {
+                guard let latest else {
                     skip(key, "no \(names.joined(separator: "/")) on the same packet")
                     continue
                 }
@@ -191,33 +214,27 @@ public final class PlacementChecker {
 
     // MARK: Socket pairs
 
-    private func owner(_ key: String, _ e: TraceEvent) {
+    private func owner(_ key: Int, _ e: TraceEvent) {
         guard e.sock != 0 else { skip(key, "no socket"); return }
         guard let r = socketRules.first(where: { $0.key == key }) else { return }
         let k = PairKey(sock: e.sock, rule: key)
-        var w = waiting[k] ?? Waiting()
-        if !w.partners.isEmpty {
-            let p = w.partners.removeFirst()
-            judgePair(r, e, partnerT: p)
-        } else if w.owners.count < 1024 {
-            w.owners.append((e.timeNs, e))
+        if waiting[k]?.partners.isEmpty == false {
+            judgePair(r, e, partnerT: waiting[k]!.partners.removeFirst())
+        } else if waiting[k, default: Waiting()].owners.count < 1024 {
+            waiting[k, default: Waiting()].owners.append((e.timeNs, e))
         } else {
             skip(key, "no partner on its socket")
         }
-        waiting[k] = w
     }
 
     private func partner(_ r: SocketRule, _ e: TraceEvent) {
         guard e.sock != 0 else { return }
         let k = PairKey(sock: e.sock, rule: r.key)
-        var w = waiting[k] ?? Waiting()
-        if !w.owners.isEmpty {
-            let o = w.owners.removeFirst()
-            judgePair(r, o.e, partnerT: e.timeNs)
-        } else if w.partners.count < 1024 {
-            w.partners.append(e.timeNs)
+        if waiting[k]?.owners.isEmpty == false {
+            judgePair(r, waiting[k]!.owners.removeFirst().e, partnerT: e.timeNs)
+        } else if waiting[k, default: Waiting()].partners.count < 1024 {
+            waiting[k, default: Waiting()].partners.append(e.timeNs)
         }
-        waiting[k] = w
     }
 
     private func judgePair(_ r: SocketRule, _ owner: TraceEvent, partnerT: UInt64) {
@@ -251,7 +268,7 @@ public final class PlacementChecker {
         if h.segments.count > 32 { h.segments.removeFirst(h.segments.count - 32) }
     }
 
-    private func onFlow(_ key: String, _ e: TraceEvent, after: Segment?, before: Segment?) {
+    private func onFlow(_ key: Int, _ e: TraceEvent, after: Segment?, before: Segment?) {
         guard let p = e.packet ?? e.endpoints, p.proto == 6, let h = flows[flowKey(p)] else { skip(key, "no handshake of its flow on the wire"); return }
         func matches(_ s: (kind: Segment.Kind, frame: Frame), _ want: Segment) -> Bool {
             s.kind == want.kind && correlator.toHost(s.frame, netns: e.netns) == want.toHost
@@ -272,7 +289,7 @@ public final class PlacementChecker {
         }
     }
 
-    private func handshake(_ key: String, _ e: TraceEvent) {
+    private func handshake(_ key: Int, _ e: TraceEvent) {
         guard let p = e.endpoints ?? e.packet, let h = flows[flowKey(p)],
               let synAck = h.segments.last(where: { $0.kind == .synAck && $0.frame.timeNs <= e.timeNs }) else {
             skip(key, "no SYN-ACK of its flow on the wire before it")
@@ -294,9 +311,9 @@ public final class PlacementChecker {
     }
 
     public func finish() -> CheckReport {
-        for (k, w) in waiting where !w.owners.isEmpty { verdicts[k.rule]!.not_judged["no partner on its socket", default: 0] += w.owners.count }
+        for (k, w) in waiting where !w.owners.isEmpty { verdicts[k.rule].not_judged["no partner on its socket", default: 0] += w.owners.count }
         waiting = [:]
-        return CheckReport(scenario: header.scenario, kernel: header.kernel, verdicts: order.map { verdicts[$0]! },
+        return CheckReport(scenario: header.scenario, kernel: header.kernel, verdicts: verdicts,
                            join: correlator.counts, captureDropped: header.capture?.dropped ?? 0, figures: figures.finish())
     }
 }

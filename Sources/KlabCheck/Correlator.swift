@@ -50,12 +50,14 @@ public final class Correlator {
     private var slots: [Slot] = []
     private var head = 0
     private var firstNumber = 1
-    private var byIdentity: [PacketIdentity: [Int]] = [:]
+    /// Frames by a 64-bit digest of their identity (hashing the whole identity costs more
+    /// than the join); candidates are compared in full.
+    private var byIdentity: [UInt64: Recent] = [:]
     /// A TCP segment as a socket knows it before IP: flow, seq, ack (rcv_nxt) and flags.
     private struct SegmentKey: Hashable { let src, dst: UInt32; let ports: UInt32; let seq, ack: UInt32; let flags: UInt8; let length: UInt16 }
-    private var bySegment: [SegmentKey: [Int]] = [:]
+    private var bySegment: [SegmentKey: Recent] = [:]
     private struct FlowKey: Hashable { let src, dst: UInt32; let ports: UInt32 }
-    private var byFlow: [FlowKey: [Int]] = [:]
+    private var byFlow: [FlowKey: Recent] = [:]
     private var skbs: [UInt64: (frame: Int, t: UInt64)] = [:]
     private var skbSweep = 0
 
@@ -97,10 +99,10 @@ public final class Correlator {
         onFrame(f)
         slots.append(Slot(frame: f, events: []))
         guard let id = f.identity else { return }
-        byIdentity[id, default: []].append(f.number)
+        byIdentity[digest(id), default: Recent()].append(f.number)
         if id.proto == 6 {
-            bySegment[segmentKey(id), default: []].append(f.number)
-            byFlow[flowKey(id), default: []].append(f.number)
+            bySegment[segmentKey(id), default: Recent()].append(f.number)
+            byFlow[flowKey(id), default: Recent()].append(f.number)
         }
     }
 
@@ -117,15 +119,15 @@ public final class Correlator {
             let s = slots[head]
             if s.events.isEmpty { counts.framesWithoutEvents += 1 }
             try onJourney(s.frame, s.events)
-            if let id = s.frame.identity {
-                drop(s.frame.number, from: &byIdentity, id)
-                if id.proto == 6 {
-                    drop(s.frame.number, from: &bySegment, segmentKey(id))
-                    drop(s.frame.number, from: &byFlow, flowKey(id))
-                }
-            }
             head += 1
             firstNumber += 1
+            if let id = s.frame.identity {
+                drop(from: &byIdentity, digest(id))
+                if id.proto == 6 {
+                    drop(from: &bySegment, segmentKey(id))
+                    drop(from: &byFlow, flowKey(id))
+                }
+            }
         }
         if head > 4096 && head * 2 > slots.count {
             slots.removeFirst(head)
@@ -133,10 +135,11 @@ public final class Correlator {
         }
     }
 
-    private func drop<K>(_ n: Int, from map: inout [K: [Int]], _ key: K) {
-        guard var list = map[key] else { return }
-        list.removeAll { $0 == n }
-        map[key] = list.isEmpty ? nil : list
+    /// Forgets the frames of `key` that left the window (frames leave in number order).
+    private func drop<K>(from map: inout [K: Recent], _ key: K) {
+        guard var r = map.removeValue(forKey: key) else { return }
+        r.prune(below: firstNumber)
+        if !r.isEmpty { map[key] = r }
     }
 
     private func samePacket(_ a: PacketIdentity, _ b: PacketIdentity?) -> Bool {
@@ -149,9 +152,26 @@ public final class Correlator {
 
     /// The frame nearest in time to `e` among `numbers` that holds no event of the same kind
     /// from the same probe yet: identical segments (duplicate ACKs) each get their own.
-    private func nearest(_ numbers: [Int]?, to e: TraceEvent) -> Int? {
-        numbers?.filter { n in !slots[slotIndex(n)].events.contains { $0.event == e.event && $0.probe == e.probe } }
-            .min { distance(slots[slotIndex($0)].frame.timeNs, e.timeNs) < distance(slots[slotIndex($1)].frame.timeNs, e.timeNs) }
+    private func digest(_ p: PacketIdentity) -> UInt64 {
+        var h = UInt64(p.source.rawValue) << 32 | UInt64(p.destination.rawValue)
+        h = (h ^ (UInt64(p.ipID) << 48 | UInt64(p.frag) << 32 | UInt64(p.proto) << 24 | UInt64(p.length))) &* 0x9E37_79B9_7F4A_7C15
+        h ^= (UInt64(p.tcpSeq) << 32 | UInt64(p.tcpAck)) &+ (UInt64(p.sourcePort) << 48 | UInt64(p.destinationPort) << 32)
+        h ^= UInt64(p.icmpID) << 16 | UInt64(p.icmpSeq) | UInt64(p.tcpFlags) << 40
+        return h &* 0xBF58_476D_1CE4_E5B9
+    }
+
+    private func nearest(_ recent: Recent?, to e: TraceEvent, identity: PacketIdentity? = nil) -> Int? {
+        guard let recent else { return nil }
+        var best: (n: Int, d: UInt64)?
+        for n in recent.numbers {
+            let i = slotIndex(n)
+            if let identity, slots[i].frame.identity != identity { continue }
+            let d = distance(slots[i].frame.timeNs, e.timeNs)
+            if let b = best, b.d <= d { continue }
+            if slots[i].events.contains(where: { $0.event == e.event && $0.probe == e.probe }) { continue }
+            best = (n, d)
+        }
+        return best?.n
     }
     private func distance(_ a: UInt64, _ b: UInt64) -> UInt64 { a > b ? a - b : b - a }
 
@@ -164,7 +184,7 @@ public final class Correlator {
         var number: Int?, how: Join?
         if let id = e.packet {
             counts.packetEvents += 1
-            if let n = nearest(byIdentity[id], to: e) {
+            if let n = nearest(byIdentity[digest(id)], to: e, identity: id) {
                 (number, how) = (n, .identity)
             } else if id.proto == 6, id.length > 0, let g = gso(id, e) {
                 (number, how) = (g.first, .gso)
@@ -216,7 +236,7 @@ public final class Correlator {
     /// A TCP skb bigger than any wire packet of its flow: the wire packets of the same flow
     /// whose sequence numbers fall inside it, within the window.
     private func gso(_ id: PacketIdentity, _ e: TraceEvent) -> (first: Int, parts: Int)? {
-        guard let list = byFlow[flowKey(id)] else { return nil }
+        guard let list = byFlow[flowKey(id)]?.numbers else { return nil }
         let end = id.tcpSeq &+ UInt32(id.length)
         let parts = list.filter { n in
             let p = slots[slotIndex(n)].frame.identity!
@@ -227,5 +247,23 @@ public final class Correlator {
             distance(slots[slotIndex($0)].frame.timeNs, e.timeNs) < distance(slots[slotIndex($1)].frame.timeNs, e.timeNs)
         }) else { return nil }
         return (first, parts.count)
+    }
+}
+
+/// Frame numbers in increasing order, dropped from the front as frames leave the window.
+struct Recent {
+    private var items: [Int] = []
+    private var head = 0
+    var isEmpty: Bool { head == items.count }
+    var numbers: ArraySlice<Int> { items[head...] }
+
+    mutating func append(_ n: Int) { items.append(n) }
+
+    mutating func prune(below first: Int) {
+        while head < items.count, items[head] < first { head += 1 }
+        if head > 64, head * 2 > items.count {
+            items.removeFirst(head)
+            head = 0
+        }
     }
 }

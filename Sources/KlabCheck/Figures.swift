@@ -79,6 +79,7 @@ final class FigureBuilder {
     }
     private var receivers: [FlowKey: Receiver] = [:]
     private var reads: [(t: UInt64, key: FlowKey, bytes: UInt64)] = []
+    private var readsHead = 0
     private let tcpReceive = Schema.event(named: "TCP_RECEIVE")!.id
 
     /// Per event, the probes of the site the run logged it from: --all-sites logs some events
@@ -196,10 +197,9 @@ final class FigureBuilder {
     }
 
     private func applyReads(until t: UInt64) {
-        var n = 0
-        while n < reads.count, reads[n].t <= t {
-            let (_, key, bytes) = reads[n]
-            n += 1
+        while readsHead < reads.count, reads[readsHead].t <= t {
+            let (_, key, bytes) = reads[readsHead]
+            readsHead += 1
             guard var r = receivers[key], let isn = r.isn else { continue }
             r.read += bytes
             let upTo = isn &+ 1 &+ UInt32(truncatingIfNeeded: r.read)
@@ -209,7 +209,10 @@ final class FigureBuilder {
             if r.episode != nil { r.episode!.freed += freed }
             receivers[key] = r
         }
-        reads.removeFirst(n)
+        if readsHead > 1024, readsHead * 2 > reads.count {
+            reads.removeFirst(readsHead)
+            readsHead = 0
+        }
     }
 
     private func close(_ r: inout Receiver) {

@@ -43,70 +43,41 @@ final class ChunkReader {
 }
 
 /// events.bin, record by record, in time order: the ring buffer delivers records nearly in
-/// time order (each is stamped just before it is reserved), so a short hold-back puts them
-/// back in order with bounded memory.
+/// time order (each is stamped just before it is reserved), so a short hold-back, kept
+/// sorted by insertion from the back, puts them in order with bounded memory.
 public final class EventReader {
     private let file: ChunkReader
-    private var heap = Heap<Held>()
-    private var sequence = 0
+    private var held: [TraceEvent] = []
+    private var head = 0
+    private var newest: UInt64 = 0
     public private(set) var records = 0
-    /// Records held back: this much later in time than the oldest one releases it.
+    /// A record is released once one this much later in time has been read.
     static let holdBackNs: UInt64 = 20_000_000
-
-    struct Held: Comparable {
-        let event: TraceEvent
-        let order: Int
-        static func < (a: Held, b: Held) -> Bool { (a.event.timeNs, a.order) < (b.event.timeNs, b.order) }
-        static func == (a: Held, b: Held) -> Bool { a.order == b.order }
-    }
 
     public init(_ path: String) throws { file = try ChunkReader(path) }
 
     public func next() throws -> TraceEvent? {
-        while true {
-            if let top = heap.first, let newest = heap.newest, newest >= top.event.timeNs &+ Self.holdBackNs {
-                return heap.pop()?.event
-            }
-            let size = TraceEvent.recordSize
-            guard let e = try file.take(size, "record \(records + 1)", { TraceEvent(record: $0) }) else {
-                return heap.pop()?.event
-            }
+        while head == held.count || newest < held[head].timeNs &+ Self.holdBackNs {
+            guard let e = try file.take(TraceEvent.recordSize, "record \(records + 1)", { TraceEvent(record: $0) }) else { break }
             records += 1
-            sequence += 1
-            heap.push(Held(event: e, order: sequence), time: e.timeNs)
+            newest = max(newest, e.timeNs)
+            held.append(e)
+            var i = held.count - 1
+            while i > head, held[i - 1].timeNs > e.timeNs { i -= 1 }
+            if i < held.count - 1 {
+                held.remove(at: held.count - 1)
+                held.insert(e, at: i)
+            }
         }
-    }
-}
-
-/// A min-heap that also remembers the largest time pushed.
-struct Heap<T: Comparable> {
-    private var items: [T] = []
-    private(set) var newest: UInt64?
-    var first: T? { items.first }
-    var isEmpty: Bool { items.isEmpty }
-
-    mutating func push(_ x: T, time: UInt64) {
-        newest = max(newest ?? 0, time)
-        items.append(x)
-        var i = items.count - 1
-        while i > 0, items[i] < items[(i - 1) / 2] { items.swapAt(i, (i - 1) / 2); i = (i - 1) / 2 }
-    }
-
-    mutating func pop() -> T? {
-        guard !items.isEmpty else { return nil }
-        items.swapAt(0, items.count - 1)
-        let top = items.removeLast()
-        var i = 0
-        while true {
-            let l = 2 * i + 1, r = l + 1
-            var m = i
-            if l < items.count, items[l] < items[m] { m = l }
-            if r < items.count, items[r] < items[m] { m = r }
-            if m == i { break }
-            items.swapAt(i, m)
-            i = m
+        guard head < held.count else { return nil }
+        defer {
+            head += 1
+            if head >= 4096, head * 2 >= held.count {
+                held.removeFirst(head)
+                head = 0
+            }
         }
-        return top
+        return held[head]
     }
 }
 

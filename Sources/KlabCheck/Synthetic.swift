@@ -31,8 +31,8 @@ public struct SyntheticRun {
     static let netns: UInt32 = 4_026_532_999
     static let sock: UInt64 = 4242
 
-    /// Events per segment, for sizing a run.
-    public static let eventsPerSegment = 7
+    /// Events per segment (3 on receipt, 4 per second segment), for sizing a run.
+    public static let eventsPerSegment = 5
 
     public func write(to dir: String) throws {
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)

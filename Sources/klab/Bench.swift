@@ -11,7 +11,7 @@ struct Bench: ParsableCommand {
             both and runs them alternately, so that klab and C are compared in the same
             run.
             """,
-        subcommands: [TunPingPong.self, TracerCost.self])
+        subcommands: [TunPingPong.self, TracerCost.self, CheckThroughput.self])
 }
 
 extension Bench {

@@ -1,0 +1,122 @@
+import ArgumentParser
+import Foundation
+import KlabCheck
+
+extension Bench {
+    struct CheckThroughput: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "check",
+            abstract: "Correlation and placement checking: events per second and peak memory.",
+            discussion: """
+                Writes a generated results folder (events.bin, capture.pcap, capture.links and
+                the events.jsonl header, in the tracer's and libpcap's own formats): a peer
+                streaming 15-byte TCP segments to a host that reads them and ACKs every second
+                one, 5 events per segment on this kernel's sites. Then, ROUNDS times, in turn:
+                the reference, which only reads and decodes both files (no join), the join alone, and the full
+                `klab check` pipeline (join every event to its packet, judge every rule, the
+                §2.2 figures). Prints events per second for each round, the medians, their ratio,
+                and each pass's peak resident memory (VmHWM, reset between passes). Needs no root.
+
+                  klab bench check                       # 10 million events
+                  klab bench check --events 1000000 --rounds 5
+                """)
+
+        @Option(help: "Events in the generated run.")
+        var events = 10_000_000
+
+        @Option(help: "Timed rounds of each pass.")
+        var rounds = 3
+
+        @Option(help: "Where to write the generated run (default: a temporary folder, removed after).")
+        var dir: String?
+
+        @Flag(help: "Print one JSON object instead of text.")
+        var json = false
+
+        func validate() throws {
+            guard events >= 1000, rounds > 0 else { throw ValidationError("--events must be at least 1000 and --rounds positive") }
+        }
+
+        func run() throws {
+            let folder = dir ?? NSTemporaryDirectory() + "klab-bench-check-\(getpid())"
+            defer { if dir == nil { try? FileManager.default.removeItem(atPath: folder) } }
+            let segments = events / SyntheticRun.eventsPerSegment
+            if !json { say("generating \(segments) segments (\(segments * SyntheticRun.eventsPerSegment) events) in \(folder) …") }
+            try SyntheticRun(segments: segments).write(to: folder)
+            var reference: [Double] = [], joinOnly: [Double] = [], full: [Double] = []
+            var peaks = (reference: 0, full: 0), verdicts = 0, judged = 0, records = 0
+            for round in 1...rounds {
+                resetPeak()
+                let (n, t0) = try measure { try readOnly(folder) }
+                reference.append(Double(n) / t0)
+                peaks.reference = max(peaks.reference, peakKB())
+                let (j, tj) = try measure {
+                    let f = try ResultsFolder(folder)
+                    let c = Correlator(links: f.header.capture!.links)
+                    try f.stream(c)
+                    return c.counts.events
+                }
+                joinOnly.append(Double(j) / tj)
+                resetPeak()
+                var report: CheckReport?
+                let (m, t1) = try measure {
+                    let f = try ResultsFolder(folder)
+                    let c = Correlator(links: f.header.capture!.links)
+                    let checker = PlacementChecker(header: f.header, correlator: c)
+                    c.onEvent = { e, fr, how in checker.event(e, fr, how) }
+                    c.onJourney = { fr, list in checker.journey(fr, list) }
+                    try f.stream(c)
+                    report = checker.finish()
+                    return c.counts.events
+                }
+                full.append(Double(m) / t1)
+                peaks.full = max(peaks.full, peakKB())
+                (verdicts, judged, records) = (report!.verdicts.count, report!.judged, m)
+                if !json {
+                    say(String(format: "round %d: read+decode %.2f M events/s (%.2f s); join only %.2f M/s (%.2f s); klab check %.2f M events/s (%.2f s), %d rules, %d judged",
+                               round, reference.last! / 1e6, t0, joinOnly.last! / 1e6, tj, full.last! / 1e6, t1, verdicts, judged))
+                }
+            }
+            let medRef = median(reference), medFull = median(full)
+            if json {
+                let o: [String: Any] = [
+                    "events": records, "rounds": rounds, "read_decode_events_per_s": medRef, "check_events_per_s": medFull,
+                    "ratio": medFull / medRef, "join_only_events_per_s": median(joinOnly), "peak_kb_read_decode": peaks.reference, "peak_kb_check": peaks.full, "judged": judged,
+                ]
+                say(String(decoding: try JSONSerialization.data(withJSONObject: o, options: [.sortedKeys]), as: UTF8.self))
+            } else {
+                say(String(format: "median: read+decode %.2f M events/s; join only %.2f M/s; klab check %.2f M events/s (%.2f x read+decode); target >= 1 M/s: %@",
+                           medRef / 1e6, median(joinOnly) / 1e6, medFull / 1e6, medFull / medRef, medFull >= 1e6 ? "met" : "NOT met"))
+                say("peak memory (VmHWM): read+decode \(peaks.reference / 1024) MB, klab check \(peaks.full / 1024) MB, for \(records) events")
+            }
+        }
+
+        func readOnly(_ folder: String) throws -> Int {
+            let f = try ResultsFolder(folder)
+            let events = try EventReader(f.eventsFile), frames = try f.frames()
+            var n = 0
+            while try events.next() != nil { n += 1 }
+            while try frames.next() != nil {}
+            return n
+        }
+
+        func measure(_ body: () throws -> Int) rethrows -> (Int, Double) {
+            let t = DispatchTime.now().uptimeNanoseconds
+            let n = try body()
+            return (n, Double(DispatchTime.now().uptimeNanoseconds - t) / 1e9)
+        }
+
+        func resetPeak() { try? "5".write(toFile: "/proc/self/clear_refs", atomically: false, encoding: .utf8) }
+
+        func peakKB() -> Int {
+            let status = (try? String(contentsOfFile: "/proc/self/status", encoding: .utf8)) ?? ""
+            let line = status.split(separator: "\n").first { $0.hasPrefix("VmHWM:") } ?? ""
+            return Int(line.split(whereSeparator: \.isWhitespace).dropFirst().first ?? "") ?? 0
+        }
+
+        func median(_ xs: [Double]) -> Double {
+            let s = xs.sorted()
+            return s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2
+        }
+    }
+}
