@@ -15,15 +15,17 @@ struct Klab: ParsableCommand {
             packets and events, so you can see where each event sits in the stack.
 
             Exit codes: 0 success; 1 a scenario failed; 2 bad scenario file (printed as
-            file:line:column: error: …); 64 bad command line; 69 a requirement is missing
-            (root, /dev/net/tun, BTF, tracefs, cgroup v2, BPF); 70 internal error; 130
-            interrupted (Ctrl-C or SIGTERM).
+            file:line:column: error: …); 64 bad command line; 65 a results file that klab
+            latency reads is malformed or holds nothing to measure (file:line: error: …); 69 a
+            requirement is missing (root, /dev/net/tun, BTF, tracefs, cgroup v2, BPF); 70
+            internal error; 130 interrupted (Ctrl-C or SIGTERM).
             """,
-        subcommands: [Run.self, Validate.self, Trace.self, SchemaCommand.self, CompareSites.self, JourneyCommand.self, Bench.self])
+        subcommands: [Run.self, Validate.self, Trace.self, SchemaCommand.self, CompareSites.self, JourneyCommand.self, LatencyCommand.self, Bench.self])
 }
 
 enum ExitCodes {
     static let failed: Int32 = 1
+    static let dataError: Int32 = 65  // EX_DATAERR
     static let software: Int32 = 70
     static let interrupted: Int32 = 130
 }
