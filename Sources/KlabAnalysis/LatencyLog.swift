@@ -27,9 +27,9 @@ public struct PacketID: Hashable, Sendable {
     /// The segment class the miss accounting and attribution speak of.
     public var segmentClass: String {
         guard proto == 6, let f = flags else { return proto == 17 ? "UDP" : proto == 1 ? "ICMP" : "proto \(proto)" }
-        if f.contains("R") { return "RST" }
-        if f.contains("S") { return f.contains(".") ? "SYN-ACK" : "SYN" }
-        if f.contains("F") { return "FIN" }
+        if f.contains(Character("R")) { return "RST" }
+        if f.contains(Character("S")) { return f.contains(Character(".")) ? "SYN-ACK" : "SYN" }
+        if f.contains(Character("F")) { return "FIN" }
         return length == 0 ? "pure ACK" : "data"
     }
 }
@@ -84,7 +84,28 @@ public struct ResolvedSite: Sendable, Encodable {
     func matches(_ r: LogRecord) -> Bool {
         r.event == event && (probe.map { r.probe.contains($0) } ?? site.contains(r.probe))
     }
+    /// The same, remembering the answer for each probe.
+    func matches(_ r: LogRecord, _ cache: inout [String: Bool]) -> Bool {
+        guard r.event == event else { return false }
+        if let m = cache[r.probe] { return m }
+        let m = matches(r)
+        cache[r.probe] = m
+        return m
+    }
 }
+
+/// A packet's flow: netns, source and destination address and port.
+public struct Flow: Hashable, Sendable {
+    let netns: Int, src: String, sport: Int, dst: String, dport: Int
+    init(netns: Int, src: String, sport: Int, dst: String, dport: Int) { (self.netns, self.src, self.sport, self.dst, self.dport) = (netns, src, sport, dst, dport) }
+    init?(_ r: LogRecord) {
+        guard let p = r.packet else { return nil }
+        self.init(netns: r.netns, src: p.src, sport: p.sport, dst: p.dst, dport: p.dport)
+    }
+}
+
+/// A local address and port in one netns.
+public struct Endpoint: Hashable, Sendable { let netns: Int, addr: String, port: Int }
 
 /// A serial-number gap on one CPU: records numbered but never received, between two times.
 public struct SerialGap: Sendable { public let cpu: Int; public let after: Int64; public let before: Int64; public let missing: Int }
@@ -103,13 +124,13 @@ public struct EventLog: Sendable {
     public internal(set) var slowPathLogged = false
     /// "EVENT [probe]" → count, for every line.
     public internal(set) var counts: [String: Int] = [:]
-    /// "netns|addr|port" of every local endpoint of a lab socket seen in the log.
-    public internal(set) var labEndpoints: Set<String> = []
+    /// Every local endpoint of a lab socket seen in the log.
+    public internal(set) var labEndpoints: Set<Endpoint> = []
     /// Socket cookie → tids that made socket calls on it (the application's readers).
     public internal(set) var socketTids: [UInt64: Set<Int>] = [:]
     public internal(set) var gaps: [SerialGap] = []
-    /// An incoming packet's flow (`flowKey`) → when the application closed its socket.
-    public internal(set) var flowClosed: [String: Int64] = [:]
+    /// An incoming packet's flow → when the application closed its socket.
+    public internal(set) var flowClosed: [Flow: Int64] = [:]
     public internal(set) var lines = 0
 
     /// Resolves the two selectors against the header, then streams the file line by line.
@@ -140,13 +161,15 @@ public struct EventLog: Sendable {
         }
         header = LogHeader(kernel: h["kernel"] as? String ?? "unknown", tscHz: hz, events: events,
                            cpuModel: h["cpu_model"] as? String, scenario: h["scenario"] as? String ?? "")
-        self.from = try Self.resolve(from, header, placement)
-        self.to = try Self.resolve(to, header, placement)
+        let fromSite = try Self.resolve(from, header, placement), toSite = try Self.resolve(to, header, placement)
+        (self.from, self.to) = (fromSite, toSite)
         slowPathLogged = events.contains { $0.name == "TCP_RECVACK" && ($0.site == "sockops" || $0.also.contains("sockops")) }
 
         var serials: [Int: [(Int, Int64)]] = [:]
-        var flowSocket: [String: UInt64] = [:], closed: [UInt64: Int64] = [:]
+        var flowSocket: [Flow: UInt64] = [:], closed: [UInt64: Int64] = [:]
+        var matchesFrom: [String: Bool] = [:], matchesTo: [String: Bool] = [:]
         var lineNo = 1
+        var strings = Interner()
         while true {
             n = getline(&buf, &cap, fp)
             if n < 0 { break }
@@ -157,7 +180,7 @@ public struct EventLog: Sendable {
             if bytes.allSatisfy({ $0 == 32 || $0 == 9 || $0 == 13 }) { continue }
             var r: LogRecord
             do {
-                r = try Self.record(bytes)
+                r = try Self.record(bytes, &strings)
             } catch let e as JSONScanner.Malformed {
                 throw LatencyError.data(file, lineNo, complete
                     ? "not a JSON event line (\(e.message) at column \(e.offset + 1))"
@@ -169,18 +192,18 @@ public struct EventLog: Sendable {
             if r.serial >= 0 { serials[r.cpu, default: []].append((r.serial, r.t)) }
             if let s = r.sock {
                 if let p = r.endpoints, p.sport != 0 {
-                    labEndpoints.insert("\(r.netns)|\(p.src)|\(p.sport)")
-                    if p.dport != 0 { flowSocket["\(r.netns)|\(p.dst)|\(p.dport)|\(p.src)|\(p.sport)"] = s }
+                    labEndpoints.insert(Endpoint(netns: r.netns, addr: p.src, port: p.sport))
+                    if p.dport != 0 { flowSocket[Flow(netns: r.netns, src: p.dst, sport: p.dport, dst: p.src, dport: p.sport)] = s }
                 }
                 if r.event == "SOCKET_CLOSE", closed[s] == nil { closed[s] = r.t }
                 if r.level == "socket" || r.event.hasSuffix("_RECEIVE") { socketTids[s, default: []].insert(r.tid) }
             }
-            if self.from.matches(r) { fromRecords.append(r) }
-            if self.to.matches(r) {
+            if fromSite.matches(r, &matchesFrom) { fromRecords.append(r) }
+            if toSite.matches(r, &matchesTo) {
                 toRecords.append(r)
                 if let p = r.packet {
-                    labEndpoints.insert("\(r.netns)|\(p.dst)|\(p.dport)")
-                    if let s = r.sock { flowSocket[Self.flowKey(r)] = s }
+                    labEndpoints.insert(Endpoint(netns: r.netns, addr: p.dst, port: p.dport))
+                    if let s = r.sock, let f = Flow(r) { flowSocket[f] = s }
                 }
             }
             if r.event == "TCP_RECVACK" && r.probe == "sockops" { slowPath.append(r) }
@@ -196,12 +219,6 @@ public struct EventLog: Sendable {
             }
         }
         gaps.sort { $0.after < $1.after }
-    }
-
-    /// An incoming packet's flow: netns, source and destination address and port.
-    public static func flowKey(_ r: LogRecord) -> String {
-        guard let p = r.packet else { return "" }
-        return "\(r.netns)|\(p.src)|\(p.sport)|\(p.dst)|\(p.dport)"
     }
 
     static func resolve(_ s: EventSelector, _ h: LogHeader, _ placement: (String, String) -> (String, String)?) throws -> ResolvedSite {
@@ -224,30 +241,31 @@ public struct EventLog: Sendable {
     }
 
     /// Decodes one event line, reading only the fields the analysis needs.
-    static func record(_ bytes: UnsafeBufferPointer<UInt8>) throws -> LogRecord {
+    static func record(_ bytes: UnsafeBufferPointer<UInt8>, _ strings: inout Interner) throws -> LogRecord {
+        typealias K = JSONScanner
         var s = JSONScanner(p: bytes)
         var r = LogRecord()
         var first = true
         try s.begin()
         while let key = try s.key(&first) {
             switch key {
-            case "t_ns": r.t = Int64(try s.int())
-            case "cpu": r.cpu = try s.int()
-            case "pid": r.pid = try s.int()
-            case "tid": r.tid = try s.int()
-            case "netns": r.netns = try s.int()
-            case "serial": r.serial = try s.int()
-            case "comm": r.comm = try s.string()
-            case "event": r.event = try s.string()
-            case "probe": r.probe = try s.string()
-            case "level": r.level = try s.string()
-            case "skb": r.skb = UInt64(try s.string().dropFirst(2), radix: 16)
-            case "skb_len": r.skbLen = try s.int()
-            case "sock": r.sock = UInt64(try s.int())
-            case "context": r.context = try s.string()
-            case "sk_owned_by_user": r.ownedByUser = try s.bool()
-            case "packet": r.packet = try identity(&s)
-            case "endpoints": r.endpoints = try identity(&s)
+            case K.tNs: r.t = Int64(try s.int())
+            case K.cpu: r.cpu = try s.int()
+            case K.pid: r.pid = try s.int()
+            case K.tid: r.tid = try s.int()
+            case K.netns: r.netns = try s.int()
+            case K.serial: r.serial = try s.int()
+            case K.comm: r.comm = try s.string(&strings)
+            case K.event: r.event = try s.string(&strings)
+            case K.probe: r.probe = try s.string(&strings)
+            case K.level: r.level = try s.string(&strings)
+            case K.skb: r.skb = try s.hex()
+            case K.skbLen: r.skbLen = try s.int()
+            case K.sock: r.sock = UInt64(try s.int())
+            case K.context: r.context = try s.string(&strings)
+            case K.owned: r.ownedByUser = try s.bool()
+            case K.packet: r.packet = try identity(&s, &strings)
+            case K.endpoints: r.endpoints = try identity(&s, &strings)
             default: try s.skip()
             }
         }
@@ -255,28 +273,45 @@ public struct EventLog: Sendable {
         return r
     }
 
-    static func identity(_ s: inout JSONScanner) throws -> PacketID {
+    static func identity(_ s: inout JSONScanner, _ strings: inout Interner) throws -> PacketID {
+        typealias K = JSONScanner
         var p = PacketID()
         var first = true
         try s.begin()
         while let key = try s.key(&first) {
             switch key {
-            case "proto": p.proto = try s.int()
-            case "src": p.src = try s.string()
-            case "dst": p.dst = try s.string()
-            case "ip_id": p.ipID = try s.int()
-            case "sport": p.sport = try s.int()
-            case "dport": p.dport = try s.int()
-            case "tcp_seq": p.seq = try s.int()
-            case "tcp_ack": p.ack = try s.int()
-            case "tcp_flags": p.flags = try s.string()
-            case "length": p.length = try s.int()
-            case "frag_offset": p.fragOffset = try s.int()
-            case "mf": p.mf = try s.bool() ?? false
+            case K.proto: p.proto = try s.int()
+            case K.src: p.src = try s.string(&strings)
+            case K.dst: p.dst = try s.string(&strings)
+            case K.ipID: p.ipID = try s.int()
+            case K.sport: p.sport = try s.int()
+            case K.dport: p.dport = try s.int()
+            case K.seq: p.seq = try s.int()
+            case K.ack: p.ack = try s.int()
+            case K.flags: p.flags = try s.string(&strings)
+            case K.length: p.length = try s.int()
+            case K.frag: p.fragOffset = try s.int()
+            case K.mf: p.mf = try s.bool() ?? false
             default: try s.skip()
             }
         }
         return p
+    }
+}
+
+/// Strings seen before, by the hash of their bytes: one copy of each event name, probe, comm
+/// and address instead of one per line.
+struct Interner {
+    var table: [UInt64: String] = [:]
+    mutating func string(_ b: UnsafeBufferPointer<UInt8>) -> String {
+        let h = JSONScanner.hash(b)
+        if let s = table[h], s.utf8.count == b.count,
+           s.utf8.withContiguousStorageIfAvailable({ b.count == 0 || memcmp($0.baseAddress!, b.baseAddress!, b.count) == 0 }) ?? s.utf8.elementsEqual(b) {
+            return s
+        }
+        let s = String(decoding: b, as: UTF8.self)
+        if table.count < 4096 { table[h] = s }
+        return s
     }
 }
 
@@ -298,18 +333,32 @@ struct JSONScanner {
     /// After the top-level object: nothing but blanks.
     mutating func end() throws { ws(); if i < p.count { throw fail("text after the object") } }
 
-    /// The next key of the object being read, or nil at its closing brace.
-    mutating func key(_ first: inout Bool) throws -> String? {
+    /// FNV-1a: keys are compared by the hash of their bytes, not as strings.
+    static func hash(_ b: UnsafeBufferPointer<UInt8>) -> UInt64 {
+        b.reduce(0xcbf2_9ce4_8422_2325 as UInt64) { ($0 ^ UInt64($1)) &* 0x100_0000_01b3 }
+    }
+    static func hash(_ s: String) -> UInt64 { Array(s.utf8).withUnsafeBufferPointer(hash) }
+    static let (tNs, cpu, pid, tid, netns, serial, comm, event, probe) =
+        (hash("t_ns"), hash("cpu"), hash("pid"), hash("tid"), hash("netns"), hash("serial"), hash("comm"), hash("event"), hash("probe"))
+    static let (level, skb, skbLen, sock, context, owned, packet, endpoints) =
+        (hash("level"), hash("skb"), hash("skb_len"), hash("sock"), hash("context"), hash("sk_owned_by_user"), hash("packet"), hash("endpoints"))
+    static let (proto, src, dst, ipID, sport, dport, seq, ack, flags, length, frag, mf) =
+        (hash("proto"), hash("src"), hash("dst"), hash("ip_id"), hash("sport"), hash("dport"), hash("tcp_seq"), hash("tcp_ack"),
+         hash("tcp_flags"), hash("length"), hash("frag_offset"), hash("mf"))
+
+    /// The next key of the object being read (the hash of its bytes), or nil at its closing brace.
+    mutating func key(_ first: inout Bool) throws -> UInt64? {
         ws()
         if i < p.count, p[i] == UInt8(ascii: "}") { i += 1; return nil }
         if !first { try eat(UInt8(ascii: ",")) }
         first = false
-        let k = try string()
+        let (raw, _) = try rawString()
         try eat(UInt8(ascii: ":"))
-        return k
+        return Self.hash(raw)
     }
 
-    mutating func string() throws -> String {
+    /// A string's bytes between its quotes, and whether it has escapes.
+    mutating func rawString() throws -> (UnsafeBufferPointer<UInt8>, Bool) {
         try eat(UInt8(ascii: "\""))
         let start = i
         var escaped = false
@@ -319,8 +368,33 @@ struct JSONScanner {
         }
         guard i < p.count else { throw fail("unterminated string") }
         i += 1
-        let raw = UnsafeBufferPointer(rebasing: p[start..<(i - 1)])
-        guard escaped else { return String(decoding: raw, as: UTF8.self) }
+        return (UnsafeBufferPointer(rebasing: p[start..<(i - 1)]), escaped)
+    }
+
+    mutating func string(_ strings: inout Interner) throws -> String {
+        let (raw, escaped) = try rawString()
+        return escaped ? try unescape(raw) : strings.string(raw)
+    }
+
+    /// "0x…" as a number.
+    mutating func hex() throws -> UInt64 {
+        let (raw, _) = try rawString()
+        guard raw.count > 2, raw.count <= 18, raw[0] == UInt8(ascii: "0"), raw[1] | 0x20 == UInt8(ascii: "x") else { throw fail("expected a 0x… address") }
+        var v: UInt64 = 0
+        for c in raw.dropFirst(2) {
+            let d: UInt8
+            switch c {
+            case 48...57: d = c - 48
+            case 97...102: d = c - 87
+            case 65...70: d = c - 55
+            default: throw fail("expected a 0x… address")
+            }
+            v = v << 4 | UInt64(d)
+        }
+        return v
+    }
+
+    func unescape(_ raw: UnsafeBufferPointer<UInt8>) throws -> String {
         let quoted = Data([UInt8(ascii: "\"")] + Array(raw) + [UInt8(ascii: "\"")])
         guard let s = try? JSONSerialization.jsonObject(with: quoted, options: .fragmentsAllowed) as? String else { throw fail("bad string escape") }
         return s
@@ -363,7 +437,7 @@ struct JSONScanner {
         ws()
         guard i < p.count else { throw fail("expected a value") }
         switch p[i] {
-        case UInt8(ascii: "\""): _ = try string()
+        case UInt8(ascii: "\""): _ = try rawString()
         case UInt8(ascii: "{"):
             var first = true
             try begin()

@@ -81,7 +81,7 @@ public struct Pairing: Sendable {
     }
 
     /// `from` and `to` sorted by time; `labEndpoints`, `flowClosed` and `gaps` as EventLog gathers them.
-    public init(from: [LogRecord], to: [LogRecord], toEvent: String, labEndpoints: Set<String> = [], flowClosed: [String: Int64] = [:],
+    public init(from: [LogRecord], to: [LogRecord], toEvent: String, labEndpoints: Set<Endpoint> = [], flowClosed: [Flow: Int64] = [:],
                 gaps: [SerialGap] = []) {
         let bySkb = from.contains { $0.skb != nil } && to.contains { $0.skb != nil }
         key = bySkb ? "the skb address, with the packet identity checked where both events have one"
@@ -120,14 +120,13 @@ public struct Pairing: Sendable {
 
         // Coalescing: a to-event whose skb holds more than its own from-event's bytes.
         var grown: [Int: Int] = [:]
-        struct Flow: Hashable { let netns: Int; let src: String; let dst: String; let sport: Int; let dport: Int }
         var covering: [Flow: [(t: Int64, lo: Int, hi: Int)]] = [:]
         for (n, p) in pairs.enumerated() {
             guard let a = p.from.skbLen, let b = p.to.skbLen, let id = p.from.packet, let seq = id.seq else { continue }
             let extra = b - (a - 20)  // the to-site sees the skb without its (20-byte) IP header
             guard extra > 0 else { continue }
             grown[n] = extra
-            covering[Flow(netns: p.from.netns, src: id.src, dst: id.dst, sport: id.sport, dport: id.dport), default: []]
+            covering[Flow(netns: p.from.netns, src: id.src, sport: id.sport, dst: id.dst, dport: id.dport), default: []]
                 .append((p.to.t, seq, seq + id.length + extra))
         }
         self.grown = grown
@@ -136,8 +135,8 @@ public struct Pairing: Sendable {
         let toProto = Self.proto(of: toEvent)
         let classes = Set(pairs.compactMap { $0.from.packet?.segmentClass })
         let lastTo = to.last?.t ?? .min
-        var lastToOnFlow: [String: Int64] = [:]
-        for t in to { lastToOnFlow[EventLog.flowKey(t)] = t.t }
+        var lastToOnFlow: [Flow: Int64] = [:]
+        for t in to { if let f = Flow(t) { lastToOnFlow[f] = t.t } }
         let horizon = max(pairs.map(\.ns).max() ?? 0, 100_000)
         var misses: [Miss] = []
         for (j, f) in from.enumerated() where paired[j] == nil {
@@ -148,14 +147,15 @@ public struct Pairing: Sendable {
             } else if let p, p.mf || p.fragOffset > 0 {
                 miss(.fragment, p.fragOffset > 0 ? "later fragment" : "first fragment")
             } else if let p, toProto == 6 || toProto == 17,
-                      !labEndpoints.contains("\(f.netns)|\(p.dst)|\(p.dport)"), !labEndpoints.contains("\(f.netns)|0.0.0.0|\(p.dport)") {
+                      !labEndpoints.contains(Endpoint(netns: f.netns, addr: p.dst, port: p.dport)),
+                      !labEndpoints.contains(Endpoint(netns: f.netns, addr: "0.0.0.0", port: p.dport)) {
                 miss(.noLabSocket, "\(p.dst):\(p.dport)")
-            } else if let closed = flowClosed[EventLog.flowKey(f)], closed < f.t, (lastToOnFlow[EventLog.flowKey(f)] ?? .min) < closed {
+            } else if let flow = Flow(f), let closed = flowClosed[flow], closed < f.t, (lastToOnFlow[flow] ?? .min) < closed {
                 miss(.socketClosed, p?.segmentClass ?? "")
             } else if let p, toProto == 6, !pairs.isEmpty, !classes.contains(p.segmentClass) {
                 miss(.classNeverSeen, p.segmentClass)
             } else if let p, let seq = p.seq, p.length > 0,
-                      covering[Flow(netns: f.netns, src: p.src, dst: p.dst, sport: p.sport, dport: p.dport)]?
+                      covering[Flow(netns: f.netns, src: p.src, sport: p.sport, dst: p.dst, dport: p.dport)]?
                           .contains(where: { $0.t >= f.t && $0.lo <= seq && seq < $0.hi }) == true {
                 miss(.coalesced, p.segmentClass)
             } else if f.t > lastTo {

@@ -180,21 +180,25 @@ extension LatencyAnalysis {
     /// One row per paired packet, in pairing (to-event) order.
     public func csv() -> String {
         func field(_ s: String) -> String {
-            s.contains(where: { $0 == "," || $0 == "\"" || $0 == "\n" }) ? "\"" + s.replacingOccurrences(of: "\"", with: "\"\"") + "\"" : s
+            s.utf8.contains(where: { $0 == 44 || $0 == 34 || $0 == 10 }) ? "\"" + s.replacingOccurrences(of: "\"", with: "\"\"") + "\"" : s
         }
-        var lines = [Self.csvColumns.joined(separator: ",")]
-        lines.reserveCapacity(cycles.count + 1)
+        var out = Self.csvColumns.joined(separator: ",") + "\n"
+        out.reserveCapacity(cycles.count * 160)
         for (i, p) in pairing.pairs.enumerated() {
             let id = p.from.packet
-            var cells = ["\(p.from.t)", "\(p.to.t)", "\(p.ns)", String(format: "%.0f", cycles[i]), classes[i], "\(p.to.cpu)",
-                         "\(p.from.cpu)", "\(p.to.tid)", p.to.comm]
+            var cells = [String(p.from.t), String(p.to.t), String(p.ns), String(Int(cycles[i].rounded())), classes[i], String(p.to.cpu),
+                         String(p.from.cpu), String(p.to.tid), p.to.comm]
             cells += attributeValues.map { $0[i] }
-            cells += ["\(p.from.netns)", p.from.skb.map { "0x" + String($0, radix: 16) } ?? "", p.to.sock.map { "\($0)" } ?? "",
-                      id?.src ?? "", id.map { "\($0.sport)" } ?? "", id?.dst ?? "", id.map { "\($0.dport)" } ?? "",
-                      id.map { "\($0.ipID)" } ?? "", id?.seq.map { "\($0)" } ?? "", id.map { "\($0.length)" } ?? "",
-                      "\(p.from.line)", "\(p.to.line)"]
-            lines.append(cells.map(field).joined(separator: ","))
+            cells += [String(p.from.netns), p.from.skb.map { "0x" + String($0, radix: 16) } ?? "", p.to.sock.map { String($0) } ?? "",
+                      id?.src ?? "", id.map { String($0.sport) } ?? "", id?.dst ?? "", id.map { String($0.dport) } ?? "",
+                      id.map { String($0.ipID) } ?? "", id?.seq.map { String($0) } ?? "", id.map { String($0.length) } ?? "",
+                      String(p.from.line), String(p.to.line)]
+            for (k, c) in cells.enumerated() {
+                if k > 0 { out += "," }
+                out += field(c)
+            }
+            out += "\n"
         }
-        return lines.joined(separator: "\n") + "\n"
+        return out
     }
 }
