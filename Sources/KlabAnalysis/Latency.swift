@@ -77,7 +77,9 @@ public struct LatencyAnalysis: Sendable {
             + "modes are the peaks of the fitted density; a mode's weight is that of the components nearest it"
             + (sample.count < positive.count ? "; fitted to a seeded subsample of \(sample.count) of \(positive.count) packets" : "")
         bimodality = Statistics.bimodality(positive, seed: seed)
-        dip = Dip.test(positive.map { Foundation.log($0) }, seed: seed)
+        // Latencies are whole ns: ties are broken by up to half a ns either way before the dip.
+        let jittered = positive.map { Foundation.log(max($0 + (rng.unit() - 0.5) * hz / 1e9, 1e-9)) }
+        dip = Dip.test(jittered, of: "log(cycles) (ties broken by ±0.5 ns of noise)", seed: seed)
 
         let main = modes.max { $0.weight < $1.weight }?.cycles ?? Statistics.percentile(sorted, 50)
         let thresholds = [(2 * main, "twice the main mode"), (10_000, "the paper's 10,000 cycles")] + extraTails.map { ($0, "--tail") }
