@@ -47,7 +47,8 @@ public struct LatencyAnalysis: Sendable {
     public init(log: EventLog, extraTails: [Double] = [], runLost: Int? = nil, analysedOn: String = "unknown", seed: UInt64 = 1,
                 modeSamples: Int = 20_000) throws {
         let pairing = Pairing(from: log.fromRecords, to: log.toRecords, toEvent: log.to.event,
-                              labEndpoints: log.labEndpoints, flowClosed: log.flowClosed, gaps: log.gaps)
+                              labEndpoints: log.labEndpoints, flowClosed: log.flowClosed,
+                              flowStates: log.flowStates, gaps: log.gaps)
         guard !pairing.pairs.isEmpty else { throw LatencyError.nothingToMeasure(Self.noPairs(log, pairing)) }
         self.log = log
         self.pairing = pairing
@@ -138,9 +139,9 @@ public struct LatencyAnalysis: Sendable {
                 let times = slow[SlowKey(sock: s, seq: seq, ack: ack)] ?? []
                 path = times.contains { $0 >= from.t && $0 - from.t < 10_000_000 } ? "slow (tcp_validate_incoming ran)" : "fast (header prediction)"
             }
-            let coalesced = pairing.grown[n].map { "yes (+\($0) bytes)" } ?? (from.skbLen != nil && to.skbLen != nil ? "no" : "unknown")
+            let coalesced = pairing.grown[n] != nil ? "yes" : from.skbLen != nil && to.skbLen != nil ? "no" : "unknown"
             return [task, to.context ?? "unknown", to.ownedByUser.map { $0 ? "yes" : "no" } ?? "unknown", "cpu\(to.cpu)",
-                    to.cpu == from.cpu ? "same" : "different", path, coalesced.hasPrefix("yes") ? "yes" : coalesced,
+                    to.cpu == from.cpu ? "same" : "different", path, coalesced,
                     from.packet?.segmentClass ?? "unknown"]
         }
         return (names, names.indices.map { i in rows.map { $0[i] } })
@@ -160,13 +161,14 @@ public struct LatencyAnalysis: Sendable {
             hGiven += row.values.reduce(0) { $1 == 0 ? $0 : $0 - Double($1) / n * log2(Double($1) / nv) }
         }
         let u = hClass > 0 ? max(0, (hClass - hGiven) / hClass) : 0
+        let coefficient = u < 1e-9 ? 0 : u
         let purity = joint.values.reduce(0) { $0 + ($1.values.max() ?? 0) }
         let rows = joint.map { v, row in
             Attribute.Value(value: v, count: row.values.reduce(0, +), fractionOfClass: Dictionary(uniqueKeysWithValues: names.compactMap { c in
                 perClass[c].map { (c, Double(row[c] ?? 0) / Double($0)) }
             }))
         }.sorted { ($0.count, $1.value) > ($1.count, $0.value) }
-        return Attribute(name: name, uncertaintyCoefficient: u, purity: Double(purity) / n, values: rows)
+        return Attribute(name: name, uncertaintyCoefficient: coefficient, purity: Double(purity) / n, values: rows)
     }
 
     /// Why nothing paired: what the log holds.

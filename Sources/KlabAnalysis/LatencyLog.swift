@@ -48,6 +48,8 @@ public struct LogRecord: Sendable {
     public var packet: PacketID?
     public var endpoints: PacketID?
     public var level = ""
+    /// A TCP state change: old, new.
+    public var tcpState: [String]?
 }
 
 /// The header line of events.jsonl.
@@ -131,6 +133,8 @@ public struct EventLog: Sendable {
     public internal(set) var gaps: [SerialGap] = []
     /// An incoming packet's flow → when the application closed its socket.
     public internal(set) var flowClosed: [Flow: Int64] = [:]
+    /// An incoming packet's flow → its socket's TCP state changes (time, old and new state), in order.
+    public internal(set) var flowStates: [Flow: [(t: Int64, old: String, new: String)]] = [:]
     public internal(set) var lines = 0
 
     /// Resolves the two selectors against the header, then streams the file line by line.
@@ -196,6 +200,9 @@ public struct EventLog: Sendable {
                     if p.dport != 0 { flowSocket[Flow(netns: r.netns, src: p.dst, sport: p.dport, dst: p.src, dport: p.sport)] = s }
                 }
                 if r.event == "SOCKET_CLOSE", closed[s] == nil { closed[s] = r.t }
+                if let st = r.tcpState, st.count == 2, let p = r.endpoints, p.dport != 0 {
+                    flowStates[Flow(netns: r.netns, src: p.dst, sport: p.dport, dst: p.src, dport: p.sport), default: []].append((r.t, st[0], st[1]))
+                }
                 if r.level == "socket" || r.event.hasSuffix("_RECEIVE") { socketTids[s, default: []].insert(r.tid) }
             }
             if fromSite.matches(r, &matchesFrom) { fromRecords.append(r) }
@@ -209,6 +216,7 @@ public struct EventLog: Sendable {
             if r.event == "TCP_RECVACK" && r.probe == "sockops" { slowPath.append(r) }
         }
         for (flow, s) in flowSocket { if let t = closed[s] { flowClosed[flow] = t } }
+        for (f, list) in flowStates { flowStates[f] = list.sorted { $0.t < $1.t } }
         fromRecords.sort { $0.t < $1.t }
         toRecords.sort { $0.t < $1.t }
         slowPath.sort { $0.t < $1.t }
@@ -264,6 +272,7 @@ public struct EventLog: Sendable {
             case K.sock: r.sock = UInt64(try s.int())
             case K.context: r.context = try s.string(&strings)
             case K.owned: r.ownedByUser = try s.bool()
+            case K.tcpState: r.tcpState = try s.strings(&strings)
             case K.packet: r.packet = try identity(&s, &strings)
             case K.endpoints: r.endpoints = try identity(&s, &strings)
             default: try s.skip()
@@ -340,8 +349,9 @@ struct JSONScanner {
     static func hash(_ s: String) -> UInt64 { Array(s.utf8).withUnsafeBufferPointer(hash) }
     static let (tNs, cpu, pid, tid, netns, serial, comm, event, probe) =
         (hash("t_ns"), hash("cpu"), hash("pid"), hash("tid"), hash("netns"), hash("serial"), hash("comm"), hash("event"), hash("probe"))
-    static let (level, skb, skbLen, sock, context, owned, packet, endpoints) =
-        (hash("level"), hash("skb"), hash("skb_len"), hash("sock"), hash("context"), hash("sk_owned_by_user"), hash("packet"), hash("endpoints"))
+    static let (level, skb, skbLen, sock, context, owned, packet, endpoints, tcpState) =
+        (hash("level"), hash("skb"), hash("skb_len"), hash("sock"), hash("context"), hash("sk_owned_by_user"), hash("packet"), hash("endpoints"),
+         hash("tcp_state"))
     static let (proto, src, dst, ipID, sport, dport, seq, ack, flags, length, frag, mf) =
         (hash("proto"), hash("src"), hash("dst"), hash("ip_id"), hash("sport"), hash("dport"), hash("tcp_seq"), hash("tcp_ack"),
          hash("tcp_flags"), hash("length"), hash("frag_offset"), hash("mf"))
@@ -374,6 +384,20 @@ struct JSONScanner {
     mutating func string(_ strings: inout Interner) throws -> String {
         let (raw, escaped) = try rawString()
         return escaped ? try unescape(raw) : strings.string(raw)
+    }
+
+    /// An array of strings.
+    mutating func strings(_ strings: inout Interner) throws -> [String] {
+        try eat(UInt8(ascii: "["))
+        var out: [String] = []
+        ws()
+        if i < p.count, p[i] == UInt8(ascii: "]") { i += 1; return out }
+        while true {
+            out.append(try string(&strings))
+            ws()
+            if i < p.count, p[i] == UInt8(ascii: "]") { i += 1; return out }
+            try eat(UInt8(ascii: ","))
+        }
     }
 
     /// "0x…" as a number.

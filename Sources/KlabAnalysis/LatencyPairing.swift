@@ -22,6 +22,7 @@ public struct Pairing: Sendable {
         case fragment = "IP fragment"
         case noLabSocket = "no lab socket"
         case socketClosed = "socket closed"
+        case notEstablished = "socket not established"
         case classNeverSeen = "segment class not seen"
         case coalesced = "coalesced"
         case endOfRun = "after the last to-event"
@@ -34,6 +35,7 @@ public struct Pairing: Sendable {
             case .fragment: "an IP fragment: the to-event fires once for the reassembled datagram"
             case .noLabSocket: "to an address and port where no lab socket was seen (no socket event or to-event names it), e.g. answered with a reset"
             case .socketClosed: "after the application closed the flow's socket (SOCKET_CLOSE), with no to-event on that flow since: the kernel still handles it, a site that follows the lab's sockets does not"
+            case .notEstablished: "its socket was not ESTABLISHED when it came (it completed the handshake, or the connection was closing), and the to-event fired for no such segment in this run (e.g. tcp_probe: only tcp_rcv_established)"
             case .classNeverSeen: "a kind of segment the to-event fired for not once in this run (e.g. tcp_probe sees established sockets only)"
             case .coalesced: "no to-event of its own, but a later to-event on the same flow carries its bytes (its skb grew: GRO or backlog coalescing)"
             case .endOfRun: "no to-event was logged after it at all: the run ended"
@@ -82,7 +84,7 @@ public struct Pairing: Sendable {
 
     /// `from` and `to` sorted by time; `labEndpoints`, `flowClosed` and `gaps` as EventLog gathers them.
     public init(from: [LogRecord], to: [LogRecord], toEvent: String, labEndpoints: Set<Endpoint> = [], flowClosed: [Flow: Int64] = [:],
-                gaps: [SerialGap] = []) {
+                flowStates: [Flow: [(t: Int64, old: String, new: String)]] = [:], gaps: [SerialGap] = []) {
         let bySkb = from.contains { $0.skb != nil } && to.contains { $0.skb != nil }
         key = bySkb ? "the skb address, with the packet identity checked where both events have one"
                     : "the packet identity (protocol, addresses, ports, IP ID, TCP sequence number): the to-site records no skb"
@@ -118,18 +120,29 @@ public struct Pairing: Sendable {
         toWithoutFrom = noFrom
         toIdentityMismatch = mismatch
 
-        // Coalescing: a to-event whose skb holds more than its own from-event's bytes.
+        // Coalescing: a to-event whose skb holds more bytes than its own from-event's, or whose
+        // header's ACK number moved on (a later segment's, merged into it: pure ACKs add no bytes).
         var grown: [Int: Int] = [:]
-        var covering: [Flow: [(t: Int64, lo: Int, hi: Int)]] = [:]
+        var covering: [Flow: [(t: Int64, lo: Int, hi: Int, ackLo: Int, ackHi: Int)]] = [:]
         for (n, p) in pairs.enumerated() {
-            guard let a = p.from.skbLen, let b = p.to.skbLen, let id = p.from.packet, let seq = id.seq else { continue }
-            let extra = b - (a - 20)  // the to-site sees the skb without its (20-byte) IP header
-            guard extra > 0 else { continue }
-            grown[n] = extra
+            guard let id = p.from.packet, let seq = id.seq, let ack = id.ack else { continue }
+            let extra = p.from.skbLen.flatMap { a in p.to.skbLen.map { $0 - (a - 20) } } ?? 0  // the to-site sees no IP header
+            let newAck = p.to.packet?.ack ?? ack
+            guard extra > 0 || newAck != ack else { continue }
+            grown[n] = max(extra, 0)
             covering[Flow(netns: p.from.netns, src: id.src, sport: id.sport, dst: id.dst, dport: id.dport), default: []]
-                .append((p.to.t, seq, seq + id.length + extra))
+                .append((p.to.t, seq, seq + id.length + max(extra, 0), ack, newAck))
         }
         self.grown = grown
+        // The state of a flow's socket at a time: after the last change before it, or before the
+        // first change after it (a passive open's socket appears, in SYN_RECV, on the final ACK).
+        func state(_ r: LogRecord) -> String? {
+            guard let flow = Flow(r), let list = flowStates[flow] else { return nil }
+            if let c = list.last(where: { $0.t < r.t }) { return c.new }
+            let syn = r.packet?.segmentClass == "SYN"
+            return list.first.map { $0.old == "LISTEN" && $0.new == "SYN_RECV" && !syn ? "SYN_RECV" : $0.old }
+        }
+        let pairedUnestablished = pairs.contains { p in state(p.from).map { $0 != "ESTABLISHED" } ?? false }
 
         // Every from-event left over gets exactly one reason.
         let toProto = Self.proto(of: toEvent)
@@ -152,11 +165,13 @@ public struct Pairing: Sendable {
                 miss(.noLabSocket, "\(p.dst):\(p.dport)")
             } else if let flow = Flow(f), let closed = flowClosed[flow], closed < f.t, (lastToOnFlow[flow] ?? .min) < closed {
                 miss(.socketClosed, p?.segmentClass ?? "")
+            } else if toProto == 6, !pairedUnestablished, let st = state(f), st != "ESTABLISHED" {
+                miss(.notEstablished, "\(p?.segmentClass ?? "") in \(st)")
             } else if let p, toProto == 6, !pairs.isEmpty, !classes.contains(p.segmentClass) {
                 miss(.classNeverSeen, p.segmentClass)
-            } else if let p, let seq = p.seq, p.length > 0,
+            } else if let p, let seq = p.seq, let ack = p.ack,
                       covering[Flow(netns: f.netns, src: p.src, sport: p.sport, dst: p.dst, dport: p.dport)]?
-                          .contains(where: { $0.t >= f.t && $0.lo <= seq && seq < $0.hi }) == true {
+                          .contains(where: { $0.t >= f.t && $0.lo <= seq && seq <= $0.hi && $0.ackLo <= ack && ack <= $0.ackHi }) == true {
                 miss(.coalesced, p.segmentClass)
             } else if f.t > lastTo {
                 miss(.endOfRun, p?.segmentClass ?? "")

@@ -74,6 +74,13 @@ struct Report {
 
     private func diff(_ a: UInt64, _ b: UInt64) -> UInt64 { a > b ? a - b : b - a }
 
+    /// /proc/cpuinfo's first "model name", for the header: cycles mean little without it.
+    static var cpuModel: String? {
+        let text = (try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)) ?? ""
+        return text.split(separator: "\n").first { $0.hasPrefix("model name") }
+            .flatMap { $0.split(separator: ":", maxSplits: 1).last?.trimmingCharacters(in: .whitespaces) }
+    }
+
     /// Serial-number gaps per CPU: records the kernel numbered but klab never received.
     var serialGaps: UInt64 {
         var byCPU: [UInt16: [UInt32]] = [:]
@@ -98,7 +105,7 @@ struct Report {
         uname(&uts)
         let kernel = withUnsafeBytes(of: uts.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
         let header = Header(
-            klab: "events", version: 1, scenario: scenario.name, kernel: kernel,
+            klab: "events", version: 1, scenario: scenario.name, kernel: kernel, cpu_model: Self.cpuModel,
             probes: attached.map { Header.Probe(program: $0.program, site: $0.site) },
             events: selections.map {
                 Header.Event(name: $0.event.name, level: $0.event.level.description, site: $0.site.map { $0.probes.map(\.site).joined(separator: " + ") },
@@ -246,6 +253,7 @@ struct Header: Encodable {
     let version: Int
     let scenario: String
     let kernel: String
+    let cpu_model: String?
     let probes: [Probe]
     let events: [Event]
     let clocks: Clocks

@@ -27,7 +27,7 @@ struct LatencyTests {
     struct Line {
         var t: Int64, event: String, probe: String
         var skb: UInt64? = nil, skbLen: Int? = nil, sock: Int? = nil
-        var proto = 6, dport = 8080, ipID = 1, seq = 1000, length = 10, flags = "P.", cpu = 0, tid = 10, comm = "klab"
+        var proto = 6, dport = 8080, ipID = 1, seq = 1000, length = 10, flags = "P.", cpu = 0, tid = 10, comm = "klab", ack = 1
         var serial = 0
         var extra = ""
 
@@ -37,7 +37,7 @@ struct LatencyTests {
             if let skb { s += ",\"skb\":\"0x\(String(skb, radix: 16))\"" }
             if let skbLen { s += ",\"skb_len\":\(skbLen)" }
             if let sock { s += ",\"sock\":\(sock)" }
-            let tcp = proto == 6 ? ",\"tcp_seq\":\(seq),\"tcp_ack\":1,\"tcp_flags\":\"\(flags)\"" : ""
+            let tcp = proto == 6 ? ",\"tcp_seq\":\(seq),\"tcp_ack\":\(ack),\"tcp_flags\":\"\(flags)\"" : ""
             s += ",\"packet\":{\"proto\":\(proto),\"src\":\"198.18.0.2\",\"dst\":\"198.18.0.1\",\"ip_id\":\(ipID),\"df\":true,\"mf\":false,"
                 + "\"frag_offset\":0,\"sport\":40000,\"dport\":\(dport)\(tcp),\"length\":\(length)}"
             return s + extra + "}"
@@ -87,7 +87,7 @@ struct LatencyTests {
         #expect(a.pairing.key.hasPrefix("the packet identity"))
         #expect(a.cycles.sorted() == [Double](repeating: 5_000, count: 5) + [Double](repeating: 6_000, count: 5))
         #expect(a.tails.first { $0.thresholdCycles == 10_000 }?.fraction == 0)
-        #expect(a.equation == "11 IP_RECEIVEPACKET = 10 paired + 1 after the last to-event  (8 other reasons: 0)")
+        #expect(a.equation == "11 IP_RECEIVEPACKET = 10 paired + 1 after the last to-event  (9 other reasons: 0)")
     }
 
     @Test func everyMissHasAReasonAndTheEquationAddsUp() throws {
@@ -110,7 +110,7 @@ struct LatencyTests {
         #expect(r == [.otherProtocol: 1, .noLabSocket: 1, .unexplained: 1, .socketClosed: 2])
         #expect(a.pairing.pairs.count + a.pairing.misses.count == a.log.fromRecords.count)
         #expect(a.pairing.toWithoutFrom == 2)
-        #expect(a.equation.hasPrefix("8 IP_RECEIVEPACKET = 3 paired + 1 other protocol + 1 no lab socket + 2 socket closed + 1 unexplained  (5 other reasons: 0)"))
+        #expect(a.equation.hasPrefix("8 IP_RECEIVEPACKET = 3 paired + 1 other protocol + 1 no lab socket + 2 socket closed + 1 unexplained  (6 other reasons: 0)"))
     }
 
     @Test func skbPairingCatchesAReusedAddress() throws {
@@ -130,6 +130,29 @@ struct LatencyTests {
         #expect(a.pairing.toWithoutFrom == 1)
     }
 
+    @Test func segmentsOfAConnectionNotEstablishedAreExplained() throws {
+        // tcp_probe fires in tcp_rcv_established only: not for the handshake's last ACK, nor
+        // for the ACKs that come back once the socket is closing (FIN_WAIT1).
+        func state(_ t: Int64, _ old: String, _ new: String) -> Line {
+            var l = Line(t: t, event: "TCP_STATE", probe: "tp_btf sock:inet_sock_set_state", sock: 5)
+            l.extra = ",\"tcp_state\":[\"\(old)\",\"\(new)\"],\"endpoints\":{\"proto\":6,\"src\":\"198.18.0.1\",\"dst\":\"198.18.0.2\","
+                + "\"sport\":8080,\"dport\":40000,\"ip_id\":0,\"length\":0}"
+            return l
+        }
+        let lines: [Line] = [
+            Self.from(1_000, id: 1, skb: 0xA, length: 0, flags: "."), state(1_500, "LISTEN", "SYN_RECV"), state(1_600, "SYN_RECV", "ESTABLISHED"),
+            Self.from(5_000, id: 2, skb: 0xB), Self.ack(6_000, id: 2, skb: 0xB),
+            state(7_000, "ESTABLISHED", "FIN_WAIT1"),
+            Self.from(8_000, id: 3, skb: 0xC, length: 0, flags: "."),
+            Self.from(9_000, id: 4, skb: 0xD), Self.ack(9_600, id: 4, skb: 0xD),  // tcp_probe fired in FIN_WAIT1? then it is no reason
+        ]
+        let a = try Self.analyse(Array(lines.prefix(7)), to: "TCP_RECVACK")
+        #expect(Self.reasons(a) == [.notEstablished: 2])
+        #expect(Set(a.pairing.misses.map(\.detail)) == ["pure ACK in SYN_RECV", "pure ACK in FIN_WAIT1"])
+        let b = try Self.analyse(lines, to: "TCP_RECVACK")
+        #expect(Self.reasons(b)[.notEstablished] == nil)
+    }
+
     @Test func coalescedSegmentIsExplained() throws {
         // Segment 2 (seq 1010) is merged into segment 1's skb: tcp_probe sees one skb of 20 + 20 bytes.
         let lines: [Line] = [
@@ -140,6 +163,13 @@ struct LatencyTests {
         let a = try Self.analyse(lines, to: "TCP_RECVACK")
         #expect(Self.reasons(a) == [.coalesced: 1])
         #expect(a.pairing.grown.values.sorted() == [10])
+        // Pure ACKs add no bytes: the merged skb's header carries the later ACK number.
+        let head = Self.from(20_000, id: 6, skb: 0xE, seq: 2000, length: 0, flags: ".")
+        var second = Self.from(20_300, id: 7, skb: 0xF, seq: 2000, length: 0, flags: ".")
+        var merged = Self.ack(21_000, id: 6, skb: 0xE, skbLen: 20, seq: 2000, length: 0)
+        (second.ack, merged.ack) = (500, 500)  // the second acknowledges more; the merged header shows it
+        let acks = try Self.analyse([head, second, merged], to: "TCP_RECVACK")
+        #expect(Self.reasons(acks) == [.coalesced: 1])
         let coalesced = a.attribution.first { $0.name == "coalesced" }!
         #expect(Set(coalesced.values.map(\.value)) == ["yes", "no"])
     }
