@@ -10,8 +10,14 @@ extension LatencyAnalysis {
         let sorted = cycles.filter { $0 > 0 }.sorted()
         let lo = sorted.first ?? 1, hi = sorted.last ?? 10
         let marks = modes.map(\.cycles) + tails.map(\.thresholdCycles) + Self.paper.modes
-        let x0 = floor(log10(min(lo, marks.min() ?? lo))), x1 = max(x0 + 1, ceil(log10(max(hi, marks.max() ?? hi))))
-        func x(_ c: Double) -> Double { left + (log10(max(c, pow(10, x0))) - x0) / (x1 - x0) * w }
+        // The axis runs between 1-2-5 values around the data and the marks.
+        func nice(_ v: Double, up: Bool) -> Double {
+            let d = floor(log10(v))
+            let steps = [1.0, 2, 5, 10].map { $0 * pow(10, d) }
+            return log10(up ? steps.first { $0 >= v * (1 - 1e-9) }! : steps.last { $0 <= v * (1 + 1e-9) }!)
+        }
+        let x0 = nice(min(lo, marks.min() ?? lo), up: false), x1 = max(x0 + 0.3, nice(max(hi, marks.max() ?? hi), up: true))
+        func x(_ c: Double) -> Double { left + (min(max(log10(max(c, 1e-9)), x0), x1) - x0) / (x1 - x0) * w }
         func y(_ f: Double) -> Double { top + (1 - f) * h }
         func f(_ v: Double) -> String { String(format: "%.1f", v) }
         func esc(_ s: String) -> String {
@@ -21,15 +27,15 @@ extension LatencyAnalysis {
             "<?xml version=\"1.0\" encoding=\"UTF-8\"?>",
             "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"\(Int(width))\" height=\"\(Int(height))\" viewBox=\"0 0 \(Int(width)) \(Int(height))\" font-family=\"sans-serif\" font-size=\"12\">",
             "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>",
-            "<text x=\"\(f(left))\" y=\"26\" font-size=\"16\" font-weight=\"bold\">\(esc("Latency \(log.from.event) → \(log.to.event): CDF of \(cycles.count) packets"))</text>",
+            "<text x=\"\(f(left))\" y=\"26\" font-size=\"16\" font-weight=\"bold\">\(esc("Latency \(log.from.event) → \(log.to.event): CDF of \(Self.group(Double(cycles.count))) packets"))</text>",
             "<text x=\"\(f(left))\" y=\"46\">\(esc("from \(log.from.site) (\(log.from.placement)) to \(log.to.site) (\(log.to.placement))"))</text>",
             "<text x=\"\(f(left))\" y=\"64\">\(esc("kernel \(log.header.kernel); CPU \(cpuModel) (\(cpuModelSource)); TSC \(Self.group(log.header.tscHz)) Hz"))</text>",
         ]
         // Grid, ticks and labels.
-        for d in Int(x0)...Int(x1) {
+        for d in Int(floor(x0))...Int(ceil(x1)) {
             for m in 1...9 {
                 let c = Double(m) * pow(10, Double(d))
-                guard log10(c) <= x1 + 1e-9 else { break }
+                guard log10(c) >= x0 - 1e-9 && log10(c) <= x1 + 1e-9 else { continue }
                 let major = m == 1 || m == 2 || m == 5
                 s.append("<line x1=\"\(f(x(c)))\" y1=\"\(f(top))\" x2=\"\(f(x(c)))\" y2=\"\(f(top + h))\" stroke=\"\(major ? "#ddd" : "#f2f2f2")\"/>")
                 s.append("<line x1=\"\(f(x(c)))\" y1=\"\(f(top + h))\" x2=\"\(f(x(c)))\" y2=\"\(f(top + h + (major ? 6 : 3)))\" stroke=\"black\"/>")
@@ -49,7 +55,8 @@ extension LatencyAnalysis {
         var labelRow = 0
         func mark(_ c: Double, _ color: String, _ dash: String, _ label: String) {
             s.append("<line x1=\"\(f(x(c)))\" y1=\"\(f(top))\" x2=\"\(f(x(c)))\" y2=\"\(f(top + h))\" stroke=\"\(color)\" stroke-dasharray=\"\(dash)\" stroke-width=\"1.5\"/>")
-            s.append("<text x=\"\(f(x(c) + 4))\" y=\"\(f(top + 14 + Double(labelRow % 6) * 14))\" fill=\"\(color)\">\(esc(label))</text>")
+            s.append("<text x=\"\(f(x(c) + 4))\" y=\"\(f(top + 14 + Double(labelRow % 7) * 14))\" fill=\"\(color)\" stroke=\"white\" "
+                + "stroke-width=\"3\" paint-order=\"stroke\">\(esc(label))</text>")
             labelRow += 1
         }
         for (i, m) in Self.paper.modes.enumerated() { mark(m, "#999", "2 3", "paper mode \(i + 1): ≈\(Self.group(m))") }

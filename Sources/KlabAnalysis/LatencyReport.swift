@@ -28,7 +28,7 @@ extension LatencyAnalysis {
         say("klab latency: \(log.from.event) → \(log.to.event), \(log.file)")
         for (label, s, n) in [("from", log.from, log.fromRecords.count), ("to", log.to, log.toRecords.count)] {
             say("  \(label.padding(toLength: 4, withPad: " ", startingAt: 0)) \(s.event) at \(s.site), "
-                + (s.detail.hasPrefix(s.placement) ? s.detail : "\(s.placement): \(s.detail)") + "; \(g(Double(n))) records")
+                + (s.detail.hasPrefix(s.placement) ? s.detail : "\(s.placement): \(s.detail)") + "; \(g(Double(n))) record\(n == 1 ? "" : "s")")
         }
         say("  paired by \(pairing.key)")
         say("  kernel \(log.header.kernel); CPU \(cpuModel) (\(cpuModelSource)); TSC \(g(hz)) Hz, as the run measured it")
@@ -48,7 +48,7 @@ extension LatencyAnalysis {
         say("  records the run lost: " + (runLost.map { "\($0) (summary.json events.lost)" } ?? "unknown (no summary.json)")
             + "; serial-number gaps in the log: \(lost) records")
         say()
-        say("Latency of \(g(Double(cycles.count))) packets")
+        say("Latency of \(g(Double(cycles.count))) packet\(cycles.count == 1 ? "" : "s")")
         say("  " + row(["", "ns", "cycles"], [6, 12, 12]))
         for p in percentiles {
             let label = p.p == p.p.rounded() ? "p\(Int(p.p))" : "p\(p.p)"
