@@ -93,7 +93,8 @@ public struct LatencyAnalysis: Sendable {
         let names = modes.enumerated().map { "mode \($0.offset + 1)" } + ["tail"]
         classNames = names
         let classes = cycles.map { c in
-            if c > thresholds[0].0 || c <= 0 { return "tail" }
+            if c > thresholds[0].0 { return "tail" }
+            if c <= 0 { return names[0] }
             let k = found.modes.indices.min { abs(Foundation.log(found.modes[$0] / c)) < abs(Foundation.log(found.modes[$1] / c)) } ?? 0
             return names[k]
         }

@@ -8,61 +8,79 @@ struct LatencyCommand: ParsableCommand {
         commandName: "latency",
         abstract: "The latency from one event to another of the same packet, from a results folder.",
         discussion: """
-            Pairs every --from event (default IP_RECEIVEPACKET) with the --to event (default
-            TCP_RECEIVEPACKET) of the same packet in RESULTS/events.jsonl, read line by line, and
-            measures the time between them in ns and in TSC cycles (from the TSC rate the run
-            measured). This is the seed paper's Figure 2: for 55-byte TCP segments, the receive
-            latency from the IP layer to the TCP layer had two modes, near 5,000 and 6,000
-            cycles, and about 5% of the packets above 10,000 cycles (Linux 2.6.22, the paper's
-            hardware). The report ends with the two side by side.
+            Pairs every --from event (default IP_RECEIVEPACKET) with the --to
+            event (default TCP_RECEIVEPACKET) of the same packet in
+            RESULTS/events.jsonl, read line by line, and measures the time
+            between them in ns and in TSC cycles (at the TSC rate the run
+            measured). This is the seed paper's Figure 2: for 55-byte TCP
+            segments, the receive latency from the IP layer to the TCP layer
+            had two modes, near 5,000 and 6,000 cycles, and about 5% of the
+            packets above 10,000 cycles (Linux 2.6.22, the paper's hardware).
+            The report ends with the two side by side.
 
-              klab run lab/scenarios/tcp-handshake.yaml -o /tmp/r
-              klab latency /tmp/r/tcp-handshake
-              klab latency /tmp/r/tcp-handshake --to TCP_RECVACK@tcp_probe
-              klab latency /tmp/r/udp-echo --to UDP_QUEUE_SOCKETBUFFER --tail 20000
-              klab latency /tmp/r/tcp-handshake --json | python3 -m json.tool
+              klab run lab/scenarios/wire-tcp.yaml -o /tmp/r
+              klab latency /tmp/r/wire-tcp
+              klab run lab/scenarios/wire-tcp.yaml --all-sites -o /tmp/a
+              klab latency /tmp/a/wire-tcp --to TCP_RECVACK@tcp_probe
+              klab latency /tmp/r/udp-echo --to UDP_QUEUE_SOCKETBUFFER
+              klab latency /tmp/r/wire-tcp --tail 20000 --json
 
-            Sites. An event is taken from the site the run logged it from (the header of
-            events.jsonl names it and whether it is exact, in Klogger's own function, or
-            approximate). After a run with --all-sites, EVENT@PROBE or --to-probe picks another
-            site: the records whose probe contains PROBE (e.g. tcp_probe, sockops, cgroup_skb).
-            The report names both sites and their placement: an approximate site measures a
-            slightly different span than Klogger's.
+            Sites. An event is taken from the site the run logged it from
+            (the header of events.jsonl names it and whether it is exact, in
+            Klogger's own function, or approximate). In a run with
+            --all-sites, EVENT@PROBE or --to-probe picks another site: the
+            records whose probe contains PROBE (tcp_probe, sockops, ...). The
+            report names both sites and their placement: an approximate site
+            measures a slightly different span than Klogger's.
 
-            Pairing. By the skb address when both sites record it (the to-event must come after
-            the from-event, on the same skb, of the same packet: a reused skb address is caught
-            by the packet's identity); otherwise by the packet's identity (protocol, addresses,
-            ports, IP ID, TCP sequence number), first in first out.
+            Pairing. By the skb address when both sites record it: the
+            to-event comes after the from-event, on the same skb, and the
+            packet identity must agree, so a reused skb address is not taken
+            for the same packet. Otherwise by the packet identity (protocol,
+            addresses, ports, IP ID, TCP sequence number), first in, first out.
 
             What it prints:
-              accounting   every from-event is paired or counted under one reason (other
-                           protocol, IP fragment, no lab socket, a segment class the to-event
-                           never fired for, coalesced into a later segment's skb, after the last
-                           to-event, lost records, unexplained), as an equation that adds up;
-                           to-events with no from-event; records the run lost
-              percentiles  p1 … p99.9 in ns and cycles
+              accounting   every from-event is paired or counted under one
+                           reason, as an equation that adds up: another
+                           protocol; an IP fragment; no lab socket at its
+                           address and port; its socket closed by the
+                           application; its socket not ESTABLISHED (the log's
+                           TCP state changes); a segment class the to-event
+                           never fired for; coalesced into a later segment's
+                           skb; after the last to-event; lost records (a
+                           serial-number gap then); unexplained. Then the
+                           to-events with no from-event and the records the
+                           run lost.
+              percentiles  p1 ... p99.9 in ns and cycles
               histogram    log-spaced bins in cycles
-              modes        peaks of a Gaussian mixture fitted to log(cycles), k = 1…4 by BIC,
-                           with each mode's weight; a bootstrap likelihood-ratio test of one
-                           component against two (statistic and p-value)
-              tail         the fraction above twice the main mode, above the paper's 10,000
-                           cycles, and above each --tail
-              attribution  each packet goes to its nearest mode (or the tail); for the task
-                           that ran the to-event (the injector, the socket's reader, ksoftirqd,
-                           other), its context and sk_owned_by_user (when the run logged them),
-                           its CPU and whether it is the from-event's, the TCP fast or slow path
-                           (when sockops logged TCP_RECVACK, e.g. with --all-sites), coalescing
-                           and the segment class: the share of each mode that has each value, and
-                           the uncertainty coefficient U = I(class; attribute) / H(class) that
-                           ranks the attributes (1: the attribute decides the mode)
+              modes        peaks of a Gaussian mixture fitted to log(cycles),
+                           k = 1...4 chosen by BIC, with each mode's weight;
+                           a bootstrap likelihood-ratio test of one component
+                           against two and Hartigan's dip test (statistic and
+                           p-value each: p < 0.05 says more than one mode)
+              tail         the fraction above twice the main mode, above the
+                           paper's 10,000 cycles and above each --tail
+              attribution  each packet goes to its nearest mode or to the
+                           tail. For the task that ran the to-event (the
+                           injector, the socket's reader, ksoftirqd, other),
+                           context and sk_owned_by_user (when logged), its
+                           CPU and whether it is the from-event's, the TCP
+                           fast or slow path (known when sockops logged
+                           TCP_RECVACK, as with --all-sites), coalescing and
+                           the segment class: the share of each mode that has
+                           each value. Attributes are ranked by the
+                           uncertainty coefficient U = I(class; attribute) /
+                           H(class): 1 means the attribute decides the mode.
 
-            Files, in RESULTS/latency/ (or --out): FROM-TO.svg (the CDF, cycles on a log scale,
-            modes and thresholds marked), FROM-TO.csv (one row per packet: times, latency, CPU,
-            task and every attribute) and FROM-TO.json (what --json prints).
+            Files, in RESULTS/latency/ (or --out): FROM-TO.svg (the CDF,
+            cycles on a log scale, modes and thresholds marked), FROM-TO.csv
+            (one row per packet: times, latency, CPU, task, every attribute)
+            and FROM-TO.json (what --json prints).
 
-            Exit codes: 0 done; 64 bad command line (no such folder, an event or site the run
-            did not log); 65 bad results (a line that is not JSON or is cut short, no TSC rate,
-            no pair found: printed as file:line: error: … or with the events present).
+            Exit codes: 0 done; 64 bad command line (no such folder, an event
+            or site the run did not log); 65 bad results (a line that is not
+            JSON or is cut short, no TSC rate: file:line: error: ...; or no
+            pair found, with the events the log holds).
             """)
 
     @Argument(help: "A results folder of klab run (or its events.jsonl).")
