@@ -178,6 +178,9 @@ public struct LatencyAnalysis: Sendable {
         return "no \(log.from.event) in \(log.file) pairs with a \(log.to.event) of the same packet: "
             + "\(log.fromRecords.count) \(log.from.event) from \(log.from.site), \(log.toRecords.count) \(log.to.event) from \(log.to.site)"
             + (p.toIdentityMismatch > 0 ? " (\(p.toIdentityMismatch) shared an skb but not the packet)" : "")
+            + (p.misses.isEmpty ? "" : "; why the \(log.from.event) went unpaired: "
+                + p.buckets.filter { $0.count > 0 }.map { "\($0.reason.rawValue) \($0.count) (" + $0.details.prefix(3).map { "\($0.0) \($0.1)" }.joined(separator: ", ") + ")" }
+                    .joined(separator: ", "))
             + ". The log holds: " + (present.isEmpty ? "no events" : present)
     }
 
