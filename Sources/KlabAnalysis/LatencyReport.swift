@@ -123,7 +123,7 @@ extension LatencyAnalysis {
         }
         struct Modes: Encodable { let method: String; let modes: [Mode] }
         struct Attribution: Encodable { let measure: String; let classes: [String: Int]; let attributes: [Attribute] }
-        struct Figure: Encodable { let kernel, cpu, packets: String; let modesCycles: [Double]; let fractionAbove10000Cycles: Double }
+        struct Figure: Encodable { let kernel, cpu, packets: String; let modesCycles: [Double]; let fractionAboveTenThousandCycles: Double }
         let results: String
         let from, to: Site
         let pairedBy: String
@@ -159,9 +159,9 @@ extension LatencyAnalysis {
             bimodality: bimodality, dip: dip, tails: tails,
             attribution: .init(measure: Self.attributionMeasure, classes: counts, attributes: attribution),
             paper: .init(kernel: Self.paper.kernel, cpu: Self.paper.hardware, packets: Self.paper.packets,
-                         modesCycles: Self.paper.modes, fractionAbove10000Cycles: Self.paper.above10k),
+                         modesCycles: Self.paper.modes, fractionAboveTenThousandCycles: Self.paper.above10k),
             today: .init(kernel: log.header.kernel, cpu: "\(cpuModel) (\(cpuModelSource))", packets: "\(cycles.count) packets, IP length \(packetSizes)",
-                         modesCycles: modes.map(\.cycles), fractionAbove10000Cycles: tails.first { $0.thresholdCycles == 10_000 }?.fraction ?? 0),
+                         modesCycles: modes.map(\.cycles), fractionAboveTenThousandCycles: tails.first { $0.thresholdCycles == 10_000 }?.fraction ?? 0),
             files: files)
         let enc = JSONEncoder()
         enc.outputFormatting = [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes]
