@@ -59,7 +59,12 @@ struct LatencyTests {
 
     static func write(_ lines: [Line], header: String = header(), tail: String = "") throws -> String {
         var serial = 0
-        let body = lines.map { l -> String in var l = l; l.serial = serial; serial += 1; return l.json }
+        let body = lines.map { l -> String in
+            var l = l
+            if l.serial == 0 { l.serial = serial }  // a line may jump ahead: a gap, lost records
+            serial = l.serial + 1
+            return l.json
+        }
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("klab-latency-\(UUID().uuidString).jsonl").path
         try ([header] + body).joined(separator: "\n").appending("\n" + tail).write(toFile: path, atomically: true, encoding: .utf8)
         return path
@@ -111,6 +116,15 @@ struct LatencyTests {
         #expect(a.pairing.pairs.count + a.pairing.misses.count == a.log.fromRecords.count)
         #expect(a.pairing.toWithoutFrom == 2)
         #expect(a.equation.hasPrefix("8 IP_RECEIVEPACKET = 3 paired + 1 other protocol + 1 no lab socket + 2 socket closed + 1 unexplained  (6 other reasons: 0)"))
+    }
+
+    @Test func aMissDuringLostRecordsSaysSo() throws {
+        var jump = Self.from(20_000, id: 3)
+        jump.serial = 9  // records 3…8 were numbered on cpu0 but never received
+        let a = try Self.analyse([Self.from(1_000, id: 1), Self.to(3_000, id: 1), Self.from(10_000, id: 2), jump, Self.to(22_000, id: 3)])
+        #expect(Self.reasons(a) == [.lostRecords: 1])
+        #expect(a.pairing.misses.first?.detail == "cpu0")
+        #expect(a.log.gaps.map(\.missing) == [6])
     }
 
     @Test func skbPairingCatchesAReusedAddress() throws {
