@@ -70,6 +70,8 @@ public struct RunHeader: Codable, Sendable {
     public let version: Int
     public let scenario: String
     public let kernel: String
+    /// /proc/cpuinfo's first model name: cycles mean little without it.
+    public let cpu_model: String?
     public let probes: [Probe]
     public let events: [Event]
     public let clocks: Clocks
@@ -78,9 +80,10 @@ public struct RunHeader: Codable, Sendable {
     public let records: Int?
     public let capture: CaptureInfo?
 
-    public init(scenario: String, kernel: String, probes: [Probe], events: [Event], clocks: Clocks, hosts: [HostInfo],
+    public init(scenario: String, kernel: String, cpuModel: String?, probes: [Probe], events: [Event], clocks: Clocks, hosts: [HostInfo],
                 records: Int, capture: CaptureInfo) {
         (klab, version, self.scenario, self.kernel, self.probes, self.events) = ("events", 2, scenario, kernel, probes, events)
+        cpu_model = cpuModel
         (self.clocks, self.hosts, record_size, self.records, self.capture) = (clocks, hosts, TraceEvent.recordSize, records, capture)
     }
 

@@ -149,7 +149,7 @@ public struct SyntheticRun {
             ("IP_SENDBUFFER", Schema.netDevQueue),
         ]
         let header = RunHeader(
-            scenario: "synthetic", kernel: "synthetic", probes: [],
+            scenario: "synthetic", kernel: "synthetic", cpuModel: nil, probes: [],
             events: logged.map { name, probe in
                 let site = Schema.event(named: name)!.site(of: probe.id)!
                 return RunHeader.Event(name: name, level: "ip", site: PlacementChecker.name(site), placement: site.exact ? "exact" : "approximate",

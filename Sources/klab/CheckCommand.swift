@@ -46,7 +46,7 @@ struct CheckCommand: ParsableCommand {
             report = checker.finish()
         } catch let e as ResultsError {
             FileHandle.standardError.write(Data("klab check: \(e)\n".utf8))
-            throw ExitCode(ExitCodes.badResults)
+            throw ExitCode(ExitCodes.dataError)
         }
         let enc = JSONEncoder()
         enc.outputFormatting = [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes]

@@ -16,18 +16,20 @@ struct Klab: ParsableCommand {
 
             Exit codes: 0 success; 1 a scenario failed or a placement rule was violated; 2 bad
             scenario file (printed as file:line:column: error: …); 64 bad command line; 65 a
-            results folder is missing, truncated, corrupt or mixed from two runs; 69 a requirement is missing
+            results folder is missing, truncated, corrupt or mixed from two runs, or holds nothing
+            klab latency can measure; 69 a requirement is missing
             (root, /dev/net/tun, BTF, tracefs, cgroup v2, BPF); 70 internal error; 130
             interrupted (Ctrl-C or SIGTERM).
             """,
-        subcommands: [Run.self, Validate.self, Trace.self, SchemaCommand.self, CheckCommand.self, CompareSites.self, JourneyCommand.self, Bench.self])
+        subcommands: [Run.self, Validate.self, Trace.self, SchemaCommand.self, CheckCommand.self, CompareSites.self, JourneyCommand.self, LatencyCommand.self, Bench.self])
 }
 
 enum ExitCodes {
     static let failed: Int32 = 1
+    /// A results folder that is missing, truncated, corrupt, mixed from two runs, or holds
+    /// nothing to measure (EX_DATAERR).
+    static let dataError: Int32 = 65
     static let software: Int32 = 70
-    /// A results folder that is missing, truncated, corrupt or mixed from two runs (EX_DATAERR).
-    static let badResults: Int32 = 65
     static let interrupted: Int32 = 130
 }
 
