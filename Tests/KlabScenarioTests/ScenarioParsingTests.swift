@@ -111,7 +111,7 @@ struct ScenarioParsingTests {
         ("name: a/b\nsteps: []\n", "x.yaml:1:7: error: a scenario name is one word of letters, digits, - _ and . (it names the results folder)"),
         ("steps:\n  - send: c \"abc\n", "x.yaml:2:13: error: this \" is never closed"),
         ("steps:\n  - \"< udp (1)\"\n  - events: IP_RECEIVEPACKET\n    packet: 5\n",
-         "x.yaml:3:5: error: packet: 5 is not the line of an earlier inject or expect step (those are on lines 2)"),
+         "x.yaml:3:5: error: packet: 5 is not the line of an earlier inject, expect or flood step (those are on lines 2)"),
         ("hosts: [{name: a}]\nsteps: []\n", "x.yaml:1:8: error: hosts is a list of two or more hosts, joined by klab's wire; one host is host:"),
         ("hosts: [{name: a}, {name: a}]\nsteps: []\n", "x.yaml:1:20: error: duplicate host name 'a' (198.18.0.1 has it)"),
         ("host: {name: a}\nhosts: [{name: a}, {name: b}]\nsteps: []\n",
