@@ -117,6 +117,7 @@ extension Play {
         let tun = try link.tun
         let injected = DispatchSemaphore(value: 0), read = DispatchSemaphore(value: 0)
         let injector = Thread { [packets] in
+            if let cpu = f.injectCPU, klab_pin_thread(Int32(cpu)) != 0 { st.fail("cannot pin the injector to CPU \(cpu): \(String(cString: strerror(errno)))") }
             Play.inject(packets, stride: stride, rate: f.rate, tcp: tcp, tun: tun, st)
             injected.signal()
         }
@@ -128,6 +129,7 @@ extension Play {
             // Born on the host's thread, so it lives in the host's namespace too.
             try labHost(for: step).run {
                 Thread {
+                    if let cpu = f.readerCPU, klab_pin_thread(Int32(cpu)) != 0 { st.fail("cannot pin the reader to CPU \(cpu): \(String(cString: strerror(errno)))") }
                     Play.read(fd, total: total, readSize: f.readSize, busy: f.reader == .busy, st)
                     read.signal()
                 }.start()
@@ -176,7 +178,7 @@ extension Play {
                     if doneNs == nil { doneNs = t } else if t - doneNs! > 200_000_000 { break }
                 }
             } else if f.reader == .none ? injectorDone : got == total || injectorDone
-                        && t - max(st.lastReadNs.load(ordering: .relaxed), st.lastNs.load(ordering: .relaxed)) > 300_000_000 {
+                        && t - max(st.lastReadNs.load(ordering: .relaxed), st.lastNs.load(ordering: .relaxed)) > 50_000_000 {
                 break
             }
             if Interrupt.requested { outcome = "interrupted"; break }

@@ -207,6 +207,10 @@ struct Report {
             }
         }
         lines.append(failures.isEmpty && !interrupted ? "\(scenario.name): PASSED" : "\(scenario.name): FAILED")
+        // A long run (a flood) shows its first and last lines; the files have everything.
+        if lines.count > 1000 {
+            lines[400..<lines.count - 400] = ["      … \(lines.count - 800) lines elided: journeys.jsonl and events.jsonl have them …"]
+        }
         return lines.joined(separator: "\n")
     }
 }

@@ -221,6 +221,9 @@ public struct FloodSpec: Sendable {
     public let readSize: Int
     /// How long the step may take; nil: until the scenario's timeout.
     public let timeoutNs: UInt64?
+    /// CPUs to pin the injector and the reader thread to; nil: where the scheduler likes.
+    public var injectCPU: Int? = nil
+    public var readerCPU: Int? = nil
 }
 
 /// An ordered sequence of schema events that must appear in the trace.
@@ -648,7 +651,7 @@ struct Reader {
         switch verb.key {
         case "run": allowed = ["name", "background", "status", "timeout", "host", "output"]
         case "workload": allowed = ["from", "to", "size", "count", "duration"]
-        case "flood": allowed = ["rate", "reader", "size", "read_size", "timeout"]
+        case "flood": allowed = ["rate", "reader", "size", "read_size", "timeout", "inject_cpu", "reader_cpu"]
         case "events": allowed = ["sock", "level", "exact", "packet"]
         case "inject", "expect", "wait", "sleep", "stop": allowed = []
         case "socket": allowed = ["result", "host"]
@@ -1045,7 +1048,8 @@ struct Reader {
     }
 
     /// `flood: c 100000` with `rate: 20000` (packets per second, 0: back to back), `reader:
-    /// waiting|busy|none`, `size: 15`, `read_size: 65536`, `timeout: 60s`.
+    /// waiting|busy|none`, `size: 15`, `read_size: 65536`, `timeout: 60s`, `inject_cpu: 0`,
+    /// `reader_cpu: 1` (or `any`).
     func flood(_ node: Node, _ extra: [String: (Node, Node)]) throws(ScenarioError) -> FloodSpec {
         let w = try Words(try string(node, "flood"), at: textStart(node))
         guard w.count == 2 else {
@@ -1069,7 +1073,13 @@ struct Reader {
         let readSize = try extra["read_size"].map { (_, v) throws(ScenarioError) in try int(v, "read_size", in: 1...(1 << 20)) } ?? 65536
         let timeout = try extra["timeout"].map { (_, v) throws(ScenarioError) in try duration(v, "timeout") }
         if timeout == 0 { throw fail(extra["timeout"]!.1, "impossible time: a timeout of 0") }
-        return FloodSpec(sock: w[0], count: count, rate: rate, reader: reader, size: size, readSize: readSize, timeoutNs: timeout)
+        var spec = FloodSpec(sock: w[0], count: count, rate: rate, reader: reader, size: size, readSize: readSize, timeoutNs: timeout)
+        func cpu(_ key: String) throws(ScenarioError) -> Int? {
+            guard let (_, v) = extra[key], try string(v, key) != "any" else { return nil }
+            return try int(v, "\(key) (a CPU number, or any)", in: 0...4095)
+        }
+        (spec.injectCPU, spec.readerCPU) = (try cpu("inject_cpu"), try cpu("reader_cpu"))
+        return spec
     }
 
     /// The executable `name` resolves to on PATH (or itself, if it has a slash).

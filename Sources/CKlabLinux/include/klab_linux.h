@@ -33,6 +33,8 @@ int klab_setns_net(int fd);
 int klab_gettid(void);
 // pthread_setname_np for the calling thread (its comm, up to 15 bytes), also _GNU_SOURCE.
 int klab_set_thread_name(const char *name);
+// sched_setaffinity(2) of the calling thread to one CPU (_GNU_SOURCE again).
+int klab_pin_thread(int cpu);
 
 // read(2)/write(2) without glibc's wrappers: in a multi-threaded process (klab always is)
 // those switch thread cancellation on and off around every call, about 3% of a TUN
