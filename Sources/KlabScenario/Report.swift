@@ -51,7 +51,7 @@ struct Report {
         var byIdentity: [PacketIdentity: [WirePacket]] = [:]
         struct Segment: Hashable { let src, dst: UInt32; let sport, dport: UInt16; let seq: UInt32; let flags: UInt8 }
         var bySegment: [Segment: [WirePacket]] = [:]
-        for w in wire {
+        for w in wire.sorted(by: { $0.monotonicNs < $1.monotonicNs }) {  // each list in time order
             guard let id = w.identity else { continue }
             byIdentity[id, default: []].append(w)
             if id.proto == 6 {
@@ -68,7 +68,12 @@ struct Report {
                                        dport: p.destinationPort, seq: p.tcpSeq, flags: p.tcpFlags)
                 candidates = bySegment[outgoing]
             }
-            return candidates?.min { diff($0.monotonicNs, e.timeNs) < diff($1.monotonicNs, e.timeNs) }?.frame
+            // The nearest is beside the first candidate at or after the event (a flood's host sends
+            // thousands of ACKs with one seq: a scan of them all per event would be quadratic).
+            guard let c = candidates, !c.isEmpty else { return nil }
+            var (lo, hi) = (0, c.count)
+            while lo < hi { let mid = (lo + hi) / 2; if c[mid].monotonicNs < e.timeNs { lo = mid + 1 } else { hi = mid } }
+            return c[max(lo - 1, 0)...min(lo, c.count - 1)].min { diff($0.monotonicNs, e.timeNs) < diff($1.monotonicNs, e.timeNs) }?.frame
         }
     }
 
