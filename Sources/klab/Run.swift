@@ -22,8 +22,8 @@ struct Run: ParsableCommand {
 
             Results go to DIR/NAME/ (default DIR: results/RUN-TIME): capture.pcap
             (read it with tcpdump -r), events.jsonl (a header line, then one schema
-            event per line), summary.json, and programs/, workload.*.json and
-            wire.json when the scenario has them. Needs root. Examples:
+            event per line), summary.json, and programs/, workload.*.json,
+            flood.*.json and wire.json when the scenario has them. Needs root. Examples:
 
               klab run lab/scenarios/icmp-echo.yaml
               klab run lab/scenarios/*.yaml --out /tmp/klab-results
