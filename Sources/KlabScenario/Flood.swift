@@ -121,7 +121,6 @@ extension Play {
             Play.inject(packets, stride: stride, rate: f.rate, tcp: tcp, tun: tun, st)
             injected.signal()
         }
-        injector.stackSize = 1 << 20
         if f.reader != .none {
             // A blocking read wakes every 100 ms to see whether the step is over.
             var tv = timeval(tv_sec: 0, tv_usec: 100_000)
@@ -138,7 +137,7 @@ extension Play {
         injector.start()
 
         let until = min(deadlineNs, f.timeoutNs.map { now &+ $0 } ?? .max)
-        var acks = 0, other = 0, nextLog = now + 1_000_000_000
+        var acks = 0, other = 0, nextLog = now + 1_000_000_000, window = Int(hostWindow)
         var doneNs: UInt64?  // when the reader had everything: the last ACKs come within 200 ms
         var outcome: String?
         func take(_ got: [Wire.Received]) {
@@ -155,7 +154,8 @@ extension Play {
                 acks += 1
                 let n = min(max(Int(Int32(bitPattern: seen.ack &- firstSeq)), 0) / size, f.count)
                 if n > st.acked.load(ordering: .relaxed) { st.acked.store(n, ordering: .relaxed) }
-                st.window.store(max(seen.window / size, 1), ordering: .relaxed)
+                window = seen.window
+                st.window.store(max(window / size, 1), ordering: .relaxed)
             }
         }
         while true {
@@ -217,7 +217,7 @@ extension Play {
         if tcp { text += "; host ACKs \(acks)" + (f.reader == .none ? ", acknowledged \(st.acked.load(ordering: .relaxed)) packets" : "") }
         if other > 0 { text += ", \(other) other packets from the host" }
         let complete = f.reader == .none ? (tcp ? st.acked.load(ordering: .relaxed) == f.count : sent == f.count) : tcp ? got == total : got > 0
-        if let outcome { return StepOutcome(text: "\(outcome): \(text)", ok: false, eventNs: last) }
+        if let outcome { return StepOutcome(text: "\(outcome): \(text)" + (tcp ? "; the host's last window: \(window) bytes" : ""), ok: false, eventNs: last) }
         return StepOutcome(text: text + (complete ? "" : " (incomplete)"), ok: complete, eventNs: last)
     }
 
