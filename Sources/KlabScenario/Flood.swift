@@ -295,8 +295,11 @@ extension Play {
         let buf = UnsafeMutableRawPointer.allocate(byteCount: readSize, alignment: 16)
         defer { buf.deallocate() }
         var got = 0, calls = 0
+        // Not MSG_DONTWAIT itself: naming it in a second file of this module makes a release
+        // (whole-module) build lose it in Scenario.swift (Swift 6.3).
+        let dontWait = Reader.messageFlags["MSG_DONTWAIT"]!
         while got < total && !st.stop.load(ordering: .relaxed) {
-            let r = busy ? recv(fd, buf, readSize, Int32(MSG_DONTWAIT)) : Glibc.read(fd, buf, readSize)
+            let r = busy ? recv(fd, buf, readSize, dontWait) : Glibc.read(fd, buf, readSize)
             if r > 0 {
                 got += r
                 calls += 1
