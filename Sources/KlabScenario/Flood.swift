@@ -58,7 +58,6 @@ final class FloodState: Sendable {
     let readBytes = Atomic<Int>(0)
     let readCalls = Atomic<Int>(0)
     let lastReadNs = Atomic<UInt64>(0)
-    let readerDone = Atomic<Bool>(false)
     let problem = Mutex<String?>(nil)
 
     func fail(_ why: String) { problem.withLock { if $0 == nil { $0 = why } } }
@@ -291,7 +290,6 @@ extension Play {
     /// a loop, until `total` bytes have come or the step stops it.
     static func read(_ fd: Int32, total: Int, readSize: Int, busy: Bool, _ st: FloodState) {
         klab_set_thread_name("klab-reader")
-        defer { st.readerDone.store(true, ordering: .releasing) }
         let buf = UnsafeMutableRawPointer.allocate(byteCount: readSize, alignment: 16)
         defer { buf.deallocate() }
         var got = 0, calls = 0
