@@ -1,4 +1,5 @@
 #define _GNU_SOURCE
+#include <pthread.h>
 #include <sched.h>
 #include <unistd.h>
 #include <sys/syscall.h>
@@ -7,3 +8,10 @@
 int klab_unshare_net(void) { return unshare(CLONE_NEWNET); }
 int klab_setns_net(int fd) { return setns(fd, CLONE_NEWNET); }
 int klab_gettid(void) { return (int)syscall(SYS_gettid); }
+int klab_set_thread_name(const char *name) { return pthread_setname_np(pthread_self(), name); }
+int klab_pin_thread(int cpu) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(cpu, &set);
+    return sched_setaffinity(0, sizeof(set), &set);
+}

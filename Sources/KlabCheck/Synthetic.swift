@@ -74,7 +74,7 @@ public struct SyntheticRun {
             r.pid = 100
             r.tid = 101
             withUnsafeMutableBytes(of: &r.comm) { $0.copyBytes(from: Array("klab".utf8)) }
-            r.event = Schema.event(named: name)!.id
+            r.event = UInt8(Schema.event(named: name)!.id)
             r.probe = probe.id
             r.skb = skb
             r.sock = Self.sock

@@ -50,6 +50,13 @@ final class Play: @unchecked Sendable {
     /// TCP timestamps: the host's latest TSval (an injected ecr echoes it) and the peer's.
     var hostTSval: UInt32?
     var peerTSval: UInt32?
+    /// Where each side's sequence numbers have got to (relative, as packet lines write them),
+    /// the host's last window and the window scaling the SYNs offered: a flood goes on from there.
+    var peerNext: UInt32 = 0
+    var hostNext: UInt32 = 0
+    var hostWindow: UInt32 = 65535
+    var peerWScale: UInt8?
+    var hostWScale: UInt8?
 
     // The host's sockets, by scenario name.
     var fds: [String: Int32] = [:]
@@ -200,6 +207,8 @@ final class Play: @unchecked Sendable {
             return try runProgram(p, step)
         case .workload(let w):
             return try runWorkload(w, step)
+        case .flood(let f):
+            return try runFlood(f, step)
         case .stop(let name):
             guard let r = programs.removeValue(forKey: name) else { return StepOutcome(text: "no program '\(name)' is running", ok: false) }
             let status = terminate(r)
@@ -252,6 +261,9 @@ final class Play: @unchecked Sendable {
                 peerTSval = val
                 return .timestamp(val: val, ecr: hostTSval ?? ecr)
             }
+            let end = s.end &+ (s.flags.contains(.syn) || s.flags.contains(.fin) ? 1 : 0)
+            if Int32(bitPattern: end &- peerNext) > 0 { peerNext = end }
+            if s.flags.contains(.syn) { peerWScale = options.lazy.compactMap { if case .windowScale(let w) = $0 { w } else { nil } }.first }
             var p = Packet.tcp(
                 from: me, to: you, sport: scenario.peerPort, dport: hostPort, seq: peerISN &+ s.start,
                 ack: ackNumber, flags: s.flags, window: s.window ?? 65535, options: options,
@@ -388,6 +400,10 @@ final class Play: @unchecked Sendable {
                 if !t.flags.contains(.ack) && t.destinationPort == scenario.peerPort { hostPort = t.sourcePort }
             }
             let isn = hostISN ?? t.sequence
+            let end = (t.sequence &- isn) &+ UInt32(packet.payload.count) &+ (t.flags.contains(.syn) || t.flags.contains(.fin) ? 1 : 0)
+            if Int32(bitPattern: end &- hostNext) > 0 { hostNext = end }
+            if t.flags.contains(.syn) { hostWScale = t.options.lazy.compactMap { if case .windowScale(let w) = $0 { w } else { nil } }.first }
+            hostWindow = UInt32(t.window) << (t.flags.contains(.syn) || peerWScale == nil ? 0 : UInt32(hostWScale ?? 0))
             var hostTS: (val: UInt32, ecr: UInt32)?
             for case .timestamp(let val, let ecr) in t.options { hostTS = (val, ecr); hostTSval = val }
             actual = packet.tcpSummary(relativeTo: isn, ackRelativeTo: peerISN)

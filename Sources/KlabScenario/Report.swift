@@ -293,6 +293,10 @@ public struct EventLine: Encodable {
     let socket: [String: Int32]?
     let icmp_error: [String: Int32]?
     let wire_frame: Int?
+    /// sock_owned_by_user() when the probe ran (tcp:tcp_probe, cgroup_skb/ingress on TCP).
+    let sk_owned_by_user: Bool?
+    /// "softirq" or "task": the context the probe ran in.
+    let context: String?
 
     public init(_ e: TraceEvent, frame: Int?, tscHz: Double) {
         (t_ns, serial, cpu, pid, tid, comm, netns) = (e.timeNs, e.serial, e.cpu, e.pid, e.tid, e.comm, e.netns)
@@ -317,6 +321,8 @@ public struct EventLine: Encodable {
         icmp_error = e.name == "ICMP_SEND" && e.probe == Schema.icmpSendTP.id ? ["type": e.arg0, "code": e.arg1] : nil
         socket = socketProbe ? ["type": e.arg0, "family": e.arg1, "protocol": Int32(e.proto)] : nil
         wire_frame = frame
+        sk_owned_by_user = e.ownedByUser
+        context = e.context
     }
 }
 

@@ -46,6 +46,9 @@ public struct Scenario: Sendable {
     public var steps: [Step]
     /// Where `name:` is written (for duplicate names across files).
     public var nameLocation: SourceLocation?
+    /// `params:` after `--set`: the values `${NAME}` stood for, and where `params:` is written.
+    public var params: [(name: String, value: String)] = []
+    public var paramsLocation: SourceLocation?
 
     public static let defaultTimeoutNs: UInt64 = 30_000_000_000
     public var wireMode: Bool { hosts.count > 1 }
@@ -194,6 +197,35 @@ public struct WorkloadSpec: Sendable {
     public let durationNs: UInt64
 }
 
+/// `flood:` the scripted peer writes `count` small packets on the scripted flow into the
+/// host's TUN from a thread of its own (comm klab-inject), while a reader thread in the host
+/// (comm klab-reader) reads them from the socket.
+public struct FloodSpec: Sendable {
+    public enum Reader: String, Sendable, CaseIterable {
+        /// A blocking read() always pending.
+        case waiting
+        /// recv(MSG_DONTWAIT) in a loop.
+        case busy
+        /// No reader: the data stays in the socket.
+        case none
+    }
+    /// The host's socket: the scripted flow's TCP connection, or a UDP socket bound to host_port.
+    public let sock: String
+    public let count: Int
+    /// Packets per second; 0: back to back.
+    public let rate: Int
+    public let reader: Reader
+    /// Payload bytes per packet; nil: 15 (TCP) or 27 (UDP), a 55-byte IP packet.
+    public let size: Int?
+    /// Bytes asked for by each read call.
+    public let readSize: Int
+    /// How long the step may take; nil: until the scenario's timeout.
+    public let timeoutNs: UInt64?
+    /// CPUs to pin the injector and the reader thread to; nil: where the scheduler likes.
+    public var injectCPU: Int? = nil
+    public var readerCPU: Int? = nil
+}
+
 /// An ordered sequence of schema events that must appear in the trace.
 public struct EventExpectation: Sendable {
     public let patterns: [(glob: String, at: SourceLocation)]
@@ -228,6 +260,7 @@ public enum Action: Sendable {
     case expectNothing(ms: Int)
     case program(ProgramSpec)
     case workload(WorkloadSpec)
+    case flood(FloodSpec)
     /// Stops a background program (SIGTERM, then SIGKILL).
     case stop(name: String)
     case events(EventExpectation)
@@ -240,6 +273,7 @@ public enum Action: Sendable {
             return s
         case .send(let c): return c.sock
         case .receive(let c): return c.sock
+        case .flood(let f): return f.sock
         default: return nil
         }
     }
@@ -251,20 +285,24 @@ extension Scenario {
     /// Default lab addresses come from 198.18.0.0/15, the range reserved for benchmarking.
     public static let labPrefix: IPv4Prefix = "198.18.0.0/15"
 
-    public static func load(_ path: String) throws(ScenarioError) -> Scenario {
+    /// - Parameter set: `--set NAME=VALUE`s; each must be one of the file's `params:` unless
+    ///   `strict` is false (several files, see `load(all:set:)`).
+    public static func load(_ path: String, set: [String: String] = [:], strict: Bool = true) throws(ScenarioError) -> Scenario {
         let text: String
         do { text = try String(contentsOfFile: path, encoding: .utf8) } catch {
             throw ScenarioError(nil, "cannot read scenario file \(path): \((error as NSError).localizedDescription)")
         }
-        return try parse(text, file: path)
+        return try parse(text, file: path, set: set, strict: strict)
     }
 
-    /// Reads several files; two scenarios with one name would share a results folder.
-    public static func load(all paths: [String]) throws(ScenarioError) -> [Scenario] {
+    /// Reads several files; two scenarios with one name would share a results folder. A
+    /// `--set` parameter applies to the files whose `params:` have it, and must be in one.
+    public static func load(all paths: [String], set: [String: String] = [:]) throws(ScenarioError) -> [Scenario] {
+        if paths.count == 1 { return [try load(paths[0], set: set)] }
         var seen: [String: String] = [:]
         var out: [Scenario] = []
         for p in paths {
-            let s = try load(p)
+            let s = try load(p, set: set, strict: false)
             if let other = seen[s.name] {
                 throw ScenarioError(s.nameLocation ?? SourceLocation(file: p, line: 1, column: 1),
                                     "duplicate scenario name '\(s.name)': \(other) has it too (each gets a results folder by name)")
@@ -272,10 +310,15 @@ extension Scenario {
             seen[s.name] = p
             out.append(s)
         }
+        for name in set.keys.sorted() where !out.contains(where: { $0.params.contains { $0.name == name } }) {
+            let first = out.first
+            throw ScenarioError(first?.paramsLocation ?? first.map { SourceLocation(file: $0.file, line: 1, column: 1) },
+                                "unknown parameter '\(name)' (--set \(name)=…): none of these scenarios has it in params:")
+        }
         return out
     }
 
-    public static func parse(_ text: String, file: String) throws(ScenarioError) -> Scenario {
+    public static func parse(_ text: String, file: String, set: [String: String] = [:], strict: Bool = true) throws(ScenarioError) -> Scenario {
         let root: Node
         do {
             guard let n = try Yams.compose(yaml: text) else { throw ScenarioError(SourceLocation(file: file, line: 1, column: 1), "the file is empty") }
@@ -287,7 +330,7 @@ extension Scenario {
         } catch {
             throw ScenarioError(nil, "\(file): \(error)")
         }
-        return try Reader(file: file).scenario(root)
+        return try Reader(file: file).scenario(root, set: set, strict: strict)
     }
 
     private static func yamlError(_ e: YamlError, _ file: String) -> ScenarioError {
@@ -371,13 +414,75 @@ struct Reader {
         return nil
     }
 
-    static let scenarioKeys = "name, about, host, hosts, wire, peer, peer_port, host_port, timeout and steps"
+    static let scenarioKeys = "name, about, params, host, hosts, wire, peer, peer_port, host_port, timeout and steps"
 
-    func scenario(_ root: Node) throws(ScenarioError) -> Scenario {
+    /// `params: {count: 100000, reader: waiting}`: names and default values, which `--set
+    /// NAME=VALUE` overrides; `${NAME}` in any other value of the file is replaced by the value.
+    func params(_ root: Node, set: [String: String], strict: Bool) throws(ScenarioError) -> (values: [(name: String, value: String)], at: SourceLocation?) {
+        guard case .mapping(let m) = root else { return ([], nil) }
+        var values: [(name: String, value: String)] = []
+        var at: SourceLocation?
+        for (k, v) in m where k.string == "params" {
+            at = self.at(k)
+            for (name, keyNode, value) in try mapping(v, "params") {
+                guard name.first?.isLetter == true, name.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "_" }) else {
+                    throw fail(keyNode, "'\(name)' is not a parameter name: a word of letters, digits and _")
+                }
+                if values.contains(where: { $0.name == name }) { throw fail(keyNode, "duplicate parameter '\(name)'") }
+                let given = try string(value, "a parameter's value")
+                values.append((name, set[name] ?? given))
+            }
+        }
+        for name in set.keys.sorted() where strict && !values.contains(where: { $0.name == name }) {
+            let known = values.isEmpty ? "this scenario has no params:" : "this scenario's params are \(values.map(\.name).joined(separator: ", "))"
+            throw ScenarioError(at ?? SourceLocation(file: file, line: 1, column: 1), "unknown parameter '\(name)' (--set \(name)=…): \(known)")
+        }
+        return (values, at)
+    }
+
+    /// The tree with `${NAME}` replaced in every scalar but those under `params:`.
+    func substitute(_ node: Node, _ values: [String: String]) throws(ScenarioError) -> Node {
+        switch node {
+        case .scalar(var sc):
+            guard sc.string.contains("${") else { return node }
+            var out = "", rest = Substring(sc.string)
+            while let open = rest.range(of: "${") {
+                out += rest[..<open.lowerBound]
+                let column = sc.string.distance(from: sc.string.startIndex, to: open.lowerBound)
+                guard let close = rest[open.upperBound...].firstIndex(of: "}") else {
+                    throw ScenarioError(textStart(node).advanced(by: column), "this ${ is never closed: a parameter is ${NAME}")
+                }
+                let name = String(rest[open.upperBound..<close])
+                guard let value = values[name] else {
+                    let known = values.isEmpty ? "this scenario has no params:" : "params: has \(values.keys.sorted().joined(separator: ", "))"
+                    throw ScenarioError(textStart(node).advanced(by: column), "unknown parameter '\(name)': \(known)")
+                }
+                out += value
+                rest = rest[rest.index(after: close)...]
+            }
+            sc.string = out + rest
+            return .scalar(sc)
+        case .mapping(let m):
+            var pairs: [(Node, Node)] = []
+            for (k, v) in m { pairs.append((k, k.string == "params" ? v : try substitute(v, values))) }
+            return .mapping(Node.Mapping(pairs, m.tag, m.style, m.mark))
+        case .sequence(let q):
+            var nodes: [Node] = []
+            for n in q { nodes.append(try substitute(n, values)) }
+            return .sequence(Node.Sequence(nodes, q.tag, q.style, q.mark))
+        default:
+            return node
+        }
+    }
+
+    func scenario(_ root: Node, set: [String: String] = [:], strict: Bool = true) throws(ScenarioError) -> Scenario {
+        let (values, paramsAt) = try params(root, set: set, strict: strict)
+        let root = try substitute(root, Dictionary(values.map { ($0.name, $0.value) }, uniquingKeysWith: { a, _ in a }))
         var s = Scenario(
             file: file, name: URL(fileURLWithPath: file).deletingPathExtension().lastPathComponent, about: "",
             host: HostSpec(name: "h1", address: "198.18.0.1", prefixLength: 24, mtu: 1500), hosts: [], wire: WireSpec(),
             peer: "198.18.0.2", peerPort: 40000, hostPort: 8080, timeoutNs: Scenario.defaultTimeoutNs, steps: [])
+        (s.params, s.paramsLocation) = (values, paramsAt)
         var peerGiven = false
         var stepsNode: Node?
         var hostKey: Node?, hostsKey: Node?, wireNode: Node?
@@ -390,6 +495,7 @@ struct Reader {
                     throw fail(value, "a scenario name is one word of letters, digits, - _ and . (it names the results folder)")
                 }
             case "about": s.about = try string(value, "about")
+            case "params": break
             case "host": s.host = try host(value); hostKey = keyNode
             case "hosts":
                 hostsKey = keyNode
@@ -525,7 +631,7 @@ struct Reader {
 
     static let verbs = [
         "socket", "setsockopt", "getsockopt", "bind", "listen", "connect", "accept", "write", "send", "sendto", "read", "recv",
-        "recvfrom", "shutdown", "close", "wait", "sleep", "inject", "expect", "run", "stop", "events", "workload",
+        "recvfrom", "shutdown", "close", "wait", "sleep", "inject", "expect", "run", "stop", "events", "workload", "flood",
     ]
     /// Keys any step may have besides its verb.
     static let timingKeys = ["at", "after", "tolerance"]
@@ -545,6 +651,7 @@ struct Reader {
         switch verb.key {
         case "run": allowed = ["name", "background", "status", "timeout", "host", "output"]
         case "workload": allowed = ["from", "to", "size", "count", "duration"]
+        case "flood": allowed = ["rate", "reader", "size", "read_size", "timeout", "inject_cpu", "reader_cpu"]
         case "events": allowed = ["sock", "level", "exact", "packet"]
         case "inject", "expect", "wait", "sleep", "stop": allowed = []
         case "socket": allowed = ["result", "host"]
@@ -585,6 +692,8 @@ struct Reader {
             }
         case "workload":
             action = .workload(try workload(verb.value, extra, s))
+        case "flood":
+            action = .flood(try flood(verb.value, extra))
         case "run":
             action = .program(try program(verb.value, extra))
             if case .program(let p) = action { text = "run \(p.argv.joined(separator: " "))" }
@@ -612,7 +721,7 @@ struct Reader {
         }
         if s.wireMode {
             switch action {
-            case .inject, .expect, .expectNothing:
+            case .inject, .expect, .expectNothing, .flood:
                 throw ScenarioError(loc, "in wire mode the hosts talk to each other: there is no scripted peer to inject or expect packets")
             default: break
             }
@@ -938,6 +1047,41 @@ struct Reader {
         return WorkloadSpec(kind: kind, from: from, to: to, port: port ?? 5001, size: size, count: count, durationNs: ns)
     }
 
+    /// `flood: c 100000` with `rate: 20000` (packets per second, 0: back to back), `reader:
+    /// waiting|busy|none`, `size: 15`, `read_size: 65536`, `timeout: 60s`, `inject_cpu: 0`,
+    /// `reader_cpu: 1` (or `any`).
+    func flood(_ node: Node, _ extra: [String: (Node, Node)]) throws(ScenarioError) -> FloodSpec {
+        let w = try Words(try string(node, "flood"), at: textStart(node))
+        guard w.count == 2 else {
+            throw w.count > 2 ? w.fail(2, "unexpected '\(w[2])': flood takes a socket and a packet count: flood: c 100000")
+                              : ScenarioError(textStart(node), "flood takes a socket and a packet count: flood: c 100000")
+        }
+        guard w[0].first?.isLetter == true, w[0].allSatisfy({ $0.isLetter || $0.isNumber || $0 == "_" || $0 == "-" }) else {
+            throw w.fail(0, "'\(w[0])' is not a name: socket names are words like l, c or srv1")
+        }
+        guard let count = Int(w[1]), (1...10_000_000).contains(count) else { throw w.fail(1, "'\(w[1])' is not a packet count in 1...10000000") }
+        let rate = try extra["rate"].map { (_, v) throws(ScenarioError) in try int(v, "rate (packets per second, 0: back to back)", in: 0...10_000_000) } ?? 0
+        var reader = FloodSpec.Reader.waiting
+        if let (_, v) = extra["reader"] {
+            let r = try string(v, "reader")
+            guard let r = FloodSpec.Reader(rawValue: r) else {
+                throw fail(v, "reader must be \(FloodSpec.Reader.allCases.map(\.rawValue).joined(separator: ", ")), not '\(r)'")
+            }
+            reader = r
+        }
+        let size = try extra["size"].map { (_, v) throws(ScenarioError) in try int(v, "size (payload bytes)", in: 1...1400) }
+        let readSize = try extra["read_size"].map { (_, v) throws(ScenarioError) in try int(v, "read_size", in: 1...(1 << 20)) } ?? 65536
+        let timeout = try extra["timeout"].map { (_, v) throws(ScenarioError) in try duration(v, "timeout") }
+        if timeout == 0 { throw fail(extra["timeout"]!.1, "impossible time: a timeout of 0") }
+        var spec = FloodSpec(sock: w[0], count: count, rate: rate, reader: reader, size: size, readSize: readSize, timeoutNs: timeout)
+        func cpu(_ key: String) throws(ScenarioError) -> Int? {
+            guard let (_, v) = extra[key], try string(v, key) != "any" else { return nil }
+            return try int(v, "\(key) (a CPU number, or any)", in: 0...4095)
+        }
+        (spec.injectCPU, spec.readerCPU) = (try cpu("inject_cpu"), try cpu("reader_cpu"))
+        return spec
+    }
+
     /// The executable `name` resolves to on PATH (or itself, if it has a slash).
     static func which(_ name: String) -> String? {
         if name.contains("/") { return FileManager.default.isExecutableFile(atPath: name) ? name : nil }
@@ -1042,14 +1186,14 @@ struct Checker {
                     throw ScenarioError(step.location, "unknown socket '\(s)': events can be tied to a socket created earlier")
                 }
                 if let line = e.packetLine, !packetLines.contains(line) {
-                    throw ScenarioError(step.location, "packet: \(line) is not the line of an earlier inject or expect step (\(packetLines.isEmpty ? "there is none" : "those are on lines " + packetLines.sorted().map(String.init).joined(separator: ", ")))")
+                    throw ScenarioError(step.location, "packet: \(line) is not the line of an earlier inject, expect or flood step (\(packetLines.isEmpty ? "there is none" : "those are on lines " + packetLines.sorted().map(String.init).joined(separator: ", ")))")
                 }
             default:
                 if let s = step.action.socketName { try use(s, step) }
             }
             if step.background, let s = step.action.socketName { pending.insert(s) }
             switch step.action {
-            case .inject, .expect: packetLines.insert(step.location.line)
+            case .inject, .expect, .flood: packetLines.insert(step.location.line)
             default: break
             }
         }

@@ -59,6 +59,19 @@ final class Wire: @unchecked Sendable {
         return inbox.removeFirst()
     }
 
+    /// Every packet from the host waiting now, or the first to come within `timeoutMs`.
+    func drain(timeoutMs: Int) throws -> [Received] {
+        let deadline = Date().addingTimeInterval(Double(timeoutMs) / 1000)
+        cond.lock()
+        defer { cond.unlock() }
+        while inbox.isEmpty {
+            if let failure { throw failure }
+            if !cond.wait(until: deadline) { break }
+        }
+        defer { inbox.removeAll(keepingCapacity: true) }
+        return inbox
+    }
+
     /// Packets the host sent that no step consumed.
     func leftovers() -> [Received] { cond.withLock { inbox } }
 

@@ -141,6 +141,21 @@ public struct TraceEvent: Sendable {
     public var packet: PacketIdentity?
     /// Socket endpoints for socket and connection events (packet fields reused).
     public var endpoints: PacketIdentity?
+    /// KLAB_F_*: the context the probe ran in and whether a task owned the socket.
+    public var flags: UInt8
+
+    /// "softirq" (the CPU was serving a softirq) or "task" (process context, BH disabled or
+    /// not); nil when unknown.
+    public var context: String? {
+        guard flags & UInt8(KLAB_F_CONTEXT) != 0 else { return nil }
+        return flags & UInt8(KLAB_F_SOFTIRQ) != 0 ? "softirq" : "task"
+    }
+
+    /// sock_owned_by_user() when the probe ran, for the probes that read it (tcp:tcp_probe,
+    /// and cgroup_skb/ingress on TCP sockets).
+    public var ownedByUser: Bool? {
+        flags & UInt8(KLAB_F_OWNED_READ) != 0 ? flags & UInt8(KLAB_F_OWNED) != 0 : nil
+    }
 
     public var name: String { Schema.eventName(event) }
     public var probeName: String { Schema.probeName(probe) }
@@ -160,7 +175,8 @@ public struct TraceEvent: Sendable {
         tid = r.tid
         comm = withUnsafeBytes(of: r.comm) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
         netns = r.netns
-        event = r.event
+        event = UInt16(r.event)
+        flags = r.flags
         probe = r.probe
         skb = r.skb
         sock = r.sock

@@ -31,6 +31,9 @@ public enum Schema {
     static let bind4 = p(18, "cg_bind4", .cgroup, "cgroup/bind4", in: "inet_bind")
     static let sendmsg4 = p(19, "cg_sendmsg4", .cgroup, "cgroup/sendmsg4", in: "udp_sendmsg")
     static let recvmsg4 = p(20, "cg_recvmsg4", .cgroup, "cgroup/recvmsg4", in: "udp_recvmsg")
+    // Not sites of any event: they keep the per-CPU softirq flag behind every record's context.
+    public static let softirqEntry = p(21, "btf_softirq_entry", .tracepoint, "tp_btf irq:softirq_entry")
+    public static let softirqExit = p(22, "btf_softirq_exit", .tracepoint, "tp_btf irq:softirq_exit")
 
     /// Klogger's functions, each probed by fentry (fexit where the event is at the end)
     /// and by kprobe: ids 32+ for fentry, 96+ for kprobe.
@@ -64,7 +67,7 @@ public enum Schema {
     public static let probes: [Probe] = [
         netifReceiveSkb, netDevQueue, setState, sendLength, recvLength, tcpSendmsgLocked, tcpProbe, icmpSendTP,
         exitAccept4, exitAccept, sockCreate, sockRelease, postBind4, connect4, skbIngress, skbEgress, sockops,
-        bind4, sendmsg4, recvmsg4,
+        bind4, sendmsg4, recvmsg4, softirqEntry, softirqExit,
     ] + functions.map { fentry($0.name) } + functions.map { kprobe($0.name) }
 
     // MARK: Events

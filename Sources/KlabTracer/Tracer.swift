@@ -43,7 +43,8 @@ public final class Tracer: @unchecked Sendable {
         var needed = Set(wanted.flatMap { $0.sites.filter { !config.disabledBackends.contains($0.backend) }.flatMap(\.probes) }.map(\.program))
         // These two keep the map of the lab's sockets (and give sockets their cookies) that
         // cgroup_skb programs need, whatever is logged; with nothing to emit they return early.
-        let infrastructure = [Schema.sockCreate, Schema.setState]
+        // The softirq pair keeps each CPU's context for every record.
+        let infrastructure = [Schema.sockCreate, Schema.setState, Schema.softirqEntry, Schema.softirqExit]
         needed.formUnion(infrastructure.map(\.program))
 
         let base = try BPFObject.load(hex: bpfObject_klab, name: "klab", needed: needed, reuse: nil)
@@ -98,6 +99,12 @@ public final class Tracer: @unchecked Sendable {
             selections.append(selection)
         }
         for p in infrastructure where !config.disabledBackends.contains(p.backend) { _ = attach(p, cgroupFD: cgroupFD) }
+        if links[Schema.softirqEntry.program] != nil && links[Schema.softirqExit.program] != nil, let context = base.map("cpu_context") {
+            // From now on each CPU's flag is known: not in a softirq until its next softirq_entry.
+            var key: UInt32 = 0
+            var values = [UInt64](repeating: 1, count: Int(libbpf_num_possible_cpus()))
+            bpf_map__update_elem(context, &key, 4, &values, values.count * 8, 0)
+        }
         guard let emit = base.map("emit") else { throw TracerError(description: "the BPF object has no emit map") }
         for (probe, mask) in masks {
             var key = UInt32(probe), value = mask

@@ -14,13 +14,20 @@ struct Run: ParsableCommand {
             The scenario language is in lab/SCENARIOS.md; `klab validate` checks
             files without running them.
 
+            A scenario's `params:` (e.g. params: {count: 100000, reader: waiting})
+            name values that ${count} and ${reader} stand for anywhere else in the
+            file; --set count=2000 overrides one for this run (repeat --set for more).
+            A --set naming a parameter the file lacks is an error (with several files:
+            one that none of them has).
+
             Results go to DIR/NAME/ (default DIR: results/RUN-TIME): capture.pcap
             (read it with tcpdump -r), events.jsonl (a header line, then one schema
-            event per line), summary.json, and programs/, workload.*.json and
-            wire.json when the scenario has them. Needs root. Examples:
+            event per line), summary.json, and programs/, workload.*.json,
+            flood.*.json and wire.json when the scenario has them. Needs root. Examples:
 
               klab run lab/scenarios/icmp-echo.yaml
               klab run lab/scenarios/*.yaml --out /tmp/klab-results
+              klab run lab/scenarios/latency-tcp.yaml --set count=2000 --set reader=busy
               klab run --list
             """)
 
@@ -33,10 +40,14 @@ struct Run: ParsableCommand {
     @Option(name: .shortAndLong, help: "Folder for the results (one subfolder per scenario).")
     var out: String?
 
+    @Option(name: .customLong("set"), help: ArgumentHelp("Override a scenario parameter (its params:).", valueName: "NAME=VALUE"))
+    var parameters: [String] = []
+
     @OptionGroup(title: "Tracing") var tracing: TracingOptions
 
     func validate() throws {
         if files.isEmpty && !list { throw ValidationError("give scenario files to run, or --list to see the shipped ones") }
+        _ = try Run.parameters(parameters)
         for f in files where access(f, R_OK) != 0 {
             throw ValidationError(errno == ENOENT ? "no such scenario file: \(f)" : "cannot read scenario file \(f): \(String(cString: strerror(errno)))")
         }
@@ -45,7 +56,7 @@ struct Run: ParsableCommand {
     func run() throws {
         if list { return try listShipped() }
         let scenarios: [Scenario]
-        do { scenarios = try Scenario.load(all: files) } catch { die(error) }
+        do { scenarios = try Scenario.load(all: files, set: try Run.parameters(parameters)) } catch { die(error) }
         let stamp = ISO8601DateFormatter().string(from: Date()).replacingOccurrences(of: ":", with: "")
         let base = out ?? "results/run-\(stamp)"
         Interrupt.install()
@@ -54,7 +65,8 @@ struct Run: ParsableCommand {
         var outcomes: [Outcome] = []
         var failure: Error?
         for (i, s) in scenarios.enumerated() where !Interrupt.requested {
-            say("[\(i + 1)/\(scenarios.count)] \(s.name) (\(s.file))")
+            let params = s.params.isEmpty ? "" : ", " + s.params.map { "\($0.name)=\($0.value)" }.joined(separator: " ")
+            say("[\(i + 1)/\(scenarios.count)] \(s.name) (\(s.file)\(params))")
             do {
                 outcomes.append(try runner.run(s, into: "\(base)/\(s.name)"))
             } catch {
@@ -75,6 +87,16 @@ struct Run: ParsableCommand {
 }
 
 extension Run {
+    /// `--set NAME=VALUE`s as a dictionary.
+    static func parameters(_ set: [String]) throws -> [String: String] {
+        var out: [String: String] = [:]
+        for a in set {
+            guard let eq = a.firstIndex(of: "="), eq != a.startIndex else { throw ValidationError("--set takes NAME=VALUE, not '\(a)'") }
+            out[String(a[..<eq])] = String(a[a.index(after: eq)...])
+        }
+        return out
+    }
+
     /// lab/scenarios/ under the current folder, or beside the klab binary's package.
     static func shippedFolder() -> String? {
         var dir = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()

@@ -18,12 +18,20 @@ struct Validate: ParsableCommand {
     @Argument(help: "Scenario files (YAML; see lab/SCENARIOS.md).")
     var files: [String]
 
+    @Option(name: .customLong("set"), help: ArgumentHelp("Override a scenario parameter (its params:), as klab run does.", valueName: "NAME=VALUE"))
+    var parameters: [String] = []
+
     func run() throws {
         var bad = 0
         var names: [String: String] = [:]
+        let set = try Run.parameters(parameters)
+        var unused = Set(set.keys)
+        var first: SourceLocation?
         for f in files {
             do {
-                let s = try Scenario.load(f)
+                let s = try Scenario.load(f, set: set, strict: files.count == 1)
+                unused.subtract(s.params.map(\.name))
+                if first == nil { first = s.paramsLocation ?? SourceLocation(file: f, line: 1, column: 1) }
                 if let other = names[s.name] {
                     throw ScenarioError(s.nameLocation ?? SourceLocation(file: f, line: 1, column: 1),
                                         "duplicate scenario name '\(s.name)': \(other) has it too (each gets a results folder by name)")
@@ -34,6 +42,11 @@ struct Validate: ParsableCommand {
                 FileHandle.standardError.write(Data("\(error)\n".utf8))
                 bad += 1
             }
+        }
+        if let name = unused.sorted().first, bad == 0 {
+            let e = ScenarioError(first, "unknown parameter '\(name)' (--set \(name)=…): none of these scenarios has it in params:")
+            FileHandle.standardError.write(Data("\(e)\n".utf8))
+            bad += 1
         }
         if bad > 0 { throw ExitCode(ScenarioError.exitCode) }
     }

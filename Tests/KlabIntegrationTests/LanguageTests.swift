@@ -13,9 +13,15 @@ struct LanguageTests {
     }()
 
     /// Runs one scenario file; returns klab's result and the results folder.
-    func run(_ path: String, name: String) throws -> (Finished, String) {
+    func run(_ path: String, name: String, _ args: [String] = []) throws -> (Finished, String) {
         let out = try temporaryDirectory()
-        return (try klab(["run", path, "--out", out]), "\(out)/\(name)")
+        return (try klab(["run", path, "--out", out] + args), "\(out)/\(name)")
+    }
+
+    /// A flood of 100,000 packets takes a minute to run and write up: here 2,000 do.
+    static func ciArguments(_ name: String) -> [String] {
+        let text = (try? String(contentsOfFile: "\(packageRoot)/lab/scenarios/\(name).yaml", encoding: .utf8)) ?? ""
+        return text.contains("${count}") ? ["--set", "count=2000"] : []
     }
 
     /// Writes a scenario to a temporary file and runs it.
@@ -29,7 +35,7 @@ struct LanguageTests {
 
     @Test(arguments: shipped)
     func shippedScenarioPasses(_ name: String) throws {
-        let (r, dir) = try run("lab/scenarios/\(name).yaml", name: name)
+        let (r, dir) = try run("lab/scenarios/\(name).yaml", name: name, LanguageTests.ciArguments(name))
         #expect(r.status == 0, "klab run \(name) exited \(r.status)\n\(r.stdout)\n\(r.stderr)")
         #expect(r.stdout.contains("\(name): PASSED"))
         let summary = try json("\(dir)/summary.json")
@@ -371,6 +377,16 @@ struct ValidateTests {
         #expect(r.status == 2)
         #expect(r.stderr == "\(dir)/t.yaml:5:5: error: impossible time: at 1s is before line 3's at 2s\n")
         #expect(!FileManager.default.fileExists(atPath: "\(dir)/out"))
+    }
+
+    @Test func unknownParametersAreRefusedWithTheirPlace() throws {
+        let r = try klab(["run", "lab/scenarios/latency-tcp.yaml", "--set", "cuont=5"])
+        #expect(r.status == 2)
+        #expect(r.stderr.hasPrefix("lab/scenarios/latency-tcp.yaml:14:1: error: unknown parameter 'cuont' (--set cuont=…): this scenario's params are count, rate"))
+        let v = try klab(["validate", "lab/scenarios/latency-tcp.yaml", "lab/scenarios/latency-udp.yaml", "--set", "count=5"])
+        #expect(v.status == 0, "\(v.stderr)")
+        let bad = try klab(["run", "lab/scenarios/latency-tcp.yaml", "--set", "count"])
+        #expect(bad.status == 64 && bad.stderr.contains("--set takes NAME=VALUE, not 'count'"))
     }
 
     @Test func listShowsShippedScenarios() throws {

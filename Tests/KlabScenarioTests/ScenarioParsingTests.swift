@@ -66,7 +66,7 @@ struct ScenarioParsingTests {
         ("steps:\n  - expect: \"S. 0:0(0) <frob>\"\n",
          "x.yaml:2:25: error: unknown TCP option 'frob': klab knows mss, sackOK, sack, TS, wscale, nop, eol"),
         ("name: t\ncolour: red\nsteps: []\n",
-         "x.yaml:2:1: error: unknown key 'colour'; a scenario has name, about, host, hosts, wire, peer, peer_port, host_port, timeout and steps"),
+         "x.yaml:2:1: error: unknown key 'colour'; a scenario has name, about, params, host, hosts, wire, peer, peer_port, host_port, timeout and steps"),
         ("host:\n  address: 10.0.0.1/24\nsteps: []\n",
          "x.yaml:2:12: error: 10.0.0.1 is outside the lab prefix 198.18.0.0/15; lab traffic must stay in it"),
         ("host:\n  name: h1\n  colour: red\nsteps: []\n",
@@ -74,7 +74,7 @@ struct ScenarioParsingTests {
         ("host:\n  sysctls: {kernel.panic: 1}\nsteps: []\n",
          "x.yaml:2:13: error: unknown sysctl 'kernel.panic': a host takes net.* sysctls that exist under /proc/sys/net"),
         ("steps:\n  - frobnicate: x\n",
-         "x.yaml:2:5: error: unknown step 'frobnicate'; a step is one of: socket, setsockopt, getsockopt, bind, listen, connect, accept, write, send, sendto, read, recv, recvfrom, shutdown, close, wait, sleep, inject, expect, run, stop, events, workload, or a packet line \"< …\" / \"> …\""),
+         "x.yaml:2:5: error: unknown step 'frobnicate'; a step is one of: socket, setsockopt, getsockopt, bind, listen, connect, accept, write, send, sendto, read, recv, recvfrom, shutdown, close, wait, sleep, inject, expect, run, stop, events, workload, flood, or a packet line \"< …\" / \"> …\""),
         ("steps:\n  - socket: l tcp\n  - bind: l 8080\n", "x.yaml:3:13: error: '8080' must be ADDRESS:PORT, like 0.0.0.0:8080"),
         ("steps:\n  - socket: l tcp\n  - bind: l 0.0.0.0:80\n    colour: red\n",
          "x.yaml:4:5: error: unknown key 'colour' in a bind step; it takes result, background, at, after, tolerance"),
@@ -111,7 +111,7 @@ struct ScenarioParsingTests {
         ("name: a/b\nsteps: []\n", "x.yaml:1:7: error: a scenario name is one word of letters, digits, - _ and . (it names the results folder)"),
         ("steps:\n  - send: c \"abc\n", "x.yaml:2:13: error: this \" is never closed"),
         ("steps:\n  - \"< udp (1)\"\n  - events: IP_RECEIVEPACKET\n    packet: 5\n",
-         "x.yaml:3:5: error: packet: 5 is not the line of an earlier inject or expect step (those are on lines 2)"),
+         "x.yaml:3:5: error: packet: 5 is not the line of an earlier inject, expect or flood step (those are on lines 2)"),
         ("hosts: [{name: a}]\nsteps: []\n", "x.yaml:1:8: error: hosts is a list of two or more hosts, joined by klab's wire; one host is host:"),
         ("hosts: [{name: a}, {name: a}]\nsteps: []\n", "x.yaml:1:20: error: duplicate host name 'a' (198.18.0.1 has it)"),
         ("host: {name: a}\nhosts: [{name: a}, {name: b}]\nsteps: []\n",
@@ -133,6 +133,19 @@ struct ScenarioParsingTests {
         ("hosts: [{name: a}, {name: b}]\nsteps:\n  - workload: TCP_RR\n    to: b:http\n", "x.yaml:4:9: error: 'http' is not a port"),
         ("hosts: [{name: a}, {name: b}]\nsteps:\n  - workload: TCP_RR\n    count: 5\n    duration: 1s\n",
          "x.yaml:4:5: error: a workload runs for a count or a duration, not both"),
+        ("params: {n: 5}\nsteps:\n  - sleep: ${m}ms\n", "x.yaml:3:12: error: unknown parameter 'm': params: has n"),
+        ("steps:\n  - socket: c tcp\n  - send: c \"${n\"\n", "x.yaml:3:14: error: this ${ is never closed: a parameter is ${NAME}"),
+        ("params: {1n: 5}\nsteps: []\n", "x.yaml:1:10: error: '1n' is not a parameter name: a word of letters, digits and _"),
+        ("steps:\n  - socket: c tcp\n  - flood: c\n", "x.yaml:3:12: error: flood takes a socket and a packet count: flood: c 100000"),
+        ("steps:\n  - socket: c tcp\n  - flood: c 0\n", "x.yaml:3:14: error: '0' is not a packet count in 1...10000000"),
+        ("steps:\n  - socket: c tcp\n  - flood: c 10\n    reader: lazy\n", "x.yaml:4:13: error: reader must be waiting, busy, none, not 'lazy'"),
+        ("steps:\n  - socket: c tcp\n  - flood: c 10\n    rate: fast\n",
+         "x.yaml:4:11: error: rate (packets per second, 0: back to back) must be a whole number in 0...10000000"),
+        ("steps:\n  - socket: c tcp\n  - flood: c 10\n    reader_cpu: first\n",
+         "x.yaml:4:17: error: reader_cpu (a CPU number, or any) must be a whole number in 0...4095"),
+        ("steps:\n  - flood: c 10\n", "x.yaml:2:5: error: unknown socket 'c': create it first with socket: c tcp (or accept)"),
+        ("hosts: [{name: a}, {name: b}]\nsteps:\n  - socket: c tcp\n  - flood: c 10\n",
+         "x.yaml:4:5: error: in wire mode the hosts talk to each other: there is no scripted peer to inject or expect packets"),
     ])
     func badInput(_ yaml: String, _ message: String) {
         #expect(error(yaml)?.description == message)
@@ -234,6 +247,65 @@ struct ScenarioParsingTests {
         guard case .program(let p) = s.steps[1].action, case .workload(let w) = s.steps[2].action else { Issue.record("steps"); return }
         #expect(p.output == "1 received" && s.steps[1].host == "a")
         #expect(w.kind == .UDP_RR && w.from == "a" && w.to == "b" && w.port == 7000 && w.size == 64 && w.count == 10)
+    }
+
+    /// `params:` and `${NAME}`; `--set` overrides a value, and must name a parameter.
+    @Test func parameters() throws {
+        let yaml = "name: p\nparams: {count: 100, reader: busy}\nsteps:\n  - socket: c tcp\n  - flood: c ${count}\n    reader: ${reader}\n    rate: 1${count}\n"
+        let s = try Scenario.parse(yaml, file: "p.yaml")
+        #expect(s.params.map(\.name) == ["count", "reader"] && s.params.map(\.value) == ["100", "busy"])
+        guard case .flood(let f) = s.steps[1].action else { Issue.record("not a flood: \(s.steps[1].text)"); return }
+        #expect(f.count == 100 && f.reader == .busy && f.rate == 1100 && f.size == nil && f.injectCPU == nil)
+        #expect(s.steps[1].text == "flood c 100")
+        let t = try Scenario.parse(yaml, file: "p.yaml", set: ["count": "7"])
+        guard case .flood(let g) = t.steps[1].action else { Issue.record("not a flood"); return }
+        #expect(g.count == 7 && g.rate == 17 && t.params.first?.value == "7")
+        do {
+            _ = try Scenario.parse(yaml, file: "p.yaml", set: ["cuont": "7"])
+            Issue.record("an unknown --set was taken")
+        } catch {
+            #expect(error.description == "p.yaml:2:1: error: unknown parameter 'cuont' (--set cuont=…): this scenario's params are count, reader")
+        }
+        do {
+            _ = try Scenario.parse("steps: []\n", file: "q.yaml", set: ["count": "7"])
+            Issue.record("an unknown --set was taken")
+        } catch {
+            #expect(error.description == "q.yaml:1:1: error: unknown parameter 'count' (--set count=…): this scenario has no params:")
+        }
+        // Several files: a parameter applies where it is declared, and must be declared somewhere.
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("klab-params-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try yaml.write(toFile: "\(dir)/p.yaml", atomically: true, encoding: .utf8)
+        try "name: q\nsteps: []\n".write(toFile: "\(dir)/q.yaml", atomically: true, encoding: .utf8)
+        let both = try Scenario.load(all: ["\(dir)/p.yaml", "\(dir)/q.yaml"], set: ["count": "9"])
+        #expect(both[0].params.first?.value == "9" && both[1].params.isEmpty)
+        do {
+            _ = try Scenario.load(all: ["\(dir)/p.yaml", "\(dir)/q.yaml"], set: ["size": "9"])
+            Issue.record("an unknown --set was taken")
+        } catch {
+            #expect(error.description == "\(dir)/p.yaml:2:1: error: unknown parameter 'size' (--set size=…): none of these scenarios has it in params:")
+        }
+    }
+
+    @Test func floodKeys() throws {
+        let s = try Scenario.parse("""
+            steps:
+              - socket: u udp
+              - flood: u 5
+                rate: 0
+                reader: none
+                size: 100
+                read_size: 27
+                timeout: 5s
+                inject_cpu: 0
+                reader_cpu: any
+              - events: IP_RECEIVEPACKET
+                packet: 3
+            """, file: "f")
+        guard case .flood(let f) = s.steps[1].action else { Issue.record("not a flood"); return }
+        #expect(f.sock == "u" && f.count == 5 && f.rate == 0 && f.reader == FloodSpec.Reader.none && f.size == 100)
+        #expect(f.readSize == 27 && f.timeoutNs == 5_000_000_000 && f.injectCPU == 0 && f.readerCPU == nil)
     }
 
     @Test func timingKeys() throws {

@@ -75,7 +75,8 @@ struct SchemaTests {
         r.netns = 4_026_531_840
         r.pid = 10
         r.tid = 11
-        r.event = Schema.event(named: "IP_RECEIVEPACKET")!.id
+        r.event = UInt8(Schema.event(named: "IP_RECEIVEPACKET")!.id)
+        r.flags = UInt8(KLAB_F_CONTEXT | KLAB_F_SOFTIRQ)
         r.probe = Schema.netifReceiveSkb.id
         r.cpu = 1
         r.proto = 6
@@ -97,12 +98,16 @@ struct SchemaTests {
         #expect(e.name == "IP_RECEIVEPACKET" && e.probeName == "tracepoint net:netif_receive_skb")
         #expect(e.timeNs == 123 && e.serial == 9 && e.cpu == 1 && e.pid == 10 && e.tid == 11 && e.comm == "klab")
         #expect(e.sock == 4097 && e.skb == 0xffff_8881_0000_1000 && e.mtu == 1500 && e.fd == -1)
+        #expect(e.context == "softirq" && e.ownedByUser == nil)
         #expect(e.packet == PacketIdentity(wire))
         #expect(e.packet?.description == "198.18.0.2.40000 > 198.18.0.1.8080 tcp P. seq 1000 ack 77 len 15 id 42")
         // A socket event (no IP header read) carries endpoints, not a packet.
         r.ip_len = 0
         let s = withUnsafeBytes(of: r) { TraceEvent(record: $0) }
         #expect(s.packet == nil && s.endpoints?.sourcePort == 40000)
+        r.flags = UInt8(KLAB_F_CONTEXT | KLAB_F_OWNED_READ | KLAB_F_OWNED)
+        let owned = withUnsafeBytes(of: r) { TraceEvent(record: $0) }
+        #expect(owned.context == "task" && owned.ownedByUser == true)
     }
 
     /// The README's catalog table is the catalog's own rendering (`klab schema --markdown`).

@@ -17,7 +17,8 @@ struct klab_event {
     __u32 netns;      // network namespace inode number
     __u32 pid;        // tgid
     __u32 tid;
-    __u16 event;      // event id (catalog)
+    __u8 event;       // event id (catalog; below 64, one bit each in the emit masks)
+    __u8 flags;       // KLAB_F_*: the probe's execution context and socket ownership
     __u16 probe;      // probe id (catalog)
     __u16 cpu;
     __u8 proto;       // IP protocol (or socket protocol for socket events)
@@ -44,5 +45,12 @@ struct klab_event {
     __s32 fd;         // file descriptor where the probe knows it, else -1
     char comm[16];
 };
+
+// flags: the context the probe ran in, and sk->sk_lock.owned (sock_owned_by_user) where
+// the probe has the socket.
+#define KLAB_F_CONTEXT 0x01     // KLAB_F_SOFTIRQ below was known
+#define KLAB_F_SOFTIRQ 0x02     // serving a softirq; a task with BH disabled is not
+#define KLAB_F_OWNED_READ 0x04  // KLAB_F_OWNED below was read
+#define KLAB_F_OWNED 0x08       // a task owned the socket (lock_sock) when the probe ran
 
 #endif

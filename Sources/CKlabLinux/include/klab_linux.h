@@ -8,6 +8,7 @@
 #include <stdint.h>
 #include <unistd.h>
 #include <sys/syscall.h>
+#include <sys/prctl.h>
 #include "klab_event.h"
 
 // TUNSETIFF and friends are function-like macros (_IOW), which Swift does not import.
@@ -30,12 +31,20 @@ int klab_unshare_net(void);
 int klab_setns_net(int fd);
 // gettid(2), for naming the thread a host runs on.
 int klab_gettid(void);
+// pthread_setname_np for the calling thread (its comm, up to 15 bytes), also _GNU_SOURCE.
+int klab_set_thread_name(const char *name);
+// sched_setaffinity(2) of the calling thread to one CPU (_GNU_SOURCE again).
+int klab_pin_thread(int cpu);
 
 // read(2)/write(2) without glibc's wrappers: in a multi-threaded process (klab always is)
 // those switch thread cancellation on and off around every call, about 3% of a TUN
 // ping-pong. syscall(2) is not a cancellation point.
 static inline long klab_read(int fd, void *buf, size_t n) { return syscall(SYS_read, fd, buf, n); }
 static inline long klab_write(int fd, const void *buf, size_t n) { return syscall(SYS_write, fd, buf, n); }
+
+// prctl(PR_SET_TIMERSLACK) for the calling thread: nanosleep then wakes within `ns` of its
+// time instead of the default 50 µs. prctl is variadic, which Swift cannot call.
+static inline int klab_set_timerslack(unsigned long ns) { return prctl(PR_SET_TIMERSLACK, ns, 0, 0, 0); }
 
 // SO_COOKIE (57) and SO_NETNS_COOKIE (71) are newer than some libc headers.
 static const int klab_SO_COOKIE = 57;

@@ -56,6 +56,21 @@ int BPF_PROG(tp_net_dev_queue, struct sk_buff *skb) {
     return 0;
 }
 
+// MARK: Execution context: whether each CPU is serving a softirq (cpu_context)
+
+static __always_inline int set_context(__u64 value) {
+    __u32 k = 0;
+    __u64 *c = bpf_map_lookup_elem(&cpu_context, &k);
+    if (c) *c = value;
+    return 0;
+}
+
+SEC("tp_btf/softirq_entry")
+int BPF_PROG(btf_softirq_entry, unsigned int vec_nr) { return set_context(2); }
+
+SEC("tp_btf/softirq_exit")
+int BPF_PROG(btf_softirq_exit, unsigned int vec_nr) { return set_context(1); }
+
 // MARK: Tracepoints at the socket and TCP layers
 
 #define TCP_ESTABLISHED 1
@@ -169,6 +184,7 @@ int BPF_PROG(btf_tcp_probe, struct sock *sk, struct sk_buff *skb) {
     begin(&e, KLAB_PROBE_ID_btf_tcp_probe, *ns);
     fill_skb(&e, skb);
     e.sock = bpf_get_socket_cookie(sk);
+    e.flags |= owned_flags(sk->sk_lock.owned);  // owned: release_sock is running the backlog
     __u8 f = e.tcp_flags;
     EMIT_IF(m, &e, KLAB_EV_TCP_RECVACK, f & TH_ACK);
     EMIT_IF(m, &e, KLAB_EV_TCP_RECV_URGENTDATA, f & TH_URG);
@@ -396,6 +412,11 @@ int cg_skb_ingress(struct __sk_buff *skb) {
     begin_task(&e, KLAB_PROBE_ID_cg_skb_ingress, *ns);
     e.sock = cookie;
     fill_cg_skb(&e, skb);
+    // TCP: tcp_v4_rcv runs the filter before it takes the socket's spinlock and decides
+    // between processing the segment now and queueing it to the backlog of an owned socket.
+    struct bpf_sock *bs = skb->sk;
+    struct sock *tcp = bs ? (struct sock *)bpf_skc_to_tcp_sock(bs) : 0;
+    if (tcp) e.flags |= owned_flags(tcp->sk_lock.owned);
     EMIT_IF(m, &e, KLAB_EV_TCP_RECEIVEPACKET, e.proto == 6);
     EMIT_IF(m, &e, KLAB_EV_UDP_QUEUE_SOCKETBUFFER, e.proto == 17);
     return 1;

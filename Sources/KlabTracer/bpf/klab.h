@@ -25,7 +25,7 @@ struct sock_common {
     struct { struct net *net; } skc_net;
     struct { long long counter; } skc_cookie;
 } CORE;
-struct sock { struct sock_common __sk_common; __u16 sk_protocol; __u16 sk_type; } CORE;
+struct sock { struct sock_common __sk_common; struct { int owned; } sk_lock; __u16 sk_protocol; __u16 sk_type; } CORE;
 struct sk_buff {
     unsigned int len;
     unsigned char *head;
@@ -110,10 +110,35 @@ static __always_inline __u32 *lab_task(void) {
     return lab_net(BPF_CORE_READ(t, nsproxy, net_ns));
 }
 
-// The common part of a record: time, CPU, task, namespace, probe.
+// Per CPU: 2 while it serves a softirq (in_serving_softirq()), 1 otherwise, kept by the
+// irq:softirq_entry and irq:softirq_exit programs (softirqs never nest on a CPU); 0 when
+// those are not attached (klab sets 1 once they are). preempt_count itself is a per-CPU
+// variable, and BPF reaches those only through kallsyms, which holds no data symbols unless
+// the kernel has CONFIG_KALLSYMS_ALL.
+struct {
+    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, __u64);
+} cpu_context SEC(".maps");
+
+static __always_inline __u8 context_flags(void) {
+    __u32 k = 0;
+    __u64 *c = bpf_map_lookup_elem(&cpu_context, &k);
+    return c && *c ? KLAB_F_CONTEXT | (*c == 2 ? KLAB_F_SOFTIRQ : 0) : 0;
+}
+
+// sock_owned_by_user(): a task holds the socket (lock_sock), so softirq processing of a
+// segment goes to the backlog, which release_sock then runs in that task.
+static __always_inline __u8 owned_flags(int owned) {
+    return KLAB_F_OWNED_READ | (owned ? KLAB_F_OWNED : 0);
+}
+
+// The common part of a record: time, CPU, context, task, namespace, probe.
 static __always_inline void begin_record(struct klab_event *e, __u16 probe, __u32 netns) {
     __builtin_memset(e, 0, sizeof(*e));
     e->ts_ns = bpf_ktime_get_ns();
+    e->flags = context_flags();
     e->probe = probe;
     e->netns = netns;
     e->cpu = bpf_get_smp_processor_id();
