@@ -96,6 +96,16 @@ public final class PlacementChecker {
         correlator.onFrame = { [unowned self] f in admit(f); figures.frame(f) }
     }
 
+    /// Streams a results folder through the correlator and judges it: what `klab check` does.
+    public static func check(_ folder: ResultsFolder) throws -> CheckReport {
+        let correlator = Correlator(links: folder.header.capture?.links ?? [])
+        let checker = PlacementChecker(header: folder.header, correlator: correlator)
+        correlator.onEvent = { e, f, how in checker.event(e, f, how) }
+        correlator.onJourney = { f, list in checker.journey(f, list) }
+        try folder.stream(correlator)
+        return checker.finish()
+    }
+
     static func name(_ site: Site) -> String { site.probes.map(\.site).joined(separator: " + ") }
 
     private func verdictKey(_ spec: EventSpec, _ site: Site, _ rule: Rule) -> Int {

@@ -60,14 +60,8 @@ extension Bench {
                 resetPeak()
                 var report: CheckReport?
                 let (m, t1) = try measure {
-                    let f = try ResultsFolder(folder)
-                    let c = Correlator(links: f.header.capture!.links)
-                    let checker = PlacementChecker(header: f.header, correlator: c)
-                    c.onEvent = { e, fr, how in checker.event(e, fr, how) }
-                    c.onJourney = { fr, list in checker.journey(fr, list) }
-                    try f.stream(c)
-                    report = checker.finish()
-                    return c.counts.events
+                    report = try PlacementChecker.check(ResultsFolder(folder))
+                    return report!.join.events
                 }
                 full.append(Double(m) / t1)
                 peaks.full = max(peaks.full, peakKB())

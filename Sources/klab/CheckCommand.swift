@@ -37,13 +37,7 @@ struct CheckCommand: ParsableCommand {
     func run() throws {
         let report: CheckReport
         do {
-            let folder = try ResultsFolder(results)
-            let correlator = Correlator(links: folder.header.capture?.links ?? [])
-            let checker = PlacementChecker(header: folder.header, correlator: correlator)
-            correlator.onEvent = { e, f, how in checker.event(e, f, how) }
-            correlator.onJourney = { f, list in checker.journey(f, list) }
-            try folder.stream(correlator)
-            report = checker.finish()
+            report = try PlacementChecker.check(ResultsFolder(results))
         } catch let e as ResultsError {
             FileHandle.standardError.write(Data("klab check: \(e)\n".utf8))
             throw ExitCode(ExitCodes.dataError)

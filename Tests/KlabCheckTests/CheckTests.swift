@@ -11,13 +11,7 @@ struct CheckTests {
     func check(_ run: SyntheticRun, _ name: String = "run") throws -> CheckReport {
         let path = "\(dir)/\(name)"
         try run.write(to: path)
-        let folder = try ResultsFolder(path)
-        let correlator = Correlator(links: folder.header.capture!.links)
-        let checker = PlacementChecker(header: folder.header, correlator: correlator)
-        correlator.onEvent = { e, f, how in checker.event(e, f, how) }
-        correlator.onJourney = { f, list in checker.journey(f, list) }
-        try folder.stream(correlator)
-        return checker.finish()
+        return try PlacementChecker.check(ResultsFolder(path))
     }
 
     func verdict(_ r: CheckReport, _ event: String, _ rule: String) throws -> Verdict {
