@@ -9,6 +9,7 @@ struct FloodTests {
         let run: Finished
         let log: EventLog
         let flood: [String: Any]
+        let dir: String
 
         /// The flood's own packets' events (the peer's port, the flood's payload size).
         func flood(_ name: String, length: Int) -> [[String: Any]] {
@@ -26,7 +27,7 @@ struct FloodTests {
         #expect(r.stdout.contains("\(name): PASSED"))
         let dir = "\(out)/\(name)"
         let file = try FileManager.default.contentsOfDirectory(atPath: dir).first { $0.hasPrefix("flood.line") }
-        return Result(run: r, log: try EventLog(path: "\(dir)/events.jsonl"), flood: try json("\(dir)/\(try #require(file))"))
+        return Result(run: r, log: try EventLog(path: "\(dir)/events.jsonl"), flood: try json("\(dir)/\(try #require(file))"), dir: dir)
     }
 
     /// Pinned to two CPUs when there are two: the injector on one, the reader on the other.
@@ -99,5 +100,31 @@ struct FloodTests {
         #expect(queued.count == 1000)
         #expect(queued.allSatisfy { $0["comm"] as? String == "klab-inject" && $0["sk_owned_by_user"] == nil })
         #expect(r.log.named("UDP_RECEIVE").contains { $0["comm"] as? String == "klab-reader" })
+    }
+
+    /// The accounting, end to end: after a small flood into a waiting reader, klab
+    /// latency gives a latency for every packet the peer injected or counts it under a reason,
+    /// with nothing unexplained, and the two receive paths are told apart by the task.
+    @Test func everyInjectedPacketHasALatencyOrAReason() throws {
+        let r = try run("latency-tcp", ["--set", "count=1500", "--set", "rate=0"] + pins)
+        let l = try klab(["latency", r.dir, "--to", "TCP_RECVACK@tcp_probe", "--json"])
+        try #require(l.status == 0, "\(l.stdout.suffix(2000))\n\(l.stderr)")
+        let report = try #require(try JSONSerialization.jsonObject(with: Data(l.stdout.utf8)) as? [String: Any])
+        let a = try #require(report["accounting"] as? [String: Any])
+        let misses = (a["misses"] as? [[String: Any]] ?? []).map { ($0["reason"] as? String ?? "", $0["count"] as? Int ?? -1) }
+        let paired = a["paired"] as? Int ?? -1
+        // The peer wrote the flood's packets and the handshake's SYN and final ACK into the TUN.
+        let injected = (r.flood["injected"] as? Int ?? 0) + 2
+        #expect(a["from_events"] as? Int == injected)
+        #expect(paired + misses.reduce(0) { $0 + $1.1 } == injected, "\(paired) paired, misses \(misses)")
+        #expect(misses.first { $0.0 == "unexplained" }?.1 == 0)
+        #expect(paired >= 1400)
+        let percentiles = report["percentiles"] as? [[String: Any]] ?? []
+        #expect(percentiles.count >= 10 && percentiles.allSatisfy { ($0["cycles"] as? Double ?? $0["cycles"].flatMap { $0 as? Int }.map(Double.init) ?? 0) > 0 })
+        let attributes = ((report["attribution"] as? [String: Any])?["attributes"] as? [[String: Any]] ?? []).compactMap { $0["name"] as? String }
+        #expect(attributes.contains("task") && attributes.contains("sk_owned_by_user"))
+        for ext in ["svg", "csv", "json"] {
+            #expect(FileManager.default.fileExists(atPath: "\(r.dir)/latency/IP_RECEIVEPACKET-TCP_RECVACK@tcp_probe.\(ext)"))
+        }
     }
 }
