@@ -312,7 +312,7 @@ public struct EventLine: Encodable {
         probe = e.probeName
         skb = e.skb == 0 ? nil : "0x" + String(e.skb, radix: 16)
         sock = e.sock == 0 ? nil : e.sock
-        skb_len = e.skb == 0 ? nil : e.skbLen
+        skb_len = e.skb == 0 && e.skbLen == 0 ? nil : e.skbLen  // cgroup_skb records carry a length but no skb address
         ifindex = e.skb == 0 ? nil : e.ifindex
         packet = e.packet.map(PacketFields.init)
         endpoints = e.endpoints.map(PacketFields.init)

@@ -77,26 +77,39 @@ struct SchemaCommand: ParsableCommand {
         for level in Level.allCases {
             say("")
             say("\(level) level")
-            for e in Schema.events where e.level == level {
-                let sel = selections[e.id]
-                let verdict = sel?.verdict ?? "unknown"
-                say("  \(e.name.padding(toLength: 24, withPad: " ", startingAt: 0)) \(verdict.padding(toLength: 12, withPad: " ", startingAt: 0)) \(sel?.site.map { $0.probes.map(\.site).joined(separator: " + ") } ?? "-")")
-                say("      Klogger: \(e.klogger); fields: \(e.fields.map(\.rawValue).joined(separator: ", "))"
-                    + (e.untilLevel < .ip ? "; \(e.untilLevel) level only" : "") + (e.aliases.isEmpty ? "" : "; also called \(e.aliases.joined(separator: ", "))"))
-                if let sel { say("      \(sel.placement)") }
+            printEvents(Schema.events.filter { $0.level == level }, selections)
+        }
+        say("")
+        say("klab's own events (not in the schema)")
+        printEvents(Schema.auxiliary, selections)
+    }
+
+    func printEvents(_ list: [EventSpec], _ selections: [UInt16: Selection]) {
+        for e in list {
+            let sel = selections[e.id]
+            let verdict = sel?.verdict ?? "unknown"
+            say("  \(e.name.padding(toLength: 24, withPad: " ", startingAt: 0)) \(verdict.padding(toLength: 12, withPad: " ", startingAt: 0)) \(sel?.site.map { $0.probes.map(\.site).joined(separator: " + ") } ?? "-")")
+            say("      Klogger: \(e.klogger); fields: \(e.fields.map(\.rawValue).joined(separator: ", "))"
+                + (e.untilLevel < .ip ? "; \(e.untilLevel) level only" : "") + (e.aliases.isEmpty ? "" : "; also called \(e.aliases.joined(separator: ", "))"))
+            if let sel { say("      \(sel.placement)") }
+            let rules = sel?.site.map { e.rules(for: $0) } ?? e.rules
+            if !rules.isEmpty {
+                let own = sel?.site?.rules != nil ? " (this site's own)" : ""
+                say("      placement rules\(own): \(rules.map(\.description).joined(separator: "; "))")
             }
         }
     }
 
     func printJSON(kernel: String, selections: [UInt16: Selection], problems: [Backend: String], note: String?) throws {
-        struct SiteOut: Encodable { let backend: String; let probes: [String]; let placement: String; let status: String }
+        struct SiteOut: Encodable { let backend: String; let probes: [String]; let placement: String; let status: String; let rules: [String]? }
         struct EventOut: Encodable {
             let name: String; let id: UInt16; let level: String; let until_level: String; let aliases: [String]
             let fields: [String]; let klogger: String; let site: String?; let placement: String; let detail: String?
             let sites: [SiteOut]
+            let rules: [String]
         }
         struct Out: Encodable { let kernel: String; let note: String?; let backends: [String: String]; let events: [EventOut] }
-        let events = Schema.events.map { e -> EventOut in
+        let events = Schema.all.map { e -> EventOut in
             let sel = selections[e.id]
             let sites = e.sites.map { s -> SiteOut in
                 let status: String
@@ -105,12 +118,13 @@ struct SchemaCommand: ParsableCommand {
                     else if let why = sel.passedOver.first(where: { $0.site.probes == s.probes && $0.site.backend == s.backend })?.reason { status = why }
                     else { status = "not tried (a more faithful site was chosen)" }
                 } else { status = "unknown" }
-                return SiteOut(backend: s.backend.rawValue, probes: s.probes.map(\.site), placement: s.placement, status: status)
+                return SiteOut(backend: s.backend.rawValue, probes: s.probes.map(\.site), placement: s.placement, status: status,
+                               rules: s.rules?.map(\.description))
             }
             return EventOut(
                 name: e.name, id: e.id, level: e.level.description, until_level: e.untilLevel.description, aliases: e.aliases,
                 fields: e.fields.map(\.rawValue), klogger: e.klogger, site: sel?.site.map { $0.probes.map(\.site).joined(separator: " + ") },
-                placement: sel?.verdict ?? "unknown", detail: sel?.placement, sites: sites)
+                placement: sel?.verdict ?? "unknown", detail: sel?.placement, sites: sites, rules: e.rules.map(\.description))
         }
         let enc = JSONEncoder()
         enc.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
