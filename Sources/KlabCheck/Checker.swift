@@ -97,8 +97,8 @@ public final class PlacementChecker {
     }
 
     /// Streams a results folder through the correlator and judges it: what `klab check` does.
-    public static func check(_ folder: ResultsFolder) throws -> CheckReport {
-        let correlator = Correlator(links: folder.header.capture?.links ?? [])
+    public static func check(_ folder: ResultsFolder, window: UInt64 = Correlator.defaultWindow) throws -> CheckReport {
+        let correlator = Correlator(links: folder.header.capture?.links ?? [], window: window)
         let checker = PlacementChecker(header: folder.header, correlator: correlator)
         correlator.onEvent = { e, f, how in checker.event(e, f, how) }
         correlator.onJourney = { f, list in checker.journey(f, list) }

@@ -65,7 +65,10 @@ public final class Correlator {
     static let tcpLayerProbes: Set<UInt16> = Set(
         [Schema.tcpProbe.id] + ["fentry_tcp_v4_rcv", "kprobe_tcp_v4_rcv"].compactMap { Schema.probe(program: $0)?.id })
 
-    public init(links: [RunHeader.Link], window: UInt64 = 50_000_000) {
+    /// How far apart in time an event and its packet may be: 50 ms.
+    public static let defaultWindow: UInt64 = 50_000_000
+
+    public init(links: [RunHeader.Link], window: UInt64 = defaultWindow) {
         self.links = links
         self.window = window
     }

@@ -12,10 +12,11 @@ extension Bench {
                 the events.jsonl header, in the tracer's and libpcap's own formats): a peer
                 streaming 15-byte TCP segments to a host that reads them and ACKs every second
                 one, 5 events per segment on this kernel's sites. Then, ROUNDS times, in turn:
-                the reference, which only reads and decodes both files (no join), the join alone, and the full
-                `klab check` pipeline (join every event to its packet, judge every rule, the
-                §2.2 figures). Prints events per second for each round, the medians, their ratio,
-                and each pass's peak resident memory (VmHWM, reset between passes). Needs no root.
+                the reference, which only reads and decodes both files (no join), the join
+                alone, and the full `klab check` pipeline (join every event to its packet,
+                judge every rule, the §2.2 figures). Prints events per second for each round,
+                the medians, their ratio, and each pass's peak resident memory (VmHWM, reset
+                between passes). Needs no root.
 
                   klab bench check                       # 10 million events
                   klab bench check --events 1000000 --rounds 5
@@ -30,10 +31,14 @@ extension Bench {
         @Option(help: "Where to write the generated run (default: a temporary folder, removed after).")
         var dir: String?
 
+        @Option(help: "The join's window (klab check --window-ms).")
+        var windowMs = 50.0
+
         @Flag(help: "Print one JSON object instead of text.")
         var json = false
 
         func validate() throws {
+            guard windowMs > 0 else { throw ValidationError("--window-ms must be positive") }
             guard events >= 1000, rounds > 0 else { throw ValidationError("--events must be at least 1000 and --rounds positive") }
         }
 
@@ -52,7 +57,7 @@ extension Bench {
                 peaks.reference = max(peaks.reference, peakKB())
                 let (j, tj) = try measure {
                     let f = try ResultsFolder(folder)
-                    let c = Correlator(links: f.header.capture!.links)
+                    let c = Correlator(links: f.header.capture!.links, window: UInt64(windowMs * 1e6))
                     try f.stream(c)
                     return c.counts.events
                 }
@@ -60,7 +65,7 @@ extension Bench {
                 resetPeak()
                 var report: CheckReport?
                 let (m, t1) = try measure {
-                    report = try PlacementChecker.check(ResultsFolder(folder))
+                    report = try PlacementChecker.check(ResultsFolder(folder), window: UInt64(windowMs * 1e6))
                     return report!.join.events
                 }
                 full.append(Double(m) / t1)

@@ -8,24 +8,25 @@ struct CheckCommand: ParsableCommand {
         abstract: "Judge where every schema event sits, from a results folder.",
         discussion: """
             Streams the run's event log (events.bin) against its capture (capture.pcap and
-            capture.links), joins each event to the wire packet it belongs to (by the packet's
-            fields, by a TCP socket's flow, seq, ack and flags, or by skb inside the kernel;
-            one skb that left as several packets (TSO/GSO) joins the first), and judges every
-            occurrence against the placement rules the catalog declares for the site it was
-            logged from (`klab schema` lists them): before or after its packet on the wire,
-            in order with the other layers' events on the same packet or socket, between the
-            right handshake segments. Approximate sites are judged against their own documented
-            placement, and the verdict says so.
+            capture.links), joins each event to the wire packet it belongs to (by the
+            packet's fields, by a TCP socket's flow, seq, ack and flags, or by skb inside
+            the kernel; one skb that left as several packets (TSO/GSO) joins the first),
+            and judges every occurrence against the placement rules the catalog declares
+            for the site it was logged from (`klab schema` lists them): before or after
+            its packet on the wire, in order with the other layers' events on the same
+            packet or socket, between the right handshake segments. Approximate sites are
+            judged against their own documented placement, and the verdict says so.
 
-            Prints a table of verdicts (N of N hold, or the counter-examples with frame, time,
-            skb and socket), what joined nothing, and the seed's §2.2 figures: TCP_SENDPACKET
-            and wire packets per write, IP fragments among TCP packets, tcp_fragment calls,
-            reassembly, ACKs per frame freed after a full window. Writes RESULTS/verdicts.json.
-            Exit status 1 when a rule is violated. `klab run` does the same at the end of
-            every scenario. Memory stays bounded however long the run.
+            Prints a table of verdicts (N of N hold, or the counter-examples with frame,
+            time, skb and socket), what joined nothing, and the seed's §2.2 figures:
+            TCP_SENDPACKET and wire packets per write, IP fragments among TCP packets,
+            tcp_fragment calls, reassembly, ACKs per frame freed after a full window.
+            Writes RESULTS/verdicts.json. Exit status 1 when a rule is violated. `klab
+            run` does the same at the end of every scenario. Memory stays bounded however
+            long the run.
 
               klab check results/demo/tcp-handshake
-              klab check results/demo/tcp-handshake --json | jq '.verdicts[] | select(.held < .judged)'
+              klab check RESULTS --json | jq '.verdicts[] | select(.held < .judged)'
             """)
 
     @Argument(help: "A results folder of klab run.")
@@ -34,10 +35,18 @@ struct CheckCommand: ParsableCommand {
     @Flag(help: "Print the verdicts as JSON (the same as verdicts.json) instead of the table.")
     var json = false
 
+    @Option(help: ArgumentHelp("How far apart in time an event and its wire packet may be, in ms.",
+                               discussion: "Wider finds packets a slow path held longer (a backlog behind a descheduled reader), at the cost of speed and memory."))
+    var windowMs = 50.0
+
+    func validate() throws {
+        guard windowMs > 0, windowMs <= 10_000 else { throw ValidationError("--window-ms must be between 0 and 10000") }
+    }
+
     func run() throws {
         let report: CheckReport
         do {
-            report = try PlacementChecker.check(ResultsFolder(results))
+            report = try PlacementChecker.check(ResultsFolder(results), window: UInt64(windowMs * 1e6))
         } catch let e as ResultsError {
             FileHandle.standardError.write(Data("klab check: \(e)\n".utf8))
             throw ExitCode(ExitCodes.dataError)
