@@ -29,6 +29,13 @@ struct PlacementTests {
         let rows = during["verdicts"] as? [[String: Any]] ?? []
         #expect(rows.contains { $0["event"] as? String == "TCP_RECEIVEPACKET" && ($0["rule"] as? String)?.contains("IP_RECEIVEPACKET") == true && ($0["judged"] as? Int ?? 0) >= 3 })
         #expect(rows.allSatisfy { $0["judged"] as? Int == $0["held"] as? Int })
+        // Every socket with its socket and connection events, in order.
+        let sockets = try klab(["journey", "--sockets", dir])
+        #expect(sockets.status == 0)
+        let listener = sockets.stdout.components(separatedBy: "socket ").first { $0.contains("SOCKET_LISTEN") } ?? ""
+        #expect(listener.contains("SOCKET_CREATE") && listener.contains("SOCKET_CLOSE"))
+        #expect((listener.range(of: "SOCKET_CREATE")?.lowerBound ?? listener.endIndex) < (listener.range(of: "SOCKET_LISTEN")?.lowerBound ?? listener.startIndex))
+        #expect(sockets.stdout.components(separatedBy: "socket ").contains { $0.contains("CONNECTION_HANDSHAKE") && $0.contains("198.18.0.2:40000") })
     }
 
     @Test func aPlantedMisplacementIsCaught() throws {
