@@ -54,10 +54,12 @@ public final class Correlator {
     /// than the join); candidates are compared in full.
     private var byIdentity: [UInt64: Recent] = [:]
     /// A TCP segment as a socket knows it before IP: flow, seq, ack (rcv_nxt) and flags.
-    private struct SegmentKey: Hashable { let src, dst: UInt32; let ports: UInt32; let seq, ack: UInt32; let flags: UInt8; let length: UInt16 }
-    private var bySegment: [SegmentKey: Recent] = [:]
-    private struct FlowKey: Hashable { let src, dst: UInt32; let ports: UInt32 }
-    private var byFlow: [FlowKey: Recent] = [:]
+    /// TCP frames by flow, seq, ack, flags and length: the segment as a socket knows it.
+    private var bySegment: [UInt64: Recent] = [:]
+    /// TCP frames by flow and seq: the parts of a TSO/GSO skb, one after the other.
+    private var bySeq: [UInt64: Recent] = [:]
+    /// Frames that left the window since the maps were last swept of them.
+    private var unswept = 0
     private var skbs: [UInt64: (frame: Int, t: UInt64)] = [:]
     private var skbSweep = 0
 
@@ -105,16 +107,21 @@ public final class Correlator {
         byIdentity[digest(id), default: Recent()].append(f.number)
         if id.proto == 6 {
             bySegment[segmentKey(id), default: Recent()].append(f.number)
-            byFlow[flowKey(id), default: Recent()].append(f.number)
+            bySeq[seqKey(id, id.tcpSeq), default: Recent()].append(f.number)
         }
     }
 
-    private func segmentKey(_ id: PacketIdentity) -> SegmentKey {
-        SegmentKey(src: id.source.rawValue, dst: id.destination.rawValue, ports: UInt32(id.sourcePort) << 16 | UInt32(id.destinationPort),
-                   seq: id.tcpSeq, ack: id.tcpAck, flags: id.tcpFlags, length: id.length)
+    private func seqKey(_ id: PacketIdentity, _ seq: UInt32) -> UInt64 {
+        let flow = (UInt64(id.source.rawValue) << 32 | UInt64(id.destination.rawValue)) &* 0x9E37_79B9_7F4A_7C15
+        return (flow ^ (UInt64(id.sourcePort) << 48 | UInt64(id.destinationPort) << 32 | UInt64(seq))) &* 0xBF58_476D_1CE4_E5B9
     }
-    private func flowKey(_ id: PacketIdentity) -> FlowKey {
-        FlowKey(src: id.source.rawValue, dst: id.destination.rawValue, ports: UInt32(id.sourcePort) << 16 | UInt32(id.destinationPort))
+    private func segmentKey(_ id: PacketIdentity) -> UInt64 {
+        (seqKey(id, id.tcpSeq) ^ (UInt64(id.tcpAck) << 24 | UInt64(id.tcpFlags) << 16 | UInt64(id.length))) &* 0x94D0_49BB_1331_11EB
+    }
+    /// Whether a frame is the segment a socket-side record describes.
+    private func sameSegment(_ a: PacketIdentity, _ b: PacketIdentity) -> Bool {
+        a.source == b.source && a.destination == b.destination && a.sourcePort == b.sourcePort && a.destinationPort == b.destinationPort
+            && a.tcpSeq == b.tcpSeq && a.tcpAck == b.tcpAck && a.tcpFlags == b.tcpFlags && a.length == b.length
     }
 
     private func evict(before t: UInt64) throws {
@@ -124,13 +131,18 @@ public final class Correlator {
             try onJourney(s.frame, s.events)
             head += 1
             firstNumber += 1
-            if let id = s.frame.identity {
-                drop(from: &byIdentity, digest(id))
-                if id.proto == 6 {
-                    drop(from: &bySegment, segmentKey(id))
-                    drop(from: &byFlow, flowKey(id))
+            unswept += 1
+        }
+        // The maps forget frames that left the window in sweeps, not one by one: lookups skip them.
+        if unswept >= 65536 {
+            for map in [\Correlator.byIdentity, \Correlator.bySegment, \Correlator.bySeq] {
+                self[keyPath: map] = self[keyPath: map].compactMapValues { r in
+                    var r = r
+                    r.prune(below: firstNumber)
+                    return r.isEmpty ? nil : r
                 }
             }
+            unswept = 0
         }
         if head > 4096 && head * 2 > slots.count {
             slots.removeFirst(head)
@@ -138,12 +150,6 @@ public final class Correlator {
         }
     }
 
-    /// Forgets the frames of `key` that left the window (frames leave in number order).
-    private func drop<K>(from map: inout [K: Recent], _ key: K) {
-        guard var r = map.removeValue(forKey: key) else { return }
-        r.prune(below: firstNumber)
-        if !r.isEmpty { map[key] = r }
-    }
 
     private func samePacket(_ a: PacketIdentity, _ b: PacketIdentity?) -> Bool {
         guard let b else { return false }
@@ -163,12 +169,13 @@ public final class Correlator {
         return h &* 0xBF58_476D_1CE4_E5B9
     }
 
-    private func nearest(_ recent: Recent?, to e: TraceEvent, identity: PacketIdentity? = nil) -> Int? {
+    private func nearest(_ recent: Recent?, to e: TraceEvent, identity: PacketIdentity? = nil, segment: PacketIdentity? = nil) -> Int? {
         guard let recent else { return nil }
         var best: (n: Int, d: UInt64)?
-        for n in recent.numbers {
+        for n in recent.numbers where n >= firstNumber {
             let i = slotIndex(n)
             if let identity, slots[i].frame.identity != identity { continue }
+            if let segment, let f = slots[i].frame.identity, !sameSegment(segment, f) { continue }
             let d = distance(slots[i].frame.timeNs, e.timeNs)
             if let b = best, b.d <= d { continue }
             if slots[i].events.contains(where: { $0.event == e.event && $0.probe == e.probe }) { continue }
@@ -198,7 +205,7 @@ public final class Correlator {
                 }
             }
         } else if let p = e.endpoints, p.proto == 6, p.tcpFlags != 0, p.tcpSeq != 0 {
-            if let n = nearest(bySegment[segmentKey(p)], to: e) {
+            if let n = nearest(bySegment[segmentKey(p)], to: e, segment: p) {
                 (number, how) = (n, .segment)
             } else if p.length > 0, let g = gso(p, e) {
                 (number, how) = (g.first, .gso)
@@ -236,20 +243,30 @@ public final class Correlator {
         try onEvent(e, frame, how)
     }
 
-    /// A TCP skb bigger than any wire packet of its flow: the wire packets of the same flow
-    /// whose sequence numbers fall inside it, within the window.
+    /// A TCP skb bigger than any wire packet of its flow: the data packet of the same flow
+    /// starting at its seq, nearest in time, then the ones that follow it seq by seq.
     private func gso(_ id: PacketIdentity, _ e: TraceEvent) -> (first: Int, parts: Int)? {
-        guard let list = byFlow[flowKey(id)]?.numbers else { return nil }
-        let end = id.tcpSeq &+ UInt32(id.length)
-        let parts = list.filter { n in
-            let p = slots[slotIndex(n)].frame.identity!
-            return p.length > 0 && p.length < id.length && (p.tcpSeq &- id.tcpSeq) < UInt32(id.length) && (end &- p.tcpSeq) <= UInt32(id.length)
-                && distance(slots[slotIndex(n)].frame.timeNs, e.timeNs) < window
+        func part(_ seq: UInt32, near t: UInt64) -> Int? {
+            var best: (n: Int, d: UInt64)?
+            for n in bySeq[seqKey(id, seq)]?.numbers ?? [] where n >= firstNumber {
+                let f = slots[slotIndex(n)].frame
+                guard let p = f.identity, p.source == id.source, p.destination == id.destination, p.sourcePort == id.sourcePort,
+                      p.destinationPort == id.destinationPort, p.length > 0, p.length < id.length else { continue }
+                let d = distance(f.timeNs, t)
+                if d < window, d < best?.d ?? .max { best = (n, d) }
+            }
+            return best?.n
         }
-        guard let first = parts.filter({ slots[slotIndex($0)].frame.identity!.tcpSeq == id.tcpSeq }).min(by: {
-            distance(slots[slotIndex($0)].frame.timeNs, e.timeNs) < distance(slots[slotIndex($1)].frame.timeNs, e.timeNs)
-        }) else { return nil }
-        return (first, parts.count)
+        guard let first = part(id.tcpSeq, near: e.timeNs) else { return nil }
+        var (parts, covered, at) = (1, Int(slots[slotIndex(first)].frame.identity!.length), first)
+        while covered < Int(id.length), parts < 1024 {
+            let f = slots[slotIndex(at)].frame
+            guard let next = part(id.tcpSeq &+ UInt32(covered), near: f.timeNs) else { break }
+            parts += 1
+            covered += Int(slots[slotIndex(next)].frame.identity!.length)
+            at = next
+        }
+        return (first, parts)
     }
 }
 
