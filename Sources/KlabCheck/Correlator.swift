@@ -58,8 +58,7 @@ public final class Correlator {
     private var bySegment: [UInt64: Recent] = [:]
     /// TCP frames by flow and seq: the parts of a TSO/GSO skb, one after the other.
     private var bySeq: [UInt64: Recent] = [:]
-    /// Frames that left the window since the maps were last swept of them.
-    private var unswept = 0
+
     private var skbs: [UInt64: (frame: Int, t: UInt64)] = [:]
     private var skbSweep = 0
 
@@ -131,18 +130,13 @@ public final class Correlator {
             try onJourney(s.frame, s.events)
             head += 1
             firstNumber += 1
-            unswept += 1
-        }
-        // The maps forget frames that left the window in sweeps, not one by one: lookups skip them.
-        if unswept >= 65536 {
-            for map in [\Correlator.byIdentity, \Correlator.bySegment, \Correlator.bySeq] {
-                self[keyPath: map] = self[keyPath: map].compactMapValues { r in
-                    var r = r
-                    r.prune(below: firstNumber)
-                    return r.isEmpty ? nil : r
+            if let id = s.frame.identity {
+                drop(from: &byIdentity, digest(id))
+                if id.proto == 6 {
+                    drop(from: &bySegment, segmentKey(id))
+                    drop(from: &bySeq, seqKey(id, id.tcpSeq))
                 }
             }
-            unswept = 0
         }
         if head > 4096 && head * 2 > slots.count {
             slots.removeFirst(head)
@@ -150,6 +144,13 @@ public final class Correlator {
         }
     }
 
+
+    /// Forgets the frames of `key` that left the window (frames leave in number order).
+    private func drop(from map: inout [UInt64: Recent], _ key: UInt64) {
+        guard var r = map.removeValue(forKey: key) else { return }
+        r.prune(below: firstNumber)
+        if !r.isEmpty { map[key] = r }
+    }
 
     private func samePacket(_ a: PacketIdentity, _ b: PacketIdentity?) -> Bool {
         guard let b else { return false }
