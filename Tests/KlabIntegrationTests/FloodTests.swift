@@ -118,7 +118,7 @@ struct FloodTests {
         #expect(a["from_events"] as? Int == injected)
         #expect(paired + misses.reduce(0) { $0 + $1.1 } == injected, "\(paired) paired, misses \(misses)")
         #expect(misses.first { $0.0 == "unexplained" }?.1 == 0)
-        #expect(paired >= 1400)
+        #expect(paired * 2 >= injected, "most packets have their own TCP event; the rest are counted above (coalesced in the backlog, mostly)")
         let percentiles = report["percentiles"] as? [[String: Any]] ?? []
         #expect(percentiles.count >= 10 && percentiles.allSatisfy { ($0["cycles"] as? Double ?? $0["cycles"].flatMap { $0 as? Int }.map(Double.init) ?? 0) > 0 })
         let attributes = ((report["attribution"] as? [String: Any])?["attributes"] as? [[String: Any]] ?? []).compactMap { $0["name"] as? String }
