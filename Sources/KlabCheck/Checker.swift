@@ -58,11 +58,11 @@ public final class PlacementChecker {
 
     // Socket pairing: per socket and rule, the occurrences still waiting for a partner.
     private struct PairKey: Hashable { let sock: UInt64; let rule: Int }
-    private struct Waiting { var owners: [(t: UInt64, e: TraceEvent)] = []; var partners: [UInt64] = [] }
+    private struct Waiting { var owners: [TraceEvent] = []; var partners: [UInt64] = [] }
     private var waiting: [PairKey: Waiting] = [:]
-    private struct SocketRule { let key: Int; let owner: UInt16; let partners: Set<UInt16>; let before: Bool }
-    private var socketRules: [SocketRule] = []
-    private var rulesByPartner: [UInt16: [Int]] = [:]
+    /// A socket rule as its partner events see it: the verdict, and whether the owner comes first.
+    private struct SocketRule { let key: Int; let before: Bool }
+    private var rulesByPartner: [UInt16: [SocketRule]] = [:]
 
     // Handshake segments per flow (both directions in one key).
     private struct FlowKey: Hashable { let a: UInt64; let b: UInt64 }
@@ -79,7 +79,7 @@ public final class PlacementChecker {
         for h in header.events {
             guard let spec = Schema.event(named: h.name) else { continue }
             for siteName in [h.site].compactMap({ $0 }) + (h.also ?? []) {
-                guard let site = spec.sites.first(where: { Self.name($0) == siteName }) else { continue }
+                guard let site = spec.site(named: siteName) else { continue }
                 for rule in spec.rules(for: site) {
                     let partners: [String], before: Bool
                     switch rule {
@@ -87,9 +87,8 @@ public final class PlacementChecker {
                     case .afterOnSocket(let p): (partners, before) = (p, false)
                     default: continue
                     }
-                    let key = verdictKey(spec, site, rule)
-                    socketRules.append(SocketRule(key: key, owner: spec.id, partners: Set(partners.compactMap { Schema.event(named: $0)?.id }), before: before))
-                    for p in partners { if let id = Schema.event(named: p)?.id { rulesByPartner[id, default: []].append(socketRules.count - 1) } }
+                    let r = SocketRule(key: verdictKey(spec, site, rule), before: before)
+                    for p in partners { if let id = Schema.event(named: p)?.id { rulesByPartner[id, default: []].append(r) } }
                 }
             }
         }
@@ -106,11 +105,9 @@ public final class PlacementChecker {
         return checker.finish()
     }
 
-    static func name(_ site: Site) -> String { site.probes.map(\.site).joined(separator: " + ") }
-
     private func verdictKey(_ spec: EventSpec, _ site: Site, _ rule: Rule) -> Int {
         let against = site.rules == nil ? "Klogger's placement" : "its site's own placement: \(site.approximation ?? site.caveat ?? "exact")"
-        return verdict(Verdict(event: spec.name, site: Self.name(site), judged_against: against, rule: "\(rule)"))
+        return verdict(Verdict(event: spec.name, site: site.name, judged_against: against, rule: "\(rule)"))
     }
 
     private func verdict(_ v: Verdict) -> Int {
@@ -152,7 +149,7 @@ public final class PlacementChecker {
     public func event(_ e: TraceEvent, _ frame: Frame?, _ how: Join?) {
         figures.event(e, frame, how)
         guard e.event < 40, let spec = Schema.event(e.event) else { return }  // klab's own events have no rules
-        if let list = rulesByPartner[e.event] { for i in list { partner(socketRules[i], e) } }
+        if let list = rulesByPartner[e.event] { for r in list { partner(r, e) } }
         for plan in plan(e, spec) {
             let key = plan.key
             guard let rule = plan.rule else {
@@ -177,8 +174,10 @@ public final class PlacementChecker {
                 }
             case .afterOnPacket:
                 if frame == nil { skip(key, "joined no wire packet") }  // judged with the journey
-            case .beforeOnSocket, .afterOnSocket:
-                owner(key, e)
+            case .beforeOnSocket:
+                owner(SocketRule(key: key, before: true), e)
+            case .afterOnSocket:
+                owner(SocketRule(key: key, before: false), e)
             case .onFlow(let after, let before):
                 onFlow(key, e, after: after, before: before)
             case .handshake:
@@ -224,16 +223,15 @@ public final class PlacementChecker {
 
     // MARK: Socket pairs
 
-    private func owner(_ key: Int, _ e: TraceEvent) {
-        guard e.sock != 0 else { skip(key, "no socket"); return }
-        guard let r = socketRules.first(where: { $0.key == key }) else { return }
-        let k = PairKey(sock: e.sock, rule: key)
+    private func owner(_ r: SocketRule, _ e: TraceEvent) {
+        guard e.sock != 0 else { skip(r.key, "no socket"); return }
+        let k = PairKey(sock: e.sock, rule: r.key)
         if waiting[k]?.partners.isEmpty == false {
             judgePair(r, e, partnerT: waiting[k]!.partners.removeFirst())
         } else if waiting[k, default: Waiting()].owners.count < 1024 {
-            waiting[k, default: Waiting()].owners.append((e.timeNs, e))
+            waiting[k, default: Waiting()].owners.append(e)
         } else {
-            skip(key, "no partner on its socket")
+            skip(r.key, "no partner on its socket")
         }
     }
 
@@ -241,7 +239,7 @@ public final class PlacementChecker {
         guard e.sock != 0 else { return }
         let k = PairKey(sock: e.sock, rule: r.key)
         if waiting[k]?.owners.isEmpty == false {
-            judgePair(r, waiting[k]!.owners.removeFirst().e, partnerT: e.timeNs)
+            judgePair(r, waiting[k]!.owners.removeFirst(), partnerT: e.timeNs)
         } else if waiting[k, default: Waiting()].partners.count < 1024 {
             waiting[k, default: Waiting()].partners.append(e.timeNs)
         }

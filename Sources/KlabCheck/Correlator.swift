@@ -193,24 +193,26 @@ public final class Correlator {
         counts.events += 1
         gsoParts = 0
         var number: Int?, how: Join?
+        // A TCP packet that joined nothing as it is may be one skb cut into several (TSO/GSO).
+        var whole: PacketIdentity?
         if let id = e.packet {
             counts.packetEvents += 1
             if let n = nearest(byIdentity[digest(id)], to: e, identity: id) {
                 (number, how) = (n, .identity)
-            } else if id.proto == 6, id.length > 0, let g = gso(id, e) {
-                (number, how) = (g.first, .gso)
-                gsoParts = g.parts
-                if e.skb == 0 || skbs[e.skb]?.frame != g.first {
-                    counts.gsoSkbs += 1
-                    counts.gsoPackets += g.parts
-                }
+            } else if id.proto == 6 {
+                whole = id
             }
         } else if let p = e.endpoints, p.proto == 6, p.tcpFlags != 0, p.tcpSeq != 0 {
             if let n = nearest(bySegment[segmentKey(p)], to: e, segment: p) {
                 (number, how) = (n, .segment)
-            } else if p.length > 0, let g = gso(p, e) {
-                (number, how) = (g.first, .gso)
-                gsoParts = g.parts
+            } else {
+                whole = p
+            }
+        }
+        if let whole, whole.length > 0, let g = gso(whole, e) {
+            (number, how) = (g.first, .gso)
+            gsoParts = g.parts
+            if e.skb == 0 || skbs[e.skb]?.frame != g.first {  // each skb counted once, whatever logs it
                 counts.gsoSkbs += 1
                 counts.gsoPackets += g.parts
             }

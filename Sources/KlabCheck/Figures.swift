@@ -1,4 +1,5 @@
 import Foundation
+import KlabAnalysis
 import KlabPacket
 import KlabSchema
 
@@ -90,7 +91,7 @@ final class FigureBuilder {
         self.correlator = correlator
         logged = header.logged
         for h in header.events {
-            guard let spec = Schema.event(named: h.name), let site = spec.sites.first(where: { PlacementChecker.name($0) == h.site }) else { continue }
+            guard let spec = Schema.event(named: h.name), let site = spec.site(named: h.site) else { continue }
             primary[spec.id] = Set(site.probes.map(\.id))
         }
         let visible = header.events.contains { $0.name == "TCP_FRAGMENT" && $0.site != nil }
@@ -238,9 +239,5 @@ final class FigureBuilder {
     }
 
     private func median<T: BinaryInteger>(_ xs: [T]) -> Double? { median(xs.map { Double($0) }) }
-    private func median(_ xs: [Double]) -> Double? {
-        guard !xs.isEmpty else { return nil }
-        let s = xs.sorted()
-        return s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2
-    }
+    private func median(_ xs: [Double]) -> Double? { xs.isEmpty ? nil : Statistics.percentile(xs.sorted(), 50) }
 }

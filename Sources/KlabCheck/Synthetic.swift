@@ -152,7 +152,7 @@ public struct SyntheticRun {
             scenario: "synthetic", kernel: "synthetic", cpuModel: nil, probes: [],
             events: logged.map { name, probe in
                 let site = Schema.event(named: name)!.site(of: probe.id)!
-                return RunHeader.Event(name: name, level: "ip", site: PlacementChecker.name(site), placement: site.exact ? "exact" : "approximate",
+                return RunHeader.Event(name: name, level: "ip", site: site.name, placement: site.exact ? "exact" : "approximate",
                                        detail: site.placement, also: nil)
             },
             clocks: .init(event_time: "synthetic", capture_time: "synthetic", monotonic_to_realtime_offset_ns: offset, tsc_hz: 2.5e9),

@@ -38,9 +38,9 @@ struct Report {
             scenario: scenario.name, kernel: kernel, cpuModel: Self.cpuModel,
             probes: attached.map { RunHeader.Probe(program: $0.program, site: $0.site) },
             events: selections.map {
-                RunHeader.Event(name: $0.event.name, level: $0.event.level.description, site: $0.site.map { $0.probes.map(\.site).joined(separator: " + ") },
+                RunHeader.Event(name: $0.event.name, level: $0.event.level.description, site: $0.site?.name,
                                 placement: $0.verdict, detail: $0.placement,
-                                also: $0.alsoLogged.isEmpty ? nil : $0.alsoLogged.map { $0.probes.map(\.site).joined(separator: " + ") })
+                                also: $0.alsoLogged.isEmpty ? nil : $0.alsoLogged.map(\.name))
             },
             clocks: RunHeader.Clocks(
                 event_time: "CLOCK_MONOTONIC ns (bpf_ktime_get_ns)", capture_time: "CLOCK_REALTIME ns (libpcap)",

@@ -67,9 +67,11 @@ public struct Site: Sendable {
     }
 
     public var exact: Bool { approximation == nil }
+    /// Its probes' sites, e.g. "tp_btf tcp:tcp_sendmsg_locked + tp_btf sock:sock_send_length":
+    /// how results headers and verdicts name a site.
+    public var name: String { probes.map(\.site).joined(separator: " + ") }
     public var placement: String {
-        let where_ = probes.map(\.site).joined(separator: " + ")
-        return (approximation.map { "approximate: \(where_), \($0)" } ?? "exact: \(where_)")
+        (approximation.map { "approximate: \(name), \($0)" } ?? "exact: \(name)")
             + (caveat.map { " (\($0))" } ?? "")
     }
 }

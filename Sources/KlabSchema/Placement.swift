@@ -66,6 +66,9 @@ extension EventSpec {
     /// The rules an occurrence logged from `site` is judged against.
     public func rules(for site: Site) -> [Rule] { site.rules ?? rules }
 
+    /// The site of this event with this name (`Site.name`), if any.
+    public func site(named name: String?) -> Site? { sites.first { $0.name == name } }
+
     /// The site of this event a probe belongs to, if any.
     public func site(of probe: UInt16) -> Site? { sites.first { $0.probes.contains { $0.id == probe } } }
 }

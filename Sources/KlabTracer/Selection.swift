@@ -60,7 +60,7 @@ public struct Selection: Sendable {
     /// `exact: …`, `approximate: … (relative to …)` or `unavailable: …`.
     public var placement: String {
         if let site { return site.placement }
-        let reasons = passedOver.map { "\($0.site.probes.map(\.site).joined(separator: " + ")): \($0.reason)" }
+        let reasons = passedOver.map { "\($0.site.name): \($0.reason)" }
         return "unavailable: " + (reasons.isEmpty ? "no probe site" : reasons.joined(separator: "; "))
     }
 

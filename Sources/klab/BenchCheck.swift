@@ -76,16 +76,16 @@ extension Bench {
                                round, reference.last! / 1e6, t0, joinOnly.last! / 1e6, tj, full.last! / 1e6, t1, verdicts, judged))
                 }
             }
-            let medRef = median(reference), medFull = median(full)
+            let medRef = TunPingPong.median(reference), medFull = TunPingPong.median(full)
             if json {
                 let o: [String: Any] = [
                     "events": records, "rounds": rounds, "read_decode_events_per_s": medRef, "check_events_per_s": medFull,
-                    "ratio": medFull / medRef, "join_only_events_per_s": median(joinOnly), "peak_kb_read_decode": peaks.reference, "peak_kb_check": peaks.full, "judged": judged,
+                    "ratio": medFull / medRef, "join_only_events_per_s": TunPingPong.median(joinOnly), "peak_kb_read_decode": peaks.reference, "peak_kb_check": peaks.full, "judged": judged,
                 ]
                 say(String(decoding: try JSONSerialization.data(withJSONObject: o, options: [.sortedKeys]), as: UTF8.self))
             } else {
                 say(String(format: "median: read+decode %.2f M events/s; join only %.2f M/s; klab check %.2f M events/s (%.2f x read+decode); target >= 1 M/s: %@",
-                           medRef / 1e6, median(joinOnly) / 1e6, medFull / 1e6, medFull / medRef, medFull >= 1e6 ? "met" : "NOT met"))
+                           medRef / 1e6, TunPingPong.median(joinOnly) / 1e6, medFull / 1e6, medFull / medRef, medFull >= 1e6 ? "met" : "NOT met"))
                 say("peak memory (VmHWM): read+decode \(peaks.reference / 1024) MB, klab check \(peaks.full / 1024) MB, for \(records) events")
             }
         }
@@ -111,11 +111,6 @@ extension Bench {
             let status = (try? String(contentsOfFile: "/proc/self/status", encoding: .utf8)) ?? ""
             let line = status.split(separator: "\n").first { $0.hasPrefix("VmHWM:") } ?? ""
             return Int(line.split(whereSeparator: \.isWhitespace).dropFirst().first ?? "") ?? 0
-        }
-
-        func median(_ xs: [Double]) -> Double {
-            let s = xs.sorted()
-            return s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2
         }
     }
 }

@@ -154,7 +154,7 @@ struct LatencyCommand: ParsableCommand {
 
     /// The placement of a site other than the one the header names, from the catalog.
     static func placement(_ event: String, _ site: String) -> (String, String)? {
-        guard let s = Schema.event(named: event)?.sites.first(where: { $0.probes.map(\.site).joined(separator: " + ") == site }) else { return nil }
+        guard let s = Schema.event(named: event)?.site(named: site) else { return nil }
         return s.exact ? ("exact", "exact: \(site)") : ("approximate", "approximate: \(site), \(s.approximation ?? "")")
     }
 

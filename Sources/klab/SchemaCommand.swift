@@ -88,7 +88,7 @@ struct SchemaCommand: ParsableCommand {
         for e in list {
             let sel = selections[e.id]
             let verdict = sel?.verdict ?? "unknown"
-            say("  \(e.name.padding(toLength: 24, withPad: " ", startingAt: 0)) \(verdict.padding(toLength: 12, withPad: " ", startingAt: 0)) \(sel?.site.map { $0.probes.map(\.site).joined(separator: " + ") } ?? "-")")
+            say("  \(e.name.padding(toLength: 24, withPad: " ", startingAt: 0)) \(verdict.padding(toLength: 12, withPad: " ", startingAt: 0)) \(sel?.site?.name ?? "-")")
             say("      Klogger: \(e.klogger); fields: \(e.fields.map(\.rawValue).joined(separator: ", "))"
                 + (e.untilLevel < .ip ? "; \(e.untilLevel) level only" : "") + (e.aliases.isEmpty ? "" : "; also called \(e.aliases.joined(separator: ", "))"))
             if let sel { say("      \(sel.placement)") }
@@ -123,7 +123,7 @@ struct SchemaCommand: ParsableCommand {
             }
             return EventOut(
                 name: e.name, id: e.id, level: e.level.description, until_level: e.untilLevel.description, aliases: e.aliases,
-                fields: e.fields.map(\.rawValue), klogger: e.klogger, site: sel?.site.map { $0.probes.map(\.site).joined(separator: " + ") },
+                fields: e.fields.map(\.rawValue), klogger: e.klogger, site: sel?.site?.name,
                 placement: sel?.verdict ?? "unknown", detail: sel?.placement, sites: sites, rules: e.rules.map(\.description))
         }
         let enc = JSONEncoder()
