@@ -46,7 +46,12 @@ public final class Correlator {
         public var coalescedBytes = 0
     }
 
-    private struct Slot { let frame: Frame; var events: [TraceEvent] }
+    private struct Slot {
+        let frame: Frame
+        var events: [TraceEvent]
+        /// The first wire packet of a TSO/GSO skb already counted: the skb's events join here.
+        var gsoCounted = false
+    }
     private var slots: [Slot] = []
     private var head = 0
     private var firstNumber = 1
@@ -212,7 +217,9 @@ public final class Correlator {
         if let whole, whole.length > 0, let g = gso(whole, e) {
             (number, how) = (g.first, .gso)
             gsoParts = g.parts
-            if e.skb == 0 || skbs[e.skb]?.frame != g.first {  // each skb counted once, whatever logs it
+            // Each skb once, whichever events log it (sockops records carry no skb address).
+            if !slots[slotIndex(g.first)].gsoCounted {
+                slots[slotIndex(g.first)].gsoCounted = true
                 counts.gsoSkbs += 1
                 counts.gsoPackets += g.parts
             }

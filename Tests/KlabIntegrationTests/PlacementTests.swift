@@ -63,6 +63,9 @@ struct PlacementTests {
         #expect(sendpackets >= 1 && wire >= 4 && wire >= sendpackets)
         #expect(s["tcp_ip_fragments_on_wire"] as? Int == 0 && (s["tcp_packets_on_wire"] as? Int ?? 0) > 0)
         #expect(r.stdout.contains("IP fragments among TCP packets on the wire: 0 of"))
+        // The write's one GSO skb is counted once, though sockops and the device both log it.
+        let join = try json("\(dir)/verdicts.json")["join"] as? [String: Any] ?? [:]
+        #expect(join["gsoSkbs"] as? Int == sendpackets && join["gsoPackets"] as? Int == wire)
     }
 
     @Test func reassemblyHappensOnTheReceivePath() throws {
