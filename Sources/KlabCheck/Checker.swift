@@ -39,6 +39,16 @@ public struct CheckReport: Codable, Sendable {
     public let captureDropped: Int
     public let figures: Figures
     public var violations: Int { verdicts.reduce(0) { $0 + $1.violated } }
+
+    /// Writes RESULTS/verdicts.json and returns its text.
+    @discardableResult
+    public func write(into folder: String) throws -> Data {
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes]
+        let data = try enc.encode(self)
+        try data.write(to: URL(fileURLWithPath: "\(folder)/verdicts.json"), options: .atomic)
+        return data
+    }
     public var judged: Int { verdicts.reduce(0) { $0 + $1.judged } }
 }
 

@@ -99,9 +99,7 @@ struct Report {
         try journeys.append(enc.encode(["unmatched_packet_events": check.join.unmatched] as [String: [String: Int]]))
         try events.close()
         try journeys.close()
-        let pretty = JSONEncoder()
-        pretty.outputFormatting = [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes]
-        try pretty.encode(check).write(to: URL(fileURLWithPath: "\(directory)/verdicts.json"), options: .atomic)
+        try check.write(into: directory)
 
         let j = check.join
         let summary = Summary(

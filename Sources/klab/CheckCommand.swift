@@ -51,10 +51,7 @@ struct CheckCommand: ParsableCommand {
             FileHandle.standardError.write(Data("klab check: \(e)\n".utf8))
             throw ExitCode(ExitCodes.dataError)
         }
-        let enc = JSONEncoder()
-        enc.outputFormatting = [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes]
-        let data = try enc.encode(report)
-        try data.write(to: URL(fileURLWithPath: "\(results)/verdicts.json"), options: .atomic)
+        let data = try report.write(into: results)
         say(json ? String(decoding: data, as: UTF8.self) : report.text())
         if report.violations > 0 { throw ExitCode(ExitCodes.failed) }
     }
