@@ -27,6 +27,13 @@ public enum Clock {
         return best.offset
     }
 
+    /// /proc/cpuinfo's first "model name": whose cycles the TSC counts.
+    public static var cpuModel: String? {
+        let text = (try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)) ?? ""
+        return text.split(separator: "\n").first { $0.hasPrefix("model name") }
+            .flatMap { $0.split(separator: ":", maxSplits: 1).last?.trimmingCharacters(in: .whitespaces) }
+    }
+
     /// TSC ticks per second, measured against CLOCK_MONOTONIC over `ms` milliseconds.
     public static func tscHz(ms: UInt32 = 50) -> Double {
         let t0 = klab_rdtsc(), n0 = monotonicNs()

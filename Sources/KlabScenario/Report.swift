@@ -35,7 +35,7 @@ struct Report {
         uname(&uts)
         let kernel = withUnsafeBytes(of: uts.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
         return RunHeader(
-            scenario: scenario.name, kernel: kernel, cpuModel: Self.cpuModel,
+            scenario: scenario.name, kernel: kernel, cpuModel: Clock.cpuModel,
             probes: attached.map { RunHeader.Probe(program: $0.program, site: $0.site) },
             events: selections.map {
                 RunHeader.Event(name: $0.event.name, level: $0.event.level.description, site: $0.site?.name,
@@ -50,13 +50,6 @@ struct Report {
             capture: RunHeader.CaptureInfo(
                 frames: capture.frames, first_realtime_ns: capture.firstRealtimeNs, last_realtime_ns: capture.lastRealtimeNs,
                 links: capture.links.map { RunHeader.Link(device: $0.device, netns: $0.netns) }, dropped: capture.dropped))
-    }
-
-    /// /proc/cpuinfo's first "model name", for the header: cycles mean little without it.
-    static var cpuModel: String? {
-        let text = (try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)) ?? ""
-        return text.split(separator: "\n").first { $0.hasPrefix("model name") }
-            .flatMap { $0.split(separator: ":", maxSplits: 1).last?.trimmingCharacters(in: .whitespaces) }
     }
 
     /// Writes the files and returns the timeline and the placement check.

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import KlabAnalysis
+import KlabLab
 import KlabSchema
 
 struct LatencyCommand: ParsableCommand {
@@ -128,7 +129,7 @@ struct LatencyCommand: ParsableCommand {
         do {
             let log = try EventLog(file: file, from: EventSelector(from, probe: fromProbe), to: EventSelector(to, probe: toProbe),
                                    placement: Self.placement)
-            analysis = try LatencyAnalysis(log: log, extraTails: tails, runLost: Self.lost(folder), analysedOn: Self.cpuModel(), seed: seed)
+            analysis = try LatencyAnalysis(log: log, extraTails: tails, runLost: Self.lost(folder), analysedOn: KlabLab.Clock.cpuModel ?? "unknown", seed: seed)
         } catch let e as LatencyError {
             if case .usage(let m) = e { throw ValidationError(m) }
             FileHandle.standardError.write(Data("klab: \(e)\n".utf8))
@@ -164,12 +165,5 @@ struct LatencyCommand: ParsableCommand {
               let o = try? JSONSerialization.jsonObject(with: d) as? [String: Any],
               let e = o["events"] as? [String: Any] else { return nil }
         return (e["lost"] as? NSNumber)?.intValue
-    }
-
-    /// The CPU model of the machine the analysis runs on.
-    static func cpuModel() -> String {
-        let text = (try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)) ?? ""
-        let line = text.split(separator: "\n").first { $0.hasPrefix("model name") }
-        return line.flatMap { $0.split(separator: ":", maxSplits: 1).last }.map { $0.trimmingCharacters(in: .whitespaces) } ?? "unknown"
     }
 }
