@@ -103,11 +103,13 @@ final class FigureBuilder {
 
     func frame(_ fr: Frame) {
         guard let id = fr.identity else { return }
-        if id.proto == 6 {
+        // Each packet once: in wire mode a delivery repeats the frame where it left its host.
+        if id.proto == 6, !fr.forwarded {
             f.segmentation.tcp_packets_on_wire += 1
             if id.frag & 0x3fff != 0 { f.segmentation.tcp_ip_fragments_on_wire += 1 }
         }
-        if id.frag & 0x3fff != 0 {
+        // Reassembly happens where fragments arrive.
+        if id.frag & 0x3fff != 0, fr.toHost, fr.delivered {
             let k = FragKey(src: id.source.rawValue, dst: id.destination.rawValue, id: id.ipID, proto: id.proto)
             var g = groups[k] ?? (0, 0)
             g.count += 1
@@ -125,7 +127,7 @@ final class FigureBuilder {
         } else if e.event == sendPacket, e.sock != 0, var w = writes[e.sock],
                   ((e.packet ?? e.endpoints)?.length ?? 0) > 0 {
             w.sendpackets += 1
-            w.wire += how == .gso ? correlator.gsoParts : 1
+            w.wire += correlator.gsoParts > 0 ? correlator.gsoParts : 1
             writes[e.sock] = w
         } else if let tcpFragment, e.event == tcpFragment {
             f.tcp_fragment.calls += 1
@@ -172,7 +174,7 @@ final class FigureBuilder {
             f.reassembly.ip_events_on_fragments += 1
         }
         applyReads(until: fr.timeNs)
-        guard let id = fr.identity, id.proto == 6, id.frag & 0x3fff == 0 else { return }
+        guard let id = fr.identity, id.proto == 6, id.frag & 0x3fff == 0, fr.delivered else { return }
         let inbound = fr.toHost
         let host = inbound ? endpoint(id.destination, id.destinationPort) : endpoint(id.source, id.sourcePort)
         let peer = inbound ? endpoint(id.source, id.sourcePort) : endpoint(id.destination, id.destinationPort)

@@ -26,10 +26,15 @@ extension CheckReport {
         lines.append("join: \(j.frames) wire packets, \(j.events) events (\(j.packetEvents) with a packet); joined by "
                      + Join.allCases.map { "\($0.rawValue) \(j.joined[$0.rawValue] ?? 0)" }.joined(separator: ", "))
         lines.append("      \(j.framesWithoutEvents) wire packets with no event; packet events joined to no wire packet: "
-                     + (j.unmatched.isEmpty ? "none" : j.unmatched.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ")))
-        if captureDropped > 0 {
-            lines.append("      the capture lost \(captureDropped) packets (libpcap's kernel count): their events are among those joined to no wire packet")
+                     + (j.unmatched.isEmpty ? "none" : "\(j.unmatched.values.reduce(0, +))"))
+        for (why, byName) in j.unmatchedWhy.sorted(by: { $0.key < $1.key }) {
+            lines.append("        \(byName.values.reduce(0, +)) because \(why): "
+                         + byName.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))
         }
+        if j.ambiguous > 0 {
+            lines.append("      \(j.ambiguous) joins chose among identical packets of one host (duplicates, repeated segments): the copy on the event's side of the wire")
+        }
+        for c in cutShort { lines.append("      ⚠ \(c)") }
         lines.append("      TSO/GSO: \(j.gsoSkbs) skbs left as \(j.gsoPackets) wire packets; coalescing: \(j.coalescedSkbs) receive skbs carried "
                      + "\(j.coalescedBytes) bytes of later segments")
         let s = figures.segmentation, t = figures.tcp_fragment, r = figures.reassembly, a = figures.acks_per_freed_frame

@@ -12,7 +12,7 @@ public struct ResultsError: Error, CustomStringConvertible {
 
 /// The first line of events.jsonl: what the run logged, from where, and how to relate its
 /// clocks. `klab check` needs nothing else from that file: it reads events.bin and
-/// capture.pcap (with capture.links) again.
+/// capture.pcap (with capture.frames) again.
 public struct RunHeader: Codable, Sendable {
     public struct Probe: Codable, Sendable {
         public let program: String
@@ -48,22 +48,37 @@ public struct RunHeader: Codable, Sendable {
     }
     /// What capture.pcap held when the run ended, so a capture from another run is caught.
     public struct CaptureInfo: Codable, Sendable {
+        /// Who stamped the frames: klab's own TUN reads and writes.
+        public let source: String
         public let frames: Int
         public let first_realtime_ns: UInt64?
         public let last_realtime_ns: UInt64?
-        /// The captured links, by their index in capture.links.
+        /// Bytes kept of each packet (the pcap's snaplen).
+        public let snaplen: Int
+        /// The captured links, by their index in capture.frames.
         public let links: [Link]
-        /// Packets the kernel dropped before libpcap read them: their events join nothing.
-        public let dropped: Int?
-        public init(frames: Int, first_realtime_ns: UInt64?, last_realtime_ns: UInt64?, links: [Link], dropped: Int) {
-            (self.frames, self.first_realtime_ns, self.last_realtime_ns, self.links, self.dropped) =
-                (frames, first_realtime_ns, last_realtime_ns, links, dropped)
+        /// When klab stopped reading and writing the links (CLOCK_MONOTONIC): packets a host
+        /// sent after that were never captured.
+        public let stopped_ns: UInt64?
+        /// Frames the recorder could not write (a full disk): counted, never silent.
+        public let not_written: Int
+        public init(frames: Int, first_realtime_ns: UInt64?, last_realtime_ns: UInt64?, snaplen: Int, links: [Link], stoppedNs: UInt64?,
+                    notWritten: Int) {
+            source = "klab's own reads and writes of the TUNs"
+            (self.frames, self.first_realtime_ns, self.last_realtime_ns, self.snaplen, self.links, stopped_ns, not_written) =
+                (frames, first_realtime_ns, last_realtime_ns, snaplen, links, stoppedNs, notWritten)
         }
     }
     public struct Link: Codable, Sendable {
         public let device: String
         public let netns: UInt32
-        public init(device: String, netns: UInt32) { (self.device, self.netns) = (device, netns) }
+        /// The TUN's interface index in its namespace: events on other devices (lo) are not on a lab link.
+        public let ifindex: Int32?
+        /// Packets the TUN's queue dropped before klab read them (the link's tx_dropped).
+        public let tx_dropped: UInt64?
+        public init(device: String, netns: UInt32, ifindex: Int32? = nil, txDropped: UInt64? = nil) {
+            (self.device, self.netns, self.ifindex, tx_dropped) = (device, netns, ifindex, txDropped)
+        }
     }
 
     public let klab: String
@@ -79,10 +94,13 @@ public struct RunHeader: Codable, Sendable {
     public let record_size: Int
     public let records: Int?
     public let capture: CaptureInfo?
+    /// The running kernel's enum skb_drop_reason (value → name), for SKB_DROP records.
+    public let drop_reasons: [String: String]?
 
     public init(scenario: String, kernel: String, cpuModel: String?, probes: [Probe], events: [Event], clocks: Clocks, hosts: [HostInfo],
-                records: Int, capture: CaptureInfo) {
-        (klab, version, self.scenario, self.kernel, self.probes, self.events) = ("events", 2, scenario, kernel, probes, events)
+                records: Int, capture: CaptureInfo, dropReasons: [Int32: String] = [:]) {
+        drop_reasons = dropReasons.isEmpty ? nil : Dictionary(uniqueKeysWithValues: dropReasons.map { ("\($0.key)", $0.value) })
+        (klab, version, self.scenario, self.kernel, self.probes, self.events) = ("events", 3, scenario, kernel, probes, events)
         cpu_model = cpuModel
         (self.clocks, self.hosts, record_size, self.records, self.capture) = (clocks, hosts, TraceEvent.recordSize, records, capture)
     }
@@ -101,7 +119,7 @@ public struct ResultsFolder: Sendable {
 
     public var eventsFile: String { "\(path)/events.bin" }
     public var captureFile: String { "\(path)/capture.pcap" }
-    public var linksFile: String { "\(path)/capture.links" }
+    public var framesFile: String { "\(path)/capture.frames" }
 
     public init(_ path: String) throws {
         self.path = path
@@ -147,41 +165,49 @@ public struct ResultsFolder: Sendable {
             throw ResultsError(jsonl, "line 1: records of \(header.record_size) bytes; this klab reads \(TraceEvent.recordSize)-byte records")
         }
         try checkEvents()
-        guard header.capture != nil else {
-            throw ResultsError(jsonl, "line 1: no capture section (a results folder from an older klab: rerun the scenario)")
+        guard let capture = header.capture, header.version >= 3 else {
+            throw ResultsError(jsonl, "line 1: a results folder from an older klab (no capture.frames): rerun the scenario")
         }
         // The first frame's stamp now; the count and the last stamp as the stream ends.
-        if let first = try frames().next(), first.realtimeNs != header.capture!.first_realtime_ns {
+        if let first = try frames().next(), first.realtimeNs != capture.first_realtime_ns {
             throw ResultsError(captureFile, "its first frame is stamped \(Self.clock(first.realtimeNs)), but this run's first was "
-                               + "\(header.capture!.first_realtime_ns.map(Self.clock) ?? "none"): the capture belongs to another run")
+                               + "\(capture.first_realtime_ns.map(Self.clock) ?? "none"): the capture belongs to another run")
         }
     }
 
     public func frames() throws -> FrameReader {
-        try FrameReader(pcap: captureFile, links: linksFile, offsetNs: offsetNs, linkCount: header.capture?.links.count ?? 0)
+        try FrameReader(pcap: captureFile, frames: framesFile, offsetNs: offsetNs, linkCount: header.capture?.links.count ?? 0)
     }
 
-    /// Streams the whole run through `correlator`, then checks the capture ended where the run's did.
-    public func stream(_ correlator: Correlator) throws {
-        let frames = try frames()
-        try correlator.run(events: EventReader(eventsFile), frames: frames)
+    /// Streams the whole run through `correlator`, then checks the capture ended where the
+    /// run's did. Files cut short are read up to their last whole record: the returned list
+    /// says which and where.
+    @discardableResult
+    public func stream(_ correlator: Correlator) throws -> [CutShort] {
+        let frames = try frames(), events = try EventReader(eventsFile)
+        try correlator.run(events: events, frames: frames)
+        var cut = [events.cutShort, frames.cutShort].compactMap { $0 }
         let info = header.capture!
-        if frames.count != info.frames || frames.last != info.last_realtime_ns {
+        if let n = header.records, events.records < n, events.cutShort == nil {
+            cut.append(CutShort(file: "events.bin", byte: events.records * TraceEvent.recordSize, what: "record \(events.records + 1) of \(n)",
+                                wholeRecords: events.records))
+        }
+        if frames.cutShort == nil, frames.count < info.frames {
+            cut.append(CutShort(file: "capture.pcap", byte: -1, what: "frame \(frames.count + 1) of \(info.frames)", wholeRecords: frames.count))
+        } else if frames.cutShort == nil, frames.count != info.frames || frames.last != info.last_realtime_ns {
             throw ResultsError(captureFile, "holds \(frames.count) frames up to \(frames.last.map(Self.clock) ?? "none"), but this run captured "
                                + "\(info.frames) up to \(info.last_realtime_ns.map(Self.clock) ?? "none") (events.jsonl line 1): "
-                               + "truncated, or from another run")
+                               + "from another run")
         }
+        return cut
     }
 
     private func checkEvents() throws {
         var st = stat()
         guard stat(eventsFile, &st) == 0 else { throw ResultsError(eventsFile, "missing: \(String(cString: strerror(errno)))") }
         let size = Int(st.st_size), rec = TraceEvent.recordSize
-        if size % rec != 0 {
-            throw ResultsError(eventsFile, "\(size) bytes is not a whole number of \(rec)-byte records: truncated after record \(size / rec)")
-        }
-        if let n = header.records, n != size / rec {
-            throw ResultsError(eventsFile, "\(size / rec) records, but events.jsonl's header says the run logged \(n)")
+        if let n = header.records, n < size / rec {
+            throw ResultsError(eventsFile, "\(size / rec) records, but events.jsonl's header says the run logged \(n): from another run")
         }
     }
 

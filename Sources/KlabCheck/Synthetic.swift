@@ -39,7 +39,7 @@ public struct SyntheticRun {
         let start: UInt64 = 1_000_000_000_000, offset: Int64 = 1_700_000_000_000_000_000
         var events = Data(), pcap = Data(), links = Data()
         var records = 0
-        let files = try ["events.bin", "capture.pcap", "capture.links"].map { name -> FileHandle in
+        let files = try ["events.bin", "capture.pcap", "capture.frames"].map { name -> FileHandle in
             let path = "\(dir)/\(name)"
             guard FileManager.default.createFile(atPath: path, contents: nil), let h = FileHandle(forWritingAtPath: path) else {
                 throw ResultsError(path, "cannot create")
@@ -59,8 +59,9 @@ public struct SyntheticRun {
                 withUnsafeBytes(of: v.littleEndian) { pcap.append(contentsOf: $0) }
             }
             pcap.append(contentsOf: bytes)
-            links.append(toHost ? 0x80 : 0)
             frames += 1
+            links.append(contentsOf: [0, toHost ? FrameTag.intoHost : 0, Fate.passed.rawValue, 0, 0, 0, 0, 0])
+            withUnsafeBytes(of: UInt64(frames).littleEndian) { links.append(contentsOf: $0) }
             if first == nil { first = rt }
             last = rt
         }
@@ -157,8 +158,8 @@ public struct SyntheticRun {
             },
             clocks: .init(event_time: "synthetic", capture_time: "synthetic", monotonic_to_realtime_offset_ns: offset, tsc_hz: 2.5e9),
             hosts: [.init(name: "h1", netns: Self.netns, netns_cookie: 1)], records: records,
-            capture: .init(frames: frames, first_realtime_ns: first, last_realtime_ns: last,
-                           links: [.init(device: "klab0", netns: Self.netns)], dropped: 0))
+            capture: .init(frames: frames, first_realtime_ns: first, last_realtime_ns: last, snaplen: 65535,
+                           links: [.init(device: "klab0", netns: Self.netns)], stoppedNs: nil, notWritten: 0))
         var jsonl = try JSONEncoder().encode(header)
         jsonl.append(10)
         try jsonl.write(to: URL(fileURLWithPath: "\(dir)/events.jsonl"))

@@ -2,7 +2,7 @@ import CKlabLinux
 import Foundation
 
 /// The clocks klab relates: CLOCK_MONOTONIC (bpf_ktime_get_ns, TUN stamps), CLOCK_REALTIME
-/// (libpcap stamps) and the TSC (cycles).
+/// (pcap stamps) and the TSC (cycles).
 public enum Clock {
     @inline(__always)
     public static func monotonicNs() -> UInt64 { now(CLOCK_MONOTONIC) }

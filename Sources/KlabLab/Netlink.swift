@@ -53,6 +53,15 @@ public final class Netlink: @unchecked Sendable {
         }
     }
 
+    /// ip -s link show dev IF: packets the device dropped on transmit (a TUN whose queue was
+    /// full when the host sent: klab never read them).
+    public func txDropped(_ ifindex: Int32) throws -> UInt64 {
+        var link: OpaquePointer?
+        try check("rtnl_link_get_kernel(\(ifindex))", rtnl_link_get_kernel(sock, ifindex, nil, &link))
+        defer { rtnl_link_put(link) }
+        return rtnl_link_get_stat(link, RTNL_LINK_TX_DROPPED)
+    }
+
     /// ip addr add ADDRESS/LEN dev IF
     public func addAddress(_ ifindex: Int32, _ address: IPv4Address, prefixLength: Int) throws {
         guard let addr = rtnl_addr_alloc() else { throw LabError("rtnl_addr_alloc", errno: ENOMEM) }

@@ -113,11 +113,11 @@ extension Play {
         let st = FloodState()
         if tcp { st.window.store(max(Int(hostWindow) / size, 1), ordering: .relaxed) }
         let total = f.count * size
-        let tun = try link.tun
+        let wire = try link
         let injected = DispatchSemaphore(value: 0), read = DispatchSemaphore(value: 0)
         let injector = Thread { [packets] in
             if let cpu = f.injectCPU, klab_pin_thread(Int32(cpu)) != 0 { st.fail("cannot pin the injector to CPU \(cpu): \(String(cString: strerror(errno)))") }
-            Play.inject(packets, stride: stride, rate: f.rate, tcp: tcp, tun: tun, st)
+            Play.inject(packets, stride: stride, rate: f.rate, tcp: tcp, wire: wire, st)
             injected.signal()
         }
         if f.reader != .none {
@@ -230,8 +230,9 @@ extension Play {
     /// CPU is free for the host's other threads meanwhile), or back to back.
     /// TCP keeps within the host's window and, when nothing is acknowledged for 200 ms, goes
     /// back to the first unacknowledged packet.
-    static func inject(_ packets: [UInt8], stride: Int, rate: Int, tcp: Bool, tun: TunDevice, _ st: FloodState) {
+    static func inject(_ packets: [UInt8], stride: Int, rate: Int, tcp: Bool, wire: Wire, _ st: FloodState) {
         klab_set_thread_name("klab-inject")
+        let tap = wire.recorder.tap()
         klab_set_timerslack(1)
         defer { st.injectorDone.store(true, ordering: .releasing) }
         let count = packets.count / stride
@@ -271,12 +272,12 @@ extension Play {
                         while t < target { t = Clock.monotonicNs() }
                     }
                 }
-                let t = Clock.monotonicNs()
-                if writes == 0 { st.firstNs.store(t, ordering: .relaxed) }
-                do { try tun.write(UnsafeRawBufferPointer(rebasing: all[next * stride..<(next + 1) * stride])) } catch {
+                let t: UInt64
+                do { t = try tap.write(wire.tun, link: wire.link, UnsafeRawBufferPointer(rebasing: all[next * stride..<(next + 1) * stride])).t } catch {
                     st.fail("writing packet \(next + 1) into the TUN failed: \(error)")
                     break
                 }
+                if writes == 0 { st.firstNs.store(t, ordering: .relaxed) }
                 st.lastNs.store(t, ordering: .relaxed)
                 next += 1
                 writes += 1

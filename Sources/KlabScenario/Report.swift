@@ -13,11 +13,12 @@ struct Report {
     let scenario: Scenario
     let directory: String
     let hosts: [LabHost]
-    let capture: Capture
+    let recorder: PacketRecorder
+    /// Per link: packets its TUN's queue dropped before klab read them (nil: not known).
+    let txDropped: [UInt64?]
     let records: Int
     let selections: [Selection]
     let attached: [(program: String, site: String)]
-    let realtimeOffsetNs: Int64
     let tscHz: Double
     let startedNs: UInt64
     let steps: [StepRecord]
@@ -43,13 +44,19 @@ struct Report {
                                 also: $0.alsoLogged.isEmpty ? nil : $0.alsoLogged.map(\.name))
             },
             clocks: RunHeader.Clocks(
-                event_time: "CLOCK_MONOTONIC ns (bpf_ktime_get_ns)", capture_time: "CLOCK_REALTIME ns (libpcap)",
-                monotonic_to_realtime_offset_ns: realtimeOffsetNs, tsc_hz: tscHz.rounded()),
+                event_time: "CLOCK_MONOTONIC ns (bpf_ktime_get_ns)",
+                capture_time: "CLOCK_MONOTONIC ns taken by klab at each TUN read and write, stored in the pcap as realtime (+ the offset)",
+                monotonic_to_realtime_offset_ns: recorder.offsetNs, tsc_hz: tscHz.rounded()),
             hosts: hosts.map { RunHeader.HostInfo(name: $0.name, netns: $0.netnsInode, netns_cookie: $0.netnsCookie) },
             records: records,
             capture: RunHeader.CaptureInfo(
-                frames: capture.frames, first_realtime_ns: capture.firstRealtimeNs, last_realtime_ns: capture.lastRealtimeNs,
-                links: capture.links.map { RunHeader.Link(device: $0.device, netns: $0.netns) }, dropped: capture.dropped))
+                frames: recorder.frames, first_realtime_ns: recorder.firstRealtimeNs, last_realtime_ns: recorder.lastRealtimeNs,
+                snaplen: recorder.snaplen,
+                links: recorder.links.enumerated().map { i, l in
+                    RunHeader.Link(device: l.device, netns: l.netns, ifindex: l.ifindex, txDropped: i < txDropped.count ? txDropped[i] : nil)
+                },
+                stoppedNs: recorder.stoppedNs, notWritten: recorder.discarded),
+            dropReasons: selections.contains { $0.event.name == "SKB_DROP" && $0.site != nil } ? DropReasons.names() : [:])
     }
 
     /// Writes the files and returns the timeline and the placement check.
@@ -61,13 +68,13 @@ struct Report {
         let journeys = try LineWriter("\(directory)/journeys.jsonl")
         try events.append(enc.encode(header))
         let folder = try ResultsFolder(directory, header: header)
-        let correlator = Correlator(links: header.capture!.links)
+        let correlator = Correlator(header: header)
         let checker = PlacementChecker(header: header, correlator: correlator)
         var counts: [String: Int] = [:]
         var serials: [UInt16: (lo: UInt32, hi: UInt32, n: Int)] = [:]
         var timeline = Timeline(limit: Self.timelineLimit)
         correlator.onEvent = { e, frame, how in
-            try events.append(enc.encode(EventLine(e, frame: frame?.number, tscHz: tscHz)))
+            try events.append(enc.encode(EventLine(e, frame: frame?.number, tscHz: tscHz, dropReasons: correlator.dropReasons)))
             counts[e.name, default: 0] += 1
             let s = serials[e.cpu] ?? (e.serial, e.serial, 0)
             serials[e.cpu] = (min(s.lo, e.serial), max(s.hi, e.serial), s.n + 1)
@@ -87,8 +94,8 @@ struct Report {
                 link: header.capture!.links[frame.link].device, packet: frame.packet?.description ?? "unparsed", events: steps)))
             timeline.add(frame.timeNs, .packet(frame, list))
         }
-        try folder.stream(correlator)
-        let check = checker.finish()
+        let cut = try folder.stream(correlator)
+        let check = checker.finish(cutShort: cut)
         try journeys.append(enc.encode(["unmatched_packet_events": check.join.unmatched] as [String: [String: Int]]))
         try events.close()
         try journeys.close()
@@ -99,7 +106,7 @@ struct Report {
             scenario: scenario.name, file: scenario.file, passed: failures.isEmpty && !interrupted && check.violations == 0,
             interrupted: interrupted, failures: failures, steps: steps,
             packets: Summary.Packets(
-                captured: capture.frames, not_consumed_by_steps: unexpected,
+                captured: recorder.frames, not_consumed_by_steps: unexpected,
                 without_events: j.framesWithoutEvents),
             events: Summary.Events(
                 received: j.events, emitted_by_kernel: emitted, lost: dropped,
@@ -107,7 +114,7 @@ struct Report {
                 with_packet: j.packetEvents, matched_to_wire: j.joined.values.reduce(0, +),
                 unmatched_packet_events: j.unmatched.values.reduce(0, +), by_name: counts),
             placement: Summary.Placement(rules: check.verdicts.count, judged: check.judged, violations: check.violations),
-            files: ["capture.pcap", "capture.links", "events.bin", "events.jsonl", "journeys.jsonl", "verdicts.json", "summary.json"])
+            files: ["capture.pcap", "capture.frames", "events.bin", "events.jsonl", "journeys.jsonl", "verdicts.json", "summary.json"])
         try enc.encode(summary).write(to: URL(fileURLWithPath: "\(directory)/summary.json"), options: .atomic)
         for s in steps { timeline.add(s.monotonicNs, .step(s)) }
         return (timeline.render(self, j), check)
@@ -184,7 +191,7 @@ struct Timeline {
             case .event(let e): lines.append("\(t(ns))  event \(ev(e))")
             case .packet(let f, let list):
                 let text = f.packet?.description ?? "unparsed packet"
-                let link = r.capture.links.count > 1 ? " \(r.capture.links[f.link].device)" : ""
+                let link = r.recorder.links.count > 1 ? " \(r.recorder.links[f.link].device)" : ""
                 lines.append("\(t(ns))  wire  #\(f.number)\(link) \(f.toHost ? "to host  " : "from host") \(text)")
                 for e in list {
                     let d = Double(Int64(e.timeNs) - Int64(f.timeNs)) / 1000
@@ -288,13 +295,16 @@ public struct EventLine: Encodable {
     let sk_owned_by_user: Bool?
     /// "softirq" or "task": the context the probe ran in.
     let context: String?
+    /// SKB_DROP: the kernel's drop reason (its name on this kernel) and the code that dropped it.
+    let drop_reason: String?
+    let drop_location: String?
 
-    public init(_ e: TraceEvent, frame: Int?, tscHz: Double) {
+    public init(_ e: TraceEvent, frame: Int?, tscHz: Double, dropReasons: [Int32: String] = [:]) {
         (t_ns, serial, cpu, pid, tid, comm, netns) = (e.timeNs, e.serial, e.cpu, e.pid, e.tid, e.comm, e.netns)
         cycles = UInt64(Double(e.timeNs) * tscHz / 1e9)
         let fields = Schema.event(e.event)?.fields ?? []
         mtu = e.mtu == 0 ? nil : e.mtu
-        bytes = fields.contains(.socket) && e.bytes > 0 ? e.bytes : nil
+        bytes = fields.contains(.socket) && e.bytes > 0 && e.probe != Schema.kfreeSkb.id ? e.bytes : nil
         let lengthProbe = e.probe == Schema.sendLength.id || e.probe == Schema.recvLength.id
         ret = lengthProbe ? e.arg0 : nil
         fd = e.fd >= 0 ? e.fd : nil
@@ -314,6 +324,9 @@ public struct EventLine: Encodable {
         wire_frame = frame
         sk_owned_by_user = e.ownedByUser
         context = e.context
+        let drop = e.probe == Schema.kfreeSkb.id
+        drop_reason = drop ? dropReasons[e.arg0] ?? "reason \(e.arg0)" : nil
+        drop_location = drop ? "0x" + String(e.bytes, radix: 16) : nil
     }
 }
 

@@ -48,14 +48,22 @@ struct StepRecord: Codable {
 public final class Runner {
     let cgroup: LabCgroup
     let tracing: TracerConfig
+    /// Bytes of each packet the capture keeps; nil: the mode's default.
+    let snaplen: Int?
     let log: (String) -> Void
 
+    /// What the capture keeps of each packet in wire mode unless told otherwise: every
+    /// header and the start of the payload (whole packets at full speed cost disk and speed).
+    public static let wireSnaplen = 256
+    static let whole = 262_144
+
     /// Creates the lab cgroup and moves klab into it. Call `finish` on every exit path.
-    public init(tracing: TracerConfig = TracerConfig(), log: @escaping (String) -> Void) throws {
+    public init(tracing: TracerConfig = TracerConfig(), snaplen: Int? = nil, log: @escaping (String) -> Void) throws {
         _ = try tracing.events()  // a bad --events fails before anything is created
         try Preflight.check()
         cgroup = try LabCgroup()
         self.tracing = tracing
+        self.snaplen = snaplen.map { $0 == 0 ? Runner.whole : $0 }
         self.log = log
     }
 
@@ -73,12 +81,12 @@ public final class Runner {
         let tun = try host.addLink(
             name: "klab0", address: scenario.host.address, prefixLength: scenario.host.prefixLength,
             mtu: scenario.host.mtu, route: Scenario.labPrefix)
-        let capture = try Capture(path: "\(dir)/capture.pcap")
-        try host.run { try capture.add(device: tun.name, netns: host.netnsInode) }
-        let (tracer, offset, tscHz) = try observe([host], capture, dir)
+        let recorder = try PacketRecorder(path: "\(dir)/capture.pcap", snaplen: snaplen ?? Runner.whole, offsetNs: Clock.realtimeOffsetNs())
+        let link = recorder.addLink(tun, netns: host.netnsInode)
+        let (tracer, tscHz) = try observe([host], recorder, dir)
         defer { tracer.close() }
         started = true
-        let wire = Wire(tun: tun)
+        let wire = Wire(tun: tun, recorder: recorder, link: link)
         wire.start()
 
         let play = Play(scenario: scenario, host: host, wire: wire, directory: dir, log: log)
@@ -88,31 +96,35 @@ public final class Runner {
 
         wire.stop()
         return try conclude(
-            scenario, dir, hosts: [host], tracer: tracer, capture: capture, play: play, offset: offset, tscHz: tscHz,
+            scenario, dir, hosts: [host], tracer: tracer, recorder: recorder, tuns: [tun], play: play, tscHz: tscHz,
             startedNs: startedNs, unexpected: wire.leftovers().count)
     }
 
-    /// Attaches the tracer to the hosts' namespaces, reads the clocks, and starts capture and
-    /// tracer. The caller closes the tracer.
-    func observe(_ hosts: [LabHost], _ capture: Capture, _ dir: String) throws -> (Tracer, offset: Int64, tscHz: Double) {
+    /// Attaches the tracer to the hosts' namespaces, reads the TSC rate, and starts the
+    /// recorder and the tracer. The caller closes the tracer.
+    func observe(_ hosts: [LabHost], _ recorder: PacketRecorder, _ dir: String) throws -> (Tracer, tscHz: Double) {
         let tracer = try Tracer(
             config: tracing, namespaces: hosts.map { ($0.netnsCookie, $0.netnsInode) }, cgroupFD: cgroup.fd,
             rawPath: "\(dir)/events.bin")
-        let offset = Clock.realtimeOffsetNs()
         let tscHz = Clock.tscHz()
-        capture.start()
+        recorder.start()
         tracer.start()
-        return (tracer, offset, tscHz)
+        return (tracer, tscHz)
     }
 
-    /// Stops capture and tracer, checks the scenario's event expectations, writes the results
-    /// folder (streamed from the files), prints the timeline and judges every event's placement.
+    /// Stops the recorder (every thread that records has stopped) and the tracer, checks the
+    /// scenario's event expectations, writes the results folder (streamed from the files),
+    /// prints the timeline and judges every event's placement.
     func conclude(
-        _ scenario: Scenario, _ dir: String, hosts: [LabHost], tracer: Tracer, capture: Capture, play: Play, offset: Int64,
+        _ scenario: Scenario, _ dir: String, hosts: [LabHost], tracer: Tracer, recorder: PacketRecorder, tuns: [TunDevice], play: Play,
         tscHz: Double, startedNs: UInt64, unexpected: Int
     ) throws -> Outcome {
-        capture.close()
+        recorder.finish()
         tracer.stop()
+        if let failure = recorder.failure { play.failures.append("the capture is incomplete: \(failure)") }
+        // Packets the TUNs' queues dropped before klab read them, per link.
+        var txDropped: [UInt64?] = []
+        for (host, tun) in zip(hosts, tuns) { txDropped.append(try? host.run { try Netlink().txDropped(tun.ifindex) }) }
         // Only `events:` steps need the records in memory.
         if scenario.steps.contains(where: { if case .events = $0.action { true } else { false } }) {
             play.checkEvents(tracer.events(), traced: Set(tracer.selections.filter { $0.site != nil }.map(\.event.name)))
@@ -121,8 +133,8 @@ public final class Runner {
         var st = stat()
         let records = stat("\(dir)/events.bin", &st) == 0 ? Int(st.st_size) / TraceEvent.recordSize : 0
         let report = Report(
-            scenario: scenario, directory: dir, hosts: hosts, capture: capture, records: records,
-            selections: tracer.selections, attached: tracer.attached, realtimeOffsetNs: offset, tscHz: tscHz, startedNs: startedNs,
+            scenario: scenario, directory: dir, hosts: hosts, recorder: recorder, txDropped: txDropped, records: records,
+            selections: tracer.selections, attached: tracer.attached, tscHz: tscHz, startedNs: startedNs,
             steps: play.records, failures: play.failures, unexpected: unexpected,
             emitted: counters.emitted, dropped: counters.dropped, interrupted: Interrupt.requested)
         let (timeline, check) = try report.write()

@@ -1,29 +1,37 @@
+import CKlabLinux
 import Foundation
 import KlabAnalysis
 import Glibc
 import KlabLab
 import KlabPacket
 import KlabTracer
+import Synchronization
 
 /// Wire mode: several hosts whose TUN links the daemon joins. It reads each packet a host
 /// sends, impairs it (this kernel has no netem) and writes it into the TUN of the host that
-/// owns its destination address.
+/// owns its destination address. It records both: the packet as it left its host (with what
+/// the wire did to it) and each delivery, under one packet id.
 final class Forwarder: @unchecked Sendable {
     struct Link {
         let name: String
         let address: IPv4Address
         let tun: TunDevice
+        /// Its index in the recorder.
+        let index: Int
     }
 
     /// What happened to the packets, per direction "a>b".
     struct Counters: Encodable {
         var forwarded = 0, dropped = 0, duplicated = 0, reordered = 0
-        /// Writes the receiving TUN refused (e.g. its host's backlog was full).
+        /// Writes the receiving TUN refused.
         var refused = 0
+        /// Delayed packets still on the wire when it stopped: never delivered.
+        var in_flight_at_stop = 0
     }
 
     let links: [Link]
     let spec: WireSpec
+    let recorder: PacketRecorder
     private let lock = NSLock()
     private var running = false
     private let stopped = DispatchSemaphore(value: 0)
@@ -31,9 +39,11 @@ final class Forwarder: @unchecked Sendable {
     /// Packets from a host to an address no host has.
     private(set) var undeliverable = 0
     private var failure: Error?
+    /// When the loop last moved a packet, for a quiet stop.
+    private let lastPacketNs = Atomic<UInt64>(0)
 
     /// A packet waiting for its release time (delay, jitter, rate).
-    private struct Pending { let release: UInt64; let order: Int; let to: Int; let bytes: [UInt8]; let dir: String }
+    private struct Pending { let release: UInt64; let order: Int; let to: Int; let bytes: [UInt8]; let dir: String; let id: UInt64; let duplicate: Bool }
     private var queue: [Pending] = []
     private var order = 0
     /// Per direction: when the rate limiter's link is free again, and a packet held back
@@ -43,9 +53,10 @@ final class Forwarder: @unchecked Sendable {
     /// One generator per direction, so what happens to a>b's packets does not depend on
     /// how b>a's interleave with them: a run repeats with its seed.
     private var rngs: [String: SplitMix] = [:]
+    private var tap: Tap!
 
-    init(links: [Link], spec: WireSpec) {
-        (self.links, self.spec) = (links, spec)
+    init(links: [Link], spec: WireSpec, recorder: PacketRecorder) {
+        (self.links, self.spec, self.recorder) = (links, spec, recorder)
     }
 
     private func draw(_ dir: String) -> Double {
@@ -57,6 +68,7 @@ final class Forwarder: @unchecked Sendable {
 
     func start() {
         lock.withLock { running = true }
+        tap = recorder.tap()
         let t = Thread { [self] in
             defer { stopped.signal() }
             do { try loop() } catch { lock.withLock { failure = error } }
@@ -65,12 +77,21 @@ final class Forwarder: @unchecked Sendable {
         t.start()
     }
 
-    func stop() -> Error? {
+    /// Stops once the wire has been quiet for `quietMs` (the hosts' last segments, such as a
+    /// closing handshake, still cross), but after `maxMs` at most.
+    func stop(quietMs: UInt64 = 20, maxMs: UInt64 = 500) -> Error? {
+        let begin = Clock.monotonicNs()
+        while Clock.monotonicNs() - max(lastPacketNs.load(ordering: .relaxed), begin) < quietMs * 1_000_000,
+              Clock.monotonicNs() - begin < maxMs * 1_000_000 {
+            usleep(2000)
+        }
+        recorder.readingStopped(at: Clock.monotonicNs())
         let was = lock.withLock { () -> Bool in
             defer { running = false }
             return running
         }
         if was { stopped.wait() }
+        for p in queue + Array(held.values) { counters[p.dir, default: Counters()].in_flight_at_stop += 1 }
         return lock.withLock { failure }
     }
 
@@ -81,35 +102,54 @@ final class Forwarder: @unchecked Sendable {
         let hdr = links.first?.tun.headerLength ?? 0
         let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: 65536 + hdr, alignment: 8)
         defer { buf.deallocate() }
-        while lock.withLock({ running }) {
+        var last = false
+        while true {
+            // One more round after stop: what the hosts queued before it is read and recorded.
+            if !lock.withLock({ running }) {
+                if last { break }
+                last = true
+            }
             let now = Clock.monotonicNs()
             releaseDue(now)
             // Sleep until the next release, or 20 ms to notice stop().
             var wait: UInt64 = 20_000_000
             if let next = queue.map(\.release).min() { wait = min(wait, next > now ? next - now : 0) }
             if let h = held.values.map(\.release).min() { wait = min(wait, h > now ? h - now : 0) }
-            let n = poll(&fds, nfds_t(fds.count), Int32((wait + 999_999) / 1_000_000))
+            let n = poll(&fds, nfds_t(fds.count), last ? 0 : Int32((wait + 999_999) / 1_000_000))
             if n < 0 && errno != EINTR { throw LabError("poll(wire)") }
             guard n > 0 else { continue }
-            for i in fds.indices where fds[i].revents & Int16(POLLIN) != 0 {
-                // Drain what is queued on this link now: the fds are non-blocking, so one
-                // read per packet and no poll per packet (a poll per packet costs ~30%).
-                while true {
-                    let len = read(fds[i].fd, buf.baseAddress, buf.count)
-                    if len < 0 {
-                        if errno == EAGAIN || errno == EINTR { break }
-                        throw LabError("read(\(links[i].tun.name))")
+            // Take turns: up to 32 packets from each ready link, round after round, until all
+            // are drained (the fds are non-blocking: one read per packet and no poll per
+            // packet, which costs ~30%). Draining one busy link first would hold the other
+            // direction's packets (a stream's ACKs) for milliseconds.
+            var ready = fds.indices.filter { fds[$0].revents & Int16(POLLIN) != 0 }
+            while !ready.isEmpty {
+                ready = try ready.filter { i in
+                    for _ in 0..<32 {
+                        let len = klab_read(fds[i].fd, buf.baseAddress, buf.count)
+                        if len < 0 {
+                            if errno == EAGAIN { return false }
+                            if errno == EINTR { continue }
+                            throw LabError("read(\(links[i].tun.name))")
+                        }
+                        if len >= hdr + 20 { forward(from: i, bytes: buf, count: len, header: hdr) }
                     }
-                    if len >= hdr + 20 { forward(from: i, bytes: buf, count: len, header: hdr) }
+                    return true
                 }
+                releaseDue(Clock.monotonicNs())
             }
+            lastPacketNs.store(Clock.monotonicNs(), ordering: .relaxed)
         }
     }
 
-    /// Forwards one packet (behind `header` bytes of virtio-net header, passed on unchanged).
+    /// Forwards one packet (behind `header` bytes of virtio-net header, passed on unchanged),
+    /// recording it as it left its host with what the wire does to it.
     private func forward(from i: Int, bytes buf: UnsafeMutableRawBufferPointer, count: Int, header h: Int) {
+        let sent = tap.stamp()
+        let packet = UnsafeRawBufferPointer(rebasing: buf[h..<count])
         let dst = IPv4Address(rawValue: UInt32(buf[h + 16]) << 24 | UInt32(buf[h + 17]) << 16 | UInt32(buf[h + 18]) << 8 | UInt32(buf[h + 19]))
         guard let to = links.firstIndex(where: { $0.address == dst }), to != i else {
+            tap.record(link: links[i].index, intoHost: false, at: sent, packet, fate: .undeliverable)
             undeliverable += 1
             return
         }
@@ -117,16 +157,18 @@ final class Forwarder: @unchecked Sendable {
         let dir = "\(links[i].name)>\(links[to].name)"
         if imp.isNone {
             // The common case: straight through, no copy.
-            do { try links[to].tun.write(UnsafeRawBufferPointer(rebasing: buf[0..<count])) } catch { counters[dir, default: Counters()].refused += 1 }
+            let id = tap.record(link: links[i].index, intoHost: false, at: sent, packet)
+            deliver(UnsafeRawBufferPointer(rebasing: buf[0..<count]), to: to, id: id, dir: dir)
             counters[dir, default: Counters()].forwarded += 1
             return
         }
         if imp.loss > 0 && draw(dir) < imp.loss {
+            tap.record(link: links[i].index, intoHost: false, at: sent, packet, fate: .lost)
             counters[dir, default: Counters()].dropped += 1
             return
         }
-        let now = Clock.monotonicNs()
-        var release = now &+ imp.delayNs
+        let id = tap.record(link: links[i].index, intoHost: false, at: sent, packet)
+        var release = sent &+ imp.delayNs
         if imp.jitterNs > 0 {
             // Uniform in delay ± jitter.
             release = release &- imp.jitterNs &+ UInt64(draw(dir) * Double(2 * imp.jitterNs))
@@ -138,26 +180,35 @@ final class Forwarder: @unchecked Sendable {
         }
         let bytes = Array(buf[0..<count])
         order += 1
-        let packet = Pending(release: release, order: order, to: to, bytes: bytes, dir: dir)
+        let p = Pending(release: release, order: order, to: to, bytes: bytes, dir: dir, id: id, duplicate: false)
         if let h = held.removeValue(forKey: dir) {
             // The held-back packet goes right after this one: the two swap places.
-            queue.append(packet)
+            queue.append(p)
             order += 1
-            queue.append(Pending(release: release, order: order, to: h.to, bytes: h.bytes, dir: dir))
+            queue.append(Pending(release: release, order: order, to: h.to, bytes: h.bytes, dir: dir, id: h.id, duplicate: h.duplicate))
         } else if imp.reorder > 0 && draw(dir) < imp.reorder {
             // Wait for the next packet to overtake this one, but no longer than 10 ms.
-            held[dir] = Pending(release: release + 10_000_000, order: order, to: to, bytes: bytes, dir: dir)
+            held[dir] = Pending(release: release + 10_000_000, order: order, to: to, bytes: bytes, dir: dir, id: id, duplicate: false)
             counters[dir, default: Counters()].reordered += 1
         } else {
-            queue.append(packet)
+            queue.append(p)
         }
         if imp.duplicate > 0 && draw(dir) < imp.duplicate {
             order += 1
-            queue.append(Pending(release: release, order: order, to: to, bytes: bytes, dir: dir))
+            queue.append(Pending(release: release, order: order, to: to, bytes: bytes, dir: dir, id: id, duplicate: true))
             counters[dir, default: Counters()].duplicated += 1
         }
         counters[dir, default: Counters()].forwarded += 1
-        releaseDue(now)
+        releaseDue(Clock.monotonicNs())
+    }
+
+    /// Writes a packet into host `to`'s TUN and records the delivery.
+    private func deliver(_ bytes: UnsafeRawBufferPointer, to: Int, id: UInt64, dir: String, duplicate: Bool = false) {
+        do {
+            try tap.write(links[to].tun, link: links[to].index, bytes, header: links[to].tun.headerLength, id: id, duplicate: duplicate)
+        } catch {
+            counters[dir, default: Counters()].refused += 1
+        }
     }
 
     private func releaseDue(_ now: UInt64) {
@@ -169,7 +220,7 @@ final class Forwarder: @unchecked Sendable {
         let due = queue.filter { $0.release <= now }.sorted { ($0.release, $0.order) < ($1.release, $1.order) }
         queue.removeAll { $0.release <= now }
         for p in due {
-            do { try links[p.to].tun.write(p.bytes) } catch { counters[p.dir, default: Counters()].refused += 1 }
+            p.bytes.withUnsafeBytes { deliver($0, to: p.to, id: p.id, dir: p.dir, duplicate: p.duplicate) }
         }
     }
 }
@@ -186,20 +237,19 @@ extension Runner {
         var hosts: [LabHost] = []
         defer { for h in hosts { h.shutdown() } }
         var links: [Forwarder.Link] = []
+        let recorder = try PacketRecorder(path: "\(dir)/capture.pcap", snaplen: snaplen ?? Runner.wireSnaplen, offsetNs: Clock.realtimeOffsetNs())
         for spec in scenario.hosts {
             let host = try LabHost(name: spec.name)
             hosts.append(host)
             let tun = try host.addLink(
                 name: "kl-\(spec.name)", address: spec.address, prefixLength: spec.prefixLength, mtu: spec.mtu,
                 route: Scenario.labPrefix, offload: scenario.wire.offload)
-            links.append(Forwarder.Link(name: spec.name, address: spec.address, tun: tun))
+            links.append(Forwarder.Link(name: spec.name, address: spec.address, tun: tun, index: recorder.addLink(tun, netns: host.netnsInode)))
         }
-        let capture = try Capture(path: "\(dir)/capture.pcap")
-        for (h, l) in zip(hosts, links) { try h.run { try capture.add(device: l.tun.name, directions: [.out], netns: h.netnsInode) } }
-        let (tracer, offset, tscHz) = try observe(hosts, capture, dir)
+        let (tracer, tscHz) = try observe(hosts, recorder, dir)
         defer { tracer.close() }
         started = true
-        let forwarder = Forwarder(links: links, spec: scenario.wire)
+        let forwarder = Forwarder(links: links, spec: scenario.wire, recorder: recorder)
         forwarder.start()
         let impaired = scenario.hosts.flatMap { a in scenario.hosts.filter { $0.name != a.name }.map { (a.name, $0.name) } }
             .filter { !scenario.wire.impairment(from: $0.0, to: $0.1).isNone }
@@ -218,10 +268,11 @@ extension Runner {
         enc.outputFormatting = [.sortedKeys]
         try enc.encode(forwarder.counters).write(to: URL(fileURLWithPath: "\(dir)/wire.json"))
         for (d, c) in forwarder.counters.sorted(by: { $0.key < $1.key }) {
-            log("  wire \(d): \(c.forwarded) forwarded, \(c.dropped) dropped, \(c.duplicated) duplicated, \(c.reordered) reordered, \(c.refused) refused by the TUN")
+            log("  wire \(d): \(c.forwarded) forwarded, \(c.dropped) dropped, \(c.duplicated) duplicated, \(c.reordered) reordered, "
+                + "\(c.refused) refused by the TUN" + (c.in_flight_at_stop > 0 ? ", \(c.in_flight_at_stop) still in flight at the end" : ""))
         }
         return try conclude(
-            scenario, dir, hosts: hosts, tracer: tracer, capture: capture, play: play, offset: offset, tscHz: tscHz,
+            scenario, dir, hosts: hosts, tracer: tracer, recorder: recorder, tuns: links.map(\.tun), play: play, tscHz: tscHz,
             startedNs: startedNs, unexpected: 0)
     }
 }

@@ -34,6 +34,7 @@ public enum Schema {
     // Not sites of any event: they keep the per-CPU softirq flag behind every record's context.
     public static let softirqEntry = p(21, "btf_softirq_entry", .tracepoint, "tp_btf irq:softirq_entry")
     public static let softirqExit = p(22, "btf_softirq_exit", .tracepoint, "tp_btf irq:softirq_exit")
+    public static let kfreeSkb = p(23, "btf_kfree_skb", .tracepoint, "tp_btf skb:kfree_skb")
 
     /// Klogger's functions, each probed by fentry (fexit where the event is at the end)
     /// and by kprobe: ids 32+ for fentry, 96+ for kprobe.
@@ -67,7 +68,7 @@ public enum Schema {
     public static let probes: [Probe] = [
         netifReceiveSkb, netDevQueue, setState, sendLength, recvLength, tcpSendmsgLocked, tcpProbe, icmpSendTP,
         exitAccept4, exitAccept, sockCreate, sockRelease, postBind4, connect4, skbIngress, skbEgress, sockops,
-        bind4, sendmsg4, recvmsg4, softirqEntry, softirqExit,
+        bind4, sendmsg4, recvmsg4, softirqEntry, softirqExit, kfreeSkb,
     ] + functions.map { fentry($0.name) } + functions.map { kprobe($0.name) }
 
     // MARK: Events
@@ -236,6 +237,8 @@ public enum Schema {
            [exact(setState)]),
         ev(41, "TCP_FRAGMENT", .protocol, [.tcp], "klab: tcp_fragment splits a queued skb (the seed's §2.2: practically never reached)",
            at("tcp_fragment")),
+        ev(42, "SKB_DROP", .ip, [.ip], "klab: the kernel dropped a packet (kfree_skb), with its drop reason: a packet event that joins no wire packet is put down to it",
+           [exact(kfreeSkb)]),
     ]
 
     public static let all = events + auxiliary

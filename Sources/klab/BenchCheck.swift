@@ -8,8 +8,8 @@ extension Bench {
             commandName: "check",
             abstract: "Correlation and placement checking: events per second and peak memory.",
             discussion: """
-                Writes a generated results folder (events.bin, capture.pcap, capture.links and
-                the events.jsonl header, in the tracer's and libpcap's own formats): a peer
+                Writes a generated results folder (events.bin, capture.pcap, capture.frames and
+                the events.jsonl header, in the formats klab run writes): a peer
                 streaming 15-byte TCP segments to a host that reads them and ACKs every second
                 one, 5 events per segment on this kernel's sites. Then, ROUNDS times, in turn:
                 the reference, which only reads and decodes both files (no join), the join

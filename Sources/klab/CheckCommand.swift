@@ -8,9 +8,10 @@ struct CheckCommand: ParsableCommand {
         abstract: "Judge where every schema event sits, from a results folder.",
         discussion: """
             Streams the run's event log (events.bin) against its capture (capture.pcap and
-            capture.links), joins each event to the wire packet it belongs to (by the
-            packet's fields, by a TCP socket's flow, seq, ack and flags, or by skb inside
-            the kernel; one skb that left as several packets (TSO/GSO) joins the first),
+            capture.frames), joins each event to the wire packet its host sent or received
+            (by the packet's fields, by skb inside the kernel, by the IP event that follows
+            a socket-side TCP event in the same call chain, or by a TCP socket's flow, seq,
+            ack and flags; one skb that left as several packets (TSO/GSO) joins the first),
             and judges every occurrence against the placement rules the catalog declares
             for the site it was logged from (`klab schema` lists them): before or after
             its packet on the wire, in order with the other layers' events on the same

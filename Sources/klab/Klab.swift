@@ -10,7 +10,7 @@ struct Klab: ParsableCommand {
         abstract: "A live network lab for the Linux IPv4 stack.",
         discussion: """
             klab builds hosts (network namespaces) whose links are TUN devices it holds, pushes
-            real IPv4 traffic through the kernel, captures every packet with libpcap and, at the
+            real IPv4 traffic through the kernel, records every packet it reads from or writes into a TUN and, at the
             same time, logs the Klogger networking schema's events with BPF. Then it matches
             packets and events, so you can see where each event sits in the stack.
 

@@ -43,10 +43,18 @@ struct Run: ParsableCommand {
     @Option(name: .customLong("set"), help: ArgumentHelp("Override a scenario parameter (its params:).", valueName: "NAME=VALUE"))
     var parameters: [String] = []
 
+    @Option(help: ArgumentHelp(
+        "Bytes of each packet the capture keeps, 0 for whole packets. Default: whole packets with one host; \(Runner.wireSnaplen) in wire mode, where real programs run at full speed (headers fit in 128).",
+        valueName: "bytes"))
+    var snaplen: Int?
+
     @OptionGroup(title: "Tracing") var tracing: TracingOptions
 
     func validate() throws {
         if files.isEmpty && !list { throw ValidationError("give scenario files to run, or --list to see the shipped ones") }
+        if let snaplen, snaplen < 0 || (snaplen > 0 && snaplen < 68) {
+            throw ValidationError("--snaplen must be 0 (whole packets) or at least 68 bytes, not \(snaplen)")
+        }
         _ = try Run.parameters(parameters)
         for f in files where access(f, R_OK) != 0 {
             throw ValidationError(errno == ENOENT ? "no such scenario file: \(f)" : "cannot read scenario file \(f): \(String(cString: strerror(errno)))")
@@ -61,7 +69,7 @@ struct Run: ParsableCommand {
         let base = out ?? "results/run-\(stamp)"
         Interrupt.install()
         let runner: Runner
-        do { runner = try Runner(tracing: try tracing.config(), log: say) } catch { die(error) }
+        do { runner = try Runner(tracing: try tracing.config(), snaplen: snaplen, log: say) } catch { die(error) }
         var outcomes: [Outcome] = []
         var failure: Error?
         for (i, s) in scenarios.enumerated() where !Interrupt.requested {

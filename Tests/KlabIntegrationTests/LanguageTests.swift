@@ -116,21 +116,32 @@ struct LanguageTests {
 
     // MARK: Wire mode
 
-    @Test func wireCapturesEachPacketOnceAndDelays() throws {
+    /// Wire mode: klab records each packet where it left its host and where it delivered it
+    /// (same packet id, the delivery flagged as forwarded), and the delay sits between the two.
+    @Test func wireCapturesEachPacketWhereItLeftAndWhereItArrived() throws {
         let (r, dir) = try run("lab/scenarios/wire-ping.yaml", name: "wire-ping")
         #expect(r.status == 0, "\(r.stdout)")
         let pcap = try PcapFile(path: "\(dir)/capture.pcap")
-        let kinds = pcap.packets.map { p -> String in
+        func kind(_ rec: PcapFile.Record) -> String {
+            guard let p = try? Packet.parse(rec.bytes) else { return "unparsed" }
             if case .icmp(.echoRequest) = p.transport { return "request" }
             if case .icmp(.echoReply) = p.transport { return "reply" }
             return "other"
         }
-        #expect(kinds == ["request", "reply", "request", "reply", "request", "reply"])
-        // a>b is delayed by 20 ms: each request reaches b's kernel (its reply leaves) 20 ms later.
-        for i in stride(from: 0, to: pcap.records.count - 1, by: 2) {
-            let (q, a) = (pcap.records[i], pcap.records[i + 1])
-            let gap = Double(a.seconds) - Double(q.seconds) + (Double(a.fraction) - Double(q.fraction)) / 1e9
-            #expect(gap >= 0.020 && gap < 0.030, "request to reply \(gap) s")
+        let sent = pcap.records.filter { !$0.intoHost }
+        #expect(sent.map(kind) == ["request", "reply", "request", "reply", "request", "reply"])
+        #expect(sent.allSatisfy { !$0.forwarded })
+        // Each sent packet is delivered once, to the other host's link, under its id.
+        for s in sent {
+            let deliveries = pcap.records.filter { $0.intoHost && $0.packetID == s.packetID }
+            #expect(deliveries.count == 1 && deliveries[0].forwarded && deliveries[0].link != s.link && deliveries[0].bytes == s.bytes)
+            // a>b is delayed by 20 ms: each request reaches b 20 ms after it left a; replies cross at once.
+            let gap = (deliveries.first?.seconds1e9 ?? 0) - s.seconds1e9
+            if kind(s) == "request" {
+                #expect(gap >= 0.020 && gap < 0.030, "request delivered \(gap) s after it left")
+            } else {
+                #expect(gap >= 0 && gap < 0.010, "reply delivered \(gap) s after it left")
+            }
         }
         let out = try String(contentsOfFile: "\(dir)/programs/ping.line12.stdout", encoding: .utf8)
         let rtt = out.split(separator: "\n").first { $0.hasPrefix("rtt") }.flatMap { $0.split(separator: "=").last?.split(separator: "/").first }
@@ -200,7 +211,7 @@ struct LanguageTests {
         let (r, dir) = try run("lab/scenarios/wire-offload.yaml", name: "wire-offload")
         #expect(r.status == 0, "\(r.stdout)")
         #expect(r.stdout.contains("offload on (IFF_VNET_HDR, TSO/GSO)"))
-        let biggest = try PcapFile(path: "\(dir)/capture.pcap").records.map(\.bytes.count).max() ?? 0
+        let biggest = try PcapFile(path: "\(dir)/capture.pcap").records.map(\.length).max() ?? 0
         #expect(biggest > 1500, "largest captured packet \(biggest) bytes")
         let w = try FileManager.default.contentsOfDirectory(atPath: dir).first { $0.hasPrefix("workload.") }.map { try json("\(dir)/\($0)") }
         #expect((w?["megabitsPerSecond"] as? Double ?? 0) > 0)

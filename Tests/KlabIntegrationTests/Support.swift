@@ -68,9 +68,22 @@ func temporaryDirectory() throws -> String {
     return d
 }
 
-/// A pcap file read without libpcap, so the test checks the format klab wrote.
+/// A pcap file read without libpcap, so the test checks the format klab wrote, with its
+/// capture.frames beside it when there is one (link, direction, packet id of each frame).
 struct PcapFile {
-    struct Record { let seconds: UInt32; let fraction: UInt32; let bytes: [UInt8] }
+    struct Record {
+        let seconds: UInt32
+        let fraction: UInt32
+        /// The packet's length on the wire; `bytes` may keep less (the snaplen).
+        let length: Int
+        let bytes: [UInt8]
+        var link = 0
+        var intoHost = false
+        /// A delivery of a packet another lab host sent (its sent frame is in the file too).
+        var forwarded = false
+        var packetID: UInt64 = 0
+        var seconds1e9: Double { Double(seconds) + Double(fraction) / 1e9 }
+    }
     let nanosecond: Bool
     let linkType: UInt32
     let records: [Record]
@@ -86,8 +99,19 @@ struct PcapFile {
         while o + 16 <= d.count {
             let caplen = Int(u32(o + 8))
             guard o + 16 + caplen <= d.count else { throw CocoaError(.fileReadCorruptFile) }
-            out.append(Record(seconds: u32(o), fraction: u32(o + 4), bytes: Array(d[(o + 16)..<(o + 16 + caplen)])))
+            out.append(Record(seconds: u32(o), fraction: u32(o + 4), length: Int(u32(o + 12)), bytes: Array(d[(o + 16)..<(o + 16 + caplen)])))
             o += 16 + caplen
+        }
+        let sidecar = (path.hasSuffix(".pcap") ? String(path.dropLast(5)) : path) + ".frames"
+        if let tags = FileManager.default.contents(atPath: sidecar).map([UInt8].init) {
+            guard tags.count == out.count * 16 else { throw CocoaError(.fileReadCorruptFile) }
+            for i in out.indices {
+                let t = tags[(i * 16)..<(i * 16 + 16)]
+                out[i].link = Int(t[t.startIndex])
+                out[i].intoHost = t[t.startIndex + 1] & 0x80 != 0
+                out[i].forwarded = t[t.startIndex + 1] & 0x02 != 0
+                out[i].packetID = t[(t.startIndex + 8)...].reversed().reduce(0) { $0 << 8 | UInt64($1) }
+            }
         }
         records = out
     }

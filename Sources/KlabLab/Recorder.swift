@@ -1,0 +1,337 @@
+import CKlabLinux
+import Foundation
+import Synchronization
+
+/// klab's own capture: every packet klab reads from a lab TUN (what a host sends) and every
+/// packet it writes into one (what a host receives), stamped on CLOCK_MONOTONIC by the
+/// thread that does the I/O, right after the read or right before the write. Nothing is
+/// lost by construction: each read and write records itself, and when the disk falls behind
+/// the threads doing the I/O wait (back-pressure) instead of dropping.
+///
+/// Files: `capture.pcap` (nanosecond pcap, LINKTYPE_RAW, realtime stamps = monotonic + the
+/// run's offset, so tcpdump and Wireshark read it) and `capture.frames`, 16 bytes per frame:
+/// link (u8), flags (u8: 0x80 into the host, 0x01 a second copy the wire made), fate (u8),
+/// 5 reserved bytes, packet id (u64 LE: the same for a packet where it left one host and
+/// where it entered the next). Frames are written in time order: several threads record, and
+/// a frame is written once no thread can still record an earlier one.
+public final class PacketRecorder: @unchecked Sendable {
+    public let path: String
+    public let snaplen: Int
+    /// realtime − monotonic: pcap stamps are realtime.
+    public let offsetNs: Int64
+
+    /// The links in the order `addLink` added them: a frame's link byte indexes this.
+    public private(set) var links: [(device: String, netns: UInt32, ifindex: Int32)] = []
+    /// When klab stopped reading the links (CLOCK_MONOTONIC, `readingStopped`, or `finish`):
+    /// packets a host sent later are not in the capture.
+    public private(set) var stoppedNs: UInt64?
+
+    /// Notes when the threads that read the links were told to stop: each drains its link
+    /// once more, so everything sent before this time is recorded.
+    public func readingStopped(at t: UInt64) { if stoppedNs == nil { stoppedNs = t } }
+
+    // Written by the writer thread; read after `finish`.
+    public private(set) var frames = 0
+    public private(set) var firstRealtimeNs: UInt64?
+    public private(set) var lastRealtimeNs: UInt64?
+    /// Frames by link, direction and fate, for the summary.
+    public private(set) var tally: [Tally: Int] = [:]
+    public struct Tally: Hashable, Sendable { public let link: Int; public let intoHost: Bool; public let fate: Fate }
+    /// Set when writing a file failed: the capture is then incomplete, and says so.
+    public private(set) var failure: String?
+    /// Frames recorded after a write failure: counted, never silently gone.
+    public private(set) var discarded = 0
+
+    private let pcapFD: Int32
+    private let framesFD: Int32
+    private let lock = NSCondition()
+    private var incoming: [UInt8] = []
+    private let queuedBytes = Atomic<Int>(0)
+    private static let maxQueuedBytes = 64 << 20
+    private static let recordHeader = 32
+    private var slots: [Slot] = []
+    private var running = false
+    private var writer: Thread?
+    private let writerDone = DispatchSemaphore(value: 0)
+    private let nextID = Atomic<UInt64>(1)
+
+    /// One thread's place in the recorder: `inflight` is 0 when it is not between a stamp
+    /// and its record, 1 while it takes a stamp, else the stamp it took. The writer never
+    /// writes a frame later than a stamp still in flight.
+    final class Slot: Sendable {
+        let inflight = Atomic<UInt64>(0)
+    }
+
+    public init(path: String, snaplen: Int = 262_144, offsetNs: Int64) throws {
+        self.path = path
+        self.snaplen = snaplen
+        self.offsetNs = offsetNs
+        pcapFD = try sys("open(\(path))") { open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644) }
+        let sidecar = (path.hasSuffix(".pcap") ? String(path.dropLast(5)) : path) + ".frames"
+        do {
+            framesFD = try sys("open(\(sidecar))") { open(sidecar, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644) }
+        } catch {
+            close(pcapFD)
+            throw error
+        }
+        // pcap file header: nanosecond magic, version 2.4, snaplen, LINKTYPE_RAW (101).
+        var h = [UInt8]()
+        for v: UInt32 in [0xa1b2_3c4d] { h += Self.le(v) }
+        h += Self.le16(2) + Self.le16(4)
+        h += Self.le(UInt32(0)) + Self.le(UInt32(0)) + Self.le(UInt32(snaplen)) + Self.le(UInt32(101))
+        out.append(contentsOf: h)
+    }
+
+    deinit {
+        finish()
+        close(pcapFD)
+        close(framesFD)
+    }
+
+    /// Declares a link (a TUN in a host's namespace) before recording starts.
+    @discardableResult
+    public func addLink(_ tun: TunDevice, netns: UInt32) -> Int {
+        links.append((tun.name, netns, tun.ifindex))
+        return links.count - 1
+    }
+
+    /// A recorder handle for one thread. Each thread that reads or writes a TUN uses its own.
+    public func tap() -> Tap {
+        let s = Slot()
+        lock.withLock { slots.append(s) }
+        return Tap(recorder: self, slot: s)
+    }
+
+    /// A new packet id (a packet keeps it across the wire).
+    public func newPacketID() -> UInt64 { nextID.add(1, ordering: .relaxed).oldValue }
+
+    public func start() {
+        lock.withLock { running = true }
+        let t = Thread { [self] in
+            defer { writerDone.signal() }
+            klab_set_thread_name("klab-recorder")
+            var more = true
+            while more {
+                more = lock.withLock { running }
+                if more { usleep(2000) }
+                drain(final: !more)
+            }
+        }
+        t.name = "klab-recorder"
+        writer = t
+        t.start()
+    }
+
+    /// Writes every frame recorded and closes the files' content. Call once every thread
+    /// that records has stopped. Safe to call twice.
+    public func finish() {
+        if stoppedNs == nil { stoppedNs = Clock.monotonicNs() }
+        let was = lock.withLock { () -> Bool in
+            defer { running = false }
+            return running
+        }
+        if was { writerDone.wait() } else if writer == nil { drain(final: true) }
+    }
+
+    // MARK: Producers
+
+    fileprivate func waitForRoom() {
+        guard queuedBytes.load(ordering: .relaxed) > Self.maxQueuedBytes else { return }
+        lock.lock()
+        while queuedBytes.load(ordering: .relaxed) > Self.maxQueuedBytes && failure == nil && running { lock.wait() }
+        lock.unlock()
+    }
+
+    fileprivate func append(link: Int, intoHost: Bool, tag: UInt8, fate: Fate, timeNs: UInt64, id: UInt64,
+                            bytes: UnsafeRawBufferPointer) {
+        let cap = min(bytes.count, snaplen)
+        // Record: t (8), id (8), len (4), caplen (4), link, tag, fate, 5 bytes pad, then the bytes.
+        lock.lock()
+        Self.put(&incoming, timeNs)
+        Self.put(&incoming, id)
+        Self.put32(&incoming, UInt32(bytes.count))
+        Self.put32(&incoming, UInt32(cap))
+        incoming.append(UInt8(link))
+        incoming.append((intoHost ? FrameTag.intoHost : 0) | tag)
+        incoming.append(fate.rawValue)
+        incoming.append(contentsOf: [0, 0, 0, 0, 0])
+        incoming.append(contentsOf: UnsafeRawBufferPointer(rebasing: bytes[0..<cap]))
+        lock.unlock()
+        queuedBytes.add(Self.recordHeader + cap, ordering: .relaxed)
+    }
+
+    // MARK: Writer
+
+    private struct Pending { let t: UInt64; let order: Int; let offset: Int; let cap: Int }
+    private var store: [UInt8] = []
+    private var pending: [Pending] = []
+    private var order = 0
+    private var horizon: UInt64 = 0
+    private var out: [UInt8] = []
+    private var side: [UInt8] = []
+
+    private func drain(final: Bool) {
+        // The horizon first, then the slots (the order matters: see Slot).
+        let now = Clock.monotonicNs()
+        let (chunk, slotList) = lock.withLock { () -> ([UInt8], [Slot]) in
+            defer { incoming.removeAll(keepingCapacity: true) }
+            return (incoming, slots)
+        }
+        var h = now
+        if !final {
+            for s in slotList {
+                let v = s.inflight.load(ordering: .sequentiallyConsistent)
+                if v == 1 { h = horizon; break }
+                if v != 0 { h = min(h, v) }
+            }
+        } else {
+            h = .max
+        }
+        horizon = max(horizon, h == .max ? horizon : h)
+        // Parse the new records into the pending list.
+        var at = 0
+        let base = store.count
+        store.append(contentsOf: chunk)
+        while at + Self.recordHeader <= chunk.count {
+            let t = Self.get(chunk, at)
+            let cap = Int(Self.get32(chunk, at + 20))
+            pending.append(Pending(t: t, order: order, offset: base + at, cap: cap))
+            order += 1
+            at += Self.recordHeader + cap
+        }
+        guard !pending.isEmpty else { flush(); return }
+        pending.sort { ($0.t, $0.order) < ($1.t, $1.order) }
+        let ready = final ? pending.count : (pending.firstIndex { $0.t >= h } ?? pending.count)
+        var written = 0
+        for p in pending[..<ready] {
+            written += Self.recordHeader + p.cap
+            emit(p)
+        }
+        flush()
+        // Keep the records not yet written, compacted.
+        let rest = Array(pending[ready...])
+        var kept: [UInt8] = []
+        pending = rest.map { p in
+            let q = Pending(t: p.t, order: p.order, offset: kept.count, cap: p.cap)
+            kept.append(contentsOf: store[p.offset..<p.offset + Self.recordHeader + p.cap])
+            return q
+        }
+        store = kept
+        if written > 0 {
+            queuedBytes.add(-written, ordering: .relaxed)
+            lock.withLock { lock.broadcast() }
+        }
+    }
+
+    private func emit(_ p: Pending) {
+        let o = p.offset
+        let id = Self.get(store, o + 8)
+        let len = Self.get32(store, o + 16)
+        let (link, flags, fateByte) = (store[o + 24], store[o + 25], store[o + 26])
+        guard failure == nil else {
+            discarded += 1
+            return
+        }
+        let real = UInt64(Int64(p.t) + offsetNs)
+        Self.put32(&out, UInt32(real / 1_000_000_000))
+        Self.put32(&out, UInt32(real % 1_000_000_000))
+        Self.put32(&out, UInt32(p.cap))
+        Self.put32(&out, len)
+        out.append(contentsOf: store[o + Self.recordHeader..<o + Self.recordHeader + p.cap])
+        side.append(link)
+        side.append(flags)
+        side.append(fateByte)
+        side.append(contentsOf: [0, 0, 0, 0, 0])
+        Self.put(&side, id)
+        frames += 1
+        if firstRealtimeNs == nil { firstRealtimeNs = real }
+        lastRealtimeNs = real
+        let fate = Fate(rawValue: fateByte) ?? .passed
+        tally[Tally(link: Int(link), intoHost: flags & FrameTag.intoHost != 0, fate: fate), default: 0] += 1
+        if out.count >= 1 << 20 { flush() }
+    }
+
+    private func flush() {
+        for (fd, buf) in [(pcapFD, out), (framesFD, side)] where !buf.isEmpty && failure == nil {
+            var done = 0
+            while done < buf.count {
+                let n = buf.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + done, $0.count - done) }
+                if n < 0 && errno == EINTR { continue }
+                if n <= 0 {
+                    lock.withLock {
+                        failure = "writing \(fd == pcapFD ? path : "capture.frames") failed: \(String(cString: strerror(n < 0 ? errno : EIO)))"
+                        lock.broadcast()
+                    }
+                    break
+                }
+                done += n
+            }
+        }
+        out.removeAll(keepingCapacity: true)
+        side.removeAll(keepingCapacity: true)
+    }
+
+    // MARK: Bytes
+
+    static func le(_ v: UInt32) -> [UInt8] { withUnsafeBytes(of: v.littleEndian, Array.init) }
+    static func le16(_ v: UInt16) -> [UInt8] { withUnsafeBytes(of: v.littleEndian, Array.init) }
+    @inline(__always) static func put(_ a: inout [UInt8], _ v: UInt64) { withUnsafeBytes(of: v.littleEndian) { a.append(contentsOf: $0) } }
+    @inline(__always) static func put32(_ a: inout [UInt8], _ v: UInt32) { withUnsafeBytes(of: v.littleEndian) { a.append(contentsOf: $0) } }
+    @inline(__always) static func get(_ a: [UInt8], _ at: Int) -> UInt64 {
+        a.withUnsafeBytes { UInt64(littleEndian: $0.loadUnaligned(fromByteOffset: at, as: UInt64.self)) }
+    }
+    @inline(__always) static func get32(_ a: [UInt8], _ at: Int) -> UInt32 {
+        a.withUnsafeBytes { UInt32(littleEndian: $0.loadUnaligned(fromByteOffset: at, as: UInt32.self)) }
+    }
+}
+
+/// One thread's handle on the recorder. Take a stamp (`stamp()`) right before writing a
+/// packet into a TUN or right after reading one, then `record` it.
+public final class Tap: @unchecked Sendable {
+    let recorder: PacketRecorder
+    let slot: PacketRecorder.Slot
+
+    init(recorder: PacketRecorder, slot: PacketRecorder.Slot) { (self.recorder, self.slot) = (recorder, slot) }
+
+    /// The time of the I/O about to be recorded. Waits first while the disk is behind.
+    @inline(__always)
+    public func stamp() -> UInt64 {
+        recorder.waitForRoom()
+        slot.inflight.store(1, ordering: .sequentiallyConsistent)
+        let t = Clock.monotonicNs()
+        slot.inflight.store(t, ordering: .sequentiallyConsistent)
+        return t
+    }
+
+    /// Records a packet stamped by `stamp()`; returns its packet id (`id`, or a new one).
+    @discardableResult
+    public func record(link: Int, intoHost: Bool, at t: UInt64, _ bytes: UnsafeRawBufferPointer, id: UInt64? = nil,
+                       fate: Fate = .passed, duplicate: Bool = false) -> UInt64 {
+        let pid = id ?? recorder.newPacketID()
+        // A delivery under an id some read gave: the packet was forwarded from another host.
+        let tag = (duplicate ? FrameTag.duplicate : 0) | (intoHost && id != nil ? FrameTag.forwarded : 0)
+        recorder.append(link: link, intoHost: intoHost, tag: tag, fate: fate, timeNs: t, id: pid, bytes: bytes)
+        slot.inflight.store(0, ordering: .sequentiallyConsistent)
+        return pid
+    }
+
+    /// Forgets a stamp that will not be recorded (the I/O did not happen).
+    public func cancel() { slot.inflight.store(0, ordering: .sequentiallyConsistent) }
+
+    /// Writes `bytes` (an IPv4 packet behind `header` bytes of virtio-net header) into `tun`
+    /// and records it as delivered into link `link`'s host; a failed write is recorded as
+    /// refused and rethrown.
+    @discardableResult
+    public func write(_ tun: TunDevice, link: Int, _ bytes: UnsafeRawBufferPointer, header: Int = 0, id: UInt64? = nil,
+                      duplicate: Bool = false) throws -> (t: UInt64, id: UInt64) {
+        let t = stamp()
+        let packet = UnsafeRawBufferPointer(rebasing: bytes[min(header, bytes.count)...])
+        do {
+            try tun.write(bytes)
+        } catch {
+            record(link: link, intoHost: true, at: t, packet, id: id, fate: .refused, duplicate: duplicate)
+            throw error
+        }
+        return (t, record(link: link, intoHost: true, at: t, packet, id: id, duplicate: duplicate))
+    }
+}
