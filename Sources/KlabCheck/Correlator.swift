@@ -152,25 +152,52 @@ public final class Correlator {
         }
     }
 
-    /// An SKB_DROP: the waiting events of its packet (same skb, the same packet, or the GSO
-    /// skb it was cut from) are put down to it.
+    /// Recent SKB_DROPs, with the (event, probe) kinds each has explained: one drop explains
+    /// at most one event of each kind.
+    private var drops: [(d: TraceEvent, explained: Set<UInt32>)] = []
+
+    /// Whether drop `d` is of `e`'s packet: the same skb, the same packet (identical packets,
+    /// such as a burst of resets with IP ID 0, are interchangeable), or a segment of the GSO
+    /// skb `e` logged.
+    private func isDrop(_ d: TraceEvent, of e: TraceEvent) -> Bool {
+        guard e.netns == d.netns, let q = d.packet else { return false }
+        if e.skb == d.skb || e.packet.map({ samePacket($0, q) }) == true { return true }
+        guard let p = e.packet, p.proto == 6, q.proto == 6, p.length > q.length else { return false }
+        return samePacket(p, q, ignoringIPID: true) && q.ipID &- p.ipID < 1024 && q.tcpSeq &- p.tcpSeq < UInt32(p.length)
+    }
+
+    private func explain(_ e: TraceEvent, by d: TraceEvent) {
+        counts.unmatchedWhy[Self.droppedBecause(dropReasons[d.arg0] ?? "reason \(d.arg0)"), default: [:]][e.name, default: 0] += 1
+    }
+
+    /// An SKB_DROP: the waiting events of its packet are put down to it; it is kept a window
+    /// long for events that join nothing later (an identical packet's event took the frame).
     private func dropped(_ d: TraceEvent) {
-        guard let q = d.packet else { return }
-        let reason = Self.droppedBecause(dropReasons[d.arg0] ?? "reason \(d.arg0)")
+        var explained = Set<UInt32>()
         var i = unjoinedHead
         while i < unjoinedEvents.count {
-            let e = unjoinedEvents[i]
-            var same = e.netns == d.netns && (e.skb == d.skb || e.packet.map { samePacket($0, q) } == true)
-            if !same, e.netns == d.netns, let p = e.packet, p.proto == 6, q.proto == 6, p.length > q.length, samePacket(p, q, ignoringIPID: true),
-               q.ipID &- p.ipID < 1024, q.tcpSeq &- p.tcpSeq < UInt32(p.length) {
-                same = true  // a segment of the GSO skb e logged
-            }
-            if same {
-                counts.unmatchedWhy[reason, default: [:]][e.name, default: 0] += 1
+            let e = unjoinedEvents[i], kind = UInt32(e.event) << 16 | UInt32(e.probe)
+            if !explained.contains(kind), isDrop(d, of: e) {
+                explain(e, by: d)
+                explained.insert(kind)
                 unjoinedEvents.remove(at: i)
             } else {
                 i += 1
             }
+        }
+        let horizon = d.timeNs &- min(window, d.timeNs)
+        drops.removeFirst(drops.prefix { $0.d.timeNs < horizon }.count)
+        drops.append((d, explained))
+    }
+
+    /// An event that joined nothing: a recent drop of its packet explains it now, or it waits.
+    private func unjoinedEvent(_ e: TraceEvent) {
+        let kind = UInt32(e.event) << 16 | UInt32(e.probe)
+        if let k = drops.lastIndex(where: { !$0.explained.contains(kind) && e.timeNs &- $0.d.timeNs < window && isDrop($0.d, of: e) }) {
+            explain(e, by: drops[k].d)
+            drops[k].explained.insert(kind)
+        } else {
+            unjoinedEvents.append(e)
         }
     }
 
@@ -377,7 +404,7 @@ public final class Correlator {
             counts.joined[how.rawValue, default: 0] += 1
         } else if e.packet != nil, e.event != skbDrop {
             counts.unmatched[e.name, default: 0] += 1
-            unjoinedEvents.append(e)
+            unjoinedEvent(e)
         }
         var frame: Frame?
         if let number {

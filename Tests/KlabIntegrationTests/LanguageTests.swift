@@ -44,6 +44,13 @@ struct LanguageTests {
         let placement = summary["placement"] as? [String: Any]
         #expect(placement?["violations"] as? Int == 0 && (placement?["judged"] as? Int ?? 0) > 0, "\(placement ?? [:])")
         #expect(r.stdout.contains("placement verdicts for \(name)"))
+        // The capture lost nothing: klab wrote every frame it recorded, and every packet event
+        // joined its packet or is put down to a named reason (a kernel drop, a packet after
+        // the capture ended, another device), never to a packet missing from the capture.
+        let capture = try EventLog.header(path: "\(dir)/events.jsonl")["capture"] as? [String: Any]
+        #expect(capture?["not_written"] as? Int == 0 && (capture?["frames"] as? Int ?? 0) > 0, "\(capture ?? [:])")
+        let why = (try json("\(dir)/verdicts.json")["join"] as? [String: Any])?["unmatchedWhy"] as? [String: [String: Int]] ?? [:]
+        #expect(why["no captured packet of its host has its identity"] == nil, "\(why)")
         let steps = summary["steps"] as? [[String: Any]] ?? []
         #expect(!steps.isEmpty && steps.allSatisfy { $0["ok"] as? Bool == true })
         // Every events: step was checked against the trace and found its events.

@@ -54,6 +54,27 @@ struct PlacementTests {
         #expect(again.stdout.contains("which is none of IP_RECEIVEPACKET's sites"))
     }
 
+    /// The plant under a real stream at full speed: every occurrence of the planted event is
+    /// judged and violates its rule (those whose packet the kernel dropped before the wire
+    /// cannot be judged, and are put down to the drop), and no other rule breaks.
+    @Test func aPlantedMisplacementIsCaughtUnderLoad() throws {
+        let (r, dir) = try run("real-iperf-tcp", environment: ["KLAB_TEST_PLANT": "IP_RECEIVEPACKET=tp_net_dev_queue"])
+        #expect(r.status == 1, "\(r.stdout.suffix(3000))\n\(r.stderr)")
+        let check = try json("\(dir)/verdicts.json")
+        let rows = check["verdicts"] as? [[String: Any]] ?? []
+        let planted = try #require(rows.first { $0["event"] as? String == "IP_RECEIVEPACKET" && ($0["rule"] as? String)?.contains("reaches the host") == true })
+        let judged = planted["judged"] as? Int ?? 0
+        let occurrences = (try json("\(dir)/summary.json")["events"] as? [String: Any]).flatMap { $0["by_name"] as? [String: Int] }?["IP_RECEIVEPACKET"] ?? 0
+        #expect(judged > 10_000 && planted["held"] as? Int == 0, "\(planted)")
+        let notJudged = (planted["not_judged"] as? [String: Int])?.values.reduce(0, +) ?? 0
+        #expect(judged + notJudged == occurrences, "\(judged) judged + \(notJudged) not of \(occurrences)")
+        let why = (check["join"] as? [String: Any])?["unmatchedWhy"] as? [String: [String: Int]] ?? [:]
+        let dropped = why.filter { $0.key.contains("SKB_DROP") }.values.reduce(0) { $0 + ($1["IP_RECEIVEPACKET"] ?? 0) }
+        #expect(notJudged == dropped, "not judged \(notJudged), put down to kernel drops \(dropped): \(why)")
+        let others = rows.filter { !($0["event"] as? String == "IP_RECEIVEPACKET" && $0["site"] as? String == "tracepoint net:net_dev_queue") }
+        #expect(!others.isEmpty && others.allSatisfy { $0["judged"] as? Int == $0["held"] as? Int }, "\(others.filter { $0["judged"] as? Int != $0["held"] as? Int })")
+    }
+
     @Test func tcpSegmentsAWriteAndLeavesNoIPFragments() throws {
         let (r, dir) = try run("tcp-large-write")
         #expect(r.status == 0, "\(r.stdout)\n\(r.stderr)")

@@ -134,6 +134,15 @@ struct EventLog {
     }
 
     func named(_ name: String) -> [[String: Any]] { events.filter { $0["event"] as? String == name } }
+
+    /// Only the header line, without reading the rest of a large log.
+    static func header(path: String) throws -> [String: Any] {
+        guard let h = FileHandle(forReadingAtPath: path) else { throw CocoaError(.fileNoSuchFile) }
+        defer { try? h.close() }
+        var line = Data()
+        while !line.contains(10), let chunk = try h.read(upToCount: 65536), !chunk.isEmpty { line.append(chunk) }
+        return try JSONSerialization.jsonObject(with: line.prefix { $0 != 10 }) as? [String: Any] ?? [:]
+    }
 }
 
 func json(_ path: String) throws -> [String: Any] {
