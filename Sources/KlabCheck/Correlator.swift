@@ -14,6 +14,8 @@ public enum Join: String, Sendable, Codable, CaseIterable {
     /// A TCP event that knows only its socket (no IP header yet), joined through the IP
     /// event that follows it in the same call chain (same CPU and thread, same socket).
     case chain
+    /// A datagram reassembled from IP fragments: joined to its last fragment to arrive.
+    case reassembly
 }
 
 /// Streams a run's events (time order) against its capture and joins them: each event to the
@@ -88,6 +90,8 @@ public final class Correlator {
     private var bySegment: [UInt64: Recent] = [:]
     /// TCP frames by host, flow and seq: the parts of a TSO/GSO skb, one after the other.
     private var bySeq: [UInt64: Recent] = [:]
+    /// IP fragments by host, addresses, protocol and IP ID: the datagram they make.
+    private var byDatagram: [UInt64: Recent] = [:]
 
     private var skbs: [UInt64: (frame: Int, t: UInt64)] = [:]
     private var skbSweep = 0
@@ -101,8 +105,10 @@ public final class Correlator {
     static let tcpLayerProbes: Set<UInt16> = Set(
         [Schema.tcpProbe.id] + ["fentry_tcp_v4_rcv", "kprobe_tcp_v4_rcv"].compactMap { Schema.probe(program: $0)?.id })
 
-    /// How far apart in time an event and its packet may be: 50 ms.
-    public static let defaultWindow: UInt64 = 50_000_000
+    /// How far apart in time an event and its packet may be: 200 ms. A send event's packet
+    /// is recorded when klab reads it, which can lag by a TUN queue's worth of packets when
+    /// the forwarder falls behind (500 packets at a few thousand per second).
+    public static let defaultWindow: UInt64 = 200_000_000
 
     /// The kernel's drop reasons by value, for SKB_DROP records.
     public let dropReasons: [Int32: String]
@@ -209,6 +215,7 @@ public final class Correlator {
         // A delivery the TUN refused never entered its host: no event can be about it.
         guard let id = f.identity, f.delivered else { return }
         byIdentity[digest(id, netns), default: Recent()].append(f.number)
+        if id.frag & 0x3fff != 0 { byDatagram[datagramKey(id, netns), default: Recent()].append(f.number) }
         if id.proto == 6 {
             bySegment[segmentKey(id, netns), default: Recent()].append(f.number)
             bySeq[seqKey(id, id.tcpSeq, netns), default: Recent()].append(f.number)
@@ -218,6 +225,10 @@ public final class Correlator {
     private func seqKey(_ id: PacketIdentity, _ seq: UInt32, _ netns: UInt32) -> UInt64 {
         let flow = (UInt64(id.source.rawValue) << 32 | UInt64(id.destination.rawValue)) &* 0x9E37_79B9_7F4A_7C15
         return (flow ^ (UInt64(id.sourcePort) << 48 | UInt64(id.destinationPort) << 32 | UInt64(seq)) ^ UInt64(netns) << 17) &* 0xBF58_476D_1CE4_E5B9
+    }
+    private func datagramKey(_ id: PacketIdentity, _ netns: UInt32) -> UInt64 {
+        (UInt64(id.source.rawValue) << 32 | UInt64(id.destination.rawValue)) &* 0x9E37_79B9_7F4A_7C15
+            ^ (UInt64(id.ipID) << 40 | UInt64(id.proto) << 32 | UInt64(netns))
     }
     private func segmentKey(_ id: PacketIdentity, _ netns: UInt32) -> UInt64 {
         (seqKey(id, id.tcpSeq, netns) ^ (UInt64(id.tcpAck) << 24 | UInt64(id.tcpFlags) << 16 | UInt64(id.length))) &* 0x94D0_49BB_1331_11EB
@@ -244,6 +255,7 @@ public final class Correlator {
             firstNumber += 1
             if let id = s.frame.identity, s.frame.delivered {
                 drop(from: &byIdentity, digest(id, s.netns))
+                if id.frag & 0x3fff != 0 { drop(from: &byDatagram, datagramKey(id, s.netns)) }
                 if id.proto == 6 {
                     drop(from: &bySegment, segmentKey(id, s.netns))
                     drop(from: &bySeq, seqKey(id, id.tcpSeq, s.netns))
@@ -270,6 +282,19 @@ public final class Correlator {
     }
 
     private func slotIndex(_ number: Int) -> Int { head + (number - firstNumber) }
+
+    /// Whether `frame`, which an earlier event of `e`'s skb joined, can be `e`'s packet: the
+    /// same packet when `e` read one; otherwise the same flow the way `e`'s socket sees it and
+    /// the right direction (`__tcp_transmit_skb` names the skb in the write queue, whose
+    /// address a received packet may have had microseconds before).
+    private func sameSkbPacket(_ e: TraceEvent, _ side: Side, _ frame: Frame) -> Bool {
+        if let p = e.packet { return samePacket(p, frame.identity) }
+        if side == .send && frame.toHost || side == .receive && !frame.toHost { return false }
+        guard let p = e.endpoints, let f = frame.identity else { return true }
+        let forward = p.source == f.source && p.sourcePort == f.sourcePort && p.destination == f.destination && p.destinationPort == f.destinationPort
+        let reverse = p.source == f.destination && p.sourcePort == f.destinationPort && p.destination == f.source && p.destinationPort == f.sourcePort
+        return side == .receive ? reverse || forward : forward
+    }
 
     private func side(_ e: TraceEvent) -> Side {
         let k = UInt32(e.event) << 16 | UInt32(e.probe)
@@ -348,8 +373,7 @@ public final class Correlator {
         // within microseconds) and that frame has no such event yet (identical packets may
         // reuse one skb address one after the other).
         if e.skb != 0, let s = skbs[e.skb], e.timeNs &- s.t < window, s.frame >= firstNumber, slots[slotIndex(s.frame)].netns == e.netns,
-           !taken(slotIndex(s.frame), e),
-           e.packet.map({ samePacket($0, slots[slotIndex(s.frame)].frame.identity) }) ?? true {
+           !taken(slotIndex(s.frame), e), sameSkbPacket(e, side, slots[slotIndex(s.frame)].frame) {
             (number, how) = (s.frame, .skb)
         }
         // A TCP packet that joined nothing as it is may be one skb cut into several (TSO/GSO).
@@ -374,7 +398,18 @@ public final class Correlator {
                 whole = p
             }
         }
-        if let whole, whole.length > 0, let g = gso(whole, e, side, knowsIPID: e.packet != nil) {
+        // A whole datagram a receive event saw, where the wire had its fragments.
+        if number == nil, side == .receive, let id = e.packet, id.frag & 0x3fff == 0 {
+            var last: (n: Int, t: UInt64)?
+            for n in byDatagram[datagramKey(id, e.netns)]?.numbers ?? [] where n >= firstNumber {
+                let sl = slots[slotIndex(n)]
+                guard sl.netns == e.netns, sl.frame.toHost, sl.frame.timeNs <= e.timeNs, let f = sl.frame.identity,
+                      f.source == id.source, f.destination == id.destination, f.proto == id.proto, f.ipID == id.ipID else { continue }
+                if sl.frame.timeNs >= last?.t ?? 0 { last = (n, sl.frame.timeNs) }
+            }
+            if let last { (number, how, whole) = (last.n, .reassembly, nil) }
+        }
+        if number == nil, let whole, whole.length > 0, let g = gso(whole, e, side, knowsIPID: e.packet != nil) {
             (number, how) = (g.first, .gso)
             gsoParts = g.parts
             // Each skb once, whichever events log it (sockops records carry no skb address).

@@ -32,7 +32,7 @@ extension Bench {
         var dir: String?
 
         @Option(help: "The join's window (klab check --window-ms).")
-        var windowMs = 50.0
+        var windowMs = Double(Correlator.defaultWindow) / 1e6
 
         @Flag(help: "Print one JSON object instead of text.")
         var json = false

@@ -38,7 +38,7 @@ struct CheckCommand: ParsableCommand {
 
     @Option(help: ArgumentHelp("How far apart in time an event and its wire packet may be, in ms.",
                                discussion: "Wider finds packets a slow path held longer (a backlog behind a descheduled reader), at the cost of speed and memory."))
-    var windowMs = 50.0
+    var windowMs = Double(Correlator.defaultWindow) / 1e6
 
     func validate() throws {
         guard windowMs > 0, windowMs <= 10_000 else { throw ValidationError("--window-ms must be between 0 and 10000") }

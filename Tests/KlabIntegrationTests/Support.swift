@@ -23,8 +23,11 @@ enum Privileged {
     }
 }
 
-/// The klab binary `swift build` made, beside the test bundle.
+/// The klab binary the tests run: KLAB_BINARY (lab/test sets it to a release build, as users
+/// run klab: real programs at full speed need it), else the one `swift build` made beside the
+/// test bundle.
 let klabBinary: String = {
+    if let b = ProcessInfo.processInfo.environment["KLAB_BINARY"], !b.isEmpty { return b }
     let dir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
     for candidate in [dir.appendingPathComponent("klab").path, ".build/debug/klab"] where FileManager.default.isExecutableFile(atPath: candidate) {
         return candidate
