@@ -1,3 +1,4 @@
+import KlabResults
 import Foundation
 import KlabPacket
 import KlabSchema
@@ -40,13 +41,13 @@ public struct CheckReport: Codable, Sendable {
     public let figures: Figures
     public var violations: Int { verdicts.reduce(0) { $0 + $1.violated } }
 
-    /// Writes RESULTS/verdicts.json and returns its text.
+    /// Writes the results folder's verdicts.json and returns its text.
     @discardableResult
     public func write(into folder: String) throws -> Data {
         let enc = JSONEncoder()
         enc.outputFormatting = [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes]
         let data = try enc.encode(self)
-        try data.write(to: URL(fileURLWithPath: "\(folder)/verdicts.json"), options: .atomic)
+        try data.write(to: URL(fileURLWithPath: ResultsLayout(folder).verdicts), options: .atomic)
         return data
     }
     public var judged: Int { verdicts.reduce(0) { $0 + $1.judged } }

@@ -1,3 +1,4 @@
+import KlabResults
 import Foundation
 import KlabAnalysis
 import KlabPacket

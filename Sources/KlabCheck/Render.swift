@@ -1,3 +1,4 @@
+import KlabResults
 import Foundation
 
 extension CheckReport {

@@ -1,3 +1,4 @@
+import KlabResults
 import CKlabLinux
 import Foundation
 import KlabAnalysis
@@ -37,33 +38,22 @@ public struct SyntheticRun {
     public func write(to dir: String) throws {
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         let start: UInt64 = 1_000_000_000_000, offset: Int64 = 1_700_000_000_000_000_000
-        var events = Data(), pcap = Data(), links = Data()
+        let layout = ResultsLayout(dir)
+        var events = Data()
         var records = 0
-        let files = try ["events.bin", "capture.pcap", "capture.frames"].map { name -> FileHandle in
-            let path = "\(dir)/\(name)"
-            guard FileManager.default.createFile(atPath: path, contents: nil), let h = FileHandle(forWritingAtPath: path) else {
-                throw ResultsError(path, "cannot create")
-            }
-            return h
+        guard FileManager.default.createFile(atPath: layout.events, contents: nil), let eventsFile = FileHandle(forWritingAtPath: layout.events) else {
+            throw ResultsError(layout.events, "cannot create")
         }
-        defer { for f in files { try? f.close() } }
+        defer { try? eventsFile.close() }
+        let capture = try CaptureWriter(layout, snaplen: 65535, offsetNs: offset)
         var pending: [klab_event] = []
-        var frames = 0, first: UInt64?, last: UInt64?
-        pcap.append(contentsOf: [0x4d, 0x3c, 0xb2, 0xa1, 2, 0, 4, 0] + [UInt8](repeating: 0, count: 8))
-        withUnsafeBytes(of: UInt32(65535).littleEndian) { pcap.append(contentsOf: $0) }
-        withUnsafeBytes(of: UInt32(101).littleEndian) { pcap.append(contentsOf: $0) }
+        var frames = 0
         func frame(_ p: Packet, _ t: UInt64, toHost: Bool) throws {
             let bytes = try p.serialize()
-            let rt = UInt64(Int64(t) + offset)
-            for v in [UInt32(rt / 1_000_000_000), UInt32(rt % 1_000_000_000), UInt32(bytes.count), UInt32(bytes.count)] {
-                withUnsafeBytes(of: v.littleEndian) { pcap.append(contentsOf: $0) }
-            }
-            pcap.append(contentsOf: bytes)
             frames += 1
-            links.append(contentsOf: [0, toHost ? FrameTag.intoHost : 0, Fate.passed.rawValue, 0, 0, 0, 0, 0])
-            withUnsafeBytes(of: UInt64(frames).littleEndian) { links.append(contentsOf: $0) }
-            if first == nil { first = rt }
-            last = rt
+            bytes.withUnsafeBytes {
+                capture.append(timeNs: t, link: 0, tag: toHost ? FrameTag.intoHost : 0, fate: .passed, id: UInt64(frames), length: $0.count, bytes: $0)
+            }
         }
         var serial: UInt32 = 0
         func record(_ name: String, _ probe: Probe, _ t: UInt64, packet p: Packet?, endpoints: Packet? = nil, skb: UInt64 = 0, bytes: UInt64 = 0) {
@@ -140,8 +130,8 @@ public struct SyntheticRun {
             for var r in pending { withUnsafeBytes(of: &r) { events.append(contentsOf: $0) } }
             records += pending.count
             pending.removeAll(keepingCapacity: true)
-            for (f, d) in zip(files, [events, pcap, links]) { f.write(d) }
-            (events, pcap, links) = (Data(), Data(), Data())
+            eventsFile.write(events)
+            events = Data()
         }
         flush()
         let logged: [(String, Probe)] = [
@@ -158,11 +148,12 @@ public struct SyntheticRun {
             },
             clocks: .init(event_time: "synthetic", capture_time: "synthetic", monotonic_to_realtime_offset_ns: offset, tsc_hz: 2.5e9),
             hosts: [.init(name: "h1", netns: Self.netns, netns_cookie: 1)], records: records,
-            capture: .init(frames: frames, first_realtime_ns: first, last_realtime_ns: last, snaplen: 65535,
-                           links: [.init(device: "klab0", netns: Self.netns)], stoppedNs: nil, notWritten: 0))
-        var jsonl = try JSONEncoder().encode(header)
-        jsonl.append(10)
-        try jsonl.write(to: URL(fileURLWithPath: "\(dir)/events.jsonl"))
+            capture: .init(frames: frames, first_realtime_ns: capture.firstRealtimeNs, last_realtime_ns: capture.lastRealtimeNs, snaplen: 65535,
+                           links: [.init(device: "klab0", netns: Self.netns)], stoppedNs: nil, notWritten: 0),
+            outcome: RunOutcome(file: "synthetic", passed: true, interrupted: false, failures: [], steps: [], startedNs: start, packetsNotConsumed: 0,
+                                eventsEmitted: UInt64(records), eventsLost: 0))
+        capture.flush()
+        try ResultsLayout.writeJSON(header, to: layout.header)
     }
 }
 

@@ -1,5 +1,6 @@
 import CKlabLinux
 import Foundation
+import KlabResults
 import Synchronization
 
 /// klab's own capture: every packet klab reads from a lab TUN (what a host sends) and every
@@ -8,17 +9,13 @@ import Synchronization
 /// lost by construction: each read and write records itself, and when the disk falls behind
 /// the threads doing the I/O wait (back-pressure) instead of dropping.
 ///
-/// Files: `capture.pcap` (nanosecond pcap, LINKTYPE_RAW, realtime stamps = monotonic + the
-/// run's offset, so tcpdump and Wireshark read it) and `capture.frames`, 16 bytes per frame:
-/// link (u8), flags (u8: 0x80 into the host, 0x01 a second copy the wire made), fate (u8),
-/// 5 reserved bytes, packet id (u64 LE: the same for a packet where it left one host and
-/// where it entered the next). Frames are written in time order: several threads record, and
-/// a frame is written once no thread can still record an earlier one.
+/// The files (capture.pcap and capture.frames) are written by KlabResults' CaptureWriter, in
+/// time order: several threads record, and a frame is written once no thread can still
+/// record an earlier one.
 public final class PacketRecorder: @unchecked Sendable {
-    public let path: String
-    public let snaplen: Int
+    public var snaplen: Int { writer.snaplen }
     /// realtime − monotonic: pcap stamps are realtime.
-    public let offsetNs: Int64
+    public var offsetNs: Int64 { writer.offsetNs }
 
     /// The links in the order `addLink` added them: a frame's link byte indexes this.
     public private(set) var links: [(device: String, netns: UInt32, ifindex: Int32)] = []
@@ -31,19 +28,15 @@ public final class PacketRecorder: @unchecked Sendable {
     public func readingStopped(at t: UInt64) { if stoppedNs == nil { stoppedNs = t } }
 
     // Written by the writer thread; read after `finish`.
-    public private(set) var frames = 0
-    public private(set) var firstRealtimeNs: UInt64?
-    public private(set) var lastRealtimeNs: UInt64?
-    /// Frames by link, direction and fate, for the summary.
-    public private(set) var tally: [Tally: Int] = [:]
-    public struct Tally: Hashable, Sendable { public let link: Int; public let intoHost: Bool; public let fate: Fate }
+    public var frames: Int { writer.frames }
+    public var firstRealtimeNs: UInt64? { writer.firstRealtimeNs }
+    public var lastRealtimeNs: UInt64? { writer.lastRealtimeNs }
     /// Set when writing a file failed: the capture is then incomplete, and says so.
-    public private(set) var failure: String?
+    public var failure: String? { writer.failure }
     /// Frames recorded after a write failure: counted, never silently gone.
-    public private(set) var discarded = 0
+    public var discarded: Int { writer.notWritten }
 
-    private let pcapFD: Int32
-    private let framesFD: Int32
+    private let writer: CaptureWriter
     private let lock = NSCondition()
     private var incoming: [UInt8] = []
     private let queuedBytes = Atomic<Int>(0)
@@ -51,7 +44,7 @@ public final class PacketRecorder: @unchecked Sendable {
     private static let recordHeader = 32
     private var slots: [Slot] = []
     private var running = false
-    private var writer: Thread?
+    private var writerThread: Thread?
     private let writerDone = DispatchSemaphore(value: 0)
     private let nextID = Atomic<UInt64>(1)
 
@@ -62,31 +55,11 @@ public final class PacketRecorder: @unchecked Sendable {
         let inflight = Atomic<UInt64>(0)
     }
 
-    public init(path: String, snaplen: Int = 262_144, offsetNs: Int64) throws {
-        self.path = path
-        self.snaplen = snaplen
-        self.offsetNs = offsetNs
-        pcapFD = try sys("open(\(path))") { open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644) }
-        let sidecar = (path.hasSuffix(".pcap") ? String(path.dropLast(5)) : path) + ".frames"
-        do {
-            framesFD = try sys("open(\(sidecar))") { open(sidecar, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644) }
-        } catch {
-            close(pcapFD)
-            throw error
-        }
-        // pcap file header: nanosecond magic, version 2.4, snaplen, LINKTYPE_RAW (101).
-        var h = [UInt8]()
-        for v: UInt32 in [0xa1b2_3c4d] { h += Self.le(v) }
-        h += Self.le16(2) + Self.le16(4)
-        h += Self.le(UInt32(0)) + Self.le(UInt32(0)) + Self.le(UInt32(snaplen)) + Self.le(UInt32(101))
-        out.append(contentsOf: h)
+    public init(_ layout: ResultsLayout, snaplen: Int = 262_144, offsetNs: Int64) throws {
+        writer = try CaptureWriter(layout, snaplen: snaplen, offsetNs: offsetNs)
     }
 
-    deinit {
-        finish()
-        close(pcapFD)
-        close(framesFD)
-    }
+    deinit { finish() }
 
     /// Declares a link (a TUN in a host's namespace) before recording starts.
     @discardableResult
@@ -118,7 +91,7 @@ public final class PacketRecorder: @unchecked Sendable {
             }
         }
         t.name = "klab-recorder"
-        writer = t
+        writerThread = t
         t.start()
     }
 
@@ -130,7 +103,7 @@ public final class PacketRecorder: @unchecked Sendable {
             defer { running = false }
             return running
         }
-        if was { writerDone.wait() } else if writer == nil { drain(final: true) }
+        if was { writerDone.wait() } else if writerThread == nil { drain(final: true) }
     }
 
     // MARK: Producers
@@ -138,7 +111,7 @@ public final class PacketRecorder: @unchecked Sendable {
     fileprivate func waitForRoom() {
         guard queuedBytes.load(ordering: .relaxed) > Self.maxQueuedBytes else { return }
         lock.lock()
-        while queuedBytes.load(ordering: .relaxed) > Self.maxQueuedBytes && failure == nil && running { lock.wait() }
+        while queuedBytes.load(ordering: .relaxed) > Self.maxQueuedBytes && writer.failure == nil && running { lock.wait() }
         lock.unlock()
     }
 
@@ -167,8 +140,6 @@ public final class PacketRecorder: @unchecked Sendable {
     private var pending: [Pending] = []
     private var order = 0
     private var horizon: UInt64 = 0
-    private var out: [UInt8] = []
-    private var side: [UInt8] = []
 
     private func drain(final: Bool) {
         // The horizon first, then the slots (the order matters: see Slot).
@@ -225,56 +196,18 @@ public final class PacketRecorder: @unchecked Sendable {
 
     private func emit(_ p: Pending) {
         let o = p.offset
-        let id = Self.get(store, o + 8)
-        let len = Self.get32(store, o + 16)
-        let (link, flags, fateByte) = (store[o + 24], store[o + 25], store[o + 26])
-        guard failure == nil else {
-            discarded += 1
-            return
+        let fate = Fate(rawValue: store[o + 26]) ?? .passed
+        store.withUnsafeBytes { b in
+            writer.append(timeNs: p.t, link: b[o + 24], tag: b[o + 25], fate: fate, id: Self.get(store, o + 8), length: Int(Self.get32(store, o + 16)),
+                          bytes: UnsafeRawBufferPointer(rebasing: b[(o + Self.recordHeader)..<(o + Self.recordHeader + p.cap)]))
         }
-        let real = UInt64(Int64(p.t) + offsetNs)
-        Self.put32(&out, UInt32(real / 1_000_000_000))
-        Self.put32(&out, UInt32(real % 1_000_000_000))
-        Self.put32(&out, UInt32(p.cap))
-        Self.put32(&out, len)
-        out.append(contentsOf: store[o + Self.recordHeader..<o + Self.recordHeader + p.cap])
-        side.append(link)
-        side.append(flags)
-        side.append(fateByte)
-        side.append(contentsOf: [0, 0, 0, 0, 0])
-        Self.put(&side, id)
-        frames += 1
-        if firstRealtimeNs == nil { firstRealtimeNs = real }
-        lastRealtimeNs = real
-        let fate = Fate(rawValue: fateByte) ?? .passed
-        tally[Tally(link: Int(link), intoHost: flags & FrameTag.intoHost != 0, fate: fate), default: 0] += 1
-        if out.count >= 1 << 20 { flush() }
+        if writer.failure != nil { lock.withLock { lock.broadcast() } }
     }
 
-    private func flush() {
-        for (fd, buf) in [(pcapFD, out), (framesFD, side)] where !buf.isEmpty && failure == nil {
-            var done = 0
-            while done < buf.count {
-                let n = buf.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + done, $0.count - done) }
-                if n < 0 && errno == EINTR { continue }
-                if n <= 0 {
-                    lock.withLock {
-                        failure = "writing \(fd == pcapFD ? path : "capture.frames") failed: \(String(cString: strerror(n < 0 ? errno : EIO)))"
-                        lock.broadcast()
-                    }
-                    break
-                }
-                done += n
-            }
-        }
-        out.removeAll(keepingCapacity: true)
-        side.removeAll(keepingCapacity: true)
-    }
+    private func flush() { writer.flush() }
 
     // MARK: Bytes
 
-    static func le(_ v: UInt32) -> [UInt8] { withUnsafeBytes(of: v.littleEndian, Array.init) }
-    static func le16(_ v: UInt16) -> [UInt8] { withUnsafeBytes(of: v.littleEndian, Array.init) }
     @inline(__always) static func put(_ a: inout [UInt8], _ v: UInt64) { withUnsafeBytes(of: v.littleEndian) { a.append(contentsOf: $0) } }
     @inline(__always) static func put32(_ a: inout [UInt8], _ v: UInt32) { withUnsafeBytes(of: v.littleEndian) { a.append(contentsOf: $0) } }
     @inline(__always) static func get(_ a: [UInt8], _ at: Int) -> UInt64 {

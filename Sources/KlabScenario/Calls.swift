@@ -3,6 +3,7 @@ import Foundation
 import Glibc
 import KlabLab
 import KlabPacket
+import KlabResults
 import KlabSchema
 
 /// Socket calls, real programs and sysctls: everything that runs on the host's thread.

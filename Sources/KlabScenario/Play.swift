@@ -3,6 +3,7 @@ import Foundation
 import Glibc
 import KlabLab
 import KlabPacket
+import KlabResults
 import KlabSchema
 
 /// What one step did: a line for the report, whether it passed, and when its event happened

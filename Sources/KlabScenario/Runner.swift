@@ -3,6 +3,7 @@ import Foundation
 import KlabLab
 import KlabPacket
 import KlabSchema
+import KlabResults
 import KlabTracer
 import Synchronization
 
@@ -32,15 +33,9 @@ public struct Outcome: Sendable {
     public let passed: Bool
     public let failures: [String]
     public let interrupted: Bool
-}
-
-/// One executed step, for the report.
-struct StepRecord: Codable {
-    let line: Int
-    let step: String
-    let monotonicNs: UInt64
-    let result: String
-    let ok: Bool
+    public init(scenario: String, directory: String, passed: Bool, failures: [String], interrupted: Bool) {
+        (self.scenario, self.directory, self.passed, self.failures, self.interrupted) = (scenario, directory, passed, failures, interrupted)
+    }
 }
 
 /// Runs scenarios: builds the lab, starts capture and tracer, plays the steps as the
@@ -81,9 +76,9 @@ public final class Runner {
         let tun = try host.addLink(
             name: "klab0", address: scenario.host.address, prefixLength: scenario.host.prefixLength,
             mtu: scenario.host.mtu, route: Scenario.labPrefix)
-        let recorder = try PacketRecorder(path: "\(dir)/capture.pcap", snaplen: snaplen ?? Runner.whole, offsetNs: Clock.realtimeOffsetNs())
+        let recorder = try PacketRecorder(ResultsLayout(dir), snaplen: snaplen ?? Runner.whole, offsetNs: Clock.realtimeOffsetNs())
         let link = recorder.addLink(tun, netns: host.netnsInode)
-        let (tracer, tscHz) = try observe([host], recorder, dir)
+        let (tracer, tscHz) = try observe(scenario, [host], recorder, dir)
         defer { tracer.close() }
         started = true
         let wire = Wire(tun: tun, recorder: recorder, link: link)
@@ -100,25 +95,63 @@ public final class Runner {
             startedNs: startedNs, unexpected: wire.leftovers().count)
     }
 
-    /// Attaches the tracer to the hosts' namespaces, reads the TSC rate, and starts the
-    /// recorder and the tracer. The caller closes the tracer.
-    func observe(_ hosts: [LabHost], _ recorder: PacketRecorder, _ dir: String) throws -> (Tracer, tscHz: Double) {
+    /// Attaches the tracer to the hosts' namespaces, reads the TSC rate, writes the run's
+    /// header (run.json: a run that crashes leaves a folder klab check can read), and starts
+    /// the recorder and the tracer. The caller closes the tracer.
+    func observe(_ scenario: Scenario, _ hosts: [LabHost], _ recorder: PacketRecorder, _ dir: String) throws -> (Tracer, tscHz: Double) {
+        let layout = ResultsLayout(dir)
         let tracer = try Tracer(
-            config: tracing, namespaces: hosts.map { ($0.netnsCookie, $0.netnsInode) }, cgroupFD: cgroup.fd,
-            rawPath: "\(dir)/events.bin")
+            config: tracing, namespaces: hosts.map { ($0.netnsCookie, $0.netnsInode) }, cgroupFD: cgroup.fd, rawPath: layout.events)
         let tscHz = Clock.tscHz()
+        try ResultsLayout.writeJSON(header(scenario, hosts, tracer, recorder, tscHz), to: layout.header)
         recorder.start()
         tracer.start()
         return (tracer, tscHz)
     }
 
+    /// The run's header as far as it is known: at the start what is logged and from where,
+    /// the clocks, hosts and links; at the end the records, the capture and the outcome.
+    func header(_ scenario: Scenario, _ hosts: [LabHost], _ tracer: Tracer, _ recorder: PacketRecorder, _ tscHz: Double,
+                txDropped: [UInt64?] = [], records: Int? = nil, outcome: RunOutcome? = nil) -> RunHeader {
+        var uts = utsname()
+        uname(&uts)
+        let kernel = withUnsafeBytes(of: uts.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        let ended = outcome != nil
+        return RunHeader(
+            scenario: scenario.name, kernel: kernel, cpuModel: Clock.cpuModel,
+            probes: tracer.attached.map { RunHeader.Probe(program: $0.program, site: $0.site) },
+            events: tracer.selections.map {
+                RunHeader.Event(name: $0.event.name, level: $0.event.level.description, site: $0.site?.name,
+                                placement: $0.verdict, detail: $0.placement,
+                                also: $0.alsoLogged.isEmpty ? nil : $0.alsoLogged.map(\.name))
+            },
+            clocks: RunHeader.Clocks(
+                event_time: "CLOCK_MONOTONIC ns (bpf_ktime_get_ns)",
+                capture_time: "CLOCK_MONOTONIC ns taken by klab at each TUN read and write, stored in the pcap as realtime (+ the offset)",
+                monotonic_to_realtime_offset_ns: recorder.offsetNs, tsc_hz: tscHz.rounded()),
+            hosts: hosts.map { RunHeader.HostInfo(name: $0.name, netns: $0.netnsInode, netns_cookie: $0.netnsCookie) },
+            records: records,
+            capture: RunHeader.CaptureInfo(
+                frames: recorder.frames, first_realtime_ns: recorder.firstRealtimeNs, last_realtime_ns: recorder.lastRealtimeNs,
+                snaplen: recorder.snaplen,
+                links: recorder.links.enumerated().map { i, l in
+                    RunHeader.Link(device: l.device, netns: l.netns, ifindex: l.ifindex, txDropped: i < txDropped.count ? txDropped[i] : nil)
+                },
+                stoppedNs: recorder.stoppedNs, notWritten: recorder.discarded),
+            // This kernel's drop reasons, from its BTF (a second or two in a qemu guest: once, at the end).
+            dropReasons: ended && tracer.selections.contains { $0.event.name == "SKB_DROP" && $0.site != nil } ? DropReasons.names() : [:],
+            outcome: outcome)
+    }
+
     /// Stops the recorder (every thread that records has stopped) and the tracer, checks the
-    /// scenario's event expectations, writes the results folder (streamed from the files),
-    /// prints the timeline and judges every event's placement.
+    /// scenario's event expectations and writes the run's final header. What klab derives
+    /// from the files (the join, the placement verdicts, events.jsonl and the rest) is
+    /// KlabCheck's `Finish`, which the CLI runs next.
     func conclude(
         _ scenario: Scenario, _ dir: String, hosts: [LabHost], tracer: Tracer, recorder: PacketRecorder, tuns: [TunDevice], play: Play,
         tscHz: Double, startedNs: UInt64, unexpected: Int
     ) throws -> Outcome {
+        let layout = ResultsLayout(dir)
         recorder.finish()
         tracer.stop()
         if let failure = recorder.failure { play.failures.append("the capture is incomplete: \(failure)") }
@@ -127,26 +160,21 @@ public final class Runner {
         for (host, tun) in zip(hosts, tuns) { txDropped.append(try? host.run { try Netlink().txDropped(tun.ifindex) }) }
         // Only `events:` steps need the records in memory.
         if scenario.steps.contains(where: { if case .events = $0.action { true } else { false } }) {
-            play.checkEvents(tracer.events(), traced: Set(tracer.selections.filter { $0.site != nil }.map(\.event.name)))
+            var list: [TraceEvent] = []
+            let reader = try EventReader(layout.events)
+            while let e = try reader.next() { list.append(e) }
+            play.checkEvents(list, traced: Set(tracer.selections.filter { $0.site != nil }.map(\.event.name)))
         }
         let counters = tracer.counters()
         var st = stat()
-        let records = stat("\(dir)/events.bin", &st) == 0 ? Int(st.st_size) / TraceEvent.recordSize : 0
-        let report = Report(
-            scenario: scenario, directory: dir, hosts: hosts, recorder: recorder, txDropped: txDropped, records: records,
-            selections: tracer.selections, attached: tracer.attached, tscHz: tscHz, startedNs: startedNs,
-            steps: play.records, failures: play.failures, unexpected: unexpected,
-            emitted: counters.emitted, dropped: counters.dropped, interrupted: Interrupt.requested)
-        let (timeline, check) = try report.write()
-        log(timeline)
-        log("")
-        log(check.text())
-        if check.violations > 0 {
-            play.failures.append("placement: \(check.violations) occurrences broke their placement rules (verdicts.json)")
-        }
-        log(play.failures.isEmpty && !Interrupt.requested ? "\(scenario.name): PASSED" : "\(scenario.name): FAILED")
+        let records = stat(layout.events, &st) == 0 ? Int(st.st_size) / TraceEvent.recordSize : 0
+        let outcome = RunOutcome(
+            file: scenario.file, passed: play.failures.isEmpty && !Interrupt.requested, interrupted: Interrupt.requested,
+            failures: play.failures, steps: play.records, startedNs: startedNs, packetsNotConsumed: unexpected,
+            eventsEmitted: counters.emitted, eventsLost: counters.dropped)
+        try ResultsLayout.writeJSON(
+            header(scenario, hosts, tracer, recorder, tscHz, txDropped: txDropped, records: records, outcome: outcome), to: layout.header)
         return Outcome(
-            scenario: scenario.name, directory: dir, passed: play.failures.isEmpty && !Interrupt.requested,
-            failures: play.failures, interrupted: Interrupt.requested)
+            scenario: scenario.name, directory: dir, passed: outcome.passed, failures: play.failures, interrupted: Interrupt.requested)
     }
 }

@@ -4,6 +4,7 @@ import KlabAnalysis
 import Glibc
 import KlabLab
 import KlabPacket
+import KlabResults
 import KlabTracer
 import Synchronization
 
@@ -237,7 +238,7 @@ extension Runner {
         var hosts: [LabHost] = []
         defer { for h in hosts { h.shutdown() } }
         var links: [Forwarder.Link] = []
-        let recorder = try PacketRecorder(path: "\(dir)/capture.pcap", snaplen: snaplen ?? Runner.wireSnaplen, offsetNs: Clock.realtimeOffsetNs())
+        let recorder = try PacketRecorder(ResultsLayout(dir), snaplen: snaplen ?? Runner.wireSnaplen, offsetNs: Clock.realtimeOffsetNs())
         for spec in scenario.hosts {
             let host = try LabHost(name: spec.name)
             hosts.append(host)
@@ -246,7 +247,7 @@ extension Runner {
                 route: Scenario.labPrefix, offload: scenario.wire.offload)
             links.append(Forwarder.Link(name: spec.name, address: spec.address, tun: tun, index: recorder.addLink(tun, netns: host.netnsInode)))
         }
-        let (tracer, tscHz) = try observe(hosts, recorder, dir)
+        let (tracer, tscHz) = try observe(scenario, hosts, recorder, dir)
         defer { tracer.close() }
         started = true
         let forwarder = Forwarder(links: links, spec: scenario.wire, recorder: recorder)

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import KlabCheck
+import KlabResults
 
 extension Bench {
     struct CheckThroughput: ParsableCommand {

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import KlabCheck
+import KlabResults
 
 struct CheckCommand: ParsableCommand {
     static let configuration = CommandConfiguration(

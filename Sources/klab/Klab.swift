@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import KlabLab
+import KlabResults
 import KlabScenario
 
 @main

@@ -1,6 +1,8 @@
 import ArgumentParser
 import Foundation
+import KlabCheck
 import KlabLab
+import KlabResults
 import KlabScenario
 
 struct Run: ParsableCommand {
@@ -76,7 +78,7 @@ struct Run: ParsableCommand {
             let params = s.params.isEmpty ? "" : ", " + s.params.map { "\($0.name)=\($0.value)" }.joined(separator: " ")
             say("[\(i + 1)/\(scenarios.count)] \(s.name) (\(s.file)\(params))")
             do {
-                outcomes.append(try runner.run(s, into: "\(base)/\(s.name)"))
+                outcomes.append(try Run.finish(runner.run(s, into: "\(base)/\(s.name)")))
             } catch {
                 failure = error
                 break
@@ -95,6 +97,20 @@ struct Run: ParsableCommand {
 }
 
 extension Run {
+    /// After a scenario: what klab derives from its files (the join, the placement verdicts,
+    /// events.jsonl, journeys.jsonl, summary.json), printed as the timeline and the verdict
+    /// table; a broken placement rule fails the scenario.
+    static func finish(_ o: Outcome) throws -> Outcome {
+        let (check, timeline) = try Finish.run(ResultsFolder(o.directory))
+        say(timeline)
+        say("")
+        say(check.text())
+        let failures = o.failures + check.failures
+        let passed = o.passed && check.violations == 0
+        say(passed ? "\(o.scenario): PASSED" : "\(o.scenario): FAILED")
+        return Outcome(scenario: o.scenario, directory: o.directory, passed: passed, failures: failures, interrupted: o.interrupted)
+    }
+
     /// `--set NAME=VALUE`s as a dictionary.
     static func parameters(_ set: [String]) throws -> [String: String] {
         var out: [String: String] = [:]

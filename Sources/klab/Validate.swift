@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import KlabScenario
+import KlabResults
 
 struct Validate: ParsableCommand {
     static let configuration = CommandConfiguration(

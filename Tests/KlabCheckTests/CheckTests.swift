@@ -1,5 +1,6 @@
 import Foundation
 import KlabCheck
+import KlabResults
 import KlabSchema
 import Testing
 
@@ -99,13 +100,17 @@ struct CheckTests {
         try FileManager.default.copyItem(atPath: "\(dir)/a", toPath: "\(dir)/m")
         try FileManager.default.removeItem(atPath: "\(dir)/m/events.bin")
         try FileManager.default.copyItem(atPath: "\(dir)/b/events.bin", toPath: "\(dir)/m/events.bin")
-        #expect(problem("\(dir)/m").contains("events.bin: 300 records, but events.jsonl's header says the run logged 250"))
+        #expect(problem("\(dir)/m").contains("events.bin: 300 records, but run.json says the run logged 250"))
         // No clock offset in the header.
         try FileManager.default.copyItem(atPath: "\(dir)/a", toPath: "\(dir)/c")
-        let text = try String(contentsOfFile: "\(dir)/c/events.jsonl", encoding: .utf8)
+        let text = try String(contentsOfFile: "\(dir)/c/run.json", encoding: .utf8)
         let stripped = text.replacingOccurrences(of: #""monotonic_to_realtime_offset_ns":[0-9]+,?"#, with: "", options: .regularExpression)
-        try stripped.write(toFile: "\(dir)/c/events.jsonl", atomically: true, encoding: .utf8)
-        #expect(problem("\(dir)/c").contains("events.jsonl: line 1: no clocks.monotonic_to_realtime_offset_ns"))
+        try stripped.write(toFile: "\(dir)/c/run.json", atomically: true, encoding: .utf8)
+        #expect(problem("\(dir)/c").contains("run.json: no clocks.monotonic_to_realtime_offset_ns"))
+        // A folder of an older klab, with only events.jsonl.
+        try FileManager.default.copyItem(atPath: "\(dir)/a", toPath: "\(dir)/o")
+        try FileManager.default.moveItem(atPath: "\(dir)/o/run.json", toPath: "\(dir)/o/events.jsonl")
+        #expect(problem("\(dir)/o").contains("run.json: missing: a results folder from an older klab"))
         // Not a pcap file.
         try FileManager.default.copyItem(atPath: "\(dir)/a", toPath: "\(dir)/p")
         try Data("hello, this is not a capture".utf8).write(to: URL(fileURLWithPath: "\(dir)/p/capture.pcap"))
@@ -140,6 +145,17 @@ struct CheckTests {
         #expect(pcap.cutShort.count == 1 && pcap.cutShort[0].file == "capture.pcap" && pcap.cutShort[0].wholeRecords == whole.join.frames - 1)
         #expect(pcap.join.frames == whole.join.frames - 1)
         #expect(pcap.join.joined.values.reduce(0, +) >= whole.join.joined.values.reduce(0, +) - 4)
+        // A run that was killed: only its starting header (no outcome, no capture counts).
+        try? FileManager.default.removeItem(atPath: "\(dir)/killed")
+        try FileManager.default.copyItem(atPath: "\(dir)/a", toPath: "\(dir)/killed")
+        let h = try ResultsFolder("\(dir)/a").header
+        let started = RunHeader(scenario: h.scenario, kernel: h.kernel, cpuModel: nil, probes: h.probes, events: h.events, clocks: h.clocks,
+                                hosts: h.hosts, records: nil, capture: RunHeader.CaptureInfo(
+                                    frames: 0, first_realtime_ns: nil, last_realtime_ns: nil, snaplen: 65535, links: h.capture!.links,
+                                    stoppedNs: nil, notWritten: 0))
+        try ResultsLayout.writeJSON(started, to: "\(dir)/killed/run.json")
+        let killed = try PlacementChecker.check(ResultsFolder("\(dir)/killed"))
+        #expect(killed.cutShort.map(\.file) == ["run.json"] && killed.join.events == whole.join.events && killed.join.frames == whole.join.frames)
         // capture.frames ends inside its 3rd entry.
         let tags = try cut("capture.frames") { _ in FrameTag.recordSize * 2 + 5 }
         #expect(tags.cutShort.first?.description.hasPrefix("capture.frames was cut short: it ends inside the entry of frame 3") == true)

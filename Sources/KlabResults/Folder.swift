@@ -10,9 +10,9 @@ public struct ResultsError: Error, CustomStringConvertible {
     public var description: String { "\(file): \(problem)" }
 }
 
-/// The first line of events.jsonl: what the run logged, from where, and how to relate its
-/// clocks. `klab check` needs nothing else from that file: it reads events.bin and
-/// capture.pcap (with capture.frames) again.
+/// run.json (also the first line of events.jsonl): what the run logged, from where, how to
+/// relate its clocks, what its capture holds, and how the scenario went. klab run writes it
+/// when the run starts (so a run that crashes leaves a readable folder) and again at its end.
 public struct RunHeader: Codable, Sendable {
     public struct Probe: Codable, Sendable {
         public let program: String
@@ -92,84 +92,131 @@ public struct RunHeader: Codable, Sendable {
     public let clocks: Clocks
     public let hosts: [HostInfo]
     public let record_size: Int
-    public let records: Int?
-    public let capture: CaptureInfo?
+    /// Records in events.bin when the run ended (nil while it runs).
+    public var records: Int?
+    /// What the capture holds when the run ended (nil while it runs: only `links` is known).
+    public var capture: CaptureInfo?
     /// The running kernel's enum skb_drop_reason (value → name), for SKB_DROP records.
     public let drop_reasons: [String: String]?
+    /// How the scenario went, once it has ended.
+    public var outcome: RunOutcome?
+
+    public static let currentVersion = 4
 
     public init(scenario: String, kernel: String, cpuModel: String?, probes: [Probe], events: [Event], clocks: Clocks, hosts: [HostInfo],
-                records: Int, capture: CaptureInfo, dropReasons: [Int32: String] = [:]) {
+                records: Int?, capture: CaptureInfo?, dropReasons: [Int32: String] = [:], outcome: RunOutcome? = nil) {
         drop_reasons = dropReasons.isEmpty ? nil : Dictionary(uniqueKeysWithValues: dropReasons.map { ("\($0.key)", $0.value) })
-        (klab, version, self.scenario, self.kernel, self.probes, self.events) = ("events", 3, scenario, kernel, probes, events)
+        (klab, version, self.scenario, self.kernel, self.probes, self.events) = ("events", Self.currentVersion, scenario, kernel, probes, events)
         cpu_model = cpuModel
         (self.clocks, self.hosts, record_size, self.records, self.capture) = (clocks, hosts, TraceEvent.recordSize, records, capture)
+        self.outcome = outcome
+    }
+
+    /// The kernel's drop reasons by value.
+    public var dropReasons: [Int32: String] {
+        Dictionary(uniqueKeysWithValues: (drop_reasons ?? [:]).compactMap { k, v in Int32(k).map { ($0, v) } })
     }
 
     /// The names of the events this run logged (those with a site).
     public var logged: Set<String> { Set(events.filter { $0.site != nil }.map(\.name)) }
 }
 
+/// A results folder's files: the only place that names them.
+public struct ResultsLayout: Sendable {
+    public let path: String
+    public init(_ path: String) { self.path = path }
+
+    /// The header and outcome (RunHeader).
+    public var header: String { "\(path)/run.json" }
+    /// The tracer's records as it wrote them (struct klab_event back to back).
+    public var events: String { "\(path)/events.bin" }
+    /// Every packet klab read or wrote (nanosecond pcap, LINKTYPE_RAW), with capture.frames.
+    public var capture: String { "\(path)/capture.pcap" }
+    public var frames: String { "\(path)/capture.frames" }
+    // What klab check derives from those.
+    public var eventLines: String { "\(path)/events.jsonl" }
+    public var journeys: String { "\(path)/journeys.jsonl" }
+    public var verdicts: String { "\(path)/verdicts.json" }
+    public var summary: String { "\(path)/summary.json" }
+    // What the steps write.
+    public var wire: String { "\(path)/wire.json" }
+    public func flood(line: Int) -> String { "\(path)/flood.line\(line).json" }
+    public func workload(line: Int) -> String { "\(path)/workload.line\(line).json" }
+    public var programs: String { "\(path)/programs" }
+    /// A program's output, without the .stdout/.stderr suffix.
+    public func program(_ name: String, line: Int) -> String { "\(programs)/\(name).line\(line)" }
+    public var latency: String { "\(path)/latency" }
+
+    /// The files a finished run holds, for the summary.
+    public static let runFiles = ["run.json", "events.bin", "capture.pcap", "capture.frames"]
+    public static let derivedFiles = ["events.jsonl", "journeys.jsonl", "verdicts.json", "summary.json"]
+
+    /// Writes `value` as JSON to `file` (sorted keys), whole or not at all (write, then rename).
+    public static func writeJSON<T: Encodable>(_ value: T, to file: String, pretty: Bool = false) throws {
+        let enc = JSONEncoder()
+        enc.outputFormatting = pretty ? [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes] : [.sortedKeys, .withoutEscapingSlashes]
+        try enc.encode(value).write(to: URL(fileURLWithPath: file), options: .atomic)
+    }
+}
+
 /// A results folder as `klab check` reads it: the header, then events.bin and capture.pcap
 /// streamed. Everything is validated up front so a bad folder fails before any output.
 public struct ResultsFolder: Sendable {
     public let path: String
+    public let layout: ResultsLayout
     public let header: RunHeader
     public let offsetNs: Int64
     public let tscHz: Double
 
-    public var eventsFile: String { "\(path)/events.bin" }
-    public var captureFile: String { "\(path)/capture.pcap" }
-    public var framesFile: String { "\(path)/capture.frames" }
+    /// Whether the run ended and wrote its final header (its outcome and its files' sizes).
+    public var complete: Bool { header.outcome != nil }
+
+    public var eventsFile: String { layout.events }
+    public var captureFile: String { layout.capture }
+    public var framesFile: String { layout.frames }
 
     public init(_ path: String) throws {
         self.path = path
+        layout = ResultsLayout(path)
         var isDir: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir), isDir.boolValue else {
             throw ResultsError(path, "no such results folder")
         }
-        let jsonl = "\(path)/events.jsonl"
-        guard let handle = FileHandle(forReadingAtPath: jsonl) else {
-            throw ResultsError(jsonl, FileManager.default.fileExists(atPath: jsonl) ? "cannot read it" : "missing (not a results folder of klab run?)")
+        let file = layout.header
+        guard let data = FileManager.default.contents(atPath: file) else {
+            throw ResultsError(file, FileManager.default.fileExists(atPath: file) ? "cannot read it"
+                : FileManager.default.fileExists(atPath: layout.eventLines)
+                    ? "missing: a results folder from an older klab (rerun the scenario)" : "missing (not a results folder of klab run?)")
         }
-        defer { try? handle.close() }
-        // The header is the first line; read only that much.
-        var first = Data()
-        while !first.contains(10), let chunk = try handle.read(upToCount: 1 << 16), !chunk.isEmpty { first.append(chunk) }
-        guard let end = first.firstIndex(of: 10) else { throw ResultsError(jsonl, "line 1: no complete header line (truncated file?)") }
         do {
-            header = try JSONDecoder().decode(RunHeader.self, from: first[..<end])
+            header = try JSONDecoder().decode(RunHeader.self, from: data)
         } catch {
-            throw ResultsError(jsonl, "line 1: not a klab events header: \(Self.reason(error))")
+            throw ResultsError(file, "not a klab run header: \(Self.reason(error))")
         }
-        guard header.klab == "events" else { throw ResultsError(jsonl, "line 1: not a klab events header") }
+        guard header.klab == "events" else { throw ResultsError(file, "not a klab run header") }
         guard let offset = header.clocks.monotonic_to_realtime_offset_ns else {
-            throw ResultsError(jsonl, "line 1: no clocks.monotonic_to_realtime_offset_ns: the capture's times cannot be related to the events'")
+            throw ResultsError(file, "no clocks.monotonic_to_realtime_offset_ns: the capture's times cannot be related to the events'")
         }
-        guard let tsc = header.clocks.tsc_hz, tsc > 0 else { throw ResultsError(jsonl, "line 1: no clocks.tsc_hz: cycles cannot be given") }
+        guard let tsc = header.clocks.tsc_hz, tsc > 0 else { throw ResultsError(file, "no clocks.tsc_hz: cycles cannot be given") }
         (offsetNs, tscHz) = (offset, tsc)
         try validate()
     }
 
-    /// The folder of a run that has just written its files, with the header in hand.
-    public init(_ path: String, header: RunHeader) throws {
-        self.path = path
-        self.header = header
-        offsetNs = header.clocks.monotonic_to_realtime_offset_ns ?? 0
-        tscHz = header.clocks.tsc_hz ?? 0
-        try validate()
-    }
-
     private func validate() throws {
-        let jsonl = "\(path)/events.jsonl"
+        let file = layout.header
+        guard header.version >= RunHeader.currentVersion else {
+            throw ResultsError(file, "version \(header.version): a results folder from an older klab (rerun the scenario)")
+        }
         guard header.record_size == TraceEvent.recordSize else {
-            throw ResultsError(jsonl, "line 1: records of \(header.record_size) bytes; this klab reads \(TraceEvent.recordSize)-byte records")
+            throw ResultsError(file, "records of \(header.record_size) bytes; this klab reads \(TraceEvent.recordSize)-byte records")
         }
         try checkEvents()
-        guard let capture = header.capture, header.version >= 3 else {
-            throw ResultsError(jsonl, "line 1: a results folder from an older klab (no capture.frames): rerun the scenario")
+        guard let capture = header.capture else {
+            throw ResultsError(file, "no capture section: the run did not end (it crashed or was killed before writing it)")
         }
-        // The first frame's stamp now; the count and the last stamp as the stream ends.
-        if let first = try frames().next(), first.realtimeNs != capture.first_realtime_ns {
+        // The first frame's stamp now; the count and the last stamp as the stream ends. A run
+        // that did not end has only its starting header: its files are read as far as they go.
+        if complete, let first = try frames().next(), first.realtimeNs != capture.first_realtime_ns {
             throw ResultsError(captureFile, "its first frame is stamped \(Self.clock(first.realtimeNs)), but this run's first was "
                                + "\(capture.first_realtime_ns.map(Self.clock) ?? "none"): the capture belongs to another run")
         }
@@ -179,39 +226,16 @@ public struct ResultsFolder: Sendable {
         try FrameReader(pcap: captureFile, frames: framesFile, offsetNs: offsetNs, linkCount: header.capture?.links.count ?? 0)
     }
 
-    /// Streams the whole run through `correlator`, then checks the capture ended where the
-    /// run's did. Files cut short are read up to their last whole record: the returned list
-    /// says which and where.
-    @discardableResult
-    public func stream(_ correlator: Correlator) throws -> [CutShort] {
-        let frames = try frames(), events = try EventReader(eventsFile)
-        try correlator.run(events: events, frames: frames)
-        var cut = [events.cutShort, frames.cutShort].compactMap { $0 }
-        let info = header.capture!
-        if let n = header.records, events.records < n, events.cutShort == nil {
-            cut.append(CutShort(file: "events.bin", byte: events.records * TraceEvent.recordSize, what: "record \(events.records + 1) of \(n)",
-                                wholeRecords: events.records))
-        }
-        if frames.cutShort == nil, frames.count < info.frames {
-            cut.append(CutShort(file: "capture.pcap", byte: -1, what: "frame \(frames.count + 1) of \(info.frames)", wholeRecords: frames.count))
-        } else if frames.cutShort == nil, frames.count != info.frames || frames.last != info.last_realtime_ns {
-            throw ResultsError(captureFile, "holds \(frames.count) frames up to \(frames.last.map(Self.clock) ?? "none"), but this run captured "
-                               + "\(info.frames) up to \(info.last_realtime_ns.map(Self.clock) ?? "none") (events.jsonl line 1): "
-                               + "from another run")
-        }
-        return cut
-    }
-
     private func checkEvents() throws {
         var st = stat()
         guard stat(eventsFile, &st) == 0 else { throw ResultsError(eventsFile, "missing: \(String(cString: strerror(errno)))") }
         let size = Int(st.st_size), rec = TraceEvent.recordSize
         if let n = header.records, n < size / rec {
-            throw ResultsError(eventsFile, "\(size / rec) records, but events.jsonl's header says the run logged \(n): from another run")
+            throw ResultsError(eventsFile, "\(size / rec) records, but run.json says the run logged \(n): from another run")
         }
     }
 
-    static func clock(_ ns: UInt64) -> String {
+    public static func clock(_ ns: UInt64) -> String {
         var t = time_t(ns / 1_000_000_000)
         var tm = tm()
         gmtime_r(&t, &tm)

@@ -110,8 +110,12 @@ public struct CutShort: Codable, Sendable, CustomStringConvertible, Equatable {
     public let byte: Int
     public let what: String
     public let wholeRecords: Int
+    public init(file: String, byte: Int, what: String, wholeRecords: Int) {
+        (self.file, self.byte, self.what, self.wholeRecords) = (file, byte, what, wholeRecords)
+    }
     public var description: String {
-        "\(file) was cut short: it ends inside \(what) (at byte \(byte)); read up to its last whole record (\(wholeRecords))"
+        byte < 0 ? "\(file): \(what)"
+            : "\(file) was cut short: it ends inside \(what) (at byte \(byte)); read up to its last whole record (\(wholeRecords))"
     }
 }
 
