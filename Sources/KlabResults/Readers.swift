@@ -210,3 +210,28 @@ public final class FrameReader {
                      fate: fate, duplicate: tag & FrameTag.duplicate != 0, forwarded: tag & FrameTag.forwarded != 0, packetID: id, identity: identity, ipLength: ipLength, bytes: bytes)
     }
 }
+
+/// A JSON Lines file (journeys.jsonl, events.jsonl), line by line through a fixed buffer.
+public final class LineReader {
+    private let file: ChunkReader
+    private var line: [UInt8] = []
+    /// Lines read so far.
+    public private(set) var number = 0
+
+    public init(_ path: String) throws { file = try ChunkReader(path) }
+
+    /// The next line without its newline; nil at the end (a last line without one counts).
+    public func next() throws -> [UInt8]? {
+        line.removeAll(keepingCapacity: true)
+        while let b = try file.take(1, "a line", { $0[0] }) {
+            if b == 10 {
+                number += 1
+                return line
+            }
+            line.append(b)
+        }
+        if line.isEmpty { return nil }
+        number += 1
+        return line
+    }
+}
