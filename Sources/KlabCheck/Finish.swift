@@ -6,7 +6,7 @@ import KlabSchema
 /// What klab derives from a run's own files (run.json, events.bin, capture.pcap and
 /// capture.frames) in one streaming pass: events.jsonl (every record decoded, with the frame
 /// it joined), journeys.jsonl (every packet with its events), verdicts.json (the placement
-/// check) and summary.json. `klab run` does it at the end of every scenario, `klab check`
+/// check), summary.json, capture.pcapng (Wireshark), trace.json (Perfetto) and report.html. `klab run` does it at the end of every scenario, `klab check`
 /// again from the files. Memory stays bounded whatever the run's size; only the returned
 /// timeline is capped.
 public enum Finish {
@@ -26,7 +26,9 @@ public enum Finish {
         var serials: [UInt16: (lo: UInt32, hi: UInt32, n: Int)] = [:]
         var timeline = Timeline(limit: timelineLimit)
         let links = header.capture?.links ?? []
+        let exports = try Exports(folder, window: window)
         correlator.onEvent = { e, frame, how in
+            if frame == nil { try exports.event(e) }
             try events.append(enc.encode(EventLine(e, frame: frame?.number, tscHz: tscHz, dropReasons: correlator.dropReasons)))
             counts[e.name, default: 0] += 1
             let s = serials[e.cpu] ?? (e.serial, e.serial, 0)
@@ -34,8 +36,18 @@ public enum Finish {
             checker.event(e, frame, how)
             if frame == nil { timeline.add(e.timeNs, .event(e)) }
         }
+        var packets: [HTMLReport.Packet] = [], packetsTotal = 0
         correlator.onJourney = { frame, list in
             checker.journey(frame, list)
+            try exports.journey(frame, list)
+            packetsTotal += 1
+            if packets.count < HTMLReport.packetLimit {
+                var p = HTMLReport.Packet(frame: frame.number, link: frame.link < links.count ? links[frame.link].device : "link \(frame.link)",
+                                          intoHost: frame.toHost, timeNs: frame.timeNs, summary: frame.summary,
+                                          note: frame.fate != .passed ? frame.fate.description : nil)
+                for e in list { p.add(e.name, site: e.probeName, layer: Exports.track(e).rawValue - 1, fromWireNs: Int64(e.timeNs) - Int64(frame.timeNs)) }
+                packets.append(p)
+            }
             let steps = list.map { e -> Journey.Step in
                 let d = Int64(e.timeNs) - Int64(frame.timeNs)
                 return Journey.Step(event: e.name, probe: e.probeName, t_ns: e.timeNs, from_wire_ns: d,
@@ -52,6 +64,7 @@ public enum Finish {
         try journeys.append(enc.encode(["unmatched_packet_events": check.join.unmatched] as [String: [String: Int]]))
         try events.close()
         try journeys.close()
+        try exports.close()
         try check.write(into: folder.path)
 
         let j = check.join, o = header.outcome
@@ -67,6 +80,15 @@ public enum Finish {
             placement: Summary.Placement(rules: check.verdicts.count, judged: check.judged, violations: check.violations),
             files: ResultsLayout.runFiles + ResultsLayout.derivedFiles)
         try ResultsLayout.writeJSON(summary, to: layout.summary)
+        var page = HTMLReport(header: header, summary: summary)
+        page.verdicts = check.verdicts.map { v in
+            HTMLReport.Verdict(event: v.event, site: v.site, rule: v.rule, against: v.judged_against, judged: v.judged, held: v.held,
+                               notJudged: v.not_judged, examples: v.counter_examples.map { x in
+                                   "t=\(x.t_ns) ns" + (x.frame.map { " frame #\($0)" } ?? "") + ": \(x.problem)" + (x.packet.map { "  [\($0)]" } ?? "")
+                               })
+        }
+        (page.join, page.figures, page.packets, page.packetsTotal) = (check.joinLines(), check.figureLines(), packets, packetsTotal)
+        try page.write(to: layout.report, latency: layout.latency)
         for s in o?.steps ?? [] { timeline.add(s.monotonicNs, .step(s)) }
         return (check, timeline.render(header, j))
     }

@@ -47,6 +47,9 @@ public final class PacketRecorder: @unchecked Sendable {
     private var writerThread: Thread?
     private let writerDone = DispatchSemaphore(value: 0)
     private let nextID = Atomic<UInt64>(1)
+    private let count = Atomic<Int>(0)
+    /// Packets recorded so far (written or still queued), for a live status.
+    public var recorded: Int { count.load(ordering: .relaxed) }
 
     /// One thread's place in the recorder: `inflight` is 0 when it is not between a stamp
     /// and its record, 1 while it takes a stamp, else the stamp it took. The writer never
@@ -131,6 +134,7 @@ public final class PacketRecorder: @unchecked Sendable {
         incoming.append(contentsOf: UnsafeRawBufferPointer(rebasing: bytes[0..<cap]))
         lock.unlock()
         queuedBytes.add(Self.recordHeader + cap, ordering: .relaxed)
+        count.add(1, ordering: .relaxed)
     }
 
     // MARK: Writer

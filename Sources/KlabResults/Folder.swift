@@ -138,6 +138,12 @@ public struct ResultsLayout: Sendable {
     public var journeys: String { "\(path)/journeys.jsonl" }
     public var verdicts: String { "\(path)/verdicts.json" }
     public var summary: String { "\(path)/summary.json" }
+    /// The capture with each packet's kernel events as comments (Wireshark, tshark).
+    public var pcapng: String { "\(path)/capture.pcapng" }
+    /// The Perfetto / chrome://tracing timeline.
+    public var trace: String { "\(path)/trace.json" }
+    /// One self-contained page: summary, verdicts, placements, latency, first journeys.
+    public var report: String { "\(path)/report.html" }
     // What the steps write.
     public var wire: String { "\(path)/wire.json" }
     public func flood(line: Int) -> String { "\(path)/flood.line\(line).json" }
@@ -149,7 +155,7 @@ public struct ResultsLayout: Sendable {
 
     /// The files a finished run holds, for the summary.
     public static let runFiles = ["run.json", "events.bin", "capture.pcap", "capture.frames"]
-    public static let derivedFiles = ["events.jsonl", "journeys.jsonl", "verdicts.json", "summary.json"]
+    public static let derivedFiles = ["events.jsonl", "journeys.jsonl", "verdicts.json", "summary.json", "capture.pcapng", "trace.json", "report.html"]
 
     /// Writes `value` as JSON to `file` (sorted keys), whole or not at all (write, then rename).
     public static func writeJSON<T: Encodable>(_ value: T, to file: String, pretty: Bool = false) throws {

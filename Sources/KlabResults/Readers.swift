@@ -141,6 +141,8 @@ public struct Frame: Sendable {
     public let identity: PacketIdentity?
     /// IP total length, fragment flags and offset: for TSO/GSO and reassembly.
     public let ipLength: Int
+    /// The packet's length on the wire (the captured `bytes` may be fewer: the snaplen).
+    public let length: Int
     /// The captured bytes (up to the capture's snaplen).
     public let bytes: [UInt8]
 
@@ -207,7 +209,7 @@ public final class FrameReader {
             return (PacketIdentity(v), Int(v.totalLength))
         }
         return Frame(number: n, realtimeNs: ts, timeNs: UInt64(Int64(ts) - offsetNs), link: link, toHost: tag & FrameTag.intoHost != 0,
-                     fate: fate, duplicate: tag & FrameTag.duplicate != 0, forwarded: tag & FrameTag.forwarded != 0, packetID: id, identity: identity, ipLength: ipLength, bytes: bytes)
+                     fate: fate, duplicate: tag & FrameTag.duplicate != 0, forwarded: tag & FrameTag.forwarded != 0, packetID: id, identity: identity, ipLength: ipLength, length: len, bytes: bytes)
     }
 }
 

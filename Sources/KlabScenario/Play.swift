@@ -27,7 +27,12 @@ final class Play: @unchecked Sendable {
     /// The scripted peer's end of the first host's link; nil in wire mode.
     let wire: Wire?
     let directory: String
-    let log: (String) -> Void
+    private let output: (String) -> Void
+    /// The live status line on a terminal (nil without one).
+    var progress: Progress?
+    func log(_ line: String) {
+        if let progress { progress.print(line, output) } else { output(line) }
+    }
     var records: [StepRecord] = []
     var failures: [String] = []
 
@@ -90,7 +95,7 @@ final class Play: @unchecked Sendable {
     }
 
     init(scenario: Scenario, hosts: [LabHost], wire: Wire?, directory: String, log: @escaping (String) -> Void) {
-        (self.scenario, self.host, self.wire, self.directory, self.log) = (scenario, hosts[0], wire, directory, log)
+        (self.scenario, self.host, self.wire, self.directory, self.output) = (scenario, hosts[0], wire, directory, log)
         self.hosts = Dictionary(uniqueKeysWithValues: hosts.map { ($0.name, $0) })
         hostPort = scenario.hostPort
     }
@@ -138,7 +143,9 @@ final class Play: @unchecked Sendable {
                 t = now
                 reachedNs[n] = t
                 stepPackets = []
+                progress?.begin("[\(n + 1)/\(scenario.steps.count)] \(step.text)")
                 do { outcome = try perform(step, previous: previousNs) } catch { outcome = StepOutcome(text: "\(error)", ok: false) }
+                progress?.end()
                 if !stepPackets.isEmpty { packetsByLine[step.location.line, default: []].formUnion(stepPackets) }
             }
             if !outcome.ok && now >= deadlineNs && !Interrupt.requested {

@@ -85,9 +85,12 @@ public final class Runner {
         wire.start()
 
         let play = Play(scenario: scenario, host: host, wire: wire, directory: dir, log: log)
+        let progress = Progress(recorder: recorder, tracer: tracer, eventsPath: ResultsLayout(dir).events)
+        if progress.enabled { play.progress = progress }
         let startedNs = Clock.monotonicNs()
         play.run()
         play.closeAll()
+        progress.stop()
 
         wire.stop()
         return try conclude(

@@ -260,9 +260,12 @@ extension Runner {
         if !impaired.isEmpty { log("  wire: impaired \(impaired.map { "\($0.0)>\($0.1)" }.joined(separator: ", ")), seed \(scenario.wire.seed)") }
 
         let play = Play(scenario: scenario, hosts: hosts, wire: nil, directory: dir, log: log)
+        let progress = Progress(recorder: recorder, tracer: tracer, eventsPath: ResultsLayout(dir).events)
+        if progress.enabled { play.progress = progress }
         let startedNs = Clock.monotonicNs()
         play.run()
         play.closeAll()
+        progress.stop()
 
         if let error = forwarder.stop() { play.failures.append("the wire failed: \(error)") }
         let enc = JSONEncoder()
