@@ -55,6 +55,7 @@ let package = Package(
         .testTarget(name: "KlabAnalysisTests", dependencies: ["KlabAnalysis", "KlabResults", "KlabSchema", "CKlabLinux"]),
         .testTarget(name: "KlabCheckTests", dependencies: ["KlabCheck", "KlabResults", "KlabSchema", "KlabPacket", "CKlabLinux"]),
         .testTarget(name: "KlabTracerTests", dependencies: ["KlabTracer", "KlabSchema"]),
+        .testTarget(name: "KlabResultsTests", dependencies: ["KlabResults", "KlabSchema"]),
         .testTarget(name: "KlabScenarioTests", dependencies: ["KlabScenario"]),
         .testTarget(name: "KlabIntegrationTests", dependencies: ["KlabPacket"]),
     ]

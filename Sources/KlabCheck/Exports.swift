@@ -6,8 +6,8 @@ import KlabSchema
 /// capture.pcapng (Wireshark, tshark: each packet with its kernel events as a comment) and
 /// trace.json (Perfetto: hosts, layers, and flow arrows along each packet's journey).
 final class Exports {
-    let pcapng: PcapngWriter
-    let trace: PerfettoWriter
+    let pcapng: PcapngWriter?
+    let trace: PerfettoWriter?
     private let header: RunHeader
     private let hostOf: [UInt32: Int]
     private let linkHost: [Int]
@@ -17,7 +17,7 @@ final class Exports {
     private var sentHead = 0
     private let window: UInt64
 
-    init(_ folder: ResultsFolder, window: UInt64) throws {
+    init(_ folder: ResultsFolder, window: UInt64, pcapng writePcapng: Bool = true, trace writeTrace: Bool = true) throws {
         header = folder.header
         self.window = window
         let hosts = header.hosts
@@ -25,12 +25,12 @@ final class Exports {
         let links = header.capture?.links ?? []
         let linkHost = links.map { l in hosts.firstIndex { $0.netns == l.netns } ?? 0 }
         self.linkHost = linkHost
-        pcapng = try PcapngWriter(
+        pcapng = !writePcapng ? nil : try PcapngWriter(
             path: folder.layout.pcapng, comment: Self.describe(folder.header),
             interfaces: links.enumerated().map { i, l in
                 (l.device, "klab link \(i): \(l.device) in host \(hosts[linkHost[i]].name) (netns \(l.netns))")
             }, snaplen: folder.header.capture?.snaplen ?? 262_144)
-        trace = try PerfettoWriter(path: folder.layout.trace, hosts: hosts.map(\.name),
+        trace = !writeTrace ? nil : try PerfettoWriter(path: folder.layout.trace, hosts: hosts.map(\.name),
                                    title: "klab: \(folder.header.scenario) on \(folder.header.kernel)")
     }
 
@@ -71,13 +71,14 @@ final class Exports {
     }
 
     /// An event that joined no packet.
-    func event(_ e: TraceEvent) throws { try trace.slice(slice(e, frame: nil)) }
+    func event(_ e: TraceEvent) throws { try trace?.slice(slice(e, frame: nil)) }
 
     /// A packet with its events: a pcapng block, and its flow on the timeline. A packet that
     /// left a host and is delivered to another (the same packet id) is one flow across the wire.
     func journey(_ f: Frame, _ events: [TraceEvent]) throws {
+        defer { settle(before: f.timeNs &- min(f.timeNs, 4 * window)) }
         let note: String? = f.fate != .passed ? f.fate.description : f.duplicate ? "a second copy the wire made" : nil
-        try pcapng.packet(
+        try pcapng?.packet(
             interface: f.link, realtimeNs: f.realtimeNs, length: f.length, bytes: f.bytes, inbound: f.toHost, packetID: f.packetID,
             events: events.map { .init(name: $0.name, site: $0.probeName, cpu: $0.cpu, task: "\($0.comm)[\($0.tid)]",
                                        fromWireNs: Int64($0.timeNs) - Int64(f.timeNs)) },
@@ -87,8 +88,8 @@ final class Exports {
         if let note { args["wire"] = note }
         let wire = PerfettoWriter.Slice(host: f.link < linkHost.count ? linkHost[f.link] : 0, track: .wire, timeNs: f.timeNs,
                                         name: f.identity.map { "\($0)" } ?? "packet", args: args)
+        guard let trace else { return }
         let slices = events.map { slice($0, frame: f) } + [wire]
-        settle(before: f.timeNs &- min(f.timeNs, 4 * window))
         if header.hosts.count > 1, !f.toHost, f.fate == .passed {
             // Its delivery to the next host comes later in the capture: one flow crosses the wire.
             sent[f.packetID] = slices
@@ -105,7 +106,7 @@ final class Exports {
         while sentHead < sentOrder.count, sentOrder[sentHead].t < t {
             let id = sentOrder[sentHead].id
             sentHead += 1
-            if let left = sent.removeValue(forKey: id) { try? trace.chain(left, id: "p\(id)") }
+            if let left = sent.removeValue(forKey: id) { try? trace?.chain(left, id: "p\(id)") }
         }
         if sentHead > 4096, sentHead * 2 > sentOrder.count {
             sentOrder.removeFirst(sentHead)
@@ -115,7 +116,7 @@ final class Exports {
 
     func close() throws {
         settle(before: .max)
-        try pcapng.close()
-        try trace.close()
+        try pcapng?.close()
+        try trace?.close()
     }
 }

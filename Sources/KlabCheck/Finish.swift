@@ -6,30 +6,46 @@ import KlabSchema
 /// What klab derives from a run's own files (run.json, events.bin, capture.pcap and
 /// capture.frames) in one streaming pass: events.jsonl (every record decoded, with the frame
 /// it joined), journeys.jsonl (every packet with its events), verdicts.json (the placement
-/// check), summary.json, capture.pcapng (Wireshark), trace.json (Perfetto) and report.html. `klab run` does it at the end of every scenario, `klab check`
-/// again from the files. Memory stays bounded whatever the run's size; only the returned
-/// timeline is capped.
+/// check), summary.json, capture.pcapng (Wireshark), trace.json (Perfetto) and report.html.
+/// `klab run` does it at the end of every scenario, `klab export` again from the files (a
+/// folder cut short is read as far as it goes; a file is written whole or not at all).
+/// Memory stays bounded whatever the run's size; only the returned timeline is capped.
 public enum Finish {
+    /// What to write.
+    public struct Outputs: OptionSet, Sendable {
+        public let rawValue: Int
+        public init(rawValue: Int) { self.rawValue = rawValue }
+        /// events.jsonl and journeys.jsonl.
+        public static let lines = Outputs(rawValue: 1)
+        /// verdicts.json and summary.json.
+        public static let verdicts = Outputs(rawValue: 2)
+        public static let pcapng = Outputs(rawValue: 4)
+        public static let trace = Outputs(rawValue: 8)
+        public static let html = Outputs(rawValue: 16)
+        public static let all: Outputs = [.lines, .verdicts, .pcapng, .trace, .html]
+    }
+
     /// The timeline prints at most this many packets and unjoined events.
     public static let timelineLimit = 2000
 
-    public static func run(_ folder: ResultsFolder, window: UInt64 = Correlator.defaultWindow) throws -> (check: CheckReport, timeline: String) {
+    public static func run(_ folder: ResultsFolder, window: UInt64 = Correlator.defaultWindow, outputs: Outputs = .all) throws
+        -> (check: CheckReport, timeline: String) {
         let enc = JSONEncoder()
         enc.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
         let header = folder.header, layout = folder.layout, tscHz = folder.tscHz
-        let events = try LineWriter(layout.eventLines)
-        let journeys = try LineWriter(layout.journeys)
-        try events.append(enc.encode(header))
+        let events = outputs.contains(.lines) ? try LineWriter(layout.eventLines) : nil
+        let journeys = outputs.contains(.lines) ? try LineWriter(layout.journeys) : nil
+        try events?.append(enc.encode(header))
         let correlator = Correlator(header: header, window: window)
         let checker = PlacementChecker(header: header, correlator: correlator)
         var counts: [String: Int] = [:]
         var serials: [UInt16: (lo: UInt32, hi: UInt32, n: Int)] = [:]
         var timeline = Timeline(limit: timelineLimit)
         let links = header.capture?.links ?? []
-        let exports = try Exports(folder, window: window)
+        let exports = try Exports(folder, window: window, pcapng: outputs.contains(.pcapng), trace: outputs.contains(.trace))
         correlator.onEvent = { e, frame, how in
             if frame == nil { try exports.event(e) }
-            try events.append(enc.encode(EventLine(e, frame: frame?.number, tscHz: tscHz, dropReasons: correlator.dropReasons)))
+            try events?.append(enc.encode(EventLine(e, frame: frame?.number, tscHz: tscHz, dropReasons: correlator.dropReasons)))
             counts[e.name, default: 0] += 1
             let s = serials[e.cpu] ?? (e.serial, e.serial, 0)
             serials[e.cpu] = (min(s.lo, e.serial), max(s.hi, e.serial), s.n + 1)
@@ -48,6 +64,8 @@ public enum Finish {
                 for e in list { p.add(e.name, site: e.probeName, layer: Exports.track(e).rawValue - 1, fromWireNs: Int64(e.timeNs) - Int64(frame.timeNs)) }
                 packets.append(p)
             }
+            timeline.add(frame.timeNs, .packet(frame, list))
+            guard let journeys else { return }
             let steps = list.map { e -> Journey.Step in
                 let d = Int64(e.timeNs) - Int64(frame.timeNs)
                 return Journey.Step(event: e.name, probe: e.probeName, t_ns: e.timeNs, from_wire_ns: d,
@@ -57,15 +75,14 @@ public enum Finish {
             try journeys.append(enc.encode(Journey(
                 frame: frame.number, t_ns: frame.timeNs, direction: frame.toHost ? "to_host" : "from_host",
                 link: frame.link < links.count ? links[frame.link].device : nil, packet: frame.summary, events: steps)))
-            timeline.add(frame.timeNs, .packet(frame, list))
         }
         let cut = try folder.stream(correlator)
         let check = checker.finish(cutShort: cut)
-        try journeys.append(enc.encode(["unmatched_packet_events": check.join.unmatched] as [String: [String: Int]]))
-        try events.close()
-        try journeys.close()
+        try journeys?.append(enc.encode(["unmatched_packet_events": check.join.unmatched] as [String: [String: Int]]))
+        try events?.close()
+        try journeys?.close()
         try exports.close()
-        try check.write(into: folder.path)
+        if outputs.contains(.verdicts) { try check.write(into: folder.path) }
 
         let j = check.join, o = header.outcome
         let summary = Summary(
@@ -79,7 +96,8 @@ public enum Finish {
                 unmatched_packet_events: j.unmatched.values.reduce(0, +), by_name: counts),
             placement: Summary.Placement(rules: check.verdicts.count, judged: check.judged, violations: check.violations),
             files: ResultsLayout.runFiles + ResultsLayout.derivedFiles)
-        try ResultsLayout.writeJSON(summary, to: layout.summary)
+        if outputs.contains(.verdicts) { try ResultsLayout.writeJSON(summary, to: layout.summary) }
+        guard outputs.contains(.html) else { return (check, timeline.render(header, j)) }
         var page = HTMLReport(header: header, summary: summary)
         page.verdicts = check.verdicts.map { v in
             HTMLReport.Verdict(event: v.event, site: v.site, rule: v.rule, against: v.judged_against, judged: v.judged, held: v.held,

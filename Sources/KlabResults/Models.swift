@@ -213,18 +213,29 @@ public struct Summary: Encodable {
     }
 }
 
-/// Appends lines to a file through a buffer.
+/// Appends lines to a file through a buffer; the file gets its name when closed, whole, and
+/// a writer dropped before that leaves nothing behind.
 public final class LineWriter {
     public let path: String
+    private let temporary: String
     private let handle: FileHandle
     private var buffer = Data()
+    private var closed = false
 
     public init(_ path: String) throws {
         self.path = path
-        guard FileManager.default.createFile(atPath: path, contents: nil), let h = FileHandle(forWritingAtPath: path) else {
+        temporary = path + ".partial"
+        guard FileManager.default.createFile(atPath: temporary, contents: nil), let h = FileHandle(forWritingAtPath: temporary) else {
             throw ResultsError(path, "cannot create it: \(String(cString: strerror(errno)))")
         }
         handle = h
+    }
+
+    deinit {
+        if !closed {
+            try? handle.close()
+            unlink(temporary)
+        }
     }
 
     public func append(_ line: Data) throws {
@@ -241,6 +252,7 @@ public final class LineWriter {
     public func close() throws {
         try flush()
         try handle.close()
+        closed = true
+        guard rename(temporary, path) == 0 else { throw ResultsError(path, "cannot rename \(temporary) to it: \(String(cString: strerror(errno)))") }
     }
 }
-

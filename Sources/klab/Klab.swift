@@ -22,7 +22,7 @@ struct Klab: ParsableCommand {
             (root, /dev/net/tun, BTF, tracefs, cgroup v2, BPF); 70 internal error; 130
             interrupted (Ctrl-C or SIGTERM).
             """,
-        subcommands: [Run.self, Validate.self, Trace.self, SchemaCommand.self, CheckCommand.self, CompareSites.self, JourneyCommand.self, LatencyCommand.self, Bench.self])
+        subcommands: [Run.self, Validate.self, Trace.self, SchemaCommand.self, CheckCommand.self, ExportCommand.self, CompareSites.self, JourneyCommand.self, LatencyCommand.self, Bench.self])
 }
 
 enum ExitCodes {
