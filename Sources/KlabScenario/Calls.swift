@@ -167,9 +167,9 @@ extension Play {
     /// Starts a program from the host's thread, so the child is born in the host's
     /// namespace (and in klab's lab cgroup). Output goes to programs/ in the results folder.
     func runProgram(_ p: ProgramSpec, _ step: Step) throws -> StepOutcome {
-        let dir = "\(directory)/programs"
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        let output = "\(dir)/\(p.name).line\(step.location.line)"
+        let layout = ResultsLayout(directory)
+        try FileManager.default.createDirectory(atPath: layout.programs, withIntermediateDirectories: true)
+        let output = layout.program(p.name, line: step.location.line)
         let pid = try labHost(for: step).run { try spawn(p, output: output) }
         let r = Running(pid: pid, spec: p, output: output)
         if p.background {

@@ -205,9 +205,7 @@ extension Play {
             retransmitted: st.retransmitted.load(ordering: .relaxed), expected_bytes: total, read_bytes: got,
             read_calls: st.readCalls.load(ordering: .relaxed), lost: lost, host_acks: acks, host_other: other, first_ns: first, last_ns: last,
             seconds: seconds, achieved_rate: seconds > 0 ? Double(max(sent - 1, 0)) / seconds : 0)
-        let enc = JSONEncoder()
-        enc.outputFormatting = [.sortedKeys, .prettyPrinted]
-        try enc.encode(result).write(to: URL(fileURLWithPath: "\(directory)/flood.line\(step.location.line).json"))
+        try ResultsLayout.writeJSON(result, to: ResultsLayout(directory).flood(line: step.location.line), pretty: true)
 
         var text = "\(tcp ? "tcp" : "udp"): injected \(sent) of \(f.count) \(stride)-byte packets in "
             + String(format: "%.3f s, %.0f/s", seconds, result.achieved_rate) + (f.rate > 0 ? " (rate \(f.rate)/s)" : " (back to back)")

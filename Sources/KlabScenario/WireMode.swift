@@ -268,9 +268,7 @@ extension Runner {
         progress.stop()
 
         if let error = forwarder.stop() { play.failures.append("the wire failed: \(error)") }
-        let enc = JSONEncoder()
-        enc.outputFormatting = [.sortedKeys]
-        try enc.encode(forwarder.counters).write(to: URL(fileURLWithPath: "\(dir)/wire.json"))
+        try ResultsLayout.writeJSON(forwarder.counters, to: ResultsLayout(dir).wire)
         for (d, c) in forwarder.counters.sorted(by: { $0.key < $1.key }) {
             log("  wire \(d): \(c.forwarded) forwarded, \(c.dropped) dropped, \(c.duplicated) duplicated, \(c.reordered) reordered, "
                 + "\(c.refused) refused by the TUN" + (c.in_flight_at_stop > 0 ? ", \(c.in_flight_at_stop) still in flight at the end" : ""))

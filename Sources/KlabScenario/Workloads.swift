@@ -121,9 +121,7 @@ extension Play {
             megabitsPerSecond: seconds > 0 ? Double(stream ? serverSide.bytes : completed * w.size * 2) * 8 / seconds / 1e6 : 0,
             transactionsPerSecond: stream ? nil : Double(completed) / max(seconds, 1e-9), latencyMedianUs: stream ? nil : pct(0.5),
             latencyP99Us: stream ? nil : pct(0.99), lost: stream ? (w.kind == .UDP_STREAM ? sent - serverSide.messages : 0) : lost)
-        let enc = JSONEncoder()
-        enc.outputFormatting = [.sortedKeys, .prettyPrinted]
-        try enc.encode(result).write(to: URL(fileURLWithPath: "\(directory)/workload.line\(step.location.line).json"))
+        try ResultsLayout.writeJSON(result, to: ResultsLayout(directory).workload(line: step.location.line), pretty: true)
         workloads.append(result)
         let ok = stream ? serverSide.bytes > 0 && (w.kind == .UDP_STREAM || serverSide.bytes == sent * w.size) : completed > 0
         return StepOutcome(text: result.line + (ok ? "" : " (incomplete)"), ok: ok, eventNs: Clock.monotonicNs())
