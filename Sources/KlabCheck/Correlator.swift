@@ -72,7 +72,7 @@ public final class Correlator {
     /// Packet events that joined nothing, waiting one window for an SKB_DROP of their packet.
     private var unjoinedEvents: [TraceEvent] = []
     private var unjoinedHead = 0
-    private let skbDrop = Schema.event(named: "SKB_DROP")!.id
+    private let skbDrop = Schema.skbDrop.id
 
     private struct Slot {
         let frame: Frame

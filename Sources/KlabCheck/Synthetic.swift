@@ -56,7 +56,7 @@ public struct SyntheticRun {
             }
         }
         var serial: UInt32 = 0
-        func record(_ name: String, _ probe: Probe, _ t: UInt64, packet p: Packet?, endpoints: Packet? = nil, skb: UInt64 = 0, bytes: UInt64 = 0) {
+        func record(_ spec: EventSpec, _ probe: Probe, _ t: UInt64, packet p: Packet?, endpoints: Packet? = nil, skb: UInt64 = 0, bytes: UInt64 = 0) {
             var r = klab_event()
             r.ts_ns = t
             r.serial = serial
@@ -65,7 +65,7 @@ public struct SyntheticRun {
             r.pid = 100
             r.tid = 101
             withUnsafeMutableBytes(of: &r.comm) { $0.copyBytes(from: Array("klab".utf8)) }
-            r.event = UInt8(Schema.event(named: name)!.id)
+            r.event = UInt8(spec.id)
             r.probe = probe.id
             r.skb = skb
             r.sock = Self.sock
@@ -102,18 +102,18 @@ public struct SyntheticRun {
             if faults.dropFrame == 0 || i % faults.dropFrame != 0 { try frame(seg, t, toHost: true) }
             if faults.duplicateFrame > 0 && i % faults.duplicateFrame == 0 { try frame(seg, t + 100, toHost: true) }
             let swap = faults.swapReceive > 0 && i % faults.swapReceive == 0
-            record("IP_RECEIVEPACKET", Schema.netifReceiveSkb, t + (swap ? 2_500 : 500), packet: seg, skb: skb)
-            record("TCP_RECEIVEPACKET", Schema.skbIngress, t + 2_000, packet: seg, skb: skb)
-            record("TCP_RECVACK", Schema.tcpProbe, t + 3_000, packet: seg, skb: skb)
+            record(Schema.ipReceivePacket, Schema.netifReceiveSkb, t + (swap ? 2_500 : 500), packet: seg, skb: skb)
+            record(Schema.tcpReceivePacket, Schema.skbIngress, t + 2_000, packet: seg, skb: skb)
+            record(Schema.tcpRecvAck, Schema.tcpProbe, t + 3_000, packet: seg, skb: skb)
             peerSeq &+= 15
             ipID &+= 1
             if i % 2 == 0 {
-                record("TCP_RECEIVE", Schema.recvLength, t + 8_000, packet: nil, endpoints: seg.reversedEndpoints, bytes: 30)
-                record("SOCKET_RECEIVE", Schema.recvLength, t + 8_000, packet: nil, endpoints: seg.reversedEndpoints, bytes: 30)
+                record(Schema.tcpReceive, Schema.recvLength, t + 8_000, packet: nil, endpoints: seg.reversedEndpoints, bytes: 30)
+                record(Schema.socketReceive, Schema.recvLength, t + 8_000, packet: nil, endpoints: seg.reversedEndpoints, bytes: 30)
                 let ack = Packet.tcp(from: Self.host, to: Self.peer, sport: 8080, dport: 40000, seq: hostSeq, ack: peerSeq, flags: .ack, id: hostID)
                 let late = faults.lateSend > 0 && (i / 2) % faults.lateSend == 0
-                record("TCP_SENDACK", Schema.sockops, t + 4_000, packet: nil, endpoints: ack)
-                record("IP_SENDBUFFER", Schema.netDevQueue, t + (late ? 7_000 : 5_000), packet: ack, skb: skb | 0x80)
+                record(Schema.tcpSendAck, Schema.sockops, t + 4_000, packet: nil, endpoints: ack)
+                record(Schema.ipSendBuffer, Schema.netDevQueue, t + (late ? 7_000 : 5_000), packet: ack, skb: skb | 0x80)
                 try frame(ack, t + 6_000, toHost: false)
                 hostID &+= 1
             }
@@ -134,16 +134,16 @@ public struct SyntheticRun {
             events = Data()
         }
         flush()
-        let logged: [(String, Probe)] = [
-            ("IP_RECEIVEPACKET", Schema.netifReceiveSkb), ("TCP_RECEIVEPACKET", Schema.skbIngress), ("TCP_RECVACK", Schema.tcpProbe),
-            ("TCP_RECEIVE", Schema.recvLength), ("SOCKET_RECEIVE", Schema.recvLength), ("TCP_SENDACK", Schema.sockops),
-            ("IP_SENDBUFFER", Schema.netDevQueue),
+        let logged: [(EventSpec, Probe)] = [
+            (Schema.ipReceivePacket, Schema.netifReceiveSkb), (Schema.tcpReceivePacket, Schema.skbIngress), (Schema.tcpRecvAck, Schema.tcpProbe),
+            (Schema.tcpReceive, Schema.recvLength), (Schema.socketReceive, Schema.recvLength), (Schema.tcpSendAck, Schema.sockops),
+            (Schema.ipSendBuffer, Schema.netDevQueue),
         ]
         let header = RunHeader(
             scenario: "synthetic", kernel: "synthetic", cpuModel: nil, probes: [],
-            events: logged.map { name, probe in
-                let site = Schema.event(named: name)!.site(of: probe.id)!
-                return RunHeader.Event(name: name, level: "ip", site: site.name, placement: site.exact ? "exact" : "approximate",
+            events: logged.map { spec, probe in
+                let site = spec.site(of: probe.id)!
+                return RunHeader.Event(name: spec.name, level: "ip", site: site.name, placement: site.exact ? "exact" : "approximate",
                                        detail: site.placement, also: nil)
             },
             clocks: .init(event_time: "synthetic", capture_time: "synthetic", monotonic_to_realtime_offset_ns: offset, tsc_hz: 2.5e9),

@@ -157,7 +157,7 @@ public struct EventLine: Encodable {
         endpoints = e.endpoints.map(PacketFields.init)
         tcp_state = e.probe == Schema.setState.id ? [tcpStateName(e.arg0), tcpStateName(e.arg1)] : nil
         let socketProbe = [Schema.sockCreate.id, Schema.sockRelease.id, Schema.postBind4.id, Schema.connect4.id].contains(e.probe)
-        icmp_error = e.name == "ICMP_SEND" && e.probe == Schema.icmpSendTP.id ? ["type": e.arg0, "code": e.arg1] : nil
+        icmp_error = e.event == Schema.icmpSend.id && e.probe == Schema.icmpSendTP.id ? ["type": e.arg0, "code": e.arg1] : nil
         socket = socketProbe ? ["type": e.arg0, "family": e.arg1, "protocol": Int32(e.proto)] : nil
         wire_frame = frame
         sk_owned_by_user = e.ownedByUser

@@ -142,7 +142,7 @@ public final class Runner {
                 },
                 stoppedNs: recorder.stoppedNs, notWritten: recorder.discarded),
             // This kernel's drop reasons, from its BTF (a second or two in a qemu guest: once, at the end).
-            dropReasons: ended && tracer.selections.contains { $0.event.name == "SKB_DROP" && $0.site != nil } ? DropReasons.names() : [:],
+            dropReasons: ended && tracer.selections.contains { $0.event.id == Schema.skbDrop.id && $0.site != nil } ? DropReasons.names() : [:],
             outcome: outcome)
     }
 

@@ -53,8 +53,8 @@ extension Bench {
             let ns = [(host.netnsCookie, host.netnsInode)]
             let scratch = FileManager.default.temporaryDirectory.appendingPathComponent("klab-bench-\(getpid()).bin").path
             defer { try? FileManager.default.removeItem(atPath: scratch) }
-            let logged = TracerConfig(level: .socket, toggles: ["-*", "IP_RECEIVEPACKET", "ICMP_RECEIVE", "ICMP_REPLY", "IP_SENDBUFFER"])
-            var syscallOnly = TracerConfig(level: .socket, toggles: ["-*", "SOCKET_ACCEPT"])
+            let logged = TracerConfig(level: .socket, toggles: ["-*"] + [Schema.ipReceivePacket, Schema.icmpReceive, Schema.icmpReply, Schema.ipSendBuffer].map(\.name))
+            var syscallOnly = TracerConfig(level: .socket, toggles: ["-*", Schema.socketAccept.name])
             syscallOnly.auxiliary = false
 
             func timed(_ tracer: TracerConfig?) throws -> (ns: UInt64, counters: (UInt64, UInt64), received: Int) {

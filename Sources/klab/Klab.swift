@@ -3,6 +3,7 @@ import Foundation
 import KlabLab
 import KlabResults
 import KlabScenario
+import KlabSchema
 
 @main
 struct Klab: ParsableCommand {
@@ -23,7 +24,19 @@ struct Klab: ParsableCommand {
             interrupted (Ctrl-C or SIGTERM).
             """,
         subcommands: [Run.self, Validate.self, Trace.self, SchemaCommand.self, CheckCommand.self, ExportCommand.self, CompareSites.self, JourneyCommand.self, LatencyCommand.self, Bench.self])
+
+    /// The catalog checks itself before anything runs: a rule naming an event the catalog
+    /// lacks is klab's own bug (exit 70), never a rule dropped in silence.
+    static func main() {
+        let problems = Schema.problems()
+        if !problems.isEmpty {
+            FileHandle.standardError.write(Data(("klab: the event catalog is inconsistent:\n" + problems.joined(separator: "\n") + "\n").utf8))
+            Glibc.exit(ExitCodes.software)
+        }
+        main(nil)
+    }
 }
+
 
 enum ExitCodes {
     static let failed: Int32 = 1
