@@ -12,6 +12,10 @@ import Synchronization
 /// sends, impairs it (this kernel has no netem) and writes it into the TUN of the host that
 /// owns its destination address. It records both: the packet as it left its host (with what
 /// the wire did to it) and each delivery, under one packet id.
+///
+/// Each link has a lane: a thread of its own that reads what its host sends and forwards
+/// it, with the impairment state of the directions out of that host. A stream's data and
+/// its ACKs cross on two threads (two cores) instead of taking turns in one loop.
 final class Forwarder: @unchecked Sendable {
     struct Link {
         let name: String
@@ -33,49 +37,34 @@ final class Forwarder: @unchecked Sendable {
     let links: [Link]
     let spec: WireSpec
     let recorder: PacketRecorder
-    private let lock = NSLock()
-    private var running = false
-    private let stopped = DispatchSemaphore(value: 0)
-    private(set) var counters: [String: Counters] = [:]
-    /// Packets from a host to an address no host has.
-    private(set) var undeliverable = 0
-    private var failure: Error?
-    /// When the loop last moved a packet, for a quiet stop.
+    private let running = Atomic<Bool>(false)
+    /// When a lane last moved a packet, for a quiet stop.
     private let lastPacketNs = Atomic<UInt64>(0)
-
-    /// A packet waiting for its release time (delay, jitter, rate).
-    private struct Pending { let release: UInt64; let order: Int; let to: Int; let bytes: [UInt8]; let dir: String; let id: UInt64; let duplicate: Bool }
-    private var queue: [Pending] = []
-    private var order = 0
-    /// Per direction: when the rate limiter's link is free again, and a packet held back
-    /// to be overtaken (reordering).
-    private var busyUntil: [String: UInt64] = [:]
-    private var held: [String: Pending] = [:]
-    /// One generator per direction, so what happens to a>b's packets does not depend on
-    /// how b>a's interleave with them: a run repeats with its seed.
-    private var rngs: [String: SplitMix] = [:]
-    private var tap: Tap!
+    private var lanes: [Lane] = []
+    private var threads: [(Thread, DispatchSemaphore)] = []
 
     init(links: [Link], spec: WireSpec, recorder: PacketRecorder) {
         (self.links, self.spec, self.recorder) = (links, spec, recorder)
     }
 
-    private func draw(_ dir: String) -> Double {
-        var g = rngs[dir] ?? SplitMix(seed: spec.seed ^ dir.utf8.reduce(UInt64(14_695_981_039_346_656_037)) { ($0 ^ UInt64($1)) &* 1_099_511_628_211 })
-        let v = g.unit()
-        rngs[dir] = g
-        return v
-    }
+    /// Per direction, after `stop`.
+    var counters: [String: Counters] { lanes.reduce(into: [:]) { all, lane in all.merge(lane.counters) { a, _ in a } } }
+    /// Packets from a host to an address no host has, after `stop`.
+    var undeliverable: Int { lanes.reduce(0) { $0 + $1.undeliverable } }
 
     func start() {
-        lock.withLock { running = true }
-        tap = recorder.tap()
-        let t = Thread { [self] in
-            defer { stopped.signal() }
-            do { try loop() } catch { lock.withLock { failure = error } }
+        running.store(true, ordering: .releasing)
+        lanes = links.indices.map { Lane(forwarder: self, from: $0, tap: recorder.tap()) }
+        for lane in lanes {
+            let done = DispatchSemaphore(value: 0)
+            let t = Thread { [lane] in
+                defer { done.signal() }
+                do { try lane.loop() } catch { lane.failure = error }
+            }
+            t.name = "klab-wire-\(links[lane.from].name)"
+            threads.append((t, done))
+            t.start()
         }
-        t.name = "klab-forwarder"
-        t.start()
     }
 
     /// Stops once the wire has been quiet for `quietMs` (the hosts' last segments, such as a
@@ -87,141 +76,173 @@ final class Forwarder: @unchecked Sendable {
             usleep(2000)
         }
         recorder.readingStopped(at: Clock.monotonicNs())
-        let was = lock.withLock { () -> Bool in
-            defer { running = false }
-            return running
-        }
-        if was { stopped.wait() }
-        for p in queue + Array(held.values) { counters[p.dir, default: Counters()].in_flight_at_stop += 1 }
-        return lock.withLock { failure }
+        let was = running.exchange(false, ordering: .acquiringAndReleasing)
+        if was { for (_, done) in threads { done.wait() } }
+        threads = []
+        for lane in lanes { lane.countInFlight() }
+        return lanes.compactMap(\.failure).first
     }
 
-    private func loop() throws {
-        var fds = links.map { pollfd(fd: $0.tun.fd, events: Int16(POLLIN), revents: 0) }
-        for l in links { _ = fcntl(l.tun.fd, F_SETFL, fcntl(l.tun.fd, F_GETFL) | O_NONBLOCK) }
-        // With offload each read is a virtio-net header and a segment of up to 64 KB.
-        let hdr = links.first?.tun.headerLength ?? 0
-        let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: 65536 + hdr, alignment: 8)
-        defer { buf.deallocate() }
-        var last = false
-        while true {
-            // One more round after stop: what the hosts queued before it is read and recorded.
-            if !lock.withLock({ running }) {
-                if last { break }
-                last = true
-            }
-            let now = Clock.monotonicNs()
-            releaseDue(now)
-            // Sleep until the next release, or 20 ms to notice stop().
-            var wait: UInt64 = 20_000_000
-            if let next = queue.map(\.release).min() { wait = min(wait, next > now ? next - now : 0) }
-            if let h = held.values.map(\.release).min() { wait = min(wait, h > now ? h - now : 0) }
-            let n = poll(&fds, nfds_t(fds.count), last ? 0 : Int32((wait + 999_999) / 1_000_000))
-            if n < 0 && errno != EINTR { throw LabError("poll(wire)") }
-            guard n > 0 else { continue }
-            // Take turns: up to 32 packets from each ready link, round after round, until all
-            // are drained (the fds are non-blocking: one read per packet and no poll per
-            // packet, which costs ~30%). Draining one busy link first would hold the other
-            // direction's packets (a stream's ACKs) for milliseconds.
-            var ready = fds.indices.filter { fds[$0].revents & Int16(POLLIN) != 0 }
-            while !ready.isEmpty {
-                ready = try ready.filter { i in
-                    for _ in 0..<32 {
-                        let len = klab_read(fds[i].fd, buf.baseAddress, buf.count)
-                        if len < 0 {
-                            if errno == EAGAIN { return false }
-                            if errno == EINTR { continue }
-                            throw LabError("read(\(links[i].tun.name))")
-                        }
-                        if len >= hdr + 20 { forward(from: i, bytes: buf, count: len, header: hdr) }
-                    }
-                    return true
+    /// One link's thread: reads what its host sends and forwards it.
+    final class Lane: @unchecked Sendable {
+        unowned let forwarder: Forwarder
+        let from: Int
+        let tap: Tap
+        var failure: Error?
+        var counters: [String: Counters] = [:]
+        var undeliverable = 0
+
+        /// A packet waiting for its release time (delay, jitter, rate).
+        private struct Pending { let release: UInt64; let order: Int; let to: Int; let bytes: [UInt8]; let dir: String; let id: UInt64; let duplicate: Bool }
+        private var queue: [Pending] = []
+        private var order = 0
+        /// Per direction: when the rate limiter's link is free again, and a packet held back
+        /// to be overtaken (reordering).
+        private var busyUntil: [String: UInt64] = [:]
+        private var held: [String: Pending] = [:]
+        /// One generator per direction, so what happens to a>b's packets does not depend on
+        /// how b>a's interleave with them: a run repeats with its seed.
+        private var rngs: [String: SplitMix] = [:]
+
+        init(forwarder: Forwarder, from: Int, tap: Tap) { (self.forwarder, self.from, self.tap) = (forwarder, from, tap) }
+
+        var links: [Link] { forwarder.links }
+
+        private func draw(_ dir: String) -> Double {
+            var g = rngs[dir] ?? SplitMix(seed: forwarder.spec.seed ^ dir.utf8.reduce(UInt64(14_695_981_039_346_656_037)) { ($0 ^ UInt64($1)) &* 1_099_511_628_211 })
+            let v = g.unit()
+            rngs[dir] = g
+            return v
+        }
+
+        func countInFlight() {
+            for p in queue + Array(held.values) { counters[p.dir, default: Counters()].in_flight_at_stop += 1 }
+            queue = []
+            held = [:]
+        }
+
+        func loop() throws {
+            let tun = links[from].tun
+            var fd = pollfd(fd: tun.fd, events: Int16(POLLIN), revents: 0)
+            _ = fcntl(tun.fd, F_SETFL, fcntl(tun.fd, F_GETFL) | O_NONBLOCK)
+            // With offload each read is a virtio-net header and a segment of up to 64 KB.
+            let hdr = tun.headerLength
+            let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: 65536 + hdr, alignment: 8)
+            defer { buf.deallocate() }
+            var last = false
+            while true {
+                // One more round after stop: what the host queued before it is read and recorded.
+                if !forwarder.running.load(ordering: .acquiring) {
+                    if last { break }
+                    last = true
                 }
-                releaseDue(Clock.monotonicNs())
+                let now = Clock.monotonicNs()
+                releaseDue(now)
+                // Sleep until the next release, or 20 ms to notice stop().
+                var wait: UInt64 = 20_000_000
+                if let next = queue.map(\.release).min() { wait = min(wait, next > now ? next - now : 0) }
+                if let h = held.values.map(\.release).min() { wait = min(wait, h > now ? h - now : 0) }
+                let n = poll(&fd, 1, last ? 0 : Int32((wait + 999_999) / 1_000_000))
+                if n < 0 && errno != EINTR { throw LabError("poll(\(tun.name))") }
+                guard n > 0 else { continue }
+                // Drain what is queued (non-blocking: one read per packet, no poll per
+                // packet, which costs ~30%), releasing delayed packets as it goes.
+                var reads = 0
+                while true {
+                    let len = klab_read(tun.fd, buf.baseAddress, buf.count)
+                    if len < 0 {
+                        if errno == EAGAIN { break }
+                        if errno == EINTR { continue }
+                        throw LabError("read(\(tun.name))")
+                    }
+                    if len >= hdr + 20 { forward(bytes: buf, count: len, header: hdr) }
+                    reads += 1
+                    if reads % 32 == 0, !queue.isEmpty { releaseDue(Clock.monotonicNs()) }
+                }
+                forwarder.lastPacketNs.store(Clock.monotonicNs(), ordering: .relaxed)
             }
-            lastPacketNs.store(Clock.monotonicNs(), ordering: .relaxed)
         }
-    }
 
-    /// Forwards one packet (behind `header` bytes of virtio-net header, passed on unchanged),
-    /// recording it as it left its host with what the wire does to it.
-    private func forward(from i: Int, bytes buf: UnsafeMutableRawBufferPointer, count: Int, header h: Int) {
-        let sent = tap.stamp()
-        let packet = UnsafeRawBufferPointer(rebasing: buf[h..<count])
-        let dst = IPv4Address(rawValue: UInt32(buf[h + 16]) << 24 | UInt32(buf[h + 17]) << 16 | UInt32(buf[h + 18]) << 8 | UInt32(buf[h + 19]))
-        guard let to = links.firstIndex(where: { $0.address == dst }), to != i else {
-            tap.record(link: links[i].index, intoHost: false, at: sent, packet, fate: .undeliverable)
-            undeliverable += 1
-            return
-        }
-        let imp = spec.impairment(from: links[i].name, to: links[to].name)
-        let dir = "\(links[i].name)>\(links[to].name)"
-        if imp.isNone {
-            // The common case: straight through, no copy.
+        /// Forwards one packet (behind `header` bytes of virtio-net header, passed on unchanged),
+        /// recording it as it left its host with what the wire does to it.
+        private func forward(bytes buf: UnsafeMutableRawBufferPointer, count: Int, header h: Int) {
+            let sent = tap.stamp()
+            let packet = UnsafeRawBufferPointer(rebasing: buf[h..<count])
+            let dst = IPv4Address(rawValue: UInt32(buf[h + 16]) << 24 | UInt32(buf[h + 17]) << 16 | UInt32(buf[h + 18]) << 8 | UInt32(buf[h + 19]))
+            let i = from
+            guard let to = links.firstIndex(where: { $0.address == dst }), to != i else {
+                tap.record(link: links[i].index, intoHost: false, at: sent, packet, fate: .undeliverable)
+                undeliverable += 1
+                return
+            }
+            let imp = forwarder.spec.impairment(from: links[i].name, to: links[to].name)
+            let dir = "\(links[i].name)>\(links[to].name)"
+            if imp.isNone {
+                // The common case: straight through, no copy.
+                let id = tap.record(link: links[i].index, intoHost: false, at: sent, packet)
+                deliver(UnsafeRawBufferPointer(rebasing: buf[0..<count]), to: to, id: id, dir: dir)
+                counters[dir, default: Counters()].forwarded += 1
+                return
+            }
+            if imp.loss > 0 && draw(dir) < imp.loss {
+                tap.record(link: links[i].index, intoHost: false, at: sent, packet, fate: .lost)
+                counters[dir, default: Counters()].dropped += 1
+                return
+            }
             let id = tap.record(link: links[i].index, intoHost: false, at: sent, packet)
-            deliver(UnsafeRawBufferPointer(rebasing: buf[0..<count]), to: to, id: id, dir: dir)
+            var release = sent &+ imp.delayNs
+            if imp.jitterNs > 0 {
+                // Uniform in delay ± jitter.
+                release = release &- imp.jitterNs &+ UInt64(draw(dir) * Double(2 * imp.jitterNs))
+            }
+            if imp.rate > 0 {
+                let start = max(release, busyUntil[dir] ?? 0)
+                release = start + UInt64(Double((count - h) * 8) / Double(imp.rate) * 1e9)
+                busyUntil[dir] = release
+            }
+            let bytes = Array(buf[0..<count])
+            order += 1
+            let p = Pending(release: release, order: order, to: to, bytes: bytes, dir: dir, id: id, duplicate: false)
+            if let h = held.removeValue(forKey: dir) {
+                // The held-back packet goes right after this one: the two swap places.
+                queue.append(p)
+                order += 1
+                queue.append(Pending(release: release, order: order, to: h.to, bytes: h.bytes, dir: dir, id: h.id, duplicate: h.duplicate))
+            } else if imp.reorder > 0 && draw(dir) < imp.reorder {
+                // Wait for the next packet to overtake this one, but no longer than 10 ms.
+                held[dir] = Pending(release: release + 10_000_000, order: order, to: to, bytes: bytes, dir: dir, id: id, duplicate: false)
+                counters[dir, default: Counters()].reordered += 1
+            } else {
+                queue.append(p)
+            }
+            if imp.duplicate > 0 && draw(dir) < imp.duplicate {
+                order += 1
+                queue.append(Pending(release: release, order: order, to: to, bytes: bytes, dir: dir, id: id, duplicate: true))
+                counters[dir, default: Counters()].duplicated += 1
+            }
             counters[dir, default: Counters()].forwarded += 1
-            return
         }
-        if imp.loss > 0 && draw(dir) < imp.loss {
-            tap.record(link: links[i].index, intoHost: false, at: sent, packet, fate: .lost)
-            counters[dir, default: Counters()].dropped += 1
-            return
-        }
-        let id = tap.record(link: links[i].index, intoHost: false, at: sent, packet)
-        var release = sent &+ imp.delayNs
-        if imp.jitterNs > 0 {
-            // Uniform in delay ± jitter.
-            release = release &- imp.jitterNs &+ UInt64(draw(dir) * Double(2 * imp.jitterNs))
-        }
-        if imp.rate > 0 {
-            let start = max(release, busyUntil[dir] ?? 0)
-            release = start + UInt64(Double((count - h) * 8) / Double(imp.rate) * 1e9)
-            busyUntil[dir] = release
-        }
-        let bytes = Array(buf[0..<count])
-        order += 1
-        let p = Pending(release: release, order: order, to: to, bytes: bytes, dir: dir, id: id, duplicate: false)
-        if let h = held.removeValue(forKey: dir) {
-            // The held-back packet goes right after this one: the two swap places.
-            queue.append(p)
-            order += 1
-            queue.append(Pending(release: release, order: order, to: h.to, bytes: h.bytes, dir: dir, id: h.id, duplicate: h.duplicate))
-        } else if imp.reorder > 0 && draw(dir) < imp.reorder {
-            // Wait for the next packet to overtake this one, but no longer than 10 ms.
-            held[dir] = Pending(release: release + 10_000_000, order: order, to: to, bytes: bytes, dir: dir, id: id, duplicate: false)
-            counters[dir, default: Counters()].reordered += 1
-        } else {
-            queue.append(p)
-        }
-        if imp.duplicate > 0 && draw(dir) < imp.duplicate {
-            order += 1
-            queue.append(Pending(release: release, order: order, to: to, bytes: bytes, dir: dir, id: id, duplicate: true))
-            counters[dir, default: Counters()].duplicated += 1
-        }
-        counters[dir, default: Counters()].forwarded += 1
-        releaseDue(Clock.monotonicNs())
-    }
 
-    /// Writes a packet into host `to`'s TUN and records the delivery.
-    private func deliver(_ bytes: UnsafeRawBufferPointer, to: Int, id: UInt64, dir: String, duplicate: Bool = false) {
-        do {
-            try tap.write(links[to].tun, link: links[to].index, bytes, header: links[to].tun.headerLength, id: id, duplicate: duplicate)
-        } catch {
-            counters[dir, default: Counters()].refused += 1
+        /// Writes a packet into host `to`'s TUN and records the delivery.
+        private func deliver(_ bytes: UnsafeRawBufferPointer, to: Int, id: UInt64, dir: String, duplicate: Bool = false) {
+            do {
+                try tap.write(links[to].tun, link: links[to].index, bytes, header: links[to].tun.headerLength, id: id, duplicate: duplicate)
+            } catch {
+                counters[dir, default: Counters()].refused += 1
+            }
         }
-    }
 
-    private func releaseDue(_ now: UInt64) {
-        for (dir, h) in held where h.release <= now {
-            held[dir] = nil
-            queue.append(h)
-        }
-        guard queue.contains(where: { $0.release <= now }) else { return }
-        let due = queue.filter { $0.release <= now }.sorted { ($0.release, $0.order) < ($1.release, $1.order) }
-        queue.removeAll { $0.release <= now }
-        for p in due {
-            p.bytes.withUnsafeBytes { deliver($0, to: p.to, id: p.id, dir: p.dir, duplicate: p.duplicate) }
+        private func releaseDue(_ now: UInt64) {
+            for (dir, h) in held where h.release <= now {
+                held[dir] = nil
+                queue.append(h)
+            }
+            guard queue.contains(where: { $0.release <= now }) else { return }
+            let due = queue.filter { $0.release <= now }.sorted { ($0.release, $0.order) < ($1.release, $1.order) }
+            queue.removeAll { $0.release <= now }
+            for p in due {
+                p.bytes.withUnsafeBytes { deliver($0, to: p.to, id: p.id, dir: p.dir, duplicate: p.duplicate) }
+            }
         }
     }
 }
