@@ -51,31 +51,24 @@ public final class CaptureWriter {
     public private(set) var lastRealtimeNs: UInt64?
     public private(set) var failure: String?
     public private(set) var notWritten = 0
-    private let pcap: Int32
-    private let tags: Int32
-    private let paths: (pcap: String, tags: String)
+    private let pcap: OutputFile
+    private let tags: OutputFile
     private var out: [UInt8] = []
     private var side: [UInt8] = []
 
     public init(_ layout: ResultsLayout, snaplen: Int, offsetNs: Int64) throws {
         (self.snaplen, self.offsetNs) = (snaplen, offsetNs)
-        paths = (layout.capture, layout.frames)
-        pcap = open(layout.capture, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
-        guard pcap >= 0 else { throw ResultsError(layout.capture, "cannot create it: \(String(cString: strerror(errno)))") }
-        tags = open(layout.frames, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
-        guard tags >= 0 else {
-            let e = errno
-            close(pcap)
-            throw ResultsError(layout.frames, "cannot create it: \(String(cString: strerror(e)))")
-        }
+        // Written as the run goes (klab check reads a capture cut short as far as it goes).
+        pcap = try OutputFile(layout.capture, whole: false)
+        tags = try OutputFile(layout.frames, whole: false)
         // File header: nanosecond magic, version 2.4, zone and accuracy 0, snaplen, LINKTYPE_RAW.
         for v: UInt32 in [0xa1b2_3c4d, 0x0004_0002, 0, 0, UInt32(snaplen), 101] { put32(&out, v) }
     }
 
     deinit {
         flush()
-        close(pcap)
-        close(tags)
+        try? pcap.close()
+        try? tags.close()
     }
 
     /// One frame: CLOCK_MONOTONIC `timeNs`, the packet's wire `length`, its first `bytes`
@@ -102,16 +95,12 @@ public final class CaptureWriter {
 
     /// Writes what is buffered.
     public func flush() {
-        for (fd, path, buf) in [(pcap, paths.pcap, out), (tags, paths.tags, side)] where !buf.isEmpty && failure == nil {
-            var done = 0
-            while done < buf.count {
-                let n = buf.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + done, $0.count - done) }
-                if n < 0 && errno == EINTR { continue }
-                if n <= 0 {
-                    failure = "writing \(path) failed: \(String(cString: strerror(n < 0 ? errno : EIO)))"
-                    break
-                }
-                done += n
+        for (file, buf) in [(pcap, out), (tags, side)] where !buf.isEmpty && failure == nil {
+            do {
+                try file.write(buf)
+                try file.flush()
+            } catch {
+                failure = "\(error)"
             }
         }
         out.removeAll(keepingCapacity: true)

@@ -213,46 +213,18 @@ public struct Summary: Encodable {
     }
 }
 
-/// Appends lines to a file through a buffer; the file gets its name when closed, whole, and
-/// a writer dropped before that leaves nothing behind.
+/// Appends lines to a file; the file gets its name when closed, whole, and a writer dropped
+/// before that leaves nothing behind.
 public final class LineWriter {
-    public let path: String
-    private let temporary: String
-    private let handle: FileHandle
-    private var buffer = Data()
-    private var closed = false
+    public var path: String { file.path }
+    private let file: OutputFile
 
-    public init(_ path: String) throws {
-        self.path = path
-        temporary = path + ".partial"
-        guard FileManager.default.createFile(atPath: temporary, contents: nil), let h = FileHandle(forWritingAtPath: temporary) else {
-            throw ResultsError(path, "cannot create it: \(String(cString: strerror(errno)))")
-        }
-        handle = h
-    }
-
-    deinit {
-        if !closed {
-            try? handle.close()
-            unlink(temporary)
-        }
-    }
+    public init(_ path: String) throws { file = try OutputFile(path, whole: true) }
 
     public func append(_ line: Data) throws {
-        buffer.append(line)
-        buffer.append(10)
-        if buffer.count >= 1 << 20 { try flush() }
+        try file.write(line)
+        try file.write(CollectionOfOne(10))
     }
 
-    public func flush() throws {
-        try handle.write(contentsOf: buffer)
-        buffer.removeAll(keepingCapacity: true)
-    }
-
-    public func close() throws {
-        try flush()
-        try handle.close()
-        closed = true
-        guard rename(temporary, path) == 0 else { throw ResultsError(path, "cannot rename \(temporary) to it: \(String(cString: strerror(errno)))") }
-    }
+    public func close() throws { try file.close() }
 }

@@ -13,11 +13,9 @@ import Foundation
 ///   and what the wire did to it.
 /// Written whole or not at all: to a temporary name, renamed by `close`.
 public final class PcapngWriter {
-    public let path: String
-    private let temporary: String
-    private let fd: Int32
+    public var path: String { file.path }
+    private let file: OutputFile
     private var buffer: [UInt8] = []
-    private var closed = false
 
     /// One event as the packet's comment lists it.
     public struct Event {
@@ -31,10 +29,7 @@ public final class PcapngWriter {
     ///   - comment: the section's comment (the run's header, as text).
     ///   - interfaces: per link, its name (the TUN and its host) and description.
     public init(path: String, comment: String, interfaces: [(name: String, description: String)], snaplen: Int) throws {
-        self.path = path
-        temporary = path + ".partial"
-        fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { throw ResultsError(path, "cannot create it: \(String(cString: strerror(errno)))") }
+        file = try OutputFile(path, whole: true)
         // Section Header Block: byte-order magic, version 1.0, section length unknown (-1).
         var body: [UInt8] = []
         put32(&body, 0x1A2B_3C4D)
@@ -55,13 +50,6 @@ public final class PcapngWriter {
             option(&b, 9, [9])                           // if_tsresol: 10^-9 s
             end(&b)
             block(1, b)
-        }
-    }
-
-    deinit {
-        if !closed {
-            Glibc.close(fd)
-            unlink(temporary)
         }
     }
 
@@ -89,29 +77,17 @@ public final class PcapngWriter {
         if !lines.isEmpty { option(&b, 1, Array(lines.joined(separator: "\n").utf8)) }  // opt_comment
         end(&b)
         block(6, b)
-        if buffer.count >= 1 << 20 { try flush() }
+        if buffer.count >= 1 << 16 { try flush() }
     }
 
     /// Writes what is left and gives the file its name.
     public func close() throws {
         try flush()
-        Glibc.close(fd)
-        closed = true
-        guard rename(temporary, path) == 0 else {
-            let e = errno
-            unlink(temporary)
-            throw ResultsError(path, "cannot rename \(temporary) to it: \(String(cString: strerror(e)))")
-        }
+        try file.close()
     }
 
     private func flush() throws {
-        var done = 0
-        while done < buffer.count {
-            let n = buffer.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + done, $0.count - done) }
-            if n < 0 && errno == EINTR { continue }
-            if n <= 0 { throw ResultsError(temporary, "write failed: \(String(cString: strerror(n < 0 ? errno : EIO)))") }
-            done += n
-        }
+        try file.write(buffer)
         buffer.removeAll(keepingCapacity: true)
     }
 

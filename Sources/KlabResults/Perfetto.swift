@@ -34,20 +34,15 @@ public final class PerfettoWriter {
         }
     }
 
-    public let path: String
-    private let temporary: String
-    private let fd: Int32
+    public var path: String { file.path }
+    private let file: OutputFile
     private var buffer: [UInt8] = []
     private var first = true
-    private var closed = false
     public private(set) var flows = 0
 
     /// - Parameter hosts: each host's name, in the run's order (process ids follow it).
     public init(path: String, hosts: [String], title: String) throws {
-        self.path = path
-        temporary = path + ".partial"
-        fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { throw ResultsError(path, "cannot create it: \(String(cString: strerror(errno)))") }
+        file = try OutputFile(path, whole: true)
         buffer += Array("{\"displayTimeUnit\":\"ns\",\"otherData\":{\"title\":\(Self.quote(title))},\"traceEvents\":[\n".utf8)
         for (i, h) in hosts.enumerated() {
             emit("{\"ph\":\"M\",\"pid\":\(i + 1),\"name\":\"process_name\",\"args\":{\"name\":\(Self.quote("host \(h)"))}}")
@@ -56,13 +51,6 @@ public final class PerfettoWriter {
                 emit("{\"ph\":\"M\",\"pid\":\(i + 1),\"tid\":\(t.rawValue),\"name\":\"thread_name\",\"args\":{\"name\":\(Self.quote(t.name))}}")
                 emit("{\"ph\":\"M\",\"pid\":\(i + 1),\"tid\":\(t.rawValue),\"name\":\"thread_sort_index\",\"args\":{\"sort_index\":\(t.rawValue)}}")
             }
-        }
-    }
-
-    deinit {
-        if !closed {
-            Glibc.close(fd)
-            unlink(temporary)
         }
     }
 
@@ -92,7 +80,7 @@ public final class PerfettoWriter {
         }
         line += ",\"args\":{" + s.args.sorted { $0.key < $1.key }.map { "\(Self.quote($0.key)):\(Self.quote($0.value))" }.joined(separator: ",") + "}}"
         emit(line)
-        if buffer.count >= 1 << 20 { try flush() }
+        if buffer.count >= 1 << 16 { try flush() }
     }
 
     private func emit(_ line: String) {
@@ -105,23 +93,11 @@ public final class PerfettoWriter {
     public func close() throws {
         buffer += Array("\n]}\n".utf8)
         try flush()
-        Glibc.close(fd)
-        closed = true
-        guard rename(temporary, path) == 0 else {
-            let e = errno
-            unlink(temporary)
-            throw ResultsError(path, "cannot rename \(temporary) to it: \(String(cString: strerror(e)))")
-        }
+        try file.close()
     }
 
     private func flush() throws {
-        var done = 0
-        while done < buffer.count {
-            let n = buffer.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + done, $0.count - done) }
-            if n < 0 && errno == EINTR { continue }
-            if n <= 0 { throw ResultsError(temporary, "write failed: \(String(cString: strerror(n < 0 ? errno : EIO)))") }
-            done += n
-        }
+        try file.write(buffer)
         buffer.removeAll(keepingCapacity: true)
     }
 
