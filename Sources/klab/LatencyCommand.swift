@@ -3,6 +3,7 @@ import Foundation
 import KlabAnalysis
 import KlabLab
 import KlabResults
+import KlabSchema
 
 struct LatencyCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -92,10 +93,10 @@ struct LatencyCommand: ParsableCommand {
     var results: String
 
     @Option(help: ArgumentHelp("The event the latency starts at; EVENT@PROBE picks a site.", valueName: "event"))
-    var from = "IP_RECEIVEPACKET"
+    var from = Schema.ipReceivePacket.name
 
     @Option(help: ArgumentHelp("The event the latency ends at; EVENT@PROBE picks a site.", valueName: "event"))
-    var to = "TCP_RECEIVEPACKET"
+    var to = Schema.tcpReceivePacket.name
 
     @Option(name: .customLong("from-probe"), help: ArgumentHelp("Only --from records whose probe contains this.", valueName: "substring"))
     var fromProbe: String?
