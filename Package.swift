@@ -57,6 +57,6 @@ let package = Package(
         .testTarget(name: "KlabTracerTests", dependencies: ["KlabTracer", "KlabSchema"]),
         .testTarget(name: "KlabResultsTests", dependencies: ["KlabResults", "KlabSchema"]),
         .testTarget(name: "KlabScenarioTests", dependencies: ["KlabScenario"]),
-        .testTarget(name: "KlabIntegrationTests", dependencies: ["KlabPacket"]),
+        .testTarget(name: "KlabIntegrationTests", dependencies: ["KlabPacket", "KlabCheck"]),
     ]
 )

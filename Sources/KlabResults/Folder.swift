@@ -241,15 +241,8 @@ public struct ResultsFolder: Sendable {
         let frames = try frames(), events = try EventReader(eventsFile)
         try consume(events, frames)
         var cut = [events.cutShort, frames.cutShort].compactMap { $0 }
-        guard complete, let info = header.capture else {
-            cut.append(CutShort(file: "run.json", byte: -1, what: "the run did not end (it was killed or crashed): its files were read as far as they go",
-                                wholeRecords: 0))
-            return cut
-        }
-        if let n = header.records, events.records < n, events.cutShort == nil {
-            cut.append(CutShort(file: "events.bin", byte: events.records * TraceEvent.recordSize, what: "record \(events.records + 1) of \(n)",
-                                wholeRecords: events.records))
-        }
+        guard complete, let info = header.capture else { return cut + [Self.notEnded] }
+        if let missing = missingRecords(events) { cut.append(missing) }
         if frames.cutShort == nil, frames.count < info.frames {
             cut.append(CutShort(file: "capture.pcap", byte: -1, what: "holds \(frames.count) of the run's \(info.frames) frames", wholeRecords: frames.count))
         } else if frames.cutShort == nil, frames.count != info.frames || frames.last != info.last_realtime_ns {
@@ -257,6 +250,28 @@ public struct ResultsFolder: Sendable {
                                + "\(info.frames) up to \(info.last_realtime_ns.map(Self.clock) ?? "none") (run.json): from another run")
         }
         return cut
+    }
+
+    /// events.bin alone, streamed through `consume`, for what needs no capture (klab latency,
+    /// klab compare-sites). As with `stream`, the returned list says where the file was cut
+    /// short, or that the run did not end.
+    @discardableResult
+    public func streamEvents(_ consume: (EventReader) throws -> Void) throws -> [CutShort] {
+        let events = try EventReader(eventsFile)
+        try consume(events)
+        let cut = [events.cutShort].compactMap { $0 }
+        guard complete else { return cut + [Self.notEnded] }
+        return cut + [missingRecords(events)].compactMap { $0 }
+    }
+
+    private static let notEnded = CutShort(
+        file: "run.json", byte: -1, what: "the run did not end (it was killed or crashed): its files were read as far as they go", wholeRecords: 0)
+
+    /// events.bin holds fewer whole records than the run logged (run.json), and does not end inside one.
+    private func missingRecords(_ events: EventReader) -> CutShort? {
+        guard let n = header.records, events.records < n, events.cutShort == nil else { return nil }
+        return CutShort(file: "events.bin", byte: events.records * TraceEvent.recordSize, what: "record \(events.records + 1) of \(n)",
+                        wholeRecords: events.records)
     }
 
     private func checkEvents() throws {
