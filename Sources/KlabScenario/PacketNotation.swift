@@ -21,7 +21,8 @@ public struct TCPSegment: Sendable, Equatable, CustomStringConvertible {
         if let ack { t += " ack \(ack)" }
         if let window { t += " win \(window)" }
         if let urgent { t += " urg \(urgent)" }
-        if let options { if !options.isEmpty { t += " <\(options.map(\.description).joined(separator: ","))>" } } else { t += " <...>" }
+        let text = { (o: TCPOption) in o == .windowScale(PacketNotation.anyWindowScale) ? "wscale *" : o.description }
+        if let options { if !options.isEmpty { t += " <\(options.map(text).joined(separator: ","))>" } } else { t += " <...>" }
         return t
     }
 }
@@ -67,6 +68,9 @@ public indirect enum PacketSpec: Sendable, Equatable, CustomStringConvertible {
 ///     icmp unreachable port_unreachable [udp (100)]
 ///     icmp unreachable frag_needed mtu 1200 [P. 1:1449(1448)]
 public enum PacketNotation {
+    /// `wscale *` in an expected packet: any window scale (no real one exceeds 14).
+    static let anyWindowScale: UInt8 = 255
+
     public static func parse(_ line: String, at loc: SourceLocation) throws(ScenarioError) -> PacketSpec {
         var p = Scanner(text: Array(line.unicodeScalars), loc: loc)
         var spec = try p.packet()
@@ -249,7 +253,10 @@ public enum PacketNotation {
                 case "sackOK": out.append(.sackPermitted)
                 case "nop": out.append(.nop)
                 case "eol": out.append(.eol)
-                case "wscale": out.append(.windowScale(try number("a window scale")))
+                case "wscale":
+                    // `wscale *`: any window scale (an expected packet's: the kernel derives it from its memory).
+                    skipSpaces()
+                    out.append(.windowScale(eat("*") ? PacketNotation.anyWindowScale : try number("a window scale or *")))
                 case "TS":
                     guard word() == "val" else { throw error("expected 'TS val N ecr N'", at: wordStart) }
                     let val: UInt32 = try number("a TS value")
