@@ -307,7 +307,9 @@ extension Play {
     /// it covers what the steps since the last one made the kernel do (a run of consecutive
     /// `events:` steps all cover the same steps).
     /// `traced` names the events the tracer has a probe for on this kernel.
-    func checkEvents(_ all: [TraceEvent], traced: Set<String>) {
+    /// - Parameter sites: each event the run logged, and the name of the site it was logged from.
+    func checkEvents(_ all: [TraceEvent], sites: [String: String]) {
+        let traced = Set(sites.keys)
         let events = all.sorted { $0.timeNs < $1.timeNs }
         // Consecutive events: steps share one window: they all look at the steps before them.
         var lastCheckpoint = startNs, from = startNs, previousWasEvents = false
@@ -316,6 +318,13 @@ extension Play {
             guard let reached = reachedNs[n] else { continue }  // the run stopped before it
             if !previousWasEvents { from = lastCheckpoint }
             defer { (lastCheckpoint, previousWasEvents) = (reached, true) }
+            // A variant for other sites: what this kernel's sites do is another step's.
+            if let other = e.sites.first(where: { !(sites[$0.event]?.contains($0.site) ?? false) }) {
+                let text = "not for this run: \(other.event) was logged from \(sites[other.event] ?? "no site"), not from a site named like '\(other.site)'"
+                records.append(StepRecord(line: step.location.line, step: step.text, monotonicNs: reached, result: text, ok: true))
+                log("  --   \(step.location): events: \(text)")
+                continue
+            }
             var pool = events.filter { $0.timeNs >= from && $0.timeNs <= reached }
             if let s = e.sock {
                 guard let cookie = cookies[s] else { failures.append("\(step.location): events: socket '\(s)' was never created"); continue }

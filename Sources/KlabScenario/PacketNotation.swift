@@ -4,6 +4,9 @@ import KlabPacket
 /// initial sequence number, acks relative to the other side's.
 public struct TCPSegment: Sendable, Equatable, CustomStringConvertible {
     public var flags: TCPFlags
+    /// Flags the host may set or not (`P?.` in an expected segment: TCP's push marks depend
+    /// on how far its copy loop got when it sent, which a slow CPU changes).
+    public var optional: TCPFlags = []
     public var start: UInt32
     public var end: UInt32
     public var ack: UInt32?
@@ -17,7 +20,8 @@ public struct TCPSegment: Sendable, Equatable, CustomStringConvertible {
     }
 
     public var description: String {
-        var t = "\(flags) \(start):\(end)(\(end &- start))"
+        var t = optional.contains(.psh) ? "P?\(TCPFlags(rawValue: flags.rawValue & ~TCPFlags.psh.rawValue))" : "\(flags)"
+        t += " \(start):\(end)(\(end &- start))"
         if let ack { t += " ack \(ack)" }
         if let window { t += " win \(window)" }
         if let urgent { t += " urg \(urgent)" }
@@ -203,9 +207,12 @@ public enum PacketNotation {
         }
 
         mutating func tcp() throws(ScenarioError) -> PacketSpec {
-            let flagText = word()
+            var flagText = word()
             let rangeStart = i + 1
-            guard let flags = TCPFlags(flagText), !flagText.isEmpty else {
+            // `P?`: push may be set or not (an expected segment only).
+            let maybePush = flagText.contains("P?")
+            flagText = flagText.replacingOccurrences(of: "P?", with: "")
+            guard let flags = TCPFlags(flagText), !flagText.isEmpty || maybePush else {
                 throw error("'\(flagText)' is not a packet: expected TCP flags (S, S., ., P., F., R, …), udp or icmp", at: wordStart)
             }
             let start: UInt32 = try number("the start sequence number")
@@ -216,6 +223,7 @@ public enum PacketNotation {
             try expect(")")
             guard end &- start == len else { throw error("\(start):\(end) holds \(end &- start) bytes, not \(len)", at: rangeStart) }
             var seg = TCPSegment(flags: flags, start: start, end: end)
+            if maybePush { seg.optional = .psh }
             var sawOptions = false
             while true {
                 skipSpaces()

@@ -258,6 +258,9 @@ final class Play: @unchecked Sendable {
             let whole = try build(inner)
             return try whole[0].fragmented(mtu: mtu ?? Int(scenario.host.mtu))
         case .tcp(let s):
+            if !s.optional.isEmpty {
+                throw ScenarioError(nil, "P? (push or not) is for a packet the host must send; a packet the peer injects has its flags")
+            }
             if s.options?.contains(.windowScale(PacketNotation.anyWindowScale)) == true {
                 throw ScenarioError(nil, "wscale * matches any window scale in a packet the host must send; a packet the peer injects needs a number")
             }
@@ -419,13 +422,13 @@ final class Play: @unchecked Sendable {
             for case .timestamp(let val, let ecr) in t.options { hostTS = (val, ecr); hostTSval = val }
             actual = packet.tcpSummary(relativeTo: isn, ackRelativeTo: peerISN)
             want(t.sourcePort == hostPort && t.destinationPort == scenario.peerPort, "ports \(t.sourcePort) > \(t.destinationPort)")
-            want(t.flags == s.flags, "flags")
+            want(t.flags.union(s.optional) == s.flags.union(s.optional), "flags")
             want(t.sequence &- isn == s.start && UInt32(packet.payload.count) == s.end &- s.start, "sequence range")
             if let ack = s.ack { want(t.flags.contains(.ack) && t.acknowledgment &- peerISN == ack, "ack") }
             if let window = s.window { want(t.window == window, "window") }
             if let urg = s.urgent { want(t.flags.contains(.urg) && t.urgentPointer == urg, "urgent pointer (\(t.urgentPointer))") }
             if let options = s.options {
-                want(sameOptions(options, t.options), "options")
+                want(Play.sameOptions(options, t.options), "options")
                 if options.contains(where: { if case .timestamp = $0 { true } else { false } }), let hostTS, let peerTSval {
                     want(hostTS.ecr == peerTSval, "TS ecr \(hostTS.ecr) does not echo the peer's TSval \(peerTSval)")
                 }
@@ -482,7 +485,7 @@ final class Play: @unchecked Sendable {
 
     /// Timestamps' values are the kernel's business: compare that they are there. `wscale *`
     /// takes any window scale.
-    func sameOptions(_ want: [TCPOption], _ got: [TCPOption]) -> Bool {
+    static func sameOptions(_ want: [TCPOption], _ got: [TCPOption]) -> Bool {
         func norm(_ o: [TCPOption]) -> [TCPOption] {
             o.map { if case .timestamp = $0 { return .timestamp(val: 0, ecr: 0) } else { return $0 } }
         }

@@ -166,7 +166,7 @@ public final class Runner {
             var list: [TraceEvent] = []
             let reader = try EventReader(layout.events)
             while let e = try reader.next() { list.append(e) }
-            play.checkEvents(list, traced: Set(tracer.selections.filter { $0.site != nil }.map(\.event.name)))
+            play.checkEvents(list, sites: Dictionary(tracer.selections.compactMap { s in s.site.map { (s.event.name, $0.name) } }, uniquingKeysWith: { a, _ in a }))
         }
         let counters = tracer.counters()
         var st = stat()

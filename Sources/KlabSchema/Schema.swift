@@ -160,8 +160,15 @@ public enum Schema {
         ev(13, "TCP_RECVSYN", .protocol, [.tcp], "tcp_conn_request",
            at("tcp_conn_request") + [exact(sockops, "BPF_SOCK_OPS_TIMEOUT_INIT on the new request sock"), device(netifReceiveSkb)],
            rules: [.onFlow(after: .syn(toHost: true), before: .synAck(toHost: false))]),
+        // Not fentry/kprobe __tcp_send_ack: Debian's 6.1 inlines it into tcp_send_ack, and an
+        // fentry there attached and never fired. __tcp_transmit_skb sees the ACK it builds
+        // (the only pure ACK transmitted without a clone, but for tcp_xmit_probe_skb's probes).
         ev(14, "TCP_SENDACK", .protocol, [.tcp], "__tcp_send_ack",
-           at("__tcp_send_ack") + [near(sockops, "__tcp_transmit_skb sizing the options of a segment with only ACK set",
+           [near(fentry("__tcp_transmit_skb"), "in __tcp_send_ack, as it transmits the ACK it built (an skb sent without a clone)",
+                 "also window and keepalive probes"),
+            near(kprobe("__tcp_transmit_skb"), "in __tcp_send_ack, as it transmits the ACK it built (an skb sent without a clone)",
+                 "also window and keepalive probes"),
+            near(sockops, "__tcp_transmit_skb sizing the options of a segment with only ACK set",
                                         "seq is snd_nxt; not called when the options already fill 40 bytes: timestamps and three SACK blocks"), device(netDevQueue)],
            rules: sent),
         ev(15, "TCP_RECVACK", .protocol, [.tcp], "tcp_ack",

@@ -189,8 +189,10 @@ static __always_inline int h_icmp_send(__u16 probe, struct sk_buff *skb, int typ
 static __always_inline int h_icmp_rcv(__u16 probe, struct sk_buff *skb) { return h_skb(probe, skb, KLAB_EV_ICMP_RECEIVE); }
 static __always_inline int h_icmp_reply(__u16 probe, struct sk_buff *skb) { return h_skb(probe, skb, KLAB_EV_ICMP_REPLY); }
 
-// The segment's seq, end and flags are in TCP_SKB_CB(skb): headers are not built yet.
-static __always_inline int h_tcp_transmit_skb(__u16 probe, struct sock *sk, struct sk_buff *skb, __u32 rcv_nxt) {
+// The segment's seq, end and flags are in TCP_SKB_CB(skb): headers are not built yet. A pure
+// ACK transmitted without a clone (clone_it 0) is the one __tcp_send_ack built (or a window or
+// keepalive probe of tcp_xmit_probe_skb): TCP_SENDACK, whichever caller inlined __tcp_send_ack.
+static __always_inline int h_tcp_transmit_skb(__u16 probe, struct sock *sk, struct sk_buff *skb, int clone_it, __u32 rcv_nxt) {
     __u32 *ns = lab_sk(sk);
     BEGIN(probe, ns);
     fill_sock(&e, sk);
@@ -202,6 +204,7 @@ static __always_inline int h_tcp_transmit_skb(__u16 probe, struct sock *sk, stru
     e.tcp_flags = cb.tcp_flags;
     __u32 len = cb.end_seq - cb.seq - !!(cb.tcp_flags & TH_SYN) - !!(cb.tcp_flags & TH_FIN);
     e.l4_len = len;
+    EMIT_IF(m, &e, KLAB_EV_TCP_SENDACK, !clone_it && cb.tcp_flags == TH_ACK && len == 0);
     EMIT_IF(m, &e, KLAB_EV_TCP_SENDPACKET, 1);
     return 0;
 }
