@@ -45,8 +45,10 @@ struct ScenarioTests {
 
     func checkHeader(_ log: EventLog) {
         #expect((log.header["kernel"] as? String)?.isEmpty == false)
-        let probes = (log.header["probes"] as? [[String: Any]] ?? []).compactMap { $0["site"] as? String }
-        #expect(probes.contains("tracepoint net:netif_receive_skb") && probes.contains("tracepoint net:net_dev_queue"))
+        // Every probe of the sites klab schema chooses on this kernel was attached.
+        let probes = Set((log.header["probes"] as? [[String: Any]] ?? []).compactMap { $0["site"] as? String })
+        let chosen = (try? KernelSelection.current.get())?.chosenProbes ?? []
+        #expect(!chosen.isEmpty && chosen.isSubset(of: probes), "not attached: \(chosen.subtracting(probes).sorted())")
         let clocks = log.header["clocks"] as? [String: Any]
         #expect(clocks?["monotonic_to_realtime_offset_ns"] as? Int != nil)
     }

@@ -148,6 +148,38 @@ struct EventLog {
     }
 }
 
+/// What `klab schema --json` reports for the running kernel: the tests expect the sites this
+/// kernel offers (cgroup hooks and tracepoints here, fentry and kprobes on a stock kernel),
+/// never one machine's list, so the same test passes on the host and in each guest.
+struct KernelSelection: @unchecked Sendable {  // immutable once read
+    let events: [[String: Any]]
+
+    /// The selection with BACKENDS disabled, as a run with --disable-backend makes it.
+    init(disabling backends: [String] = []) throws {
+        let r = try klab(["schema", "--json"] + backends.flatMap { ["--disable-backend", $0] })
+        guard r.status == 0, let o = try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any] else {
+            throw CocoaError(.fileReadCorruptFile, userInfo: [NSLocalizedDescriptionKey: "klab schema --json: \(r.status) \(r.stderr)"])
+        }
+        events = o["events"] as? [[String: Any]] ?? []
+    }
+
+    static let current = Result { try KernelSelection() }
+
+    func site(_ name: String) -> (site: String?, placement: String?) {
+        let e = events.first { $0["name"] as? String == name }
+        return (e?["site"] as? String, e?["placement"] as? String)
+    }
+
+    var names: [String] { events.compactMap { $0["name"] as? String } }
+
+    /// The probes of every chosen site (what a run attaches at the default level).
+    var chosenProbes: Set<String> {
+        Set(events.flatMap { e in
+            (e["sites"] as? [[String: Any]] ?? []).filter { $0["status"] as? String == "chosen" }.flatMap { $0["probes"] as? [String] ?? [] }
+        })
+    }
+}
+
 func json(_ path: String) throws -> [String: Any] {
     try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path))) as? [String: Any] ?? [:]
 }
