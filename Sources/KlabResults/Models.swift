@@ -128,6 +128,7 @@ public struct EventLine: Encodable {
     let tcp_state: [String]?
     let socket: [String: Int32]?
     let icmp_error: [String: Int32]?
+    let icmp_reply: [String: Int32]?
     let wire_frame: Int?
     /// sock_owned_by_user() when the probe ran (tcp:tcp_probe, cgroup_skb/ingress on TCP).
     let sk_owned_by_user: Bool?
@@ -157,7 +158,14 @@ public struct EventLine: Encodable {
         endpoints = e.endpoints.map(PacketFields.init)
         tcp_state = e.probe == Schema.setState.id ? [tcpStateName(e.arg0), tcpStateName(e.arg1)] : nil
         let socketProbe = [Schema.sockCreate.id, Schema.sockRelease.id, Schema.postBind4.id, Schema.connect4.id].contains(e.probe)
-        icmp_error = e.event == Schema.icmpSend.id && e.probe == Schema.icmpSendTP.id ? ["type": e.arg0, "code": e.arg1] : nil
+        // ICMP_SEND and ICMP_REPLY carry the type and code of the message the kernel sends
+        // (Klogger's fields). Klogger's functions and the icmp_send tracepoint see the packet
+        // being answered and take them from their arguments; from the device, the packet is
+        // the message itself.
+        let sent: [String: Int32]? = e.probe == Schema.netDevQueue.id
+            ? e.packet.map { ["type": Int32($0.icmpType), "code": Int32($0.icmpCode)] } : ["type": e.arg0, "code": e.arg1]
+        icmp_error = e.event == Schema.icmpSend.id ? sent : nil
+        icmp_reply = e.event == Schema.icmpReply.id ? sent : nil
         socket = socketProbe ? ["type": e.arg0, "family": e.arg1, "protocol": Int32(e.proto)] : nil
         wire_frame = frame
         sk_owned_by_user = e.ownedByUser

@@ -3,8 +3,10 @@ import Testing
 
 /// The kernels users run: every shipped scenario, with its verdicts, in a guest of each kernel
 /// in lab/kernel-rig's table (lab/kernel-matrix), where klab selects fentry and kprobe sites.
-/// Guest CPU is emulated: about 6 minutes a kernel.
-@Suite(.serialized, .enabled(if: KernelRigTests.enabled))
+/// Guest CPU is emulated: about 8 minutes a kernel, most of it attaching and detaching probes
+/// (each fentry detach rewrites kernel text, which the emulator must translate again); the
+/// kernels run side by side, a guest on each core.
+@Suite(.enabled(if: KernelRigTests.enabled))
 struct KernelMatrixTests {
     static let kernels: [String] = {
         let names = (try? KernelRigTests.rig(["kernels"]).stdout.split(separator: "\n").map(String.init)) ?? []

@@ -187,7 +187,19 @@ static __always_inline int h_icmp_send(__u16 probe, struct sk_buff *skb, int typ
 }
 
 static __always_inline int h_icmp_rcv(__u16 probe, struct sk_buff *skb) { return h_skb(probe, skb, KLAB_EV_ICMP_RECEIVE); }
-static __always_inline int h_icmp_reply(__u16 probe, struct sk_buff *skb) { return h_skb(probe, skb, KLAB_EV_ICMP_REPLY); }
+// icmp_reply(icmp_param, skb): skb is the request being answered (the packet fields); the
+// reply's own type and code (Klogger's fields: ECHO_REPLY for a ping) are in icmp_param.
+struct icmp_bxm___klab { struct { struct { __u8 type, code; } icmph; } data; } CORE;
+
+static __always_inline int h_icmp_reply(__u16 probe, struct icmp_bxm___klab *param, struct sk_buff *skb) {
+    __u32 *ns = lab_skb(skb);
+    BEGIN(probe, ns);
+    fill_skb(&e, skb);
+    e.arg0 = BPF_CORE_READ(param, data.icmph.type);
+    e.arg1 = BPF_CORE_READ(param, data.icmph.code);
+    EMIT_IF(m, &e, KLAB_EV_ICMP_REPLY, 1);
+    return 0;
+}
 
 // The segment's seq, end and flags are in TCP_SKB_CB(skb): headers are not built yet. A pure
 // ACK transmitted without a clone (clone_it 0) is the one __tcp_send_ack built (or a window or
