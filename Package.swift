@@ -22,11 +22,14 @@ let package = Package(
         .target(name: "KlabPacket", swiftSettings: strict),
         .target(name: "KlabSchema", dependencies: ["CKlabLinux", "KlabPacket"], swiftSettings: strict),
 
-        // Kernel-facing: hosts (namespaces), TUN links, libnl, libpcap, cgroups.
-        .target(name: "KlabLab", dependencies: ["CKlabLinux", "CLibnl", "CLibpcap", "KlabPacket", "KlabSchema"], swiftSettings: strict),
+        // klab's one path to the kernel: syscalls and their errors, /proc and /sys files, the lab
+        // cgroup, and the preflight check of capabilities, devices and mounts.
+        .target(name: "KlabSystem", swiftSettings: strict),
+        // Kernel-facing: hosts (namespaces), TUN links, libnl, libpcap.
+        .target(name: "KlabLab", dependencies: ["CKlabLinux", "CLibnl", "CLibpcap", "KlabPacket", "KlabSchema", "KlabSystem"], swiftSettings: strict),
         // The BPF tracer. Its C programs in bpf/ are compiled by the plugin and embedded.
         .target(
-            name: "KlabTracer", dependencies: ["CKlabLinux", "CLibbpf", "KlabSchema"],
+            name: "KlabTracer", dependencies: ["CKlabLinux", "CLibbpf", "KlabSchema", "KlabSystem"],
             exclude: ["bpf"], swiftSettings: strict, plugins: ["BPFPlugin"]),
         .target(
             name: "KlabScenario",
@@ -38,7 +41,7 @@ let package = Package(
                 swiftSettings: strict + [.unsafeFlags(["-enforce-exclusivity=unchecked"])]),
         .executableTarget(
             name: "klab",
-            dependencies: ["KlabScenario", "KlabAnalysis", "KlabCheck", "KlabTracer", "KlabSchema", "KlabLab", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["KlabScenario", "KlabAnalysis", "KlabCheck", "KlabTracer", "KlabSchema", "KlabLab", "KlabSystem", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             swiftSettings: strict),
 
         // Build-time: compiles bpf/*.bpf.c with the toolchain's clang and embeds the objects.
@@ -51,6 +54,6 @@ let package = Package(
         .testTarget(name: "KlabCheckTests", dependencies: ["KlabCheck", "KlabSchema", "KlabPacket", "CKlabLinux"]),
         .testTarget(name: "KlabTracerTests", dependencies: ["KlabTracer", "KlabSchema"]),
         .testTarget(name: "KlabScenarioTests", dependencies: ["KlabScenario"]),
-        .testTarget(name: "KlabIntegrationTests", dependencies: ["KlabPacket"]),
+        .testTarget(name: "KlabIntegrationTests", dependencies: ["KlabPacket", "KlabSystem"]),
     ]
 )

@@ -50,7 +50,8 @@ public final class Runner {
     let tracing: TracerConfig
     let log: (String) -> Void
 
-    /// Creates the lab cgroup and moves klab into it. Call `finish` on every exit path.
+    /// Creates the lab cgroup and moves klab into it; it goes when the runner does, or at
+    /// `finish` (call it before exit(), which frees nothing).
     public init(tracing: TracerConfig = TracerConfig(), log: @escaping (String) -> Void) throws {
         _ = try tracing.events()  // a bad --events fails before anything is created
         try Preflight.check()
@@ -96,7 +97,7 @@ public final class Runner {
     /// tracer. The caller closes the tracer.
     func observe(_ hosts: [LabHost], _ capture: Capture, _ dir: String) throws -> (Tracer, offset: Int64, tscHz: Double) {
         let tracer = try Tracer(
-            config: tracing, namespaces: hosts.map { ($0.netnsCookie, $0.netnsInode) }, cgroupFD: cgroup.fd,
+            config: tracing, namespaces: hosts.map { ($0.netnsCookie, $0.netnsInode) }, cgroup: cgroup,
             rawPath: "\(dir)/events.bin")
         let offset = Clock.realtimeOffsetNs()
         let tscHz = Clock.tscHz()
