@@ -1,5 +1,6 @@
 import Foundation
 import KlabPacket
+import KlabSystem
 import Testing
 
 /// The scenario language end to end: every shipped scenario passes under `klab run`, and
@@ -97,7 +98,7 @@ struct LanguageTests {
     }
 
     @Test func sysctlsApplyInsideTheHostOnly() throws {
-        let before = try String(contentsOfFile: "/proc/sys/net/ipv4/tcp_timestamps", encoding: .utf8)
+        let before = try KernelFile.text("/proc/sys/net/ipv4/tcp_timestamps")
         let (r, _, _) = try run(yaml: """
             name: no-timestamps
             host:
@@ -111,7 +112,7 @@ struct LanguageTests {
               - "> S 0:0(0) <mss 1460,nop,wscale 10>"
             """, name: "no-timestamps")
         #expect(r.status == 0, "\(r.stdout)")
-        #expect(try String(contentsOfFile: "/proc/sys/net/ipv4/tcp_timestamps", encoding: .utf8) == before)
+        #expect(try KernelFile.text("/proc/sys/net/ipv4/tcp_timestamps") == before)
     }
 
     // MARK: Wire mode
