@@ -27,11 +27,14 @@ let package = Package(
         .target(name: "KlabResults", dependencies: ["CKlabLinux", "KlabSchema", "KlabPacket"],
                 swiftSettings: strict + [.unsafeFlags(["-enforce-exclusivity=unchecked"])]),
 
-        // Kernel-facing: hosts (namespaces), TUN links, libnl, the packet recorder, pcap filters, cgroups.
-        .target(name: "KlabLab", dependencies: ["CKlabLinux", "CLibnl", "CLibpcap", "KlabPacket", "KlabSchema", "KlabResults"], swiftSettings: strict),
+        // klab's one path to the kernel: syscalls and their errors, /proc and /sys files, the lab
+        // cgroup, and the preflight check of capabilities, devices and mounts.
+        .target(name: "KlabSystem", swiftSettings: strict),
+        // Kernel-facing: hosts (namespaces), TUN links, libnl, the packet recorder, pcap filters.
+        .target(name: "KlabLab", dependencies: ["CKlabLinux", "CLibnl", "CLibpcap", "KlabPacket", "KlabSchema", "KlabResults", "KlabSystem"], swiftSettings: strict),
         // The BPF tracer. Its C programs in bpf/ are compiled by the plugin and embedded.
         .target(
-            name: "KlabTracer", dependencies: ["CKlabLinux", "CLibbpf", "KlabSchema"],
+            name: "KlabTracer", dependencies: ["CKlabLinux", "CLibbpf", "KlabSchema", "KlabSystem"],
             exclude: ["bpf"], swiftSettings: strict, plugins: ["BPFPlugin"]),
         .target(
             name: "KlabScenario",
@@ -43,7 +46,7 @@ let package = Package(
                 swiftSettings: strict + [.unsafeFlags(["-enforce-exclusivity=unchecked"])]),
         .executableTarget(
             name: "klab",
-            dependencies: ["KlabScenario", "KlabAnalysis", "KlabCheck", "KlabResults", "KlabTracer", "KlabSchema", "KlabLab", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["KlabScenario", "KlabAnalysis", "KlabCheck", "KlabResults", "KlabTracer", "KlabSchema", "KlabLab", "KlabSystem", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             swiftSettings: strict),
 
         // Build-time: compiles bpf/*.bpf.c with the toolchain's clang and embeds the objects.
@@ -57,6 +60,6 @@ let package = Package(
         .testTarget(name: "KlabTracerTests", dependencies: ["KlabTracer", "KlabSchema"]),
         .testTarget(name: "KlabResultsTests", dependencies: ["KlabResults", "KlabSchema"]),
         .testTarget(name: "KlabScenarioTests", dependencies: ["KlabScenario"]),
-        .testTarget(name: "KlabIntegrationTests", dependencies: ["KlabPacket", "KlabCheck"]),
+        .testTarget(name: "KlabIntegrationTests", dependencies: ["KlabPacket", "KlabCheck", "KlabSystem"]),
     ]
 )

@@ -19,8 +19,10 @@ public final class Netlink: @unchecked Sendable {
 
     deinit { nl_socket_free(sock) }
 
+    /// libnl's error codes are its own (NLE_*), so its words are the detail; NLE_PERM (the
+    /// kernel's EPERM) also names the capability.
     static func error(_ call: String, _ code: Int32) -> LabError {
-        LabError("\(call): \(String(cString: nl_geterror(code)))", errno: 0)
+        LabError(call, errno: 0, detail: String(cString: nl_geterror(code)), hint: code == -NLE_PERM ? "needs CAP_NET_ADMIN" : nil)
     }
 
     private func check(_ call: @autoclosure () -> String, _ code: Int32) throws {

@@ -117,7 +117,7 @@ extension Play {
             throw ScenarioError(step.location, "not a socket call")
         }
         let err = r < 0 ? errno : 0
-        let got = (r < 0 ? "-1 \(Reader.errnoName(err)) (\(String(cString: strerror(err))))" : "\(r)") + detail
+        let got = (r < 0 ? "-1 \(Reader.errnoName(err)) (\(Errno.text(err)))" : "\(r)") + detail
         let ok: Bool
         switch step.result {
         case .value(let v)?: ok = r == v

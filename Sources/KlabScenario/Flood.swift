@@ -117,7 +117,7 @@ extension Play {
         let wire = try link
         let injected = DispatchSemaphore(value: 0), read = DispatchSemaphore(value: 0)
         let injector = Thread { [packets] in
-            if let cpu = f.injectCPU, klab_pin_thread(Int32(cpu)) != 0 { st.fail("cannot pin the injector to CPU \(cpu): \(String(cString: strerror(errno)))") }
+            if let cpu = f.injectCPU, klab_pin_thread(Int32(cpu)) != 0 { st.fail("cannot pin the injector to CPU \(cpu): \(Errno.text(errno))") }
             Play.inject(packets, stride: stride, rate: f.rate, tcp: tcp, wire: wire, st)
             injected.signal()
         }
@@ -128,7 +128,7 @@ extension Play {
             // Born on the host's thread, so it lives in the host's namespace too.
             try labHost(for: step).run {
                 Thread {
-                    if let cpu = f.readerCPU, klab_pin_thread(Int32(cpu)) != 0 { st.fail("cannot pin the reader to CPU \(cpu): \(String(cString: strerror(errno)))") }
+                    if let cpu = f.readerCPU, klab_pin_thread(Int32(cpu)) != 0 { st.fail("cannot pin the reader to CPU \(cpu): \(Errno.text(errno))") }
                     Play.read(fd, total: total, readSize: f.readSize, busy: f.reader == .busy, st)
                     read.signal()
                 }.start()
@@ -297,7 +297,7 @@ extension Play {
         // (whole-module) build lose it in Scenario.swift (Swift 6.3).
         let dontWait = Reader.messageFlags["MSG_DONTWAIT"]!
         while got < total && !st.stop.load(ordering: .relaxed) {
-            let r = busy ? recv(fd, buf, readSize, dontWait) : Glibc.read(fd, buf, readSize)
+            let r = retryingEINTR { busy ? recv(fd, buf, readSize, dontWait) : Glibc.read(fd, buf, readSize) }
             if r > 0 {
                 got += r
                 calls += 1
@@ -307,8 +307,8 @@ extension Play {
             } else if r == 0 {
                 st.fail("the reader got end of file after \(got) of \(total) bytes")
                 return
-            } else if errno != EAGAIN && errno != EINTR {
-                st.fail("the reader's \(busy ? "recv" : "read") failed after \(got) of \(total) bytes: \(String(cString: strerror(errno)))")
+            } else if errno != EAGAIN {
+                st.fail("the reader's \(busy ? "recv" : "read") failed after \(got) of \(total) bytes: \(Errno.text(errno))")
                 return
             }
         }

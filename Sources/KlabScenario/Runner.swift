@@ -52,7 +52,8 @@ public final class Runner {
     public static let wireSnaplen = 256
     static let whole = 262_144
 
-    /// Creates the lab cgroup and moves klab into it. Call `finish` on every exit path.
+    /// Creates the lab cgroup and moves klab into it; it goes when the runner does, or at
+    /// `finish` (call it before exit(), which frees nothing).
     public init(tracing: TracerConfig = TracerConfig(), snaplen: Int? = nil, log: @escaping (String) -> Void) throws {
         _ = try tracing.events()  // a bad --events fails before anything is created
         try Preflight.check()
@@ -104,7 +105,7 @@ public final class Runner {
     func observe(_ scenario: Scenario, _ hosts: [LabHost], _ recorder: PacketRecorder, _ dir: String) throws -> (Tracer, tscHz: Double) {
         let layout = ResultsLayout(dir)
         let tracer = try Tracer(
-            config: tracing, namespaces: hosts.map { ($0.netnsCookie, $0.netnsInode) }, cgroupFD: cgroup.fd, rawPath: layout.events)
+            config: tracing, namespaces: hosts.map { ($0.netnsCookie, $0.netnsInode) }, cgroup: cgroup, rawPath: layout.events)
         let tscHz = Clock.tscHz()
         try ResultsLayout.writeJSON(header(scenario, hosts, tracer, recorder, tscHz), to: layout.header)
         recorder.start()

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import KlabCheck
 import KlabResults
+import KlabSystem
 
 extension Bench {
     struct CheckThroughput: ParsableCommand {
@@ -109,7 +110,7 @@ extension Bench {
         func resetPeak() { try? "5".write(toFile: "/proc/self/clear_refs", atomically: false, encoding: .utf8) }
 
         func peakKB() -> Int {
-            let status = (try? String(contentsOfFile: "/proc/self/status", encoding: .utf8)) ?? ""
+            let status = (try? KernelFile.text("/proc/self/status")) ?? ""
             let line = status.split(separator: "\n").first { $0.hasPrefix("VmHWM:") } ?? ""
             return Int(line.split(whereSeparator: \.isWhitespace).dropFirst().first ?? "") ?? 0
         }

@@ -60,7 +60,7 @@ extension Bench {
             func timed(_ tracer: TracerConfig?) throws -> (ns: UInt64, counters: (UInt64, UInt64), received: Int) {
                 var t: Tracer?
                 if let tracer {
-                    t = try Tracer(config: tracer, namespaces: ns, cgroupFD: cgroup.fd, rawPath: scratch)
+                    t = try Tracer(config: tracer, namespaces: ns, cgroup: cgroup, rawPath: scratch)
                     t!.start()
                 }
                 defer { t?.close() }

@@ -47,11 +47,8 @@ struct SchemaCommand: ParsableCommand {
         var note: String?
         if geteuid() == 0 {
             do {
-                try Preflight.check()
-                let cgroup = try LabCgroup()
-                defer { cgroup.remove() }
-                let tracer = try Tracer(config: config, namespaces: [], cgroupFD: cgroup.fd, rawPath: "/dev/null")
-                defer { tracer.close() }
+                try Preflight.check(lab: false)
+                let tracer = try Tracer(config: config, namespaces: [], cgroup: try LabCgroup(), rawPath: "/dev/null")
                 for s in tracer.selections { selections[s.event.id] = s }
                 problems = tracer.backendProblems
             } catch {

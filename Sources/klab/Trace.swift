@@ -56,8 +56,6 @@ struct Trace: ParsableCommand {
         let packetFilter = try filter.map(PacketFilter.init)
         try Preflight.check()
         Interrupt.install()
-        let cgroup = try LabCgroup()
-        defer { cgroup.remove() }
         let path = netns.map { $0.contains("/") ? $0 : "/run/netns/\($0)" }
         let host = try LabHost(name: "trace", joining: path)
         defer { host.shutdown() }
@@ -69,7 +67,7 @@ struct Trace: ParsableCommand {
         enc.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
         let json = self.json
         let tracer = try Tracer(
-            config: config, namespaces: [(host.netnsCookie, host.netnsInode)], cgroupFD: cgroup.fd, rawPath: "/dev/null",
+            config: config, namespaces: [(host.netnsCookie, host.netnsInode)], cgroup: try LabCgroup(), rawPath: "/dev/null",
             live: { e in
                 if let f = packetFilter, let id = e.packet ?? e.endpoints, let bytes = try? id.packet().serialize(), !f.matches(bytes) {
                     return
@@ -80,7 +78,6 @@ struct Trace: ParsableCommand {
                     say(Trace.line(e, since: started))
                 }
             })
-        defer { tracer.close() }
         if !json {
             for s in tracer.selections where s.site == nil { say("# \(s.event.name): \(s.placement)") }
             say("# tracing netns \(host.netnsInode)\(path.map { " (\($0))" } ?? ""); Ctrl-C stops")

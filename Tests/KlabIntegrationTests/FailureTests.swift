@@ -1,4 +1,5 @@
 import Foundation
+import KlabSystem
 import Testing
 
 /// Bad input and interruptions: one clear line, a documented exit code, nothing left behind.
@@ -79,10 +80,8 @@ struct FailureTests {
         let log = try EventLog(path: "\(dir)/wait/events.jsonl")
         #expect(log.named("IP_RECEIVEPACKET").count == 1)
         #expect(try json("\(dir)/wait/summary.json")["interrupted"] as? Bool == true)
-        let cgroups = try String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8).split(separator: "\n")
-            .filter { $0.contains(" - cgroup2 ") }.map { String($0.split(separator: " ")[4]) }
-        for root in cgroups {
-            #expect(!FileManager.default.fileExists(atPath: "\(root)/klab-\(p.processIdentifier)"))
-        }
+        let root = try #require(Mounts.find(type: "cgroup2"))
+        let left = try FileManager.default.contentsOfDirectory(atPath: root).filter { LabCgroup.Owner(cgroupName: $0)?.pid == p.processIdentifier }
+        #expect(left.isEmpty, "klab left \(left) in \(root)")
     }
 }
