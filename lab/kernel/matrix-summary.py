@@ -30,6 +30,7 @@ def main(folder, scenario_files):
         "placements": {k: len(v) for k, v in placements.items()},
         "unavailable": sorted(placements.get("unavailable", [])),
         "approximate": sorted(placements.get("approximate", [])),
+        "sites": {e["name"]: [e.get("placement"), e.get("site")] for e in events},
         "scenarios": [],
         "figures": {},
     }
