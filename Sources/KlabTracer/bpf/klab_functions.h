@@ -6,6 +6,8 @@
 struct sockaddr_in_ { __u16 family; __be16 port; __be32 addr; };
 struct tcp_skb_cb_ { __u32 seq; __u32 end_seq; __u32 pad; __u8 tcp_flags; };
 struct sk_buff___cb { char cb[48]; } CORE;
+struct inet_sock { __be16 inet_sport; } CORE;
+struct tcp_sock { __u32 snd_una; __u32 snd_nxt; __u32 snd_up; } CORE;
 
 #define BEGIN(probe, ns)                  \
     __u64 m = mask_of(probe);             \
@@ -216,6 +218,16 @@ static __always_inline int h_tcp_transmit_skb(__u16 probe, struct sock *sk, stru
     e.tcp_flags = cb.tcp_flags;
     __u32 len = cb.end_seq - cb.seq - !!(cb.tcp_flags & TH_SYN) - !!(cb.tcp_flags & TH_FIN);
     e.l4_len = len;
+    // The header takes inet_sport: skc_num is 0 once tcp_set_state(TCP_CLOSE) has put the
+    // port back (the reset tcp_close sends over unread data goes out after that).
+    e.sport = bpf_ntohs(BPF_CORE_READ((struct inet_sock *)sk, inet_sport));
+    // URG is not in the control block: __tcp_transmit_skb sets it when the socket is in
+    // urgent mode (snd_up != snd_una) and the segment starts before snd_up, as here.
+    struct tcp_sock *tp = (struct tcp_sock *)sk;
+    __u32 snd_up = BPF_CORE_READ(tp, snd_up);
+    if (snd_up != BPF_CORE_READ(tp, snd_una) && (__s32)(cb.seq - snd_up) < 0 &&
+        ((__s32)(snd_up - (cb.seq + 0x10000)) < 0 || (__s32)(cb.seq + 0xFFFF - BPF_CORE_READ(tp, snd_nxt)) > 0))
+        e.tcp_flags |= TH_URG;
     EMIT_IF(m, &e, KLAB_EV_TCP_SENDACK, !clone_it && cb.tcp_flags == TH_ACK && len == 0);
     EMIT_IF(m, &e, KLAB_EV_TCP_SENDPACKET, 1);
     return 0;
