@@ -47,7 +47,7 @@ public struct CheckReport: Codable, Sendable {
         let enc = JSONEncoder()
         enc.outputFormatting = [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes]
         let data = try enc.encode(self)
-        try data.write(to: URL(fileURLWithPath: ResultsLayout(folder).verdicts), options: .atomic)
+        try OutputFile.write(data, to: ResultsLayout(folder).verdicts)
         return data
     }
     public var judged: Int { verdicts.reduce(0) { $0 + $1.judged } }

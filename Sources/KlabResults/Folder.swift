@@ -153,6 +153,20 @@ public struct ResultsLayout: Sendable {
     public func program(_ name: String, line: Int) -> String { "\(programs)/\(name).line\(line)" }
     public var latency: String { "\(path)/latency" }
 
+    /// What each file of a results folder holds and what opens it, for `klab run --help`.
+    public static let guide: [(file: String, what: String)] = [
+        ("report.html", "the run on one page: summary, verdicts, placements, latency, journeys (any browser, offline)"),
+        ("capture.pcapng", "every packet with its kernel events as comments (wireshark, tshark -r)"),
+        ("trace.json", "the timeline: one track per layer, flows across the wire (ui.perfetto.dev)"),
+        ("capture.pcap", "every packet klab read or wrote, with capture.frames (tcpdump -r)"),
+        ("events.bin", "the tracer's records; events.jsonl: one schema event per line after a header"),
+        ("journeys.jsonl", "each packet's way through the stack (klab journey)"),
+        ("verdicts.json", "where each event sits, judged (klab check)"),
+        ("summary.json", "the outcome, each step's result and the figures"),
+        ("run.json", "the run's header: kernel, probes, sites, clocks, hosts, capture"),
+        ("programs/", "real programs' output; wire.json, flood.*.json, workload.*.json when the steps made them"),
+    ]
+
     /// The files a finished run holds, for the summary.
     public static let runFiles = ["run.json", "events.bin", "capture.pcap", "capture.frames"]
     public static let derivedFiles = ["events.jsonl", "journeys.jsonl", "verdicts.json", "summary.json", "capture.pcapng", "trace.json", "report.html"]
@@ -161,7 +175,7 @@ public struct ResultsLayout: Sendable {
     public static func writeJSON<T: Encodable>(_ value: T, to file: String, pretty: Bool = false) throws {
         let enc = JSONEncoder()
         enc.outputFormatting = pretty ? [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes] : [.sortedKeys, .withoutEscapingSlashes]
-        try enc.encode(value).write(to: URL(fileURLWithPath: file), options: .atomic)
+        try OutputFile.write(enc.encode(value), to: file)
     }
 }
 

@@ -53,7 +53,7 @@ public struct HTMLReport {
                 }
             }
         }
-        try Data(html(plots).utf8).write(to: URL(fileURLWithPath: path), options: .atomic)
+        try OutputFile.write(html(plots).utf8, to: path)
     }
 
     static func esc(_ s: String) -> String {

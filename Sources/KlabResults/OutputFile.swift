@@ -40,6 +40,14 @@ public final class OutputFile {
         }
     }
 
+    /// Writes `bytes` as the whole file at `path`: under a temporary name beside it, then
+    /// renamed (Foundation's atomic write leaves an empty folder in /tmp every time).
+    public static func write(_ bytes: some Sequence<UInt8>, to path: String) throws {
+        let file = try OutputFile(path, whole: true)
+        try file.write(bytes)
+        try file.close()
+    }
+
     /// Writes what is left and, for a whole file, gives it its name.
     public func close() throws {
         try flush()

@@ -9,7 +9,7 @@ extension Bench {
         static let configuration = CommandConfiguration(
             commandName: "check",
             abstract: "Correlation and placement checking: events per second and peak memory.",
-            discussion: """
+            discussion: prose("""
                 Writes a generated results folder (events.bin, capture.pcap, capture.frames and
                 the events.jsonl header, in the formats klab run writes): a peer
                 streaming 15-byte TCP segments to a host that reads them and ACKs every second
@@ -22,7 +22,7 @@ extension Bench {
 
                   klab bench check                       # 10 million events
                   klab bench check --events 1000000 --rounds 5
-                """)
+                """))
 
         @Option(help: "Events in the generated run.")
         var events = 10_000_000

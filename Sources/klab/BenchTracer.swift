@@ -10,7 +10,7 @@ extension Bench {
         static let configuration = CommandConfiguration(
             commandName: "tracer",
             abstract: "What tracing costs: ns per logged event, events per second, and lost events.",
-            discussion: """
+            discussion: prose("""
                 The workload is the TUN ping-pong of `klab bench tun-pingpong`. Each round runs it
                 three times in the same process, in a fresh order every round:
 
@@ -25,7 +25,7 @@ extension Bench {
                 time per logged event on a workload. The rate is events per second written while
                 tracing. Lost events are checked exactly: the kernel's count of records it numbered
                 minus the records received must equal the drops it counted. Needs root.
-                """)
+                """))
 
         @Option(help: "Round trips per run.") var count = 200_000
         @Option(help: "Rounds.") var rounds = 5

@@ -7,7 +7,7 @@ struct CheckCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "check",
         abstract: "Judge where every schema event sits, from a results folder.",
-        discussion: """
+        discussion: prose("""
             Streams the run's event log (events.bin) against its capture (capture.pcap and
             capture.frames), joins each event to the wire packet its host sent or received
             (by the packet's fields, by skb inside the kernel, by the IP event that follows
@@ -29,7 +29,7 @@ struct CheckCommand: ParsableCommand {
 
               klab check results/demo/tcp-handshake
               klab check RESULTS --json | jq '.verdicts[] | select(.held < .judged)'
-            """)
+            """))
 
     @Argument(help: "A results folder of klab run.")
     var results: String

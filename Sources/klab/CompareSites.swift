@@ -7,7 +7,7 @@ struct CompareSites: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "compare-sites",
         abstract: "Compare each event's exact site with the approximate ones, from a run with --all-sites.",
-        discussion: """
+        discussion: prose("""
             For a results folder of `klab run --all-sites` (best on a kernel with fentry or
             kprobes, e.g. under lab/kernel-rig), pairs every record from an approximate site
             with the record of the same event from the most faithful site (the same skb, or the
@@ -21,7 +21,7 @@ struct CompareSites: ParsableCommand {
 
               klab run lab/scenarios/*.yaml --all-sites --out /tmp/all
               klab compare-sites /tmp/all/tcp-handshake
-            """)
+            """))
 
     @Argument(help: "A results folder of klab run --all-sites.")
     var results: String

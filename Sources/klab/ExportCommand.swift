@@ -7,7 +7,7 @@ struct ExportCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "export",
         abstract: "Write a results folder's views for other tools again: pcapng, Perfetto trace, HTML report.",
-        discussion: """
+        discussion: prose("""
             klab run writes every view at the end of a run; export writes them again from the \
             run's own files (run.json, events.bin, capture.pcap, capture.frames), for a folder \
             whose views are missing or older than this klab. A folder cut short by a crash or a \
@@ -24,7 +24,7 @@ struct ExportCommand: ParsableCommand {
 
               klab export results/demo/wire-ping
               klab export pcapng results/demo/wire-ping
-            """)
+            """))
 
     enum View: String, CaseIterable {
         case pcapng, trace, html, all

@@ -10,7 +10,7 @@ struct JourneyCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "journey",
         abstract: "Print each packet's journey through the stack, from a results folder.",
-        discussion: """
+        discussion: prose("""
             For every packet on the wire (in time order), the kernel events joined to it, in
             order, with their distance from the wire in ns and in TSC cycles (from the measured
             TSC rate): from the socket to the wire for what the host sent, from the wire to the
@@ -23,7 +23,7 @@ struct JourneyCommand: ParsableCommand {
               klab journey results/demo/tcp-handshake
               klab journey results/demo/tcp-handshake tcp and 'tcp[tcpflags] & tcp-syn != 0'
               klab journey --sockets results/demo/tcp-handshake
-            """)
+            """))
 
     @Flag(help: "Print each socket's events instead of each packet's journey.")
     var sockets = false

@@ -10,7 +10,7 @@ struct Klab: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "klab",
         abstract: "A live network lab for the Linux IPv4 stack.",
-        discussion: """
+        discussion: prose("""
             klab builds hosts (network namespaces) whose links are TUN devices it holds, pushes
             real IPv4 traffic through the kernel, records every packet it reads from or writes into a TUN and, at the
             same time, logs the Klogger networking schema's events with BPF. Then it matches
@@ -22,7 +22,7 @@ struct Klab: ParsableCommand {
             klab latency can measure; 69 a requirement is missing
             (root, /dev/net/tun, BTF, tracefs, cgroup v2, BPF); 70 internal error; 130
             interrupted (Ctrl-C or SIGTERM).
-            """,
+            """),
         subcommands: [Run.self, Validate.self, Trace.self, SchemaCommand.self, CheckCommand.self, ExportCommand.self, CompareSites.self, JourneyCommand.self, LatencyCommand.self, Bench.self])
 
     /// The catalog checks itself before anything runs: a rule naming an event the catalog

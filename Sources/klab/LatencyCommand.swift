@@ -9,7 +9,7 @@ struct LatencyCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "latency",
         abstract: "The latency from one event to another of the same packet, from a results folder.",
-        discussion: """
+        discussion: prose("""
             Pairs every --from event (default IP_RECEIVEPACKET) with the --to
             event (default TCP_RECEIVEPACKET) of the same packet in
             RESULTS/events.bin (the tracer's records, streamed in time order)
@@ -87,7 +87,7 @@ struct LatencyCommand: ParsableCommand {
             results (run.json or events.bin missing or corrupt, no TSC rate:
             FILE: error: ...; or no pair found, with the events the run
             holds).
-            """)
+            """))
 
     @Argument(help: "A results folder of klab run.")
     var results: String
@@ -148,9 +148,9 @@ struct LatencyCommand: ParsableCommand {
         let stem = "\(dir)/\(Self.stem(from, fromProbe))-\(Self.stem(to, toProbe))"
         let files = ["\(stem).svg", "\(stem).csv", "\(stem).json"]
         let data = try analysis.json(files: files)
-        try analysis.svg().write(toFile: files[0], atomically: true, encoding: .utf8)
-        try analysis.csv().write(toFile: files[1], atomically: true, encoding: .utf8)
-        try data.write(to: URL(fileURLWithPath: files[2]), options: .atomic)
+        try OutputFile.write(analysis.svg().utf8, to: files[0])
+        try OutputFile.write(analysis.csv().utf8, to: files[1])
+        try OutputFile.write(data, to: files[2])
         say(json ? String(decoding: data, as: UTF8.self) : analysis.text(files: files))
     }
 

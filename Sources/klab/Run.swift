@@ -5,10 +5,17 @@ import KlabLab
 import KlabResults
 import KlabScenario
 
+/// The results folder's files as a definition list for `prose` (its second line, indented
+/// deeper, sets the hanging indent).
+private let resultsGuide = ResultsLayout.guide.map { file, what in
+    let words = what.split(separator: " ", maxSplits: 1)
+    return "  " + file.padding(toLength: 16, withPad: " ", startingAt: 0) + words[0] + "\n" + String(repeating: " ", count: 18) + words[1]
+}.joined(separator: "\n")
+
 struct Run: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run scenario files and write a results folder for each.",
-        discussion: """
+        discussion: prose("""
             Each scenario builds a host (an anonymous network namespace) whose TUN
             link ends at klab's scripted peer, or several hosts joined by klab's wire
             (wire mode); starts the capture and the tracer; plays the steps; and
@@ -22,16 +29,17 @@ struct Run: ParsableCommand {
             A --set naming a parameter the file lacks is an error (with several files:
             one that none of them has).
 
-            Results go to DIR/NAME/ (default DIR: results/RUN-TIME): capture.pcap
-            (read it with tcpdump -r), events.jsonl (a header line, then one schema
-            event per line), summary.json, and programs/, workload.*.json,
-            flood.*.json and wire.json when the scenario has them. Needs root. Examples:
+            Results go to DIR/NAME/ (default DIR: results/RUN-TIME), one folder per scenario:
+
+            \(resultsGuide)
+
+            Needs root. Examples:
 
               klab run lab/scenarios/icmp-echo.yaml
               klab run lab/scenarios/*.yaml --out /tmp/klab-results
               klab run lab/scenarios/latency-tcp.yaml --set count=2000 --set reader=busy
               klab run --list
-            """)
+            """))
 
     @Argument(help: "Scenario files (YAML; see lab/SCENARIOS.md).")
     var files: [String] = []

@@ -10,7 +10,7 @@ import KlabTracer
 struct Trace: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Trace the schema's events live, until Ctrl-C.",
-        discussion: """
+        discussion: prose("""
             Either in a fresh lab host that runs a command, or in an existing network namespace:
 
               klab trace -- ping -c 3 127.0.0.1            # a new host (lo up) runs the command
@@ -24,7 +24,7 @@ struct Trace: ParsableCommand {
             being created) always show. Events from cgroup and sockops hooks only cover sockets
             created in klab's lab cgroup: a command klab runs, not processes already living in a
             namespace you give with --netns. Needs root.
-            """)
+            """))
 
     @Option(help: ArgumentHelp("A network namespace to observe: a path, or a name under /run/netns.", valueName: "path|name"))
     var netns: String?

@@ -6,7 +6,7 @@ import KlabResults
 struct Validate: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Check scenario files without running anything.",
-        discussion: """
+        discussion: prose("""
             Reads each file as `klab run` would (YAML, hosts, steps, packet lines,
             socket calls, times, programs on PATH, names) and starts nothing: no
             namespace, no tracer, no root needed. Prints one line per good file; a
@@ -14,7 +14,7 @@ struct Validate: ParsableCommand {
             every file is good, 2 when any is not. The language: lab/SCENARIOS.md.
 
               klab validate lab/scenarios/*.yaml
-            """)
+            """))
 
     @Argument(help: "Scenario files (YAML; see lab/SCENARIOS.md).")
     var files: [String]

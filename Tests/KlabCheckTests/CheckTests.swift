@@ -6,8 +6,10 @@ import Testing
 
 /// klab check on synthetic runs with known faults: each fault shows up exactly where planted,
 /// and nothing else moves.
-struct CheckTests {
+final class CheckTests {
     let dir = NSTemporaryDirectory() + "klab-check-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+
+    deinit { try? FileManager.default.removeItem(atPath: dir) }
 
     func check(_ run: SyntheticRun, _ name: String = "run") throws -> CheckReport {
         let path = "\(dir)/\(name)"

@@ -5,7 +5,7 @@ import Testing
 /// events as comments, directions, one packet id at both ends of a wire hop), trace.json
 /// has a process per host and flows with both ends, and headless Chromium renders
 /// report.html with its key parts and no console error.
-@Suite(.serialized, .enabled(if: Privileged.enabled))
+@Suite(.serialized, .scratch, .enabled(if: Privileged.enabled))
 struct ExportTests {
     static func tool(_ name: String) -> String? {
         ["/usr/bin/\(name)", "/usr/local/bin/\(name)"].first { FileManager.default.isExecutableFile(atPath: $0) }

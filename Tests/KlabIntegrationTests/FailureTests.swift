@@ -3,7 +3,7 @@ import KlabSystem
 import Testing
 
 /// Bad input and interruptions: one clear line, a documented exit code, nothing left behind.
-@Suite(.serialized)
+@Suite(.serialized, .scratch)
 struct FailureTests {
     @Test func unknownScenarioFile() throws {
         let r = try klab(["run", "/nonexistent/scenario.yaml"])
@@ -11,7 +11,7 @@ struct FailureTests {
         #expect(r.stderr.contains("no such scenario file: /nonexistent/scenario.yaml"))
     }
 
-    @Test(.enabled(if: Privileged.enabled && FileManager.default.isExecutableFile(atPath: "/usr/bin/setpriv")))
+    @Test(.enabled(if: Privileged.enabled && Privileged.has("/usr/bin/setpriv", from: "util-linux")))
     func unreadableScenarioFileSaysSo() throws {
         let dir = try temporaryDirectory()
         try "steps: []\n".write(toFile: "\(dir)/private.yaml", atomically: true, encoding: .utf8)
@@ -31,7 +31,7 @@ struct FailureTests {
         #expect(r.stderr.contains("unknown TCP option 'frob'"))
     }
 
-    @Test(.enabled(if: Privileged.enabled && FileManager.default.isExecutableFile(atPath: "/usr/bin/setpriv")))
+    @Test(.enabled(if: Privileged.enabled && Privileged.has("/usr/bin/setpriv", from: "util-linux")))
     func notRootSaysSo() throws {
         // A copy in a world-readable folder: the checkout itself may be private to root.
         let dir = try temporaryDirectory()

@@ -3,7 +3,7 @@ import Testing
 
 /// `flood:` and the record fields that attribute each received segment: its context and
 /// whether a task owned the socket.
-@Suite(.serialized, .enabled(if: Privileged.enabled))
+@Suite(.serialized, .scratch, .timed, .enabled(if: Privileged.enabled))
 struct FloodTests {
     struct Result {
         let run: Finished

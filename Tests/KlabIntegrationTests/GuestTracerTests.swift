@@ -6,7 +6,7 @@ import Testing
 /// scenarios must produce those events with the fields the host tests check. With --all-sites
 /// the kprobe sites log too, so both backends are checked. Guest CPU is emulated: timings
 /// there are never performance figures.
-@Suite(.serialized, .enabled(if: KernelRigTests.enabled))
+@Suite(.serialized, .scratch, .emulated, .enabled(if: KernelRigTests.enabled))
 struct GuestTracerTests {
     @Test func schemaReportsExactSites() throws {
         let r = try KernelRigTests.guest([klabBinary, "schema", "--json"])

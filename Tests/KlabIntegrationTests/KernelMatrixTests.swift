@@ -6,7 +6,7 @@ import Testing
 /// Guest CPU is emulated: about 8 minutes a kernel, most of it attaching and detaching probes
 /// (each fentry detach rewrites kernel text, which the emulator must translate again); the
 /// kernels run side by side, a guest on each core.
-@Suite(.enabled(if: KernelRigTests.enabled))
+@Suite(.scratch, .emulated, .enabled(if: KernelRigTests.enabled))
 struct KernelMatrixTests {
     static let kernels: [String] = {
         let names = (try? KernelRigTests.rig(["kernels"]).stdout.split(separator: "\n").map(String.init)) ?? []

@@ -4,6 +4,7 @@ import Testing
 
 /// `klab latency` as a user runs it (no root), on generated results folders in klab run's
 /// formats: the files it writes, its exit codes, folders cut short or corrupt.
+@Suite(.scratch)
 struct LatencyCommandTests {
     /// A results folder of `segments` TCP segments, each 1.5 µs from IP_RECEIVEPACKET to
     /// TCP_RECEIVEPACKET (KlabCheck's SyntheticRun). The caller removes it.

@@ -4,7 +4,7 @@ import Testing
 /// klab check on real runs: the verdicts klab run prints are the ones klab check finds again
 /// from the files, the seed's §2.2 figures come out of the scenarios built for them, and a
 /// planted catalog entry (an IP receive event tied to a transmit hook) is caught.
-@Suite(.serialized, .enabled(if: Privileged.enabled))
+@Suite(.serialized, .scratch, .enabled(if: Privileged.enabled))
 struct PlacementTests {
     func run(_ name: String, environment: [String: String] = [:]) throws -> (Finished, String) {
         let out = try temporaryDirectory()

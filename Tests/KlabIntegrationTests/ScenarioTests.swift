@@ -5,7 +5,7 @@ import Testing
 /// The three foundation scenarios, run by the real klab binary as root. Each test checks the
 /// reply packets' fields, the capture file, the kernel events, and that every event's
 /// packet identity matches a packet in the capture.
-@Suite(.serialized, .enabled(if: Privileged.enabled))
+@Suite(.serialized, .scratch, .enabled(if: Privileged.enabled))
 struct ScenarioTests {
     let peer = IPv4Address(198, 18, 0, 2), host = IPv4Address(198, 18, 0, 1)
 

@@ -14,6 +14,14 @@ enum Privileged {
         return nil
     }()
 
+    /// Whether a tool the test needs is installed: elsewhere the test skips with the reason;
+    /// under CI=true it runs and fails on the missing tool (lab/setup installs it).
+    static func has(_ path: String, from package: String) -> Bool {
+        if FileManager.default.isExecutableFile(atPath: path) || ci { return true }
+        print("SKIP klab test: no \(path) (Debian package \(package); lab/setup installs it; with CI=true this fails)")
+        return false
+    }
+
     static var enabled: Bool {
         if let missing, !ci {
             print("SKIP privileged klab test: \(missing) (run lab/test as root; with CI=true this fails)")
@@ -65,10 +73,116 @@ func klab(_ args: [String], asUser user: String? = nil, environment: [String: St
     return Finished(status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self), stderr: String(decoding: e, as: UTF8.self))
 }
 
-func temporaryDirectory() throws -> String {
+/// A folder for one test's files. The `.scratch` trait (on every suite that makes files)
+/// removes it when the test passes; a failing test keeps it and its issues say where.
+func temporaryDirectory(removedByCaller: Bool = false) throws -> String {
     let d = FileManager.default.temporaryDirectory.appendingPathComponent("klab-test-\(UUID().uuidString)").path
     try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
+    if removedByCaller { return d }
+    guard let scratch = Scratch.current else {
+        Issue.record("temporaryDirectory() outside a .scratch test: \(d) would be left behind")
+        return d
+    }
+    scratch.add(d)
     return d
+}
+
+/// Removes the folders a test made once it ends without an issue; with an issue, each issue
+/// says where they are.
+struct Scratch: TestTrait, SuiteTrait, TestScoping {
+    final class Folders: @unchecked Sendable {  // guarded by lock
+        private let lock = NSLock()
+        private var paths: [String] = []
+        private var failed = false
+        func add(_ path: String) { lock.withLock { paths.append(path) } }
+        func fail() -> [String] { lock.withLock { failed = true; return paths } }
+        func end() -> (failed: Bool, paths: [String]) { lock.withLock { (failed, paths) } }
+    }
+    @TaskLocal static var current: Folders?
+
+    var isRecursive: Bool { true }
+
+    func scopeProvider(for test: Test, testCase: Test.Case?) -> Scratch? { testCase == nil ? nil : self }
+
+    func provideScope(for test: Test, testCase: Test.Case?, performing function: @Sendable () async throws -> Void) async throws {
+        let folders = Folders()
+        let noteIssues: IssueHandlingTrait = .compactMapIssues { issue in
+            var issue = issue
+            let paths = folders.fail()
+            if !paths.isEmpty { issue.comments.append("files kept in \(paths.joined(separator: ", "))") }
+            return issue
+        }
+        defer {
+            let (failed, paths) = folders.end()
+            if failed {
+                if !paths.isEmpty { print("\(test.name) left its files in \(paths.joined(separator: ", "))") }
+            } else {
+                for p in paths { try? FileManager.default.removeItem(atPath: p) }
+            }
+        }
+        try await Scratch.$current.withValue(folders) {
+            do {
+                try await noteIssues.provideScope(for: test, testCase: testCase, performing: function)
+            } catch {
+                _ = folders.fail()
+                throw error
+            }
+        }
+    }
+}
+
+extension Trait where Self == Scratch {
+    static var scratch: Self { Scratch() }
+}
+
+/// Tests that time things or pin CPUs take the machine alone; the qemu guests (a CPU each,
+/// emulated) share it among themselves but never with a timed test.
+struct MachineUse: TestTrait, SuiteTrait, TestScoping {
+    let exclusive: Bool
+    var isRecursive: Bool { true }
+
+    func scopeProvider(for test: Test, testCase: Test.Case?) -> MachineUse? { testCase == nil ? nil : self }
+
+    func provideScope(for test: Test, testCase: Test.Case?, performing function: @Sendable () async throws -> Void) async throws {
+        await Gate.shared.enter(exclusive: exclusive)
+        do { try await function() } catch {
+            await Gate.shared.leave(exclusive: exclusive)
+            throw error
+        }
+        await Gate.shared.leave(exclusive: exclusive)
+    }
+
+    /// A readers-writer gate, first come first served.
+    actor Gate {
+        static let shared = Gate()
+        private var sharing = 0
+        private var held = false
+        private var waiting: [(exclusive: Bool, resume: CheckedContinuation<Void, Never>)] = []
+
+        private func free(_ exclusive: Bool) -> Bool { !held && (!exclusive || sharing == 0) }
+        private func take(_ exclusive: Bool) { if exclusive { held = true } else { sharing += 1 } }
+
+        func enter(exclusive: Bool) async {
+            if waiting.isEmpty && free(exclusive) { return take(exclusive) }
+            await withCheckedContinuation { waiting.append((exclusive, $0)) }
+        }
+
+        func leave(exclusive: Bool) {
+            if exclusive { held = false } else { sharing -= 1 }
+            while let next = waiting.first, free(next.exclusive) {
+                waiting.removeFirst()
+                take(next.exclusive)
+                next.resume.resume()
+            }
+        }
+    }
+}
+
+extension Trait where Self == MachineUse {
+    /// Timing or CPU pinning: runs with no guest and no other timed test.
+    static var timed: Self { MachineUse(exclusive: true) }
+    /// A qemu guest: runs beside other guests, never beside a timed test.
+    static var emulated: Self { MachineUse(exclusive: false) }
 }
 
 /// A pcap file read without libpcap, so the test checks the format klab wrote, with its

@@ -4,7 +4,7 @@ import Testing
 
 /// What klab needs from the machine, tried the ways a container or a busy host gets it wrong:
 /// a long mountinfo, two labs at once, a dead run's cgroup, and each capability taken away.
-@Suite(.serialized, .enabled(if: Privileged.enabled))
+@Suite(.serialized, .scratch, .enabled(if: Privileged.enabled))
 struct SystemTests {
     /// A mountinfo of more than 64 KiB whose cgroup2 line comes last (a mount namespace with
     /// hundreds of bind mounts, cgroup2 mounted again after them): klab still finds cgroup2.

@@ -4,7 +4,7 @@ import Testing
 
 /// The schema tracer on this machine's kernel: each event it can produce is driven by real
 /// traffic and its fields are checked; levels and backend fallbacks change what is logged.
-@Suite(.serialized, .enabled(if: Privileged.enabled))
+@Suite(.serialized, .scratch, .enabled(if: Privileged.enabled))
 struct TracerTests {
     struct Run {
         let log: EventLog
@@ -241,7 +241,7 @@ struct TracerTests {
 }
 
 /// `klab trace`: a command in a fresh lab host, its events live, filtered by a pcap-filter.
-@Suite(.serialized, .enabled(if: Privileged.enabled))
+@Suite(.serialized, .scratch, .enabled(if: Privileged.enabled))
 struct LiveTraceTests {
     func lines(_ r: Finished) -> [[String: Any]] {
         r.stdout.split(separator: "\n").compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
