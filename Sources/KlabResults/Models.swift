@@ -157,7 +157,7 @@ public struct EventLine: Encodable {
         packet = e.packet.map(PacketFields.init)
         endpoints = e.endpoints.map(PacketFields.init)
         tcp_state = e.probe == Schema.setState.id ? [tcpStateName(e.arg0), tcpStateName(e.arg1)] : nil
-        let socketProbe = [Schema.sockCreate.id, Schema.sockRelease.id, Schema.postBind4.id, Schema.connect4.id].contains(e.probe)
+        let socketProbe = e.event == Schema.socketCreate.id || [Schema.sockCreate.id, Schema.sockRelease.id, Schema.postBind4.id, Schema.connect4.id].contains(e.probe)
         // ICMP_SEND and ICMP_REPLY carry the type and code of the message the kernel sends
         // (Klogger's fields). Klogger's functions and the icmp_send tracepoint see the packet
         // being answered and take them from their arguments; from the device, the packet is

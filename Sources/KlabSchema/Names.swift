@@ -2,6 +2,7 @@
 /// here, in the catalog's module: code outside it uses these, never a string. `Schema.check()`
 /// (run when klab starts, and by a unit test) fails loudly on a name the catalog lacks.
 extension Schema {
+    public static let socketCreate = named("SOCKET_CREATE")
     public static let socketClose = named("SOCKET_CLOSE")
     public static let socketReceive = named("SOCKET_RECEIVE")
     public static let socketAccept = named("SOCKET_ACCEPT")

@@ -57,8 +57,18 @@ static __always_inline int h_return(__u16 probe, long ret, __u16 ev) {
     return 0;
 }
 
+// The socket's type, family and protocol, as cgroup/sock_create gives them.
 static __always_inline int h_inet_create(__u16 probe, struct net *net, struct socket *sock, int ret) {
-    return ret ? 0 : h_socket(probe, sock, KLAB_EV_SOCKET_CREATE, 0, ret);
+    if (ret) return 0;
+    struct sock *sk = BPF_CORE_READ(sock, sk);
+    if (!sk) return 0;
+    BEGIN(probe, lab_sk(sk));
+    fill_sock(&e, sk);
+    e.proto = BPF_CORE_READ(sk, sk_protocol);
+    e.arg0 = BPF_CORE_READ(sk, sk_type);
+    e.arg1 = BPF_CORE_READ(sk, __sk_common.skc_family);
+    EMIT_IF(m, &e, KLAB_EV_SOCKET_CREATE, 1);
+    return 0;
 }
 
 static __always_inline int h_inet_release(__u16 probe, struct socket *sock) {
@@ -134,8 +144,15 @@ static __always_inline int h_tcp_send_ack(__u16 probe, struct sock *sk, __u32 rc
     return 0;
 }
 
+// Whether a task holds the socket: tcp_ack runs in the receiving task with it free, or in
+// release_sock's backlog processing with it owned.
 static __always_inline int h_tcp_ack(__u16 probe, struct sock *sk, struct sk_buff *skb) {
-    return h_sock(probe, sk, skb, KLAB_EV_TCP_RECVACK, 0);
+    BEGIN(probe, lab_sk(sk));
+    fill_sock(&e, sk);
+    fill_skb(&e, skb);
+    e.flags |= owned_flags(BPF_CORE_READ(sk, sk_lock.owned));
+    EMIT_IF(m, &e, KLAB_EV_TCP_RECVACK, 1);
+    return 0;
 }
 
 static __always_inline int h_tcp_v4_send_synack(__u16 probe, struct sock *sk, struct sock *req) {
