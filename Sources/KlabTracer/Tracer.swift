@@ -167,9 +167,6 @@ public final class Tracer: @unchecked Sendable {
         sink.seal()
     }
 
-    /// The records so far, decoded.
-    public func events() -> [TraceEvent] { sink.flush(); return RecordSink.read(sink.path) }
-
     /// Per-CPU counters summed: serial numbers handed out and records dropped (ring full).
     public func counters() -> (emitted: UInt64, dropped: UInt64) {
         guard let map = objects.first?.map("counters") else { return (0, 0) }
@@ -302,14 +299,4 @@ final class RecordSink: @unchecked Sendable {
     func flush() { lock.withLock { writeOut() } }
     /// Writes what is buffered and ignores records from now on.
     func seal() { lock.withLock { writeOut(); sealed = true } }
-
-    static func read(_ path: String) -> [TraceEvent] {
-        guard let data = FileManager.default.contents(atPath: path) else { return [] }
-        let size = TraceEvent.recordSize
-        return data.withUnsafeBytes { buf in
-            stride(from: 0, to: buf.count - size + 1, by: size).map {
-                TraceEvent(record: UnsafeRawBufferPointer(rebasing: buf[$0..<$0 + size]))
-            }
-        }
-    }
 }
