@@ -3,7 +3,7 @@ import Testing
 
 /// `flood:` and the record fields that attribute each received segment: its context and
 /// whether a task owned the socket.
-@Suite(.serialized, .scratch, .timed, .enabled(if: Privileged.enabled && FloodTests.notInGuest))
+@Suite(.serialized, .scratch, .timed, .enabled(if: Privileged.enabled && Privileged.outsideGuest("flood test", "lab/kernel-matrix runs the latency scenarios there")))
 struct FloodTests {
     struct Result {
         let run: Finished
@@ -27,14 +27,9 @@ struct FloodTests {
     /// here; lab/kernel-matrix runs the latency scenarios on Klogger's own functions.
     static let perSegmentSites = ["--disable-backend", "fentry", "--disable-backend", "kprobe"]
 
-    /// Not inside lab/kernel-rig's guests: there cgroup_skb/ingress, the fallback site for
-    /// TCP_RECEIVEPACKET, saw only the listener's segments on Debian's 6.12 (not the accepted
-    /// socket's: an open bug), and emulated timing says nothing about the two receive paths.
-    static var notInGuest: Bool {
-        guard let guest = ProcessInfo.processInfo.environment["KLAB_GUEST"] else { return true }
-        print("SKIP flood test inside the rig's \(guest) guest (lab/kernel-matrix runs the latency scenarios there)")
-        return false
-    }
+    // Not inside lab/kernel-rig's guests: there cgroup_skb/ingress, the fallback site for
+    // TCP_RECEIVEPACKET, saw only the listener's segments on Debian's 6.12 (not the accepted
+    // socket's: an open bug), and emulated timing says nothing about the two receive paths.
 
     func run(_ name: String, _ args: [String]) throws -> Result {
         let out = try temporaryDirectory()

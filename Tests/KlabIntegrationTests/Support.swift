@@ -22,6 +22,13 @@ enum Privileged {
         return false
     }
 
+    /// False inside lab/kernel-rig's guest (KLAB_GUEST), with the reason printed.
+    static func outsideGuest(_ what: String, _ why: String) -> Bool {
+        guard let guest = ProcessInfo.processInfo.environment["KLAB_GUEST"] else { return true }
+        print("SKIP \(what) inside the rig's \(guest) guest: \(why)")
+        return false
+    }
+
     static var enabled: Bool {
         if let missing, !ci {
             print("SKIP privileged klab test: \(missing) (run lab/test as root; with CI=true this fails)")
