@@ -58,17 +58,18 @@ struct Finished {
     let stderr: String
 }
 
-/// Runs klab to completion.
+/// Runs klab to completion, as another user when `user` is given.
 func klab(_ args: [String], asUser user: String? = nil, environment: [String: String] = [:]) throws -> Finished {
+    guard let user else { return try run(klabBinary, args, environment: environment) }
+    return try run("/usr/bin/setpriv", ["--reuid=\(user)", "--regid=\(user)", "--clear-groups", "--", klabBinary] + args, environment: environment)
+}
+
+/// Runs a program to completion from the package root.
+func run(_ program: String, _ args: [String], environment: [String: String] = [:]) throws -> Finished {
     let p = Process()
-    if !environment.isEmpty { p.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
-    if let user {
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
-        p.arguments = ["--reuid=\(user)", "--regid=\(user)", "--clear-groups", "--", klabBinary] + args
-    } else {
-        p.executableURL = URL(fileURLWithPath: klabBinary)
-        p.arguments = args
-    }
+    p.executableURL = URL(fileURLWithPath: program)
+    p.arguments = args
+    p.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
     p.currentDirectoryURL = URL(fileURLWithPath: packageRoot)
     let out = Pipe(), err = Pipe()
     p.standardOutput = out

@@ -147,20 +147,3 @@ struct SystemTests {
         #expect(r.stdout.contains("SOCKET_CREATE"))
     }
 }
-
-/// Runs a program to completion from the package root.
-func run(_ program: String, _ args: [String], environment: [String: String] = [:]) throws -> Finished {
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: program)
-    p.arguments = args
-    p.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
-    p.currentDirectoryURL = URL(fileURLWithPath: packageRoot)
-    let out = Pipe(), err = Pipe()
-    p.standardOutput = out
-    p.standardError = err
-    try p.run()
-    let o = out.fileHandleForReading.readDataToEndOfFile()
-    let e = err.fileHandleForReading.readDataToEndOfFile()
-    p.waitUntilExit()
-    return Finished(status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self), stderr: String(decoding: e, as: UTF8.self))
-}
