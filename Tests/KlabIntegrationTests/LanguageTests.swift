@@ -248,7 +248,10 @@ struct LanguageTests {
                 let med = w["latencyMedianUs"] as? Double ?? 0, p99 = w["latencyP99Us"] as? Double ?? 0
                 #expect(med > 0 && p99 >= med && (w["transactionsPerSecond"] as? Double ?? 0) > 0, "\(w)")
             } else {
-                #expect((w["megabitsPerSecond"] as? Double ?? 0) > 1 && w["received"] as? Int == 200, "\(w)")
+                // Every write sent arrived (TCP, through loss too); how many fit in the
+                // workload's time depends on the CPU (49 in a loaded TCG guest, 200 here).
+                let sent = w["sent"] as? Int ?? 0
+                #expect((w["megabitsPerSecond"] as? Double ?? 0) > 1 && sent > 0 && w["received"] as? Int == sent, "\(w)")
             }
         }
         // The lossy pair lost packets on the wire, and TCP still delivered everything.
