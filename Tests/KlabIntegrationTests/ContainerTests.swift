@@ -52,6 +52,11 @@ struct ContainerTests {
         #expect(pcap.packets.count >= 3, "the host's capture.pcap holds \(pcap.packets.count) packets")
         #expect(try containerCgroups(in: cgroup2) == before, "the container left its lab cgroup in \(cgroup2)")
 
+        // The image has every program the shipped scenarios run.
+        let list = try run("\(packageRoot)/lab/container", ["podman", "run", "--rm", image, "run", "--list"])
+        #expect(list.status == 0 && list.stdout.contains("tcp-handshake "), "\(list.stdout)\(list.stderr)")
+        #expect(!list.stdout.contains("cannot run here"), "\(list.stdout)")
+
         // Each flag left out: exit 69 and the flag to add, in podman's terms.
         for (flag, replacement, hint) in [
             ("-v \(cgroup2):\(cgroup2) ", "", "add -v \(cgroup2):\(cgroup2)"),
