@@ -28,7 +28,7 @@ struct ContainerTests {
         let image = "localhost/klab-test:\(UUID().uuidString.prefix(8).lowercased())"
         let build = try run("\(packageRoot)/lab/container", ["build", image])
         defer { _ = try? run("\(packageRoot)/lab/container", ["podman", "rmi", "--force", image]) }
-        try #require(build.status == 0, "lab/container build exited \(build.status):\n\(build.stderr.suffix(4000))")
+        try #require(build.status == 0, "lab/container build exited \(build.status):\n\(build.stdout.suffix(3000))\(build.stderr.suffix(2000))")
 
         // The Dockerfile's header gives the same line as README.
         let header = try String(contentsOfFile: "\(packageRoot)/Dockerfile", encoding: .utf8)
