@@ -202,8 +202,9 @@ extension Play {
         let argv: [UnsafeMutablePointer<CChar>?] = p.argv.map { strdup($0) } + [nil]
         defer { for a in argv { free(a) } }
         var pid: pid_t = 0
-        let rc = posix_spawn(&pid, p.path, &actions, &attr, argv, environ)
-        if rc != 0 { throw LabError("posix_spawn(\(p.path))", errno: rc) }
+        let path = p.path ?? p.argv[0]  // not installed: Runner.run refused the scenario before this
+        let rc = posix_spawn(&pid, path, &actions, &attr, argv, environ)
+        if rc != 0 { throw LabError("posix_spawn(\(path))", errno: rc) }
         return pid
     }
 

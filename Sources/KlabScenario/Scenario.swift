@@ -52,6 +52,16 @@ public struct Scenario: Sendable {
 
     public static let defaultTimeoutNs: UInt64 = 30_000_000_000
     public var wireMode: Bool { hosts.count > 1 }
+
+    /// Why this machine cannot run the scenario, where the file says what it lacks: each
+    /// program its steps run that is not on PATH. Empty: it can run. The file itself is good
+    /// either way, and other scenarios of a batch still run.
+    public var cannotRun: [ScenarioError] {
+        steps.compactMap { step in
+            guard case .program(let p) = step.action, p.path == nil, let exe = p.argv.first else { return nil }
+            return ScenarioError(p.location, "program '\(exe)' is not installed (not found on PATH: \(ProcessInfo.processInfo.environment["PATH"] ?? ""))")
+        }
+    }
 }
 
 /// What the daemon does to packets it forwards in wire mode, per direction ("a>b").
@@ -172,8 +182,11 @@ public struct Endpoint: Sendable, Equatable, CustomStringConvertible {
 public struct ProgramSpec: Sendable {
     public let name: String
     public let argv: [String]
-    /// The executable found on PATH when the file was read.
-    public let path: String
+    /// The executable found on PATH when the file was read; nil: not installed here, so the
+    /// scenario cannot run on this machine (`Scenario.cannotRun` says so, at `location`).
+    public let path: String?
+    /// Where the program is named in the file.
+    public let location: SourceLocation
     public let background: Bool
     /// The exit status it must end with; nil: any.
     public let status: Int32?
@@ -1002,9 +1015,8 @@ struct Reader {
             argv = try Words(try string(node, "run"), at: textStart(node)).words.map(\.text)
         }
         guard let exe = argv.first, !exe.isEmpty else { throw fail(node, "run takes a program and its arguments: run: ping -c 1 198.18.0.2") }
-        guard let path = Reader.which(exe) else {
-            throw fail(firstNode, "program '\(exe)' is not installed (not found on PATH: \(ProcessInfo.processInfo.environment["PATH"] ?? ""))")
-        }
+        // A program missing here is no error in the file: the scenario fails alone when run.
+        let path = Reader.which(exe)
         let background = try extra["background"].map { (_, v) throws(ScenarioError) in try bool(v, "background") } ?? false
         var status: Int32? = 0
         if let (_, v) = extra["status"] {
@@ -1017,7 +1029,7 @@ struct Reader {
         }
         let timeout = try extra["timeout"].map { (_, v) throws(ScenarioError) in try duration(v, "timeout") }
         if let (k, _) = extra["timeout"], background { throw fail(k, "a background program runs until 'stop' or the end; timeout is for foreground programs") }
-        return ProgramSpec(name: name, argv: argv, path: path, background: background, status: status, timeoutNs: timeout)
+        return ProgramSpec(name: name, argv: argv, path: path, location: at(firstNode), background: background, status: status, timeoutNs: timeout)
     }
 
     /// `workload: TCP_RR` with `from: a`, `to: b:5001`, `size: 100`, `count: 1000` or `duration: 2s`.

@@ -85,6 +85,14 @@ struct Run: ParsableCommand {
         for (i, s) in scenarios.enumerated() where !Interrupt.requested {
             let params = s.params.isEmpty ? "" : ", " + s.params.map { "\($0.name)=\($0.value)" }.joined(separator: " ")
             say("[\(i + 1)/\(scenarios.count)] \(s.name) (\(s.file)\(params))")
+            // This one fails alone, before anything is built for it; the others still run.
+            let missing = s.cannotRun.map(\.description)
+            if !missing.isEmpty {
+                for m in missing { FileHandle.standardError.write(Data("\(m)\n".utf8)) }
+                say("\(s.name): FAILED (not run: this machine lacks what it needs)")
+                outcomes.append(Outcome(scenario: s.name, directory: "", passed: false, failures: missing, interrupted: false))
+                continue
+            }
             do {
                 outcomes.append(try Run.finish(runner.run(s, into: "\(base)/\(s.name)")))
             } catch {
@@ -96,7 +104,7 @@ struct Run: ParsableCommand {
         if let failure { die(failure) }
         say("")
         for o in outcomes {
-            say("\(o.passed ? "PASS" : "FAIL")  \(o.scenario)  → \(o.directory)")
+            say("\(o.passed ? "PASS" : "FAIL")  \(o.scenario)  " + (o.directory.isEmpty ? "(not run)" : "→ \(o.directory)"))
             for f in o.failures { say("      \(f)") }
         }
         if Interrupt.requested { throw ExitCode(ExitCodes.interrupted) }
@@ -150,6 +158,7 @@ extension Run {
                 let about = s.about.split(whereSeparator: \.isWhitespace).joined(separator: " ")
                 say("\(s.name.padding(toLength: 24, withPad: " ", startingAt: 0)) \(path)")
                 say("    \(about)")
+                for m in s.cannotRun { say("    cannot run here: \(m.message)") }
             } catch {
                 say("\(f): \(error)")
             }

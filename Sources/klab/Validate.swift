@@ -38,6 +38,8 @@ struct Validate: ParsableCommand {
                                         "duplicate scenario name '\(s.name)': \(other) has it too (each gets a results folder by name)")
                 }
                 names[s.name] = f
+                // klab run would fail this one alone; validate says so as it would.
+                if let missing = s.cannotRun.first { throw missing }
                 say("ok  \(f): \(s.name), \(s.steps.count) steps")
             } catch {
                 FileHandle.standardError.write(Data("\(error)\n".utf8))

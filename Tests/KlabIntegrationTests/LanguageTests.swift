@@ -431,4 +431,20 @@ struct ValidateTests {
         for name in LanguageTests.shipped { #expect(r.stdout.contains("\(name) "), "\(name) missing from --list") }
         #expect(r.stdout.contains("IP fragments no TCP segment"))
     }
+
+    /// With no program on PATH, the list is still a list: each scenario that runs one says
+    /// what it lacks under its entry, and nothing is an error.
+    @Test func listNotesWhatCannotRunHere() throws {
+        let dir = try temporaryDirectory()
+        let r = try klab(["run", "--list"], environment: ["PATH": dir])
+        #expect(r.status == 0)
+        #expect(r.stderr.isEmpty, "\(r.stderr)")
+        #expect(!r.stdout.contains("error"), "\(r.stdout)")
+        for name in LanguageTests.shipped { #expect(r.stdout.contains("\(name) "), "\(name) missing from --list") }
+        // wire-http's entry: its line and the indented ones under it.
+        let lines = r.stdout.split(separator: "\n")
+        let start = try #require(lines.firstIndex { $0.hasPrefix("wire-http ") }, "\(r.stdout)")
+        let entry = lines[(start + 1)...].prefix { $0.hasPrefix("    ") }.joined(separator: "\n")
+        #expect(entry.contains("    cannot run here: program 'python3' is not installed (not found on PATH: \(dir))"), "\(r.stdout)")
+    }
 }
