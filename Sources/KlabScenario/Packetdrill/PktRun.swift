@@ -1,0 +1,46 @@
+import Foundation
+import KlabLab
+import KlabPacket
+
+extension Runner {
+    /// Runs a packetdrill script in a fresh host, as a YAML scenario runs: one host whose link
+    /// is a TUN named tun0 (as packetdrill's), with IFF_VNET_HDR and TSO/GSO offload (as
+    /// packetdrill's, so the host sends whole TSO segments), capture, tracer, the script's
+    /// events, then the same results folder and placement check.
+    public func run(_ script: PktScript, into dir: String) throws -> Outcome {
+        let map = try PktAddressMap(script.config)
+        let fresh = !FileManager.default.fileExists(atPath: dir)
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let directory = URL(fileURLWithPath: dir).standardizedFileURL.path
+        var started = false
+        defer { if !started && fresh { try? FileManager.default.removeItem(atPath: dir) } }
+        let hostAddress = IPv4Address(rawValue: map.host), peer = IPv4Address(rawValue: map.peer)
+        let host = try LabHost(name: "h1")
+        defer { host.shutdown() }
+        let tun = try host.addLink(
+            name: "tun0", address: hostAddress, prefixLength: map.prefixLength, mtu: script.config.mtu, route: Scenario.labPrefix,
+            offload: true)
+        let capture = try Capture(path: "\(directory)/capture.pcap")
+        try host.run { try capture.add(device: tun.name, netns: host.netnsInode) }
+        let (tracer, offset, tscHz) = try observe([host], capture, directory)
+        defer { tracer.close() }
+        started = true
+        let wire = Wire(tun: tun)
+        wire.start()
+
+        let scenario = Scenario(
+            file: script.file, name: script.name, about: "packetdrill script",
+            host: HostSpec(name: "h1", address: hostAddress, prefixLength: map.prefixLength, mtu: script.config.mtu), hosts: [],
+            wire: WireSpec(), peer: peer, peerPort: 0, hostPort: script.config.bindPort, timeoutNs: UInt64(PktPlayer.maxRuntimeUs) * 1000,
+            steps: [])
+        let play = Play(scenario: scenario, host: host, wire: wire, directory: directory, log: log)
+        log("  host \(hostAddress)/\(map.prefixLength) on tun0 (the script's \(script.config.localIP)), peer \(peer) (the script's \(script.config.remoteIP))")
+        let player = PktPlayer(script: script, map: map, host: host, tun: tun, wire: wire, directory: directory, play: play, log: log)
+        let startedNs = Clock.monotonicNs()
+        player.run()
+        wire.stop()
+        return try conclude(
+            scenario, directory, hosts: [host], tracer: tracer, capture: capture, play: play, offset: offset, tscHz: tscHz,
+            startedNs: startedNs, unexpected: wire.leftovers().count)
+    }
+}
