@@ -82,6 +82,9 @@ final class PktPlayer: @unchecked Sendable {
     /// The peer port of the last passive connection.
     var nextPeerPort: UInt16 = 39999
     var codeFragments: [String] = []
+    /// Send buffers: MSG_ZEROCOPY ones live until the end; the others until the next event.
+    var keptBuffers: [UnsafeMutableRawPointer] = []
+    var scratch: [UnsafeMutableRawPointer] = []
 
     /// The blocking-call thread (packetdrill's syscall thread).
     enum SyscallState { case idle, enqueued, running, done, exiting }
@@ -129,6 +132,8 @@ final class PktPlayer: @unchecked Sendable {
                 try nextEvent(i)
                 try playEvent(i)
                 numEvents += 1
+                for p in scratch { p.deallocate() }
+                scratch = []
                 if let f = threadFailure { throw PktFailure(message: f) }
                 if Interrupt.requested { throw PktFailure(message: "\(file): interrupted (\(Interrupt.signal == SIGINT ? "SIGINT" : "SIGTERM")) at line \(events[i].location.line)") }
             }
@@ -415,6 +420,9 @@ final class PktPlayer: @unchecked Sendable {
                 close(f.liveFD)
                 f.closed = true
             }
+            // Sockets are closed: the kernel holds no more zerocopy pages.
+            for p in keptBuffers + scratch { p.deallocate() }
+            (keptBuffers, scratch) = ([], [])
         }
     }
 }

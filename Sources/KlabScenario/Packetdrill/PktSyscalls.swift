@@ -348,12 +348,10 @@ extension PktPlayer {
             let null = try a.buffer(1)
             let n = Int(try a.s32(2))
             let flags = c.name == "send" ? try a.s32(3) : 0
-            let buf = [UInt8](repeating: 0, count: max(n, 1))
+            let buf = sendBuffer(n, flags: flags, blocking: b)
             let r = perform(b) {
-                buf.withUnsafeBytes { p in
-                    let ptr = null ? nil : p.baseAddress
-                    return c.name == "write" ? Glibc.write(fd, ptr, n) : Glibc.send(fd, ptr, n, flags)
-                }
+                let ptr = null ? nil : UnsafeRawPointer(buf)
+                return c.name == "write" ? Glibc.write(fd, ptr, n) : Glibc.send(fd, ptr, n, flags)
             }
             return try check(c, .exact, r)
         case "sendto":
@@ -369,9 +367,9 @@ extension PktPlayer {
                 throw PktEvalError("klab does not support sendto on ICMP sockets yet")
             }
             var sa = try connectAddress(script, family: family)
-            let buf = [UInt8](repeating: 0, count: max(n, 1))
+            let buf = sendBuffer(n, flags: flags, blocking: b)
             let r = perform(b) {
-                buf.withUnsafeBytes { p in PktPlayer.withSockaddr(&sa) { Glibc.sendto(fd, null ? nil : p.baseAddress, n, flags, $0, $1) } }
+                PktPlayer.withSockaddr(&sa) { Glibc.sendto(fd, null ? nil : UnsafeRawPointer(buf), n, flags, $0, $1) }
             }
             return try check(c, .exact, r)
         case "readv", "writev":
@@ -398,7 +396,7 @@ extension PktPlayer {
             var name = sockaddr_storage()
             var gotFlags: Int32 = 0
             var gotControl = 0
-            let r = withIovecs(lengths) { iovp in
+            let r = withIovecs(lengths, keep: c.name == "sendmsg" && flags & PktPlayer.zeroCopy != 0) { iovp in
                 buffer.withUnsafeMutableBytes { cbuf in
                     withUnsafeMutablePointer(to: &name) { namep in
                         var m = msghdr()
@@ -566,10 +564,22 @@ extension PktPlayer {
         }
     }
 
-    /// Zeroed buffers of the given lengths as an iovec array.
-    func withIovecs<T>(_ lengths: [Int], _ body: (UnsafeMutablePointer<iovec>) -> T) -> T {
-        let bufs = lengths.map { UnsafeMutableRawPointer.allocate(byteCount: max($0, 1), alignment: 8) }
-        defer { for p in bufs { p.deallocate() } }
+    static let zeroCopy: Int32 = 0x400_0000  // MSG_ZEROCOPY
+
+    /// Zeroed bytes to send. With MSG_ZEROCOPY the kernel sends from these pages after the call
+    /// returns, so they are kept until the script ends (packetdrill's --send_omit_free); so are
+    /// a blocking call's, which may return after later events.
+    func sendBuffer(_ n: Int, flags: Int32, blocking: Bool) -> UnsafeMutableRawPointer {
+        let p = UnsafeMutableRawPointer.allocate(byteCount: max(n, 1), alignment: 4096)
+        p.initializeMemory(as: UInt8.self, repeating: 0, count: max(n, 1))
+        if blocking || flags & PktPlayer.zeroCopy != 0 { keptBuffers.append(p) } else { scratch.append(p) }
+        return p
+    }
+
+    /// Zeroed buffers of the given lengths as an iovec array (kept for MSG_ZEROCOPY sends).
+    func withIovecs<T>(_ lengths: [Int], keep: Bool = false, _ body: (UnsafeMutablePointer<iovec>) -> T) -> T {
+        let bufs = lengths.map { UnsafeMutableRawPointer.allocate(byteCount: max($0, 1), alignment: 4096) }
+        defer { if keep { keptBuffers += bufs } else { for p in bufs { p.deallocate() } } }
         for (p, n) in zip(bufs, lengths) { p.initializeMemory(as: UInt8.self, repeating: 0, count: max(n, 1)) }
         var iov = zip(bufs, lengths).map { iovec(iov_base: $0.0, iov_len: $0.1) }
         if iov.isEmpty { iov = [iovec()] }
