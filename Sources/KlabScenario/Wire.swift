@@ -2,8 +2,7 @@ import Foundation
 import KlabLab
 
 /// The daemon's side of a TUN link: injects packets (stamped with CLOCK_MONOTONIC just before
-/// the write) and collects what the host sends (stamped when read() returns). On an offload
-/// TUN the virtio-net header is taken off what is read and a blank one put before what is written.
+/// the write) and collects what the host sends (stamped when read() returns).
 final class Wire: @unchecked Sendable {
     struct Received { let monotonicNs: UInt64; let bytes: [UInt8] }
 
@@ -19,13 +18,12 @@ final class Wire: @unchecked Sendable {
     func start() {
         running = true
         let t = Thread { [self] in
-            let hdr = tun.headerLength
-            let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: 65536 + hdr, alignment: 8)
+            let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: 65536, alignment: 8)
             defer { buf.deallocate() }
             while cond.withLock({ running }) {
                 do {
-                    guard let n = try tun.read(into: buf, timeoutMs: 20), n >= hdr else { continue }
-                    let r = Received(monotonicNs: Clock.monotonicNs(), bytes: Array(buf[hdr..<n]))
+                    guard let n = try tun.read(into: buf, timeoutMs: 20) else { continue }
+                    let r = Received(monotonicNs: Clock.monotonicNs(), bytes: Array(buf.prefix(n)))
                     cond.withLock {
                         inbox.append(r)
                         cond.broadcast()
@@ -43,7 +41,7 @@ final class Wire: @unchecked Sendable {
     /// Writes one packet into the host; returns its monotonic stamp.
     func inject(_ bytes: [UInt8]) throws -> UInt64 {
         let t = Clock.monotonicNs()
-        try tun.write(tun.headerLength > 0 ? [UInt8](repeating: 0, count: tun.headerLength) + bytes : bytes)
+        try tun.write(bytes)
         return t
     }
 

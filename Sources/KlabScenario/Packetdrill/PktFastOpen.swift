@@ -81,7 +81,7 @@ extension PktPlayer {
                 out += stride(from: 0, to: Int(len) - 15, by: 16).map { Array(buf[$0..<($0 + 16)]) }
             }
         }
-        if let text = try? host.run({ try String(contentsOfFile: "/proc/sys/net/ipv4/tcp_fastopen_key", encoding: .utf8) }) {
+        if let text = try? String(contentsOfFile: "/proc/sys/net/ipv4/tcp_fastopen_key", encoding: .utf8) {
             out += PktFastOpen.keys(sysctl: text)
         }
         return out

@@ -331,7 +331,7 @@ extension PktPlayer {
             cond.unlock()
             let got: Wire.Received?
             do {
-                got = try wire.next(timeoutMs: Int(left / 1000) + 1, interrupted: { [self] in
+                got = try readOutbound(timeoutMs: Int(left / 1000) + 1, interrupted: { [self] in
                     Interrupt.requested || cond.withLock { threadFailure != nil }
                 })
             } catch {
@@ -351,6 +351,28 @@ extension PktPlayer {
             if socket !== expected { return .failure(PktEvalError("packet is not for expected socket")) }
             return .success((w, Int64(got.monotonicNs / 1000)))
         }
+    }
+
+    /// The host's next packet, read from the TUN on this thread (packetdrill sniffs on its one
+    /// thread too: a reader thread in between costs a wakeup per packet) and stamped on return.
+    func readOutbound(timeoutMs: Int, interrupted: () -> Bool) throws -> Wire.Received? {
+        let deadline = nowUs() + Int64(timeoutMs) * 1000
+        while !interrupted() {
+            let left = deadline - nowUs()
+            if left <= 0 { return nil }
+            guard let n = try tun.read(into: tunBuffer, timeoutMs: Int32(min(left / 1000 + 1, 50))) else { continue }
+            let stamp = Clock.monotonicNs()
+            guard n >= tun.headerLength else { continue }
+            return Wire.Received(monotonicNs: stamp, bytes: Array(tunBuffer[tun.headerLength..<n]))
+        }
+        return nil
+    }
+
+    /// Packets the host sent that the script never sniffed, taken off the TUN at the end.
+    func leftovers() -> Int {
+        var count = 0
+        while let n = try? tun.read(into: tunBuffer, timeoutMs: 0), n >= tun.headerLength { count += 1 }
+        return count
     }
 
     /// The script's packet in script space, as packetdrill builds it to compare with.

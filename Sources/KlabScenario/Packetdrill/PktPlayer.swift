@@ -56,6 +56,8 @@ final class PktPlayer: @unchecked Sendable {
     let host: LabHost
     let tun: TunDevice
     let wire: Wire
+    /// Where the host's packets are read from the TUN (one at a time, by the player's thread).
+    let tunBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 65536 + 16, alignment: 8)
     let directory: String
     let log: (String) -> Void
     /// Carries the step records and failures to the runner's report.
@@ -117,7 +119,30 @@ final class PktPlayer: @unchecked Sendable {
         return n < lines.count ? lines[n].trimmingCharacters(in: .whitespaces) : ""
     }
 
+    deinit { tunBuffer.deallocate() }
+
     // MARK: The run
+
+    /// Plays the script on a thread of its own that enters the host's namespace, as packetdrill
+    /// runs inside its own: sockets, commands and /proc/sys/net reads are the host's without a
+    /// hop to the host's thread (a hop is a wakeup, and wakeups under load cost milliseconds).
+    func runInHost() {
+        let done = DispatchSemaphore(value: 0)
+        let t = Thread { [self] in
+            if klab_setns_net(host.namespaceFD) == 0 {
+                run()
+            } else {
+                let failure = "\(file): setns into the host's namespace: \(String(cString: strerror(errno)))"
+                play.failures.append(failure)
+                log("  FAIL \(failure)")
+            }
+            done.signal()
+        }
+        t.name = "klab-pkt"
+        t.stackSize = 8 << 20
+        t.start()
+        done.wait()
+    }
 
     func run() {
         signal(SIGPIPE, SIG_IGN)
@@ -327,7 +352,7 @@ final class PktPlayer: @unchecked Sendable {
         let output = "\(dir)/\(line.map { "line\($0)" } ?? what.replacingOccurrences(of: " ", with: "-")).out"
         let text = map.mapCommand(command)
         let cwd = URL(fileURLWithPath: file).deletingLastPathComponent().path
-        let pid = try host.run { try PktPlayer.spawnShell(text, cwd: cwd, output: output) }
+        let pid = try PktPlayer.spawnShell(text, cwd: cwd, output: output)
         var status: Int32 = 0
         while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
         let out = (try? String(contentsOfFile: output, encoding: .utf8)) ?? ""

@@ -25,8 +25,8 @@ extension Runner {
         let (tracer, offset, tscHz) = try observe([host], capture, directory)
         defer { tracer.close() }
         started = true
+        // The player reads the TUN itself; the Wire only carries the host to Play's records.
         let wire = Wire(tun: tun)
-        wire.start()
 
         let scenario = Scenario(
             file: script.file, name: script.name, about: "packetdrill script",
@@ -37,10 +37,9 @@ extension Runner {
         log("  host \(hostAddress)/\(map.prefixLength) on tun0 (the script's \(script.config.localIP)), peer \(peer) (the script's \(script.config.remoteIP))")
         let player = PktPlayer(script: script, map: map, host: host, tun: tun, wire: wire, directory: directory, play: play, log: log)
         let startedNs = Clock.monotonicNs()
-        player.run()
-        wire.stop()
+        player.runInHost()
         return try conclude(
             scenario, directory, hosts: [host], tracer: tracer, capture: capture, play: play, offset: offset, tscHz: tscHz,
-            startedNs: startedNs, unexpected: wire.leftovers().count)
+            startedNs: startedNs, unexpected: player.leftovers())
     }
 }

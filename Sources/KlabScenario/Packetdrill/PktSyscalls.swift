@@ -83,7 +83,9 @@ extension PktPlayer {
 
     func startSyscallThread() {
         let t = Thread { [self] in
+            let entered = klab_setns_net(host.namespaceFD) == 0 ? nil : String(cString: strerror(errno))
             cond.lock()
+            if let entered { threadFailure = "\(file): setns into the host's namespace: \(entered)" }
             sysTID = klab_gettid()
             cond.broadcast()
             loop: while true {
@@ -242,15 +244,8 @@ extension PktPlayer {
             try a.count(3)
             let domain = a.isEllipsis(0) ? AF_INET : try a.s32(0)
             let type = try a.s32(1), proto = try a.s32(2)
-            // The socket is born in the host's namespace: made on the host's thread.
-            let r: (Int, Int32)
-            do {
-                r = try host.run { () -> (Int, Int32) in
-                    errno = 0
-                    let fd = socket(domain, type, proto)
-                    return (Int(fd), errno)
-                }
-            } catch { throw PktEvalError("\(error)") }
+            // The player's threads live in the host's namespace: the socket is born there.
+            let r = perform(b) { Int(socket(domain, type, proto)) }
             let text = try check(c, .fd, r)
             if r.0 >= 0 {
                 let s = PktSocket()
@@ -308,7 +303,7 @@ extension PktPlayer {
             var family: Int32 = -1
             if !a.isEllipsis(1) { family = try a.s32(1) }
             try a.ellipsis(2)
-            var sa = try connectAddress(script, family: family)
+            var sa = try connectAddress(script, family: family, mustBeNew: true)
             return try check(c, .exact, perform(b) { Int(PktPlayer.withSockaddr(&sa) { Glibc.connect(fd, $0, $1) }) })
         case "read", "recv":
             try a.count(c.name == "read" ? 3 : 4)
@@ -394,6 +389,14 @@ extension PktPlayer {
             let expected = try PktControl.build(control)
             var buffer = expected + [UInt8](repeating: 0, count: 8)
             var name = sockaddr_storage()
+            var nameLength = socklen_t(MemoryLayout<sockaddr_storage>.size)
+            if c.name == "sendmsg" {
+                // packetdrill's msghdr always names the peer: sendmsg connects to it like sendto.
+                var sa = try connectAddress(try a.s32(0), family: -1)
+                withUnsafeMutableBytes(of: &name) { dst in withUnsafeBytes(of: &sa) { dst.copyMemory(from: $0) } }
+                nameLength = socklen_t(MemoryLayout<sockaddr_in>.size)
+                if msgFlags != 0 { throw PktEvalError("sendmsg ignores msg_flags field in msghdr") }
+            }
             var gotFlags: Int32 = 0
             var gotControl = 0
             let r = withIovecs(lengths, keep: c.name == "sendmsg" && flags & PktPlayer.zeroCopy != 0) { iovp in
@@ -401,7 +404,7 @@ extension PktPlayer {
                     withUnsafeMutablePointer(to: &name) { namep in
                         var m = msghdr()
                         m.msg_name = UnsafeMutableRawPointer(namep)
-                        m.msg_namelen = socklen_t(MemoryLayout<sockaddr_storage>.size)
+                        m.msg_namelen = nameLength
                         m.msg_iov = iovp
                         m.msg_iovlen = lengths.count
                         m.msg_control = expected.isEmpty ? nil : cbuf.baseAddress
@@ -533,7 +536,7 @@ extension PktPlayer {
     }
 
     /// connect() and sendto() go to the peer at --connect_port; AF_UNSPEC disconnects.
-    func connectAddress(_ script: Int32, family: Int32) throws(PktEvalError) -> sockaddr_in {
+    func connectAddress(_ script: Int32, family: Int32, mustBeNew: Bool = false) throws(PktEvalError) -> sockaddr_in {
         var sa = sockaddr_in(address: IPv4Address(rawValue: map.peer), port: config.connectPort)
         if family != -1 {
             sa = sockaddr_in()
@@ -544,6 +547,7 @@ extension PktPlayer {
             s.state = .new
             return sa
         }
+        if s.state != .new, mustBeNew { throw PktEvalError("socket is not new") }
         if s.state == .new {
             s.state = .activeConnecting
             s.remoteIP = map.peer
