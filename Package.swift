@@ -22,23 +22,31 @@ let package = Package(
         .target(name: "KlabPacket", swiftSettings: strict),
         .target(name: "KlabSchema", dependencies: ["CKlabLinux", "KlabPacket"], swiftSettings: strict),
 
-        // Kernel-facing: hosts (namespaces), TUN links, libnl, libpcap, cgroups.
-        .target(name: "KlabLab", dependencies: ["CKlabLinux", "CLibnl", "CLibpcap", "KlabPacket", "KlabSchema"], swiftSettings: strict),
+        // The results folder: its files, their models, streaming readers and writers. Pure, no root.
+        // Exclusivity checks cost a tenth of klab check's time on millions of events (BENCHMARKS.md).
+        .target(name: "KlabResults", dependencies: ["CKlabLinux", "KlabSchema", "KlabPacket"],
+                swiftSettings: strict + [.unsafeFlags(["-enforce-exclusivity=unchecked"])]),
+
+        // klab's one path to the kernel: syscalls and their errors, /proc and /sys files, the lab
+        // cgroup, and the preflight check of capabilities, devices and mounts.
+        .target(name: "KlabSystem", swiftSettings: strict),
+        // Kernel-facing: hosts (namespaces), TUN links, libnl, the packet recorder, pcap filters.
+        .target(name: "KlabLab", dependencies: ["CKlabLinux", "CLibnl", "CLibpcap", "KlabPacket", "KlabSchema", "KlabResults", "KlabSystem"], swiftSettings: strict),
         // The BPF tracer. Its C programs in bpf/ are compiled by the plugin and embedded.
         .target(
-            name: "KlabTracer", dependencies: ["CKlabLinux", "CLibbpf", "KlabSchema"],
+            name: "KlabTracer", dependencies: ["CKlabLinux", "CLibbpf", "KlabSchema", "KlabSystem"],
             exclude: ["bpf"], swiftSettings: strict, plugins: ["BPFPlugin"]),
         .target(
             name: "KlabScenario",
-            dependencies: ["KlabLab", "KlabTracer", "KlabSchema", "KlabPacket", "KlabAnalysis", "KlabCheck", .product(name: "Yams", package: "Yams")],
+            dependencies: ["KlabLab", "KlabTracer", "KlabSchema", "KlabPacket", "KlabAnalysis", "KlabResults", .product(name: "Yams", package: "Yams")],
             swiftSettings: strict),
-        .target(name: "KlabAnalysis", swiftSettings: strict),
+        .target(name: "KlabAnalysis", dependencies: ["KlabResults", "KlabSchema"], swiftSettings: strict),
         // Exclusivity checks cost a tenth of klab check's time on millions of events (BENCHMARKS.md).
-        .target(name: "KlabCheck", dependencies: ["CKlabLinux", "KlabSchema", "KlabPacket", "KlabAnalysis"],
+        .target(name: "KlabCheck", dependencies: ["CKlabLinux", "KlabSchema", "KlabPacket", "KlabAnalysis", "KlabResults"],
                 swiftSettings: strict + [.unsafeFlags(["-enforce-exclusivity=unchecked"])]),
         .executableTarget(
             name: "klab",
-            dependencies: ["KlabScenario", "KlabAnalysis", "KlabCheck", "KlabTracer", "KlabSchema", "KlabLab", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["KlabScenario", "KlabAnalysis", "KlabCheck", "KlabResults", "KlabTracer", "KlabSchema", "KlabLab", "KlabSystem", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             swiftSettings: strict),
 
         // Build-time: compiles bpf/*.bpf.c with the toolchain's clang and embeds the objects.
@@ -47,10 +55,11 @@ let package = Package(
 
         .testTarget(name: "KlabPacketTests", dependencies: ["KlabPacket"]),
         .testTarget(name: "KlabSchemaTests", dependencies: ["KlabSchema", "KlabPacket", "CKlabLinux"]),
-        .testTarget(name: "KlabAnalysisTests", dependencies: ["KlabAnalysis"]),
-        .testTarget(name: "KlabCheckTests", dependencies: ["KlabCheck", "KlabSchema", "KlabPacket", "CKlabLinux"]),
+        .testTarget(name: "KlabAnalysisTests", dependencies: ["KlabAnalysis", "KlabResults", "KlabSchema", "CKlabLinux"]),
+        .testTarget(name: "KlabCheckTests", dependencies: ["KlabCheck", "KlabResults", "KlabSchema", "KlabPacket", "CKlabLinux"]),
         .testTarget(name: "KlabTracerTests", dependencies: ["KlabTracer", "KlabSchema"]),
+        .testTarget(name: "KlabResultsTests", dependencies: ["KlabResults", "KlabSchema"]),
         .testTarget(name: "KlabScenarioTests", dependencies: ["KlabScenario"]),
-        .testTarget(name: "KlabIntegrationTests", dependencies: ["KlabPacket"]),
+        .testTarget(name: "KlabIntegrationTests", dependencies: ["KlabPacket", "KlabCheck", "KlabSystem"]),
     ]
 )

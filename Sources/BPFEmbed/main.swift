@@ -16,7 +16,7 @@ func fail(_ message: String) -> Never {
 let args = CommandLine.arguments
 switch args.dropFirst().first {
 case "ids" where args.count == 3:
-    try Data(Schema.cHeader().utf8).write(to: URL(fileURLWithPath: args[2]), options: .atomic)
+    try Data(Schema.cHeader().utf8).write(to: URL(fileURLWithPath: args[2]))
 case "compile" where args.count >= 6:
     let (clang, source, output, symbol) = (args[2], args[3], args[4], args[5])
     let object = output + ".o"
@@ -40,7 +40,7 @@ case "compile" where args.count >= 6:
         let \(symbol): StaticString = "\(String(decoding: hex, as: UTF8.self))"
 
         """
-    try Data(text.utf8).write(to: URL(fileURLWithPath: output), options: .atomic)
+    try Data(text.utf8).write(to: URL(fileURLWithPath: output))
     try? FileManager.default.removeItem(atPath: object)
 default:
     fail("usage: klab-bpf-embed ids OUT.h | compile CLANG SOURCE OUTPUT.swift SYMBOL [FLAGS...]")

@@ -1,4 +1,6 @@
 import Foundation
+import KlabPacket
+import KlabSchema
 
 /// The latency from one event to another of the same packet (klab latency): its distribution
 /// in ns and TSC cycles, the modes, a bimodality test, the tail, what separates the modes,
@@ -42,19 +44,19 @@ public struct LatencyAnalysis: Sendable {
     public static let attributionMeasure =
         "uncertainty coefficient U = I(class; attribute) / H(class), 0 (tells nothing) … 1 (decides the class); classes: nearest mode on log(cycles), or tail above the first threshold"
 
-    /// `extraTails` in cycles; `runLost` from summary.json; `analysedOn` the CPU model here,
-    /// used when the results did not record theirs.
-    public init(log: EventLog, extraTails: [Double] = [], runLost: Int? = nil, analysedOn: String = "unknown", seed: UInt64 = 1,
+    /// `extraTails` in cycles; `analysedOn` the CPU model here, used when the results did not
+    /// record theirs.
+    public init(log: EventLog, extraTails: [Double] = [], analysedOn: String = "unknown", seed: UInt64 = 1,
                 modeSamples: Int = 20_000) throws {
-        let pairing = Pairing(from: log.fromRecords, to: log.toRecords, toEvent: log.to.event,
+        let pairing = Pairing(from: log.fromRecords, to: log.toRecords, toEvent: log.to.id,
                               labEndpoints: log.labEndpoints, flowClosed: log.flowClosed,
                               flowStates: log.flowStates, gaps: log.gaps)
         guard !pairing.pairs.isEmpty else { throw LatencyError.nothingToMeasure(Self.noPairs(log, pairing)) }
         self.log = log
         self.pairing = pairing
-        self.runLost = runLost
-        (cpuModel, cpuModelSource) = log.header.cpuModel.map { ($0, "recorded in the results") } ?? (analysedOn, "analysed on")
-        let hz = log.header.tscHz
+        runLost = log.header.outcome.map { Int($0.events_lost) }
+        (cpuModel, cpuModelSource) = log.header.cpu_model.map { ($0, "recorded in the results") } ?? (analysedOn, "analysed on")
+        let hz = log.tscHz
         let cycles = pairing.pairs.map { Double($0.ns) * hz / 1e9 }
         self.cycles = cycles
         let sorted = cycles.sorted()
@@ -122,10 +124,10 @@ public struct LatencyAnalysis: Sendable {
 
     /// Each pair's attribution: what might explain its mode.
     static func attribute(_ pairing: Pairing, _ log: EventLog) -> ([String], [[String]]) {
-        struct SlowKey: Hashable { let sock: UInt64; let seq: Int; let ack: Int }
+        struct SlowKey: Hashable { let sock: UInt64; let seq: UInt32; let ack: UInt32 }
         var slow: [SlowKey: [Int64]] = [:]
         for r in log.slowPath {
-            if let s = r.sock, let e = r.endpoints, let seq = e.seq, let ack = e.ack { slow[SlowKey(sock: s, seq: seq, ack: ack), default: []].append(r.t) }
+            if r.sock != 0, let e = r.endpoints, let seq = e.seq, let ack = e.ack { slow[SlowKey(sock: r.sock, seq: seq, ack: ack), default: []].append(r.t) }
         }
         let names = ["task", "context", "sk_owned_by_user", "cpu", "same cpu", "tcp path", "coalesced", "segment"]
         let rows = pairing.pairs.enumerated().map { n, p -> [String] in
@@ -133,14 +135,15 @@ public struct LatencyAnalysis: Sendable {
             let task: String
             if to.comm.hasPrefix("ksoftirqd") { task = "ksoftirqd" }
             else if to.tid == from.tid { task = "injector (the from-event's task, \(to.comm))" }
-            else if let s = to.sock, log.socketTids[s]?.contains(to.tid) == true { task = "reader (makes the socket's calls, \(to.comm))" }
+            else if to.sock != 0, log.socketTids[to.sock]?.contains(to.tid) == true { task = "reader (makes the socket's calls, \(to.comm))" }
             else { task = "other (\(to.comm))" }
             var path = "unknown"
-            if log.slowPathLogged, let id = from.packet, id.proto == 6, let seq = id.seq, let ack = id.ack, let s = to.sock, !(id.flags ?? "").contains("S") {
-                let times = slow[SlowKey(sock: s, seq: seq, ack: ack)] ?? []
+            if log.slowPathLogged, let id = from.packet, id.proto == 6, let seq = id.seq, let ack = id.ack, to.sock != 0,
+               !TCPFlags(rawValue: id.tcpFlags).contains(.syn) {
+                let times = slow[SlowKey(sock: to.sock, seq: seq, ack: ack)] ?? []
                 path = times.contains { $0 >= from.t && $0 - from.t < 10_000_000 } ? "slow (tcp_validate_incoming ran)" : "fast (header prediction)"
             }
-            let coalesced = pairing.grown[n] != nil ? "yes" : from.skbLen != nil && to.skbLen != nil ? "no" : "unknown"
+            let coalesced = pairing.grown[n] != nil ? "yes" : from.skbLength != nil && to.skbLength != nil ? "no" : "unknown"
             return [task, to.context ?? "unknown", to.ownedByUser.map { $0 ? "yes" : "no" } ?? "unknown", "cpu\(to.cpu)",
                     to.cpu == from.cpu ? "same" : "different", path, coalesced,
                     from.packet?.segmentClass ?? "unknown"]
@@ -175,7 +178,7 @@ public struct LatencyAnalysis: Sendable {
     /// Why nothing paired: what the log holds.
     static func noPairs(_ log: EventLog, _ p: Pairing) -> String {
         let present = log.counts.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ")
-        return "no \(log.from.event) in \(log.file) pairs with a \(log.to.event) of the same packet: "
+        return "no \(log.from.event) in \(log.path) pairs with a \(log.to.event) of the same packet: "
             + "\(log.fromRecords.count) \(log.from.event) from \(log.from.site), \(log.toRecords.count) \(log.to.event) from \(log.to.site)"
             + (p.toIdentityMismatch > 0 ? " (\(p.toIdentityMismatch) shared an skb but not the packet)" : "")
             + (p.misses.isEmpty ? "" : "; why the \(log.from.event) went unpaired: "
@@ -201,7 +204,7 @@ public struct LatencyAnalysis: Sendable {
 
     /// The IP total length of the paired packets: "55 bytes" or "median 52 (40–1500) bytes".
     var packetSizes: String {
-        let s = pairing.pairs.compactMap { p in p.from.skbLen ?? p.from.packet.map { $0.length + 40 } }.sorted()
+        let s = pairing.pairs.compactMap { p in p.from.skbLength ?? p.from.packet.map { Int($0.length) + 40 } }.sorted()
         guard let lo = s.first, let hi = s.last else { return "unknown" }
         return lo == hi ? "\(lo) bytes" : "median \(s[s.count / 2]) (\(lo)–\(hi)) bytes"
     }

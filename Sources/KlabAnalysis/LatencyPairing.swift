@@ -1,4 +1,6 @@
 import Foundation
+import KlabPacket
+import KlabSchema
 
 /// Pairs each from-event with the to-event of the same packet, and explains every from-event
 /// left without one.
@@ -11,8 +13,11 @@ import Foundation
 /// the same one pair first in, first out.
 public struct Pairing: Sendable {
     public struct Pair: Sendable {
-        public let from: LogRecord
-        public let to: LogRecord
+        public let from: TraceEvent
+        public let to: TraceEvent
+        /// Their places in the from- and to-records.
+        public let fromIndex: Int
+        public let toIndex: Int
         public var ns: Int64 { to.t - from.t }
     }
 
@@ -46,7 +51,7 @@ public struct Pairing: Sendable {
     }
 
     public struct Miss: Sendable {
-        public let from: LogRecord
+        public let from: TraceEvent
         public let reason: Reason
         /// A short subclass, e.g. the protocol or the segment class.
         public let detail: String
@@ -62,30 +67,32 @@ public struct Pairing: Sendable {
     /// Paired to-events that carried more bytes than their own packet (coalescing).
     public let grown: [Int: Int]
 
-    struct SkbKey: Hashable { let netns: Int; let skb: UInt64 }
+    struct SkbKey: Hashable { let netns: UInt32; let skb: UInt64 }
     struct IDKey: Hashable {
-        let netns: Int, proto: Int, src: String, dst: String, ipID: Int, sport: Int, dport: Int, seq: Int?
-        init?(_ r: LogRecord) {
-            guard let p = r.packet else { return nil }
-            (netns, proto, src, dst, ipID, sport, dport, seq) = (r.netns, p.proto, p.src, p.dst, p.ipID, p.sport, p.dport, p.seq)
+        let netns: UInt32, proto: UInt8, src: IPv4Address, dst: IPv4Address, ipID: UInt16, sport: UInt16, dport: UInt16, seq: UInt32?
+        init?(_ e: TraceEvent) {
+            guard let p = e.packet else { return nil }
+            (netns, proto, src, dst, ipID, sport, dport, seq) = (e.netns, p.proto, p.source, p.destination, p.ipID, p.sport, p.dport, p.seq)
         }
     }
 
-    static func sameIdentity(_ a: LogRecord, _ b: LogRecord) -> Bool {
+    static func sameIdentity(_ a: TraceEvent, _ b: TraceEvent) -> Bool {
         guard let p = a.packet, let q = b.packet else { return true }
-        return p.proto == q.proto && p.src == q.src && p.dst == q.dst && p.ipID == q.ipID && p.sport == q.sport
+        return p.proto == q.proto && p.source == q.source && p.destination == q.destination && p.ipID == q.ipID && p.sport == q.sport
             && p.dport == q.dport && (p.seq == nil || q.seq == nil || p.seq == q.seq)
     }
 
-    /// The protocol a to-event can fire for, from its name (TCP_, UDP_, ICMP_), if any.
-    static func proto(of event: String) -> Int? {
-        event.hasPrefix("TCP_") ? 6 : event.hasPrefix("UDP_") ? 17 : event.hasPrefix("ICMP_") ? 1 : nil
+    /// The protocol a to-event can fire for, from the fields the catalog gives it (TCP, UDP or ICMP), if any.
+    static func proto(of event: UInt16) -> UInt8? {
+        let fields = Schema.event(event)?.fields ?? []
+        return fields.contains(.tcp) ? 6 : fields.contains(.udp) ? 17 : fields.contains(.icmp) ? 1 : nil
     }
 
-    /// `from` and `to` sorted by time; `labEndpoints`, `flowClosed` and `gaps` as EventLog gathers them.
-    public init(from: [LogRecord], to: [LogRecord], toEvent: String, labEndpoints: Set<Endpoint> = [], flowClosed: [Flow: Int64] = [:],
+    /// `from` and `to` sorted by time; `toEvent` the to-event's catalog id; `labEndpoints`,
+    /// `flowClosed` and `gaps` as EventLog gathers them.
+    public init(from: [TraceEvent], to: [TraceEvent], toEvent: UInt16, labEndpoints: Set<Endpoint> = [], flowClosed: [Flow: Int64] = [:],
                 flowStates: [Flow: [(t: Int64, old: String, new: String)]] = [:], gaps: [SerialGap] = []) {
-        let bySkb = from.contains { $0.skb != nil } && to.contains { $0.skb != nil }
+        let bySkb = from.contains { $0.skb != 0 } && to.contains { $0.skb != 0 }
         key = bySkb ? "the skb address, with the packet identity checked where both events have one"
                     : "the packet identity (protocol, addresses, ports, IP ID, TCP sequence number): the to-site records no skb"
         var pendingSkb: [SkbKey: Int] = [:]
@@ -97,13 +104,13 @@ public struct Pairing: Sendable {
         for (ti, t) in to.enumerated() {
             while fi < from.count, from[fi].t <= t.t {  // every from-event up to this to-event is pending
                 let f = from[fi]
-                if let s = f.skb { pendingSkb[SkbKey(netns: f.netns, skb: s)] = fi }
+                if f.skb != 0 { pendingSkb[SkbKey(netns: f.netns, skb: f.skb)] = fi }
                 if let k = IDKey(f) { pendingID[k, default: []].append(fi) }
                 fi += 1
             }
             var match: Int?
-            if bySkb, let s = t.skb {
-                let k = SkbKey(netns: t.netns, skb: s)
+            if bySkb, t.skb != 0 {
+                let k = SkbKey(netns: t.netns, skb: t.skb)
                 if let j = pendingSkb[k] {
                     if paired[j] == nil && Self.sameIdentity(from[j], t) { match = j; pendingSkb[k] = nil } else { mismatch += 1; continue }
                 }
@@ -114,7 +121,7 @@ public struct Pairing: Sendable {
             }
             guard let j = match else { noFrom += 1; continue }
             paired[j] = ti
-            pairs.append(Pair(from: from[j], to: t))
+            pairs.append(Pair(from: from[j], to: t, fromIndex: j, toIndex: ti))
         }
         self.pairs = pairs
         toWithoutFrom = noFrom
@@ -125,18 +132,18 @@ public struct Pairing: Sendable {
         var grown: [Int: Int] = [:]
         var covering: [Flow: [(t: Int64, lo: Int, hi: Int, ackLo: Int, ackHi: Int)]] = [:]
         for (n, p) in pairs.enumerated() {
-            guard let id = p.from.packet, let seq = id.seq, let ack = id.ack else { continue }
-            let extra = p.from.skbLen.flatMap { a in p.to.skbLen.map { $0 - (a - 20) } } ?? 0  // the to-site sees no IP header
-            let newAck = p.to.packet?.ack ?? ack
+            guard let id = p.from.packet, let seq = id.seq.map(Int.init), let ack = id.ack.map(Int.init) else { continue }
+            let extra = p.from.skbLength.flatMap { a in p.to.skbLength.map { $0 - (a - 20) } } ?? 0  // the to-site sees no IP header
+            let newAck = p.to.packet?.ack.map(Int.init) ?? ack
             guard extra > 0 || newAck != ack else { continue }
             grown[n] = max(extra, 0)
-            covering[Flow(netns: p.from.netns, src: id.src, sport: id.sport, dst: id.dst, dport: id.dport), default: []]
-                .append((p.to.t, seq, seq + id.length + max(extra, 0), ack, newAck))
+            covering[Flow(netns: p.from.netns, src: id.source, sport: id.sport, dst: id.destination, dport: id.dport), default: []]
+                .append((p.to.t, seq, seq + Int(id.length) + max(extra, 0), ack, newAck))
         }
         self.grown = grown
         // The state of a flow's socket at a time: after the last change before it, or before the
         // first change after it (a passive open's socket appears, in SYN_RECV, on the final ACK).
-        func state(_ r: LogRecord) -> String? {
+        func state(_ r: TraceEvent) -> String? {
             guard let flow = Flow(r), let list = flowStates[flow] else { return nil }
             if let c = list.last(where: { $0.t < r.t }) { return c.new }
             let syn = r.packet?.segmentClass == "SYN"
@@ -160,17 +167,17 @@ public struct Pairing: Sendable {
             } else if let p, p.mf || p.fragOffset > 0 {
                 miss(.fragment, p.fragOffset > 0 ? "later fragment" : "first fragment")
             } else if let p, toProto == 6 || toProto == 17,
-                      !labEndpoints.contains(Endpoint(netns: f.netns, addr: p.dst, port: p.dport)),
-                      !labEndpoints.contains(Endpoint(netns: f.netns, addr: "0.0.0.0", port: p.dport)) {
-                miss(.noLabSocket, "\(p.dst):\(p.dport)")
+                      !labEndpoints.contains(Endpoint(netns: f.netns, addr: p.destination, port: p.dport)),
+                      !labEndpoints.contains(Endpoint(netns: f.netns, addr: .any, port: p.dport)) {
+                miss(.noLabSocket, "\(p.destination):\(p.dport)")
             } else if let flow = Flow(f), let closed = flowClosed[flow], closed < f.t, (lastToOnFlow[flow] ?? .min) < closed {
                 miss(.socketClosed, p?.segmentClass ?? "")
             } else if toProto == 6, !pairedUnestablished, let st = state(f), st != "ESTABLISHED" {
                 miss(.notEstablished, "\(p?.segmentClass ?? "") in \(st)")
             } else if let p, toProto == 6, !pairs.isEmpty, !classes.contains(p.segmentClass) {
                 miss(.classNeverSeen, p.segmentClass)
-            } else if let p, let seq = p.seq, let ack = p.ack,
-                      covering[Flow(netns: f.netns, src: p.src, sport: p.sport, dst: p.dst, dport: p.dport)]?
+            } else if let p, let seq = p.seq.map(Int.init), let ack = p.ack.map(Int.init),
+                      covering[Flow(netns: f.netns, src: p.source, sport: p.sport, dst: p.destination, dport: p.dport)]?
                           .contains(where: { $0.t >= f.t && $0.lo <= seq && seq <= $0.hi && $0.ackLo <= ack && ack <= $0.ackHi }) == true {
                 miss(.coalesced, p.segmentClass)
             } else if f.t > lastTo {

@@ -29,7 +29,7 @@ extension LatencyAnalysis {
             "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>",
             "<text x=\"\(f(left))\" y=\"26\" font-size=\"16\" font-weight=\"bold\">\(esc("Latency \(log.from.event) → \(log.to.event): CDF of \(Self.group(Double(cycles.count))) packets"))</text>",
             "<text x=\"\(f(left))\" y=\"46\">\(esc("from \(log.from.site) (\(log.from.placement)) to \(log.to.site) (\(log.to.placement))"))</text>",
-            "<text x=\"\(f(left))\" y=\"64\">\(esc("kernel \(log.header.kernel); CPU \(cpuModel) (\(cpuModelSource)); TSC \(Self.group(log.header.tscHz)) Hz"))</text>",
+            "<text x=\"\(f(left))\" y=\"64\">\(esc("kernel \(log.header.kernel); CPU \(cpuModel) (\(cpuModelSource)); TSC \(Self.group(log.tscHz)) Hz"))</text>",
         ]
         // Grid, ticks and labels.
         for d in Int(floor(x0))...Int(ceil(x1)) {

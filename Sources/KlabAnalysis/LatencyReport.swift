@@ -23,9 +23,10 @@ extension LatencyAnalysis {
     public func text(files: [String] = []) -> String {
         var out: [String] = []
         func say(_ s: String = "") { out.append(s) }
-        let hz = log.header.tscHz
+        let hz = log.tscHz
         let g = Self.group
-        say("klab latency: \(log.from.event) → \(log.to.event), \(log.file)")
+        say("klab latency: \(log.from.event) → \(log.to.event), \(log.path)")
+        for c in log.cutShort { say("  note: \(c)") }
         for (label, s, n) in [("from", log.from, log.fromRecords.count), ("to", log.to, log.toRecords.count)] {
             say("  \(label.padding(toLength: 4, withPad: " ", startingAt: 0)) \(s.event) at \(s.site), "
                 + (s.detail.hasPrefix(s.placement) ? s.detail : "\(s.placement): \(s.detail)") + "; \(g(Double(n))) record\(n == 1 ? "" : "s")")
@@ -45,7 +46,7 @@ extension LatencyAnalysis {
         }
         say("  \(log.to.event) with no \(log.from.event): \(pairing.toWithoutFrom + pairing.toIdentityMismatch)"
             + " (\(pairing.toWithoutFrom) with no pending from-event, \(pairing.toIdentityMismatch) whose skb held another packet)")
-        say("  records the run lost: " + (runLost.map { "\($0) (summary.json events.lost)" } ?? "unknown (no summary.json)")
+        say("  records the run lost: " + (runLost.map { "\($0) (run.json)" } ?? "unknown (the run did not end)")
             + "; serial-number gaps in the log: \(lost) records")
         say()
         say("Latency of \(g(Double(cycles.count))) packet\(cycles.count == 1 ? "" : "s")")
@@ -125,6 +126,8 @@ extension LatencyAnalysis {
         struct Attribution: Encodable { let measure: String; let classes: [String: Int]; let attributes: [Attribute] }
         struct Figure: Encodable { let kernel, cpu, packets: String; let modesCycles: [Double]; let fractionAboveTenThousandCycles: Double }
         let results: String
+        /// Where events.bin was cut short, or that the run did not end: read as far as it goes.
+        let cutShort: [String]
         let from, to: Site
         let pairedBy: String
         let kernel, cpuModel, cpuModelSource: String
@@ -145,10 +148,10 @@ extension LatencyAnalysis {
         var counts: [String: Int] = [:]
         for c in classes { counts[c, default: 0] += 1 }
         let out = Output(
-            results: log.file,
+            results: log.path, cutShort: log.cutShort.map(\.description),
             from: .init(event: log.from.event, site: log.from.site, placement: log.from.placement, detail: log.from.detail, records: log.fromRecords.count),
             to: .init(event: log.to.event, site: log.to.site, placement: log.to.placement, detail: log.to.detail, records: log.toRecords.count),
-            pairedBy: pairing.key, kernel: log.header.kernel, cpuModel: cpuModel, cpuModelSource: cpuModelSource, tscHz: log.header.tscHz,
+            pairedBy: pairing.key, kernel: log.header.kernel, cpuModel: cpuModel, cpuModelSource: cpuModelSource, tscHz: log.tscHz,
             accounting: .init(
                 fromEvents: log.fromRecords.count, paired: pairing.pairs.count,
                 misses: pairing.buckets.map { .init(reason: $0.reason.rawValue, count: $0.count, explanation: $0.reason.explanation,
@@ -177,7 +180,9 @@ extension LatencyAnalysis {
     ] + ["task", "context", "sk_owned_by_user", "cpu_label", "same_cpu", "tcp_path", "coalesced", "segment"]
         + ["netns", "skb", "sock", "src", "sport", "dst", "dport", "ip_id", "tcp_seq", "length", "from_line", "to_line"]
 
-    /// One row per paired packet, in pairing (to-event) order.
+    /// One row per paired packet, in pairing (to-event) order. from_line and to_line: the
+    /// records' lines in events.jsonl (klab check writes every record there, in time order,
+    /// after the header line).
     public func csv() -> String {
         func field(_ s: String) -> String {
             s.utf8.contains(where: { $0 == 44 || $0 == 34 || $0 == 10 }) ? "\"" + s.replacingOccurrences(of: "\"", with: "\"\"") + "\"" : s
@@ -189,10 +194,10 @@ extension LatencyAnalysis {
             var cells = [String(p.from.t), String(p.to.t), String(p.ns), String(Int(cycles[i].rounded())), classes[i], String(p.to.cpu),
                          String(p.from.cpu), String(p.to.tid), p.to.comm]
             cells += attributeValues.map { $0[i] }
-            cells += [String(p.from.netns), p.from.skb.map { "0x" + String($0, radix: 16) } ?? "", p.to.sock.map { String($0) } ?? "",
-                      id?.src ?? "", id.map { String($0.sport) } ?? "", id?.dst ?? "", id.map { String($0.dport) } ?? "",
-                      id.map { String($0.ipID) } ?? "", id?.seq.map { String($0) } ?? "", id.map { String($0.length) } ?? "",
-                      String(p.from.line), String(p.to.line)]
+            cells += [String(p.from.netns), p.from.skb == 0 ? "" : "0x" + String(p.from.skb, radix: 16), p.to.sock == 0 ? "" : String(p.to.sock),
+                      id.map { "\($0.source)" } ?? "", id.map { String($0.sport) } ?? "", id.map { "\($0.destination)" } ?? "",
+                      id.map { String($0.dport) } ?? "", id.map { String($0.ipID) } ?? "", id?.seq.map { String($0) } ?? "",
+                      id.map { String($0.length) } ?? "", String(log.fromNumbers[p.fromIndex] + 1), String(log.toNumbers[p.toIndex] + 1)]
             for (k, c) in cells.enumerated() {
                 if k > 0 { out += "," }
                 out += field(c)

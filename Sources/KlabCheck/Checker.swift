@@ -1,3 +1,4 @@
+import KlabResults
 import Foundation
 import KlabPacket
 import KlabSchema
@@ -35,18 +36,18 @@ public struct CheckReport: Codable, Sendable {
     public let kernel: String
     public let verdicts: [Verdict]
     public let join: Correlator.Counts
-    /// Packets libpcap lost (the kernel's count): events of those packets join nothing.
-    public let captureDropped: Int
+    /// Files that ended inside a record: checked up to their last whole record.
+    public let cutShort: [CutShort]
     public let figures: Figures
     public var violations: Int { verdicts.reduce(0) { $0 + $1.violated } }
 
-    /// Writes RESULTS/verdicts.json and returns its text.
+    /// Writes the results folder's verdicts.json and returns its text.
     @discardableResult
     public func write(into folder: String) throws -> Data {
         let enc = JSONEncoder()
         enc.outputFormatting = [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes]
         let data = try enc.encode(self)
-        try data.write(to: URL(fileURLWithPath: "\(folder)/verdicts.json"), options: .atomic)
+        try OutputFile.write(data, to: ResultsLayout(folder).verdicts)
         return data
     }
     public var judged: Int { verdicts.reduce(0) { $0 + $1.judged } }
@@ -74,8 +75,8 @@ public final class PlacementChecker {
     private struct SocketRule { let key: Int; let before: Bool }
     private var rulesByPartner: [UInt16: [SocketRule]] = [:]
 
-    // Handshake segments per flow (both directions in one key).
-    private struct FlowKey: Hashable { let a: UInt64; let b: UInt64 }
+    // Handshake segments per flow (both directions in one key), as one host's link saw them.
+    private struct FlowKey: Hashable { let a: UInt64; let b: UInt64; let netns: UInt32 }
     private struct Handshake { var segments: [(kind: Segment.Kind, frame: Frame)] = []; var afterFinal: Frame? }
     private var flows: [FlowKey: Handshake] = [:]
 
@@ -107,12 +108,12 @@ public final class PlacementChecker {
 
     /// Streams a results folder through the correlator and judges it: what `klab check` does.
     public static func check(_ folder: ResultsFolder, window: UInt64 = Correlator.defaultWindow) throws -> CheckReport {
-        let correlator = Correlator(links: folder.header.capture?.links ?? [], window: window)
+        let correlator = Correlator(header: folder.header, window: window)
         let checker = PlacementChecker(header: folder.header, correlator: correlator)
         correlator.onEvent = { e, f, how in checker.event(e, f, how) }
         correlator.onJourney = { f, list in checker.journey(f, list) }
-        try folder.stream(correlator)
-        return checker.finish()
+        let cut = try folder.stream(correlator)
+        return checker.finish(cutShort: cut)
     }
 
     private func verdictKey(_ spec: EventSpec, _ site: Site, _ rule: Rule) -> Int {
@@ -173,7 +174,7 @@ public final class PlacementChecker {
             switch rule {
             case .beforeSent, .afterReceived:
                 guard let frame else { skip(key, "joined no wire packet"); continue }
-                let inbound = correlator.toHost(frame, netns: e.netns)
+                let inbound = frame.toHost
                 let d = Double(Int64(e.timeNs) - Int64(frame.timeNs)) / 1000
                 if rule == .beforeSent {
                     record(key, !inbound && e.timeNs <= frame.timeNs, e, frame,
@@ -263,15 +264,16 @@ public final class PlacementChecker {
 
     // MARK: Flows
 
-    private func flowKey(_ p: PacketIdentity) -> FlowKey {
+    private func flowKey(_ p: PacketIdentity, _ netns: UInt32) -> FlowKey {
         let a = UInt64(p.source.rawValue) << 16 | UInt64(p.sourcePort), b = UInt64(p.destination.rawValue) << 16 | UInt64(p.destinationPort)
-        return FlowKey(a: min(a, b), b: max(a, b))
+        return FlowKey(a: min(a, b), b: max(a, b), netns: netns)
     }
 
-    /// Handshake segments, as packets enter the correlator's window (ahead of the events).
+    /// Handshake segments, as packets enter the correlator's window (ahead of the events),
+    /// per host: each host's events are judged against its own link.
     private func admit(_ f: Frame) {
-        guard let id = f.identity, id.proto == 6 else { return }
-        let key = flowKey(id)
+        guard let id = f.identity, id.proto == 6, f.delivered else { return }
+        let key = flowKey(id, correlator.links[f.link].netns)
         let syn = id.tcpFlags & 0x02 != 0, ack = id.tcpFlags & 0x10 != 0
         if !syn && flows[key] == nil { return }
         var h = flows[key] ?? Handshake()
@@ -287,9 +289,9 @@ public final class PlacementChecker {
     }
 
     private func onFlow(_ key: Int, _ e: TraceEvent, after: Segment?, before: Segment?) {
-        guard let p = e.packet ?? e.endpoints, p.proto == 6, let h = flows[flowKey(p)] else { skip(key, "no handshake of its flow on the wire"); return }
+        guard let p = e.packet ?? e.endpoints, p.proto == 6, let h = flows[flowKey(p, e.netns)] else { skip(key, "no handshake of its flow on the wire"); return }
         func matches(_ s: (kind: Segment.Kind, frame: Frame), _ want: Segment) -> Bool {
-            s.kind == want.kind && correlator.toHost(s.frame, netns: e.netns) == want.toHost
+            s.kind == want.kind && s.frame.toHost == want.toHost
         }
         var start: UInt64 = 0
         if let after {
@@ -308,30 +310,28 @@ public final class PlacementChecker {
     }
 
     private func handshake(_ key: Int, _ e: TraceEvent) {
-        guard let p = e.endpoints ?? e.packet, let h = flows[flowKey(p)],
+        guard let p = e.endpoints ?? e.packet, let h = flows[flowKey(p, e.netns)],
               let synAck = h.segments.last(where: { $0.kind == .synAck && $0.frame.timeNs <= e.timeNs }) else {
             skip(key, "no SYN-ACK of its flow on the wire before it")
             return
         }
         let final = h.segments.first { $0.kind == .finalAck && $0.frame.timeNs > synAck.frame.timeNs }?.frame
-        if correlator.toHost(synAck.frame, netns: e.netns) {
+        if synAck.frame.toHost {
             // Active open: established on the SYN-ACK, before the final ACK leaves.
             record(key, final.map { e.timeNs <= $0.timeNs } ?? true, e, final,
                    "the final ACK (frame #\(final?.number ?? 0)) left before it")
         } else {
             guard let final else { record(key, false, e, nil, "no final ACK reached the host before it"); return }
-            // The next segment bounds it only when captured at this host (in wire mode the
-            // capture is where each packet is sent, before it crosses to this host).
-            let next = h.afterFinal.map { $0.timeNs >= e.timeNs || correlator.links[$0.link].netns != e.netns } ?? true
+            let next = h.afterFinal.map { $0.timeNs >= e.timeNs } ?? true
             record(key, final.timeNs <= e.timeNs && next, e, final,
                    final.timeNs > e.timeNs ? "before the final ACK (frame #\(final.number)) arrived" : "after the next segment of its flow")
         }
     }
 
-    public func finish() -> CheckReport {
+    public func finish(cutShort: [CutShort] = []) -> CheckReport {
         for (k, w) in waiting where !w.owners.isEmpty { verdicts[k.rule].not_judged["no partner on its socket", default: 0] += w.owners.count }
         waiting = [:]
         return CheckReport(scenario: header.scenario, kernel: header.kernel, verdicts: verdicts,
-                           join: correlator.counts, captureDropped: header.capture?.dropped ?? 0, figures: figures.finish())
+                           join: correlator.counts, cutShort: cutShort, figures: figures.finish())
     }
 }

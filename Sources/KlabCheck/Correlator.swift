@@ -1,3 +1,4 @@
+import KlabResults
 import KlabPacket
 import KlabSchema
 
@@ -11,15 +12,24 @@ public enum Join: String, Sendable, Codable, CaseIterable {
     case skb
     /// One skb that left as several wire packets (TSO/GSO): joined to the first.
     case gso
+    /// A TCP event that knows only its socket (no IP header yet), joined through the IP
+    /// event that follows it in the same call chain (same CPU and thread, same socket).
+    case chain
+    /// A datagram reassembled from IP fragments: joined to its last fragment to arrive.
+    case reassembly
 }
 
 /// Streams a run's events (time order) against its capture and joins them: each event to the
-/// wire packet it belongs to, nearest in time among those within `window`; each wire packet,
-/// once no event can still join it, to its journey. Memory holds only the packets of one
-/// window and one entry per recent skb, whatever the run's size.
+/// wire packet it belongs to; each wire packet, once no event can still join it, to its
+/// journey. An event joins only a frame captured on its own host's link (in wire mode every
+/// packet is captured twice: where it left one host and where klab delivered it to the next).
+/// Memory holds only the packets of one window and one entry per recent skb, whatever the
+/// run's size.
 public final class Correlator {
     public let links: [RunHeader.Link]
     public let window: UInt64
+    /// When klab stopped reading and writing the links: later packets were never captured.
+    public let stoppedNs: UInt64
     /// Each event as it is joined, in time order, with its frame (if any).
     public var onEvent: (TraceEvent, Frame?, Join?) throws -> Void = { _, _, _ in }
     /// Each wire packet with its events in time order, in capture order.
@@ -37,6 +47,11 @@ public final class Correlator {
         public var joined: [String: Int] = [:]
         /// Packet events that joined no wire packet, by event name.
         public var unmatched: [String: Int] = [:]
+        /// The same, by reason (`Unjoined`), then event name.
+        public var unmatchedWhy: [String: [String: Int]] = [:]
+        /// Joins that had to choose among identical packets (same identity, same link):
+        /// the copy that fits the event's side of the wire was taken.
+        public var ambiguous = 0
         /// skbs that left as several wire packets, and how many packets they made.
         public var gsoSkbs = 0
         public var gsoPackets = 0
@@ -46,8 +61,22 @@ public final class Correlator {
         public var coalescedBytes = 0
     }
 
+    /// Why a packet event joined no wire packet (a kernel drop is named by its reason).
+    public enum Unjoined: String, CaseIterable, Sendable {
+        case otherDevice = "its packet went through a device that is not a lab link (lo)"
+        case afterCapture = "its packet came after klab stopped reading the links"
+        case noFrame = "no captured packet of its host has its identity"
+    }
+    static func droppedBecause(_ reason: String) -> String { "the kernel dropped its packet before it reached the wire (SKB_DROP \(reason))" }
+
+    /// Packet events that joined nothing, waiting one window for an SKB_DROP of their packet.
+    private var unjoinedEvents: [TraceEvent] = []
+    private var unjoinedHead = 0
+    private let skbDrop = Schema.skbDrop.id
+
     private struct Slot {
         let frame: Frame
+        let netns: UInt32
         var events: [TraceEvent]
         /// The first wire packet of a TSO/GSO skb already counted: the skb's events join here.
         var gsoCounted = false
@@ -55,34 +84,47 @@ public final class Correlator {
     private var slots: [Slot] = []
     private var head = 0
     private var firstNumber = 1
-    /// Frames by a 64-bit digest of their identity (hashing the whole identity costs more
-    /// than the join); candidates are compared in full.
+    /// Frames by a 64-bit digest of their identity and host (hashing the whole identity
+    /// costs more than the join); candidates are compared in full.
     private var byIdentity: [UInt64: Recent] = [:]
-    /// A TCP segment as a socket knows it before IP: flow, seq, ack (rcv_nxt) and flags.
-    /// TCP frames by flow, seq, ack, flags and length: the segment as a socket knows it.
+    /// TCP frames by host, flow, seq, ack, flags and length: the segment as a socket knows it.
     private var bySegment: [UInt64: Recent] = [:]
-    /// TCP frames by flow and seq: the parts of a TSO/GSO skb, one after the other.
+    /// TCP frames by host, flow and seq: the parts of a TSO/GSO skb, one after the other.
     private var bySeq: [UInt64: Recent] = [:]
+    /// IP fragments by host, addresses, protocol and IP ID: the datagram they make.
+    private var byDatagram: [UInt64: Recent] = [:]
 
     private var skbs: [UInt64: (frame: Int, t: UInt64)] = [:]
     private var skbSweep = 0
+
+    /// Which side of the wire each (event, probe) sits on, from its placement rules: before
+    /// its packet leaves (send), after it arrives (receive), or neither.
+    enum Side { case send, receive, none }
+    private var sides: [UInt32: Side] = [:]
 
     /// Probes that see a TCP skb after the IP header is pulled (skb->len is TCP header + data).
     static let tcpLayerProbes: Set<UInt16> = Set(
         [Schema.tcpProbe.id] + ["fentry_tcp_v4_rcv", "kprobe_tcp_v4_rcv"].compactMap { Schema.probe(program: $0)?.id })
 
-    /// How far apart in time an event and its packet may be: 50 ms.
-    public static let defaultWindow: UInt64 = 50_000_000
+    /// How far apart in time an event and its packet may be: 200 ms. A send event's packet
+    /// is recorded when klab reads it, which can lag by a TUN queue's worth of packets when
+    /// the forwarder falls behind (500 packets at a few thousand per second).
+    public static let defaultWindow: UInt64 = 200_000_000
 
-    public init(links: [RunHeader.Link], window: UInt64 = defaultWindow) {
+    /// The kernel's drop reasons by value, for SKB_DROP records.
+    public let dropReasons: [Int32: String]
+
+    public init(links: [RunHeader.Link], window: UInt64 = defaultWindow, stoppedNs: UInt64? = nil, dropReasons: [Int32: String] = [:]) {
         self.links = links
         self.window = window
+        self.stoppedNs = stoppedNs ?? .max
+        self.dropReasons = dropReasons
     }
 
-    /// Whether `frame` went into the host of namespace `netns`: frames are captured where
-    /// they leave or enter one host's link; the other host of a wire sees them arrive.
-    public func toHost(_ frame: Frame, netns: UInt32) -> Bool {
-        links[frame.link].netns == netns ? frame.toHost : !frame.toHost
+    /// For a run's results: its links, when its capture stopped, its kernel's drop reasons.
+    public convenience init(header: RunHeader, window: UInt64 = defaultWindow) {
+        self.init(links: header.capture?.links ?? [], window: window, stoppedNs: header.capture?.stopped_ns,
+                  dropReasons: Dictionary(uniqueKeysWithValues: (header.drop_reasons ?? [:]).compactMap { k, v in Int32(k).map { ($0, v) } }))
     }
 
     public func run(events: EventReader, frames: FrameReader) throws {
@@ -93,7 +135,7 @@ public final class Correlator {
                 next = try frames.next()
             }
             try evict(before: e.timeNs &- min(window, e.timeNs))
-            try join(e)
+            try join(e, ahead: events)
         }
         while let f = next {
             admit(f)
@@ -101,26 +143,103 @@ public final class Correlator {
             next = try frames.next()
         }
         try evict(before: .max)
+        settleUnjoined(before: .max)
+    }
+
+    /// Counts the unjoined events older than `t` under their reason: no drop came for them.
+    private func settleUnjoined(before t: UInt64) {
+        while unjoinedHead < unjoinedEvents.count, unjoinedEvents[unjoinedHead].timeNs < t {
+            let e = unjoinedEvents[unjoinedHead]
+            counts.unmatchedWhy[unjoined(e).rawValue, default: [:]][e.name, default: 0] += 1
+            unjoinedHead += 1
+        }
+        if unjoinedHead > 1024, unjoinedHead * 2 > unjoinedEvents.count {
+            unjoinedEvents.removeFirst(unjoinedHead)
+            unjoinedHead = 0
+        }
+    }
+
+    /// Recent SKB_DROPs, with the (event, probe) kinds each has explained: one drop explains
+    /// at most one event of each kind.
+    private var drops: [(d: TraceEvent, explained: Set<UInt32>)] = []
+
+    /// Whether drop `d` is of `e`'s packet: the same skb, the same packet (identical packets,
+    /// such as a burst of resets with IP ID 0, are interchangeable), or a segment of the GSO
+    /// skb `e` logged.
+    private func isDrop(_ d: TraceEvent, of e: TraceEvent) -> Bool {
+        guard e.netns == d.netns, let q = d.packet else { return false }
+        if e.skb == d.skb || e.packet.map({ samePacket($0, q) }) == true { return true }
+        guard let p = e.packet, p.proto == 6, q.proto == 6, p.length > q.length else { return false }
+        return samePacket(p, q, ignoringIPID: true) && q.ipID &- p.ipID < 1024 && q.tcpSeq &- p.tcpSeq < UInt32(p.length)
+    }
+
+    private func explain(_ e: TraceEvent, by d: TraceEvent) {
+        counts.unmatchedWhy[Self.droppedBecause(dropReasons[d.arg0] ?? "reason \(d.arg0)"), default: [:]][e.name, default: 0] += 1
+    }
+
+    /// An SKB_DROP: the waiting events of its packet are put down to it; it is kept a window
+    /// long for events that join nothing later (an identical packet's event took the frame).
+    private func dropped(_ d: TraceEvent) {
+        var explained = Set<UInt32>()
+        var i = unjoinedHead
+        while i < unjoinedEvents.count {
+            let e = unjoinedEvents[i], kind = UInt32(e.event) << 16 | UInt32(e.probe)
+            if !explained.contains(kind), isDrop(d, of: e) {
+                explain(e, by: d)
+                explained.insert(kind)
+                unjoinedEvents.remove(at: i)
+            } else {
+                i += 1
+            }
+        }
+        let horizon = d.timeNs &- min(window, d.timeNs)
+        drops.removeFirst(drops.prefix { $0.d.timeNs < horizon }.count)
+        drops.append((d, explained))
+    }
+
+    /// An event that joined nothing: a recent drop of its packet explains it now, or it waits.
+    private func unjoinedEvent(_ e: TraceEvent) {
+        let kind = UInt32(e.event) << 16 | UInt32(e.probe)
+        if let k = drops.lastIndex(where: { !$0.explained.contains(kind) && e.timeNs &- $0.d.timeNs < window && isDrop($0.d, of: e) }) {
+            explain(e, by: drops[k].d)
+            drops[k].explained.insert(kind)
+        } else {
+            unjoinedEvents.append(e)
+        }
     }
 
     private func admit(_ f: Frame) {
         counts.frames += 1
         onFrame(f)
-        slots.append(Slot(frame: f, events: []))
-        guard let id = f.identity else { return }
-        byIdentity[digest(id), default: Recent()].append(f.number)
+        let netns = links[f.link].netns
+        slots.append(Slot(frame: f, netns: netns, events: []))
+        // A delivery the TUN refused never entered its host: no event can be about it.
+        guard let id = f.identity, f.delivered else { return }
+        byIdentity[digest(id, netns), default: Recent()].append(f.number)
+        if id.frag & 0x3fff != 0 { byDatagram[datagramKey(id, netns), default: Recent()].append(f.number) }
         if id.proto == 6 {
-            bySegment[segmentKey(id), default: Recent()].append(f.number)
-            bySeq[seqKey(id, id.tcpSeq), default: Recent()].append(f.number)
+            bySegment[segmentKey(id, netns), default: Recent()].append(f.number)
+            bySeq[seqKey(id, id.tcpSeq, netns), default: Recent()].append(f.number)
         }
     }
 
-    private func seqKey(_ id: PacketIdentity, _ seq: UInt32) -> UInt64 {
+    private func seqKey(_ id: PacketIdentity, _ seq: UInt32, _ netns: UInt32) -> UInt64 {
         let flow = (UInt64(id.source.rawValue) << 32 | UInt64(id.destination.rawValue)) &* 0x9E37_79B9_7F4A_7C15
-        return (flow ^ (UInt64(id.sourcePort) << 48 | UInt64(id.destinationPort) << 32 | UInt64(seq))) &* 0xBF58_476D_1CE4_E5B9
+        return (flow ^ (UInt64(id.sourcePort) << 48 | UInt64(id.destinationPort) << 32 | UInt64(seq)) ^ UInt64(netns) << 17) &* 0xBF58_476D_1CE4_E5B9
     }
-    private func segmentKey(_ id: PacketIdentity) -> UInt64 {
-        (seqKey(id, id.tcpSeq) ^ (UInt64(id.tcpAck) << 24 | UInt64(id.tcpFlags) << 16 | UInt64(id.length))) &* 0x94D0_49BB_1331_11EB
+    private func datagramKey(_ id: PacketIdentity, _ netns: UInt32) -> UInt64 {
+        (UInt64(id.source.rawValue) << 32 | UInt64(id.destination.rawValue)) &* 0x9E37_79B9_7F4A_7C15
+            ^ (UInt64(id.ipID) << 40 | UInt64(id.proto) << 32 | UInt64(netns))
+    }
+    private func segmentKey(_ id: PacketIdentity, _ netns: UInt32) -> UInt64 {
+        (seqKey(id, id.tcpSeq, netns) ^ (UInt64(id.tcpAck) << 24 | UInt64(id.tcpFlags) << 16 | UInt64(id.length))) &* 0x94D0_49BB_1331_11EB
+    }
+    private func digest(_ p: PacketIdentity, _ netns: UInt32) -> UInt64 {
+        var h = UInt64(p.source.rawValue) << 32 | UInt64(p.destination.rawValue)
+        h = (h ^ (UInt64(p.ipID) << 48 | UInt64(p.frag) << 32 | UInt64(p.proto) << 24 | UInt64(p.length))) &* 0x9E37_79B9_7F4A_7C15
+        h ^= (UInt64(p.tcpSeq) << 32 | UInt64(p.tcpAck)) &+ (UInt64(p.sourcePort) << 48 | UInt64(p.destinationPort) << 32)
+        h ^= UInt64(p.icmpID) << 16 | UInt64(p.icmpSeq) | UInt64(p.tcpFlags) << 40 | UInt64(netns) << 56
+        return h &* 0xBF58_476D_1CE4_E5B9
     }
     /// Whether a frame is the segment a socket-side record describes.
     private func sameSegment(_ a: PacketIdentity, _ b: PacketIdentity) -> Bool {
@@ -135,11 +254,12 @@ public final class Correlator {
             try onJourney(s.frame, s.events)
             head += 1
             firstNumber += 1
-            if let id = s.frame.identity {
-                drop(from: &byIdentity, digest(id))
+            if let id = s.frame.identity, s.frame.delivered {
+                drop(from: &byIdentity, digest(id, s.netns))
+                if id.frag & 0x3fff != 0 { drop(from: &byDatagram, datagramKey(id, s.netns)) }
                 if id.proto == 6 {
-                    drop(from: &bySegment, segmentKey(id))
-                    drop(from: &bySeq, seqKey(id, id.tcpSeq))
+                    drop(from: &bySegment, segmentKey(id, s.netns))
+                    drop(from: &bySeq, seqKey(id, id.tcpSeq, s.netns))
                 }
             }
         }
@@ -149,7 +269,6 @@ public final class Correlator {
         }
     }
 
-
     /// Forgets the frames of `key` that left the window (frames leave in number order).
     private func drop(from map: inout [UInt64: Recent], _ key: UInt64) {
         guard var r = map.removeValue(forKey: key) else { return }
@@ -157,64 +276,141 @@ public final class Correlator {
         if !r.isEmpty { map[key] = r }
     }
 
-    private func samePacket(_ a: PacketIdentity, _ b: PacketIdentity?) -> Bool {
+    private func samePacket(_ a: PacketIdentity, _ b: PacketIdentity?, ignoringIPID: Bool = false) -> Bool {
         guard let b else { return false }
-        return a.source == b.source && a.destination == b.destination && a.proto == b.proto && a.ipID == b.ipID
+        return a.source == b.source && a.destination == b.destination && a.proto == b.proto && (ignoringIPID || a.ipID == b.ipID)
             && a.sourcePort == b.sourcePort && a.destinationPort == b.destinationPort
     }
 
     private func slotIndex(_ number: Int) -> Int { head + (number - firstNumber) }
 
-    /// The frame nearest in time to `e` among `numbers` that holds no event of the same kind
-    /// from the same probe yet: identical segments (duplicate ACKs) each get their own.
-    private func digest(_ p: PacketIdentity) -> UInt64 {
-        var h = UInt64(p.source.rawValue) << 32 | UInt64(p.destination.rawValue)
-        h = (h ^ (UInt64(p.ipID) << 48 | UInt64(p.frag) << 32 | UInt64(p.proto) << 24 | UInt64(p.length))) &* 0x9E37_79B9_7F4A_7C15
-        h ^= (UInt64(p.tcpSeq) << 32 | UInt64(p.tcpAck)) &+ (UInt64(p.sourcePort) << 48 | UInt64(p.destinationPort) << 32)
-        h ^= UInt64(p.icmpID) << 16 | UInt64(p.icmpSeq) | UInt64(p.tcpFlags) << 40
-        return h &* 0xBF58_476D_1CE4_E5B9
+    /// Whether `frame`, which an earlier event of `e`'s skb joined, can be `e`'s packet: the
+    /// same packet when `e` read one; otherwise the same flow the way `e`'s socket sees it and
+    /// the right direction (`__tcp_transmit_skb` names the skb in the write queue, whose
+    /// address a received packet may have had microseconds before).
+    private func sameSkbPacket(_ e: TraceEvent, _ side: Side, _ frame: Frame) -> Bool {
+        if let p = e.packet { return samePacket(p, frame.identity) }
+        if side == .send && frame.toHost || side == .receive && !frame.toHost { return false }
+        guard let p = e.endpoints, let f = frame.identity else { return true }
+        let forward = p.source == f.source && p.sourcePort == f.sourcePort && p.destination == f.destination && p.destinationPort == f.destinationPort
+        let reverse = p.source == f.destination && p.sourcePort == f.destinationPort && p.destination == f.source && p.destinationPort == f.sourcePort
+        return side == .receive ? reverse || forward : forward
     }
 
-    private func nearest(_ recent: Recent?, to e: TraceEvent, identity: PacketIdentity? = nil, segment: PacketIdentity? = nil) -> Int? {
+    private func side(_ e: TraceEvent) -> Side {
+        let k = UInt32(e.event) << 16 | UInt32(e.probe)
+        if let s = sides[k] { return s }
+        var s = Side.none
+        if let spec = Schema.event(e.event) {
+            let rules = spec.site(of: e.probe).map { spec.rules(for: $0) } ?? spec.rules
+            if rules.contains(.beforeSent) { s = .send } else if rules.contains(.afterReceived) { s = .receive }
+        }
+        sides[k] = s
+        return s
+    }
+
+    /// Whether frame slot `i` already holds an event of this kind from this probe: the same
+    /// packet does not pass the same probe twice, so identical packets each get their own.
+    private func taken(_ i: Int, _ e: TraceEvent) -> Bool {
+        slots[i].events.contains { $0.event == e.event && $0.probe == e.probe }
+    }
+
+    /// Among `numbers` (frames of the event's host with its identity, or `accept`ed), the one
+    /// this event belongs to: on the event's side of the wire the latest packet that arrived
+    /// before it (receive) or the first that left after it (send), else the nearest in time.
+    /// Only identical packets make this a choice; it is counted.
+    private func choose(_ recent: Recent?, _ e: TraceEvent, _ side: Side, accept: (PacketIdentity) -> Bool) -> Int? {
         guard let recent else { return nil }
-        var best: (n: Int, d: UInt64)?
+        var best: (n: Int, d: UInt64)?, fitting: (n: Int, d: UInt64)?
+        var candidates = 0
         for n in recent.numbers where n >= firstNumber {
             let i = slotIndex(n)
-            if let identity, slots[i].frame.identity != identity { continue }
-            if let segment, let f = slots[i].frame.identity, !sameSegment(segment, f) { continue }
-            let d = distance(slots[i].frame.timeNs, e.timeNs)
-            if let b = best, b.d <= d { continue }
-            if slots[i].events.contains(where: { $0.event == e.event && $0.probe == e.probe }) { continue }
-            best = (n, d)
+            let f = slots[i].frame
+            // Keys are digests: the host and the identity are compared in full.
+            guard slots[i].netns == e.netns, let id = f.identity, accept(id), !taken(i, e) else { continue }
+            candidates += 1
+            let d = distance(f.timeNs, e.timeNs)
+            if d < best?.d ?? .max { best = (n, d) }
+            let fits = switch side {
+            case .send: !f.toHost && f.timeNs >= e.timeNs
+            case .receive: f.toHost && f.timeNs <= e.timeNs
+            case .none: false
+            }
+            if fits, d < fitting?.d ?? .max { fitting = (n, d) }
         }
-        return best?.n
+        if candidates > 1 { counts.ambiguous += 1 }
+        return fitting?.n ?? best?.n
     }
     private func distance(_ a: UInt64, _ b: UInt64) -> UInt64 { a > b ? a - b : b - a }
 
     /// For the event being joined by `.gso`: how many wire packets its skb became.
     public private(set) var gsoParts = 0
 
-    private func join(_ e: TraceEvent) throws {
+    /// The IP event that carries `e`'s segment out, when `e` (a socket-side TCP send event:
+    /// sockops, __tcp_transmit_skb) is followed by one in the same call chain: the next
+    /// send-side event with an IP header on the same CPU, thread and socket, within 1 ms and
+    /// 64 records, for the same flow, ACK, flags and length. Its seq is not compared: sockops
+    /// reports snd_nxt, which is not a retransmission's seq.
+    private func chained(_ e: TraceEvent, _ p: PacketIdentity, _ ahead: EventReader?) -> PacketIdentity? {
+        guard let ahead else { return nil }
+        for i in 0..<64 {
+            guard let x = ahead.peek(i), x.timeNs &- e.timeNs < 1_000_000 else { return nil }
+            guard x.cpu == e.cpu, x.tid == e.tid, let q = x.packet, side(x) == .send else { continue }
+            guard q.source == p.source, q.destination == p.destination, q.sourcePort == p.sourcePort, q.destinationPort == p.destinationPort,
+                  q.proto == 6, x.sock == 0 || e.sock == 0 || x.sock == e.sock else { continue }
+            // PSH is left out: the socket's view of a TSO skb may not have it yet.
+            return q.tcpAck == p.tcpAck && q.tcpFlags | 0x08 == p.tcpFlags | 0x08 && q.length == p.length ? q : nil
+        }
+        return nil
+    }
+
+    private func join(_ e: TraceEvent, ahead: EventReader? = nil) throws {
         counts.events += 1
         gsoParts = 0
+        let side = side(e)
         var number: Int?, how: Join?
+        // Inside the kernel an skb is the packet: an event of an skb that an earlier event
+        // joined goes to that frame, if it names the same packet (skbs are freed and reused
+        // within microseconds) and that frame has no such event yet (identical packets may
+        // reuse one skb address one after the other).
+        if e.skb != 0, let s = skbs[e.skb], e.timeNs &- s.t < window, s.frame >= firstNumber, slots[slotIndex(s.frame)].netns == e.netns,
+           !taken(slotIndex(s.frame), e), sameSkbPacket(e, side, slots[slotIndex(s.frame)].frame) {
+            (number, how) = (s.frame, .skb)
+        }
         // A TCP packet that joined nothing as it is may be one skb cut into several (TSO/GSO).
         var whole: PacketIdentity?
-        if let id = e.packet {
-            counts.packetEvents += 1
-            if let n = nearest(byIdentity[digest(id)], to: e, identity: id) {
+        if number == nil, let id = e.packet {
+            if let n = choose(byIdentity[digest(id, e.netns)], e, side, accept: { $0 == id }) {
                 (number, how) = (n, .identity)
             } else if id.proto == 6 {
                 whole = id
             }
-        } else if let p = e.endpoints, p.proto == 6, p.tcpFlags != 0, p.tcpSeq != 0 {
-            if let n = nearest(bySegment[segmentKey(p)], to: e, segment: p) {
+        } else if number == nil, let p = e.endpoints, p.proto == 6, p.tcpFlags != 0, side == .send, let q = chained(e, p, ahead) {
+            if let n = choose(byIdentity[digest(q, e.netns)], e, side, accept: { $0 == q }) {
+                (number, how) = (n, .chain)
+            } else if q.length > 0, let g = gso(q, e, side, knowsIPID: true) {
+                (number, how) = (g.first, .chain)
+                gsoParts = g.parts
+            }
+        } else if number == nil, let p = e.endpoints, p.proto == 6, p.tcpFlags != 0, p.tcpSeq != 0 {
+            if let n = choose(bySegment[segmentKey(p, e.netns)], e, side, accept: { self.sameSegment(p, $0) }) {
                 (number, how) = (n, .segment)
             } else {
                 whole = p
             }
         }
-        if let whole, whole.length > 0, let g = gso(whole, e) {
+        // A whole datagram a receive event saw, where the wire had its fragments.
+        if number == nil, side == .receive, let id = e.packet, id.frag & 0x3fff == 0 {
+            var last: (n: Int, t: UInt64)?
+            for n in byDatagram[datagramKey(id, e.netns)]?.numbers ?? [] where n >= firstNumber {
+                let sl = slots[slotIndex(n)]
+                guard sl.netns == e.netns, sl.frame.toHost, sl.frame.timeNs <= e.timeNs, let f = sl.frame.identity,
+                      f.source == id.source, f.destination == id.destination, f.proto == id.proto, f.ipID == id.ipID else { continue }
+                if sl.frame.timeNs >= last?.t ?? 0 { last = (n, sl.frame.timeNs) }
+            }
+            if let last { (number, how, whole) = (last.n, .reassembly, nil) }
+        }
+        if number == nil, let whole, whole.length > 0, let g = gso(whole, e, side, knowsIPID: e.packet != nil) {
             (number, how) = (g.first, .gso)
             gsoParts = g.parts
             // Each skb once, whichever events log it (sockops records carry no skb address).
@@ -224,12 +420,7 @@ public final class Correlator {
                 counts.gsoPackets += g.parts
             }
         }
-        // An skb is freed and reused within microseconds: join by it only the events that
-        // name no packet of their own, or the same packet (flow and IP ID) as before.
-        if number == nil, e.skb != 0, let s = skbs[e.skb], e.timeNs &- s.t < window, s.frame >= firstNumber,
-           e.packet.map({ samePacket($0, slots[slotIndex(s.frame)].frame.identity) }) ?? true {
-            (number, how) = (s.frame, .skb)
-        }
+        if e.packet != nil { counts.packetEvents += 1 }
         if let number, e.skb != 0 {
             skbs[e.skb] = (number, e.timeNs)
             skbSweep += 1
@@ -243,7 +434,14 @@ public final class Correlator {
             counts.coalescedSkbs += 1
             counts.coalescedBytes += Int(e.skbLen) - (Int(e.ipLength) - 20)
         }
-        if let how { counts.joined[how.rawValue, default: 0] += 1 } else if e.packet != nil { counts.unmatched[e.name, default: 0] += 1 }
+        settleUnjoined(before: e.timeNs &- min(window, e.timeNs))
+        if e.event == skbDrop { dropped(e) }
+        if let how {
+            counts.joined[how.rawValue, default: 0] += 1
+        } else if e.packet != nil, e.event != skbDrop {
+            counts.unmatched[e.name, default: 0] += 1
+            unjoinedEvent(e)
+        }
         var frame: Frame?
         if let number {
             let i = slotIndex(number)
@@ -253,25 +451,41 @@ public final class Correlator {
         try onEvent(e, frame, how)
     }
 
-    /// A TCP skb bigger than any wire packet of its flow: the data packet of the same flow
-    /// starting at its seq, nearest in time, then the ones that follow it seq by seq.
-    private func gso(_ id: PacketIdentity, _ e: TraceEvent) -> (first: Int, parts: Int)? {
-        func part(_ seq: UInt32, near t: UInt64) -> Int? {
-            var best: (n: Int, d: UInt64)?
-            for n in bySeq[seqKey(id, seq)]?.numbers ?? [] where n >= firstNumber {
-                let f = slots[slotIndex(n)].frame
-                guard let p = f.identity, p.source == id.source, p.destination == id.destination, p.sourcePort == id.sourcePort,
-                      p.destinationPort == id.destinationPort, p.length > 0, p.length < id.length else { continue }
-                let d = distance(f.timeNs, t)
-                if d < window, d < best?.d ?? .max { best = (n, d) }
-            }
-            return best?.n
+    /// Why `e` joined nothing.
+    private func unjoined(_ e: TraceEvent) -> Unjoined {
+        if e.ifindex != 0, !links.contains(where: { $0.netns == e.netns && $0.ifindex.map { UInt32(bitPattern: $0) == e.ifindex } ?? true }) {
+            return .otherDevice
         }
-        guard let first = part(id.tcpSeq, near: e.timeNs) else { return nil }
+        if e.timeNs > stoppedNs { return .afterCapture }
+        return .noFrame
+    }
+
+    /// A TCP skb bigger than any wire packet of its flow: the data packet of the same flow on
+    /// the event's link starting at its seq (with its IP ID when the event read one: the
+    /// segments of a GSO skb take consecutive IDs from it, so a retransmission of the same
+    /// bytes is not mistaken for it), then the ones that follow it seq by seq.
+    private func gso(_ id: PacketIdentity, _ e: TraceEvent, _ side: Side, knowsIPID: Bool) -> (first: Int, parts: Int)? {
+        func part(_ seq: UInt32, ipID: UInt16?, near t: UInt64) -> Int? {
+            var best: (n: Int, d: UInt64)?, fitting: (n: Int, d: UInt64)?
+            for n in bySeq[seqKey(id, seq, e.netns)]?.numbers ?? [] where n >= firstNumber {
+                let f = slots[slotIndex(n)].frame
+                guard slots[slotIndex(n)].netns == e.netns, let p = f.identity, p.source == id.source, p.destination == id.destination, p.sourcePort == id.sourcePort,
+                      p.destinationPort == id.destinationPort, p.length > 0, p.length < id.length, ipID.map({ $0 == p.ipID }) ?? true
+                else { continue }
+                let d = distance(f.timeNs, t)
+                guard d < window else { continue }
+                if d < best?.d ?? .max { best = (n, d) }
+                let fits = side == .send ? f.timeNs >= t : side == .receive ? f.timeNs <= t : false
+                if fits, d < fitting?.d ?? .max { fitting = (n, d) }
+            }
+            return fitting?.n ?? best?.n
+        }
+        guard let first = part(id.tcpSeq, ipID: knowsIPID ? id.ipID : nil, near: e.timeNs) else { return nil }
         var (parts, covered, at) = (1, Int(slots[slotIndex(first)].frame.identity!.length), first)
         while covered < Int(id.length), parts < 1024 {
             let f = slots[slotIndex(at)].frame
-            guard let next = part(id.tcpSeq &+ UInt32(covered), near: f.timeNs) else { break }
+            let nextID = knowsIPID ? id.ipID &+ UInt16(truncatingIfNeeded: parts) : nil
+            guard let next = part(id.tcpSeq &+ UInt32(covered), ipID: nextID, near: f.timeNs) else { break }
             parts += 1
             covered += Int(slots[slotIndex(next)].frame.identity!.length)
             at = next

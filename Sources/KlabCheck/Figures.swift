@@ -1,3 +1,4 @@
+import KlabResults
 import Foundation
 import KlabAnalysis
 import KlabPacket
@@ -57,18 +58,16 @@ final class FigureBuilder {
     private var writes: [UInt64: Write] = [:]
     private var sendpacketsPerWrite: [Int] = []
     private var wirePerWrite: [Int] = []
-    private let sendPacket = Schema.event(named: "TCP_SENDPACKET")!.id
-    private let tcpSend = Schema.event(named: "TCP_SEND")!.id
-    private let tcpFragment = Schema.event(named: "TCP_FRAGMENT")?.id
+    private let sendPacket = Schema.tcpSendPacket.id
+    private let tcpSend = Schema.tcpSend.id
+    private let tcpFragment: UInt16? = Schema.tcpFragment.id
 
     // Reassembly: fragment groups as they reach the window.
     private struct FragKey: Hashable { let src, dst: UInt32; let id: UInt16; let proto: UInt8 }
     private var groups: [FragKey: (count: Int, last: UInt64)] = [:]
     private var afterLast: [Double] = []
-    private let receiveEvents: Set<UInt16> = Set(["UDP_QUEUE_SOCKETBUFFER", "UDP_RECEIVE", "TCP_RECEIVEPACKET", "ICMP_RECEIVE"].compactMap {
-        Schema.event(named: $0)?.id
-    })
-    private let ipReceive = Schema.event(named: "IP_RECEIVEPACKET")!.id
+    private let receiveEvents: Set<UInt16> = Set([Schema.udpQueueSocketBuffer, Schema.udpReceive, Schema.tcpReceivePacket, Schema.icmpReceive].map(\.id))
+    private let ipReceive = Schema.ipReceivePacket.id
 
     // ACKs per freed frame, per flow (host side), driven in time order by journeys and reads.
     private struct FlowKey: Hashable { let host: UInt64; let peer: UInt64 }
@@ -81,7 +80,7 @@ final class FigureBuilder {
     private var receivers: [FlowKey: Receiver] = [:]
     private var reads: [(t: UInt64, key: FlowKey, bytes: UInt64)] = []
     private var readsHead = 0
-    private let tcpReceive = Schema.event(named: "TCP_RECEIVE")!.id
+    private let tcpReceive = Schema.tcpReceive.id
 
     /// Per event, the probes of the site the run logged it from: --all-sites logs some events
     /// from other sites too, and figures count each occurrence once.
@@ -94,7 +93,7 @@ final class FigureBuilder {
             guard let spec = Schema.event(named: h.name), let site = spec.site(named: h.site) else { continue }
             primary[spec.id] = Set(site.probes.map(\.id))
         }
-        let visible = header.events.contains { $0.name == "TCP_FRAGMENT" && $0.site != nil }
+        let visible = header.events.contains { $0.name == Schema.tcpFragment.name && $0.site != nil }
         f = Figures(tcp_fragment: .init(
             visible: visible,
             note: visible ? "fentry/kprobe tcp_fragment" : "not visible on this kernel: tcp_fragment can only be seen by fentry or kprobe, "
@@ -103,11 +102,13 @@ final class FigureBuilder {
 
     func frame(_ fr: Frame) {
         guard let id = fr.identity else { return }
-        if id.proto == 6 {
+        // Each packet once: in wire mode a delivery repeats the frame where it left its host.
+        if id.proto == 6, !fr.forwarded {
             f.segmentation.tcp_packets_on_wire += 1
             if id.frag & 0x3fff != 0 { f.segmentation.tcp_ip_fragments_on_wire += 1 }
         }
-        if id.frag & 0x3fff != 0 {
+        // Reassembly happens where fragments arrive.
+        if id.frag & 0x3fff != 0, fr.toHost, fr.delivered {
             let k = FragKey(src: id.source.rawValue, dst: id.destination.rawValue, id: id.ipID, proto: id.proto)
             var g = groups[k] ?? (0, 0)
             g.count += 1
@@ -125,7 +126,7 @@ final class FigureBuilder {
         } else if e.event == sendPacket, e.sock != 0, var w = writes[e.sock],
                   ((e.packet ?? e.endpoints)?.length ?? 0) > 0 {
             w.sendpackets += 1
-            w.wire += how == .gso ? correlator.gsoParts : 1
+            w.wire += correlator.gsoParts > 0 ? correlator.gsoParts : 1
             writes[e.sock] = w
         } else if let tcpFragment, e.event == tcpFragment {
             f.tcp_fragment.calls += 1
@@ -172,7 +173,7 @@ final class FigureBuilder {
             f.reassembly.ip_events_on_fragments += 1
         }
         applyReads(until: fr.timeNs)
-        guard let id = fr.identity, id.proto == 6, id.frag & 0x3fff == 0 else { return }
+        guard let id = fr.identity, id.proto == 6, id.frag & 0x3fff == 0, fr.delivered else { return }
         let inbound = fr.toHost
         let host = inbound ? endpoint(id.destination, id.destinationPort) : endpoint(id.source, id.sourcePort)
         let peer = inbound ? endpoint(id.source, id.sourcePort) : endpoint(id.destination, id.destinationPort)
@@ -231,7 +232,7 @@ final class FigureBuilder {
         f.acks_per_freed_frame.acks_per_freed_frame = a.frames_freed > 0 ? Double(a.acks_sent) / Double(a.frames_freed) : nil
         f.segmentation.sendpackets_per_write_median = median(sendpacketsPerWrite)
         f.segmentation.wire_packets_per_write_median = median(wirePerWrite)
-        if !logged.contains("TCP_SEND") || !logged.contains("TCP_SENDPACKET") {
+        if !logged.contains(Schema.tcpSend.name) || !logged.contains(Schema.tcpSendPacket.name) {
             f.segmentation.note = "TCP_SEND and TCP_SENDPACKET must both be logged (level protocol or ip)"
         }
         f.reassembly.median_us_after_last_fragment = median(afterLast)

@@ -1,3 +1,4 @@
+import KlabResults
 import Foundation
 
 extension CheckReport {
@@ -21,21 +22,40 @@ extension CheckReport {
                              + (x.sock.map { " sock \($0)" } ?? "") + ": \(x.problem)" + (x.packet.map { "  [\($0)]" } ?? ""))
             }
         }
-        let j = join
         lines.append("")
+        lines += joinLines()
+        lines.append("")
+        lines.append("the seed's §2.2, on this run:")
+        lines += figureLines()
+        return lines.joined(separator: "\n")
+    }
+
+    /// The join's counts, what joined nothing and why, and files cut short.
+    public func joinLines() -> [String] {
+        let j = join
+        var lines: [String] = []
         lines.append("join: \(j.frames) wire packets, \(j.events) events (\(j.packetEvents) with a packet); joined by "
                      + Join.allCases.map { "\($0.rawValue) \(j.joined[$0.rawValue] ?? 0)" }.joined(separator: ", "))
         lines.append("      \(j.framesWithoutEvents) wire packets with no event; packet events joined to no wire packet: "
-                     + (j.unmatched.isEmpty ? "none" : j.unmatched.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ")))
-        if captureDropped > 0 {
-            lines.append("      the capture lost \(captureDropped) packets (libpcap's kernel count): their events are among those joined to no wire packet")
+                     + (j.unmatched.isEmpty ? "none" : "\(j.unmatched.values.reduce(0, +))"))
+        for (why, byName) in j.unmatchedWhy.sorted(by: { $0.key < $1.key }) {
+            lines.append("        \(byName.values.reduce(0, +)) because \(why): "
+                         + byName.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))
         }
+        if j.ambiguous > 0 {
+            lines.append("      \(j.ambiguous) joins chose among identical packets of one host (duplicates, repeated segments): the copy on the event's side of the wire")
+        }
+        for c in cutShort { lines.append("      ⚠ \(c)") }
         lines.append("      TSO/GSO: \(j.gsoSkbs) skbs left as \(j.gsoPackets) wire packets; coalescing: \(j.coalescedSkbs) receive skbs carried "
                      + "\(j.coalescedBytes) bytes of later segments")
+        return lines
+    }
+
+    /// The seed's §2.2 figures measured on this run.
+    public func figureLines() -> [String] {
         let s = figures.segmentation, t = figures.tcp_fragment, r = figures.reassembly, a = figures.acks_per_freed_frame
         func num(_ d: Double?) -> String { d.map { String(format: "%.3g", $0) } ?? "–" }
-        lines.append("")
-        lines.append("the seed's §2.2, on this run:")
+        var lines: [String] = []
         lines.append("  TCP segments writes itself: \(s.writes) writes (\(s.writes_over_mss) over 1460 bytes); TCP_SENDPACKET per write: median "
                      + "\(num(s.sendpackets_per_write_median)); wire packets per write: median \(num(s.wire_packets_per_write_median)); largest write "
                      + "\(s.largest_write_bytes) bytes → \(s.sendpackets_for_largest) TCP_SENDPACKET, \(s.wire_packets_for_largest) wire packets"
@@ -47,6 +67,6 @@ extension CheckReport {
                      + (r.median_us_after_last_fragment.map { String(format: ", median %.1f µs after it", $0) } ?? ""))
         lines.append("  after a full window: \(a.zero_windows) zero-window ACKs; then \(a.frames_freed) frames freed by the application, \(a.acks_sent) ACKs sent"
                      + (a.acks_per_freed_frame.map { String(format: ": %.2f ACK per freed frame", $0) } ?? ""))
-        return lines.joined(separator: "\n")
+        return lines
     }
 }

@@ -1,3 +1,4 @@
+import KlabResults
 import CKlabLinux
 import Foundation
 import KlabAnalysis
@@ -37,35 +38,25 @@ public struct SyntheticRun {
     public func write(to dir: String) throws {
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         let start: UInt64 = 1_000_000_000_000, offset: Int64 = 1_700_000_000_000_000_000
-        var events = Data(), pcap = Data(), links = Data()
+        let layout = ResultsLayout(dir)
+        var events = Data()
         var records = 0
-        let files = try ["events.bin", "capture.pcap", "capture.links"].map { name -> FileHandle in
-            let path = "\(dir)/\(name)"
-            guard FileManager.default.createFile(atPath: path, contents: nil), let h = FileHandle(forWritingAtPath: path) else {
-                throw ResultsError(path, "cannot create")
-            }
-            return h
+        guard FileManager.default.createFile(atPath: layout.events, contents: nil), let eventsFile = FileHandle(forWritingAtPath: layout.events) else {
+            throw ResultsError(layout.events, "cannot create")
         }
-        defer { for f in files { try? f.close() } }
+        defer { try? eventsFile.close() }
+        let capture = try CaptureWriter(layout, snaplen: 65535, offsetNs: offset)
         var pending: [klab_event] = []
-        var frames = 0, first: UInt64?, last: UInt64?
-        pcap.append(contentsOf: [0x4d, 0x3c, 0xb2, 0xa1, 2, 0, 4, 0] + [UInt8](repeating: 0, count: 8))
-        withUnsafeBytes(of: UInt32(65535).littleEndian) { pcap.append(contentsOf: $0) }
-        withUnsafeBytes(of: UInt32(101).littleEndian) { pcap.append(contentsOf: $0) }
+        var frames = 0
         func frame(_ p: Packet, _ t: UInt64, toHost: Bool) throws {
             let bytes = try p.serialize()
-            let rt = UInt64(Int64(t) + offset)
-            for v in [UInt32(rt / 1_000_000_000), UInt32(rt % 1_000_000_000), UInt32(bytes.count), UInt32(bytes.count)] {
-                withUnsafeBytes(of: v.littleEndian) { pcap.append(contentsOf: $0) }
-            }
-            pcap.append(contentsOf: bytes)
-            links.append(toHost ? 0x80 : 0)
             frames += 1
-            if first == nil { first = rt }
-            last = rt
+            bytes.withUnsafeBytes {
+                capture.append(timeNs: t, link: 0, tag: toHost ? FrameTag.intoHost : 0, fate: .passed, id: UInt64(frames), length: $0.count, bytes: $0)
+            }
         }
         var serial: UInt32 = 0
-        func record(_ name: String, _ probe: Probe, _ t: UInt64, packet p: Packet?, endpoints: Packet? = nil, skb: UInt64 = 0, bytes: UInt64 = 0) {
+        func record(_ spec: EventSpec, _ probe: Probe, _ t: UInt64, packet p: Packet?, endpoints: Packet? = nil, skb: UInt64 = 0, bytes: UInt64 = 0) {
             var r = klab_event()
             r.ts_ns = t
             r.serial = serial
@@ -74,7 +65,7 @@ public struct SyntheticRun {
             r.pid = 100
             r.tid = 101
             withUnsafeMutableBytes(of: &r.comm) { $0.copyBytes(from: Array("klab".utf8)) }
-            r.event = UInt8(Schema.event(named: name)!.id)
+            r.event = UInt8(spec.id)
             r.probe = probe.id
             r.skb = skb
             r.sock = Self.sock
@@ -111,18 +102,18 @@ public struct SyntheticRun {
             if faults.dropFrame == 0 || i % faults.dropFrame != 0 { try frame(seg, t, toHost: true) }
             if faults.duplicateFrame > 0 && i % faults.duplicateFrame == 0 { try frame(seg, t + 100, toHost: true) }
             let swap = faults.swapReceive > 0 && i % faults.swapReceive == 0
-            record("IP_RECEIVEPACKET", Schema.netifReceiveSkb, t + (swap ? 2_500 : 500), packet: seg, skb: skb)
-            record("TCP_RECEIVEPACKET", Schema.skbIngress, t + 2_000, packet: seg, skb: skb)
-            record("TCP_RECVACK", Schema.tcpProbe, t + 3_000, packet: seg, skb: skb)
+            record(Schema.ipReceivePacket, Schema.netifReceiveSkb, t + (swap ? 2_500 : 500), packet: seg, skb: skb)
+            record(Schema.tcpReceivePacket, Schema.skbIngress, t + 2_000, packet: seg, skb: skb)
+            record(Schema.tcpRecvAck, Schema.tcpProbe, t + 3_000, packet: seg, skb: skb)
             peerSeq &+= 15
             ipID &+= 1
             if i % 2 == 0 {
-                record("TCP_RECEIVE", Schema.recvLength, t + 8_000, packet: nil, endpoints: seg.reversedEndpoints, bytes: 30)
-                record("SOCKET_RECEIVE", Schema.recvLength, t + 8_000, packet: nil, endpoints: seg.reversedEndpoints, bytes: 30)
+                record(Schema.tcpReceive, Schema.recvLength, t + 8_000, packet: nil, endpoints: seg.reversedEndpoints, bytes: 30)
+                record(Schema.socketReceive, Schema.recvLength, t + 8_000, packet: nil, endpoints: seg.reversedEndpoints, bytes: 30)
                 let ack = Packet.tcp(from: Self.host, to: Self.peer, sport: 8080, dport: 40000, seq: hostSeq, ack: peerSeq, flags: .ack, id: hostID)
                 let late = faults.lateSend > 0 && (i / 2) % faults.lateSend == 0
-                record("TCP_SENDACK", Schema.sockops, t + 4_000, packet: nil, endpoints: ack)
-                record("IP_SENDBUFFER", Schema.netDevQueue, t + (late ? 7_000 : 5_000), packet: ack, skb: skb | 0x80)
+                record(Schema.tcpSendAck, Schema.sockops, t + 4_000, packet: nil, endpoints: ack)
+                record(Schema.ipSendBuffer, Schema.netDevQueue, t + (late ? 7_000 : 5_000), packet: ack, skb: skb | 0x80)
                 try frame(ack, t + 6_000, toHost: false)
                 hostID &+= 1
             }
@@ -139,29 +130,30 @@ public struct SyntheticRun {
             for var r in pending { withUnsafeBytes(of: &r) { events.append(contentsOf: $0) } }
             records += pending.count
             pending.removeAll(keepingCapacity: true)
-            for (f, d) in zip(files, [events, pcap, links]) { f.write(d) }
-            (events, pcap, links) = (Data(), Data(), Data())
+            eventsFile.write(events)
+            events = Data()
         }
         flush()
-        let logged: [(String, Probe)] = [
-            ("IP_RECEIVEPACKET", Schema.netifReceiveSkb), ("TCP_RECEIVEPACKET", Schema.skbIngress), ("TCP_RECVACK", Schema.tcpProbe),
-            ("TCP_RECEIVE", Schema.recvLength), ("SOCKET_RECEIVE", Schema.recvLength), ("TCP_SENDACK", Schema.sockops),
-            ("IP_SENDBUFFER", Schema.netDevQueue),
+        let logged: [(EventSpec, Probe)] = [
+            (Schema.ipReceivePacket, Schema.netifReceiveSkb), (Schema.tcpReceivePacket, Schema.skbIngress), (Schema.tcpRecvAck, Schema.tcpProbe),
+            (Schema.tcpReceive, Schema.recvLength), (Schema.socketReceive, Schema.recvLength), (Schema.tcpSendAck, Schema.sockops),
+            (Schema.ipSendBuffer, Schema.netDevQueue),
         ]
         let header = RunHeader(
             scenario: "synthetic", kernel: "synthetic", cpuModel: nil, probes: [],
-            events: logged.map { name, probe in
-                let site = Schema.event(named: name)!.site(of: probe.id)!
-                return RunHeader.Event(name: name, level: "ip", site: site.name, placement: site.exact ? "exact" : "approximate",
+            events: logged.map { spec, probe in
+                let site = spec.site(of: probe.id)!
+                return RunHeader.Event(name: spec.name, level: "ip", site: site.name, placement: site.exact ? "exact" : "approximate",
                                        detail: site.placement, also: nil)
             },
             clocks: .init(event_time: "synthetic", capture_time: "synthetic", monotonic_to_realtime_offset_ns: offset, tsc_hz: 2.5e9),
             hosts: [.init(name: "h1", netns: Self.netns, netns_cookie: 1)], records: records,
-            capture: .init(frames: frames, first_realtime_ns: first, last_realtime_ns: last,
-                           links: [.init(device: "klab0", netns: Self.netns)], dropped: 0))
-        var jsonl = try JSONEncoder().encode(header)
-        jsonl.append(10)
-        try jsonl.write(to: URL(fileURLWithPath: "\(dir)/events.jsonl"))
+            capture: .init(frames: frames, first_realtime_ns: capture.firstRealtimeNs, last_realtime_ns: capture.lastRealtimeNs, snaplen: 65535,
+                           links: [.init(device: "klab0", netns: Self.netns)], stoppedNs: nil, notWritten: 0),
+            outcome: RunOutcome(file: "synthetic", passed: true, interrupted: false, failures: [], steps: [], startedNs: start, packetsNotConsumed: 0,
+                                eventsEmitted: UInt64(records), eventsLost: 0))
+        capture.flush()
+        try ResultsLayout.writeJSON(header, to: layout.header)
     }
 }
 

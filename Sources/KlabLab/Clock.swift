@@ -2,7 +2,7 @@ import CKlabLinux
 import Foundation
 
 /// The clocks klab relates: CLOCK_MONOTONIC (bpf_ktime_get_ns, TUN stamps), CLOCK_REALTIME
-/// (libpcap stamps) and the TSC (cycles).
+/// (pcap stamps) and the TSC (cycles).
 public enum Clock {
     @inline(__always)
     public static func monotonicNs() -> UInt64 { now(CLOCK_MONOTONIC) }
@@ -29,7 +29,7 @@ public enum Clock {
 
     /// /proc/cpuinfo's first "model name": whose cycles the TSC counts.
     public static var cpuModel: String? {
-        let text = (try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)) ?? ""
+        let text = (try? KernelFile.text("/proc/cpuinfo")) ?? ""
         return text.split(separator: "\n").first { $0.hasPrefix("model name") }
             .flatMap { $0.split(separator: ":", maxSplits: 1).last?.trimmingCharacters(in: .whitespaces) }
     }

@@ -19,8 +19,10 @@ public final class Netlink: @unchecked Sendable {
 
     deinit { nl_socket_free(sock) }
 
+    /// libnl's error codes are its own (NLE_*), so its words are the detail; NLE_PERM (the
+    /// kernel's EPERM) also names the capability.
     static func error(_ call: String, _ code: Int32) -> LabError {
-        LabError("\(call): \(String(cString: nl_geterror(code)))", errno: 0)
+        LabError(call, errno: 0, detail: String(cString: nl_geterror(code)), hint: code == -NLE_PERM ? "needs CAP_NET_ADMIN" : nil)
     }
 
     private func check(_ call: @autoclosure () -> String, _ code: Int32) throws {
@@ -51,6 +53,15 @@ public final class Netlink: @unchecked Sendable {
             if let mtu { rtnl_link_set_mtu(delta, mtu) }
             rtnl_link_set_flags(delta, UInt32(IFF_UP))
         }
+    }
+
+    /// ip -s link show dev IF: packets the device dropped on transmit (a TUN whose queue was
+    /// full when the host sent: klab never read them).
+    public func txDropped(_ ifindex: Int32) throws -> UInt64 {
+        var link: OpaquePointer?
+        try check("rtnl_link_get_kernel(\(ifindex))", rtnl_link_get_kernel(sock, ifindex, nil, &link))
+        defer { rtnl_link_put(link) }
+        return rtnl_link_get_stat(link, RTNL_LINK_TX_DROPPED)
     }
 
     /// ip addr add ADDRESS/LEN dev IF

@@ -3,6 +3,7 @@ import Foundation
 import Glibc
 import KlabLab
 import KlabPacket
+import KlabResults
 import KlabSchema
 
 /// Socket calls, real programs and sysctls: everything that runs on the host's thread.
@@ -116,7 +117,7 @@ extension Play {
             throw ScenarioError(step.location, "not a socket call")
         }
         let err = r < 0 ? errno : 0
-        let got = (r < 0 ? "-1 \(Reader.errnoName(err)) (\(String(cString: strerror(err))))" : "\(r)") + detail
+        let got = (r < 0 ? "-1 \(Reader.errnoName(err)) (\(Errno.text(err)))" : "\(r)") + detail
         let ok: Bool
         switch step.result {
         case .value(let v)?: ok = r == v
@@ -166,9 +167,9 @@ extension Play {
     /// Starts a program from the host's thread, so the child is born in the host's
     /// namespace (and in klab's lab cgroup). Output goes to programs/ in the results folder.
     func runProgram(_ p: ProgramSpec, _ step: Step) throws -> StepOutcome {
-        let dir = "\(directory)/programs"
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        let output = "\(dir)/\(p.name).line\(step.location.line)"
+        let layout = ResultsLayout(directory)
+        try FileManager.default.createDirectory(atPath: layout.programs, withIntermediateDirectories: true)
+        let output = layout.program(p.name, line: step.location.line)
         let pid = try labHost(for: step).run { try spawn(p, output: output) }
         let r = Running(pid: pid, spec: p, output: output)
         if p.background {
@@ -306,7 +307,9 @@ extension Play {
     /// it covers what the steps since the last one made the kernel do (a run of consecutive
     /// `events:` steps all cover the same steps).
     /// `traced` names the events the tracer has a probe for on this kernel.
-    func checkEvents(_ all: [TraceEvent], traced: Set<String>) {
+    /// - Parameter sites: each event the run logged, and the name of the site it was logged from.
+    func checkEvents(_ all: [TraceEvent], sites: [String: String]) {
+        let traced = Set(sites.keys)
         let events = all.sorted { $0.timeNs < $1.timeNs }
         // Consecutive events: steps share one window: they all look at the steps before them.
         var lastCheckpoint = startNs, from = startNs, previousWasEvents = false
@@ -315,6 +318,13 @@ extension Play {
             guard let reached = reachedNs[n] else { continue }  // the run stopped before it
             if !previousWasEvents { from = lastCheckpoint }
             defer { (lastCheckpoint, previousWasEvents) = (reached, true) }
+            // A variant for other sites: what this kernel's sites do is another step's.
+            if let other = e.sites.first(where: { !(sites[$0.event]?.contains($0.site) ?? false) }) {
+                let text = "not for this run: \(other.event) was logged from \(sites[other.event] ?? "no site"), not from a site named like '\(other.site)'"
+                records.append(StepRecord(line: step.location.line, step: step.text, monotonicNs: reached, result: text, ok: true))
+                log("  --   \(step.location): events: \(text)")
+                continue
+            }
             var pool = events.filter { $0.timeNs >= from && $0.timeNs <= reached }
             if let s = e.sock {
                 guard let cookie = cookies[s] else { failures.append("\(step.location): events: socket '\(s)' was never created"); continue }

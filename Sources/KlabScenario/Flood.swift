@@ -3,6 +3,7 @@ import Foundation
 import Glibc
 import KlabLab
 import KlabPacket
+import KlabResults
 import KlabSchema
 import Synchronization
 
@@ -113,11 +114,11 @@ extension Play {
         let st = FloodState()
         if tcp { st.window.store(max(Int(hostWindow) / size, 1), ordering: .relaxed) }
         let total = f.count * size
-        let tun = try link.tun
+        let wire = try link
         let injected = DispatchSemaphore(value: 0), read = DispatchSemaphore(value: 0)
         let injector = Thread { [packets] in
-            if let cpu = f.injectCPU, klab_pin_thread(Int32(cpu)) != 0 { st.fail("cannot pin the injector to CPU \(cpu): \(String(cString: strerror(errno)))") }
-            Play.inject(packets, stride: stride, rate: f.rate, tcp: tcp, tun: tun, st)
+            if let cpu = f.injectCPU, klab_pin_thread(Int32(cpu)) != 0 { st.fail("cannot pin the injector to CPU \(cpu): \(Errno.text(errno))") }
+            Play.inject(packets, stride: stride, rate: f.rate, tcp: tcp, wire: wire, st)
             injected.signal()
         }
         if f.reader != .none {
@@ -127,7 +128,7 @@ extension Play {
             // Born on the host's thread, so it lives in the host's namespace too.
             try labHost(for: step).run {
                 Thread {
-                    if let cpu = f.readerCPU, klab_pin_thread(Int32(cpu)) != 0 { st.fail("cannot pin the reader to CPU \(cpu): \(String(cString: strerror(errno)))") }
+                    if let cpu = f.readerCPU, klab_pin_thread(Int32(cpu)) != 0 { st.fail("cannot pin the reader to CPU \(cpu): \(Errno.text(errno))") }
                     Play.read(fd, total: total, readSize: f.readSize, busy: f.reader == .busy, st)
                     read.signal()
                 }.start()
@@ -204,9 +205,7 @@ extension Play {
             retransmitted: st.retransmitted.load(ordering: .relaxed), expected_bytes: total, read_bytes: got,
             read_calls: st.readCalls.load(ordering: .relaxed), lost: lost, host_acks: acks, host_other: other, first_ns: first, last_ns: last,
             seconds: seconds, achieved_rate: seconds > 0 ? Double(max(sent - 1, 0)) / seconds : 0)
-        let enc = JSONEncoder()
-        enc.outputFormatting = [.sortedKeys, .prettyPrinted]
-        try enc.encode(result).write(to: URL(fileURLWithPath: "\(directory)/flood.line\(step.location.line).json"))
+        try ResultsLayout.writeJSON(result, to: ResultsLayout(directory).flood(line: step.location.line), pretty: true)
 
         var text = "\(tcp ? "tcp" : "udp"): injected \(sent) of \(f.count) \(stride)-byte packets in "
             + String(format: "%.3f s, %.0f/s", seconds, result.achieved_rate) + (f.rate > 0 ? " (rate \(f.rate)/s)" : " (back to back)")
@@ -230,8 +229,9 @@ extension Play {
     /// CPU is free for the host's other threads meanwhile), or back to back.
     /// TCP keeps within the host's window and, when nothing is acknowledged for 200 ms, goes
     /// back to the first unacknowledged packet.
-    static func inject(_ packets: [UInt8], stride: Int, rate: Int, tcp: Bool, tun: TunDevice, _ st: FloodState) {
+    static func inject(_ packets: [UInt8], stride: Int, rate: Int, tcp: Bool, wire: Wire, _ st: FloodState) {
         klab_set_thread_name("klab-inject")
+        let tap = wire.recorder.tap()
         klab_set_timerslack(1)
         defer { st.injectorDone.store(true, ordering: .releasing) }
         let count = packets.count / stride
@@ -271,12 +271,12 @@ extension Play {
                         while t < target { t = Clock.monotonicNs() }
                     }
                 }
-                let t = Clock.monotonicNs()
-                if writes == 0 { st.firstNs.store(t, ordering: .relaxed) }
-                do { try tun.write(UnsafeRawBufferPointer(rebasing: all[next * stride..<(next + 1) * stride])) } catch {
+                let t: UInt64
+                do { t = try tap.write(wire.tun, link: wire.link, UnsafeRawBufferPointer(rebasing: all[next * stride..<(next + 1) * stride])).t } catch {
                     st.fail("writing packet \(next + 1) into the TUN failed: \(error)")
                     break
                 }
+                if writes == 0 { st.firstNs.store(t, ordering: .relaxed) }
                 st.lastNs.store(t, ordering: .relaxed)
                 next += 1
                 writes += 1
@@ -297,7 +297,7 @@ extension Play {
         // (whole-module) build lose it in Scenario.swift (Swift 6.3).
         let dontWait = Reader.messageFlags["MSG_DONTWAIT"]!
         while got < total && !st.stop.load(ordering: .relaxed) {
-            let r = busy ? recv(fd, buf, readSize, dontWait) : Glibc.read(fd, buf, readSize)
+            let r = retryingEINTR { busy ? recv(fd, buf, readSize, dontWait) : Glibc.read(fd, buf, readSize) }
             if r > 0 {
                 got += r
                 calls += 1
@@ -307,8 +307,8 @@ extension Play {
             } else if r == 0 {
                 st.fail("the reader got end of file after \(got) of \(total) bytes")
                 return
-            } else if errno != EAGAIN && errno != EINTR {
-                st.fail("the reader's \(busy ? "recv" : "read") failed after \(got) of \(total) bytes: \(String(cString: strerror(errno)))")
+            } else if errno != EAGAIN {
+                st.fail("the reader's \(busy ? "recv" : "read") failed after \(got) of \(total) bytes: \(Errno.text(errno))")
                 return
             }
         }

@@ -4,6 +4,9 @@ import KlabPacket
 /// initial sequence number, acks relative to the other side's.
 public struct TCPSegment: Sendable, Equatable, CustomStringConvertible {
     public var flags: TCPFlags
+    /// Flags the host may set or not (`P?.` in an expected segment: TCP's push marks depend
+    /// on how far its copy loop got when it sent, which a slow CPU changes).
+    public var optional: TCPFlags = []
     public var start: UInt32
     public var end: UInt32
     public var ack: UInt32?
@@ -17,11 +20,13 @@ public struct TCPSegment: Sendable, Equatable, CustomStringConvertible {
     }
 
     public var description: String {
-        var t = "\(flags) \(start):\(end)(\(end &- start))"
+        var t = optional.contains(.psh) ? "P?\(TCPFlags(rawValue: flags.rawValue & ~TCPFlags.psh.rawValue))" : "\(flags)"
+        t += " \(start):\(end)(\(end &- start))"
         if let ack { t += " ack \(ack)" }
         if let window { t += " win \(window)" }
         if let urgent { t += " urg \(urgent)" }
-        if let options { if !options.isEmpty { t += " <\(options.map(\.description).joined(separator: ","))>" } } else { t += " <...>" }
+        let text = { (o: TCPOption) in o == .windowScale(PacketNotation.anyWindowScale) ? "wscale *" : o.description }
+        if let options { if !options.isEmpty { t += " <\(options.map(text).joined(separator: ","))>" } } else { t += " <...>" }
         return t
     }
 }
@@ -67,6 +72,9 @@ public indirect enum PacketSpec: Sendable, Equatable, CustomStringConvertible {
 ///     icmp unreachable port_unreachable [udp (100)]
 ///     icmp unreachable frag_needed mtu 1200 [P. 1:1449(1448)]
 public enum PacketNotation {
+    /// `wscale *` in an expected packet: any window scale (no real one exceeds 14).
+    static let anyWindowScale: UInt8 = 255
+
     public static func parse(_ line: String, at loc: SourceLocation) throws(ScenarioError) -> PacketSpec {
         var p = Scanner(text: Array(line.unicodeScalars), loc: loc)
         var spec = try p.packet()
@@ -199,9 +207,12 @@ public enum PacketNotation {
         }
 
         mutating func tcp() throws(ScenarioError) -> PacketSpec {
-            let flagText = word()
+            var flagText = word()
             let rangeStart = i + 1
-            guard let flags = TCPFlags(flagText), !flagText.isEmpty else {
+            // `P?`: push may be set or not (an expected segment only).
+            let maybePush = flagText.contains("P?")
+            flagText = flagText.replacingOccurrences(of: "P?", with: "")
+            guard let flags = TCPFlags(flagText), !flagText.isEmpty || maybePush else {
                 throw error("'\(flagText)' is not a packet: expected TCP flags (S, S., ., P., F., R, …), udp or icmp", at: wordStart)
             }
             let start: UInt32 = try number("the start sequence number")
@@ -212,6 +223,7 @@ public enum PacketNotation {
             try expect(")")
             guard end &- start == len else { throw error("\(start):\(end) holds \(end &- start) bytes, not \(len)", at: rangeStart) }
             var seg = TCPSegment(flags: flags, start: start, end: end)
+            if maybePush { seg.optional = .psh }
             var sawOptions = false
             while true {
                 skipSpaces()
@@ -249,7 +261,10 @@ public enum PacketNotation {
                 case "sackOK": out.append(.sackPermitted)
                 case "nop": out.append(.nop)
                 case "eol": out.append(.eol)
-                case "wscale": out.append(.windowScale(try number("a window scale")))
+                case "wscale":
+                    // `wscale *`: any window scale (an expected packet's: the kernel derives it from its memory).
+                    skipSpaces()
+                    out.append(.windowScale(eat("*") ? PacketNotation.anyWindowScale : try number("a window scale or *")))
                 case "TS":
                     guard word() == "val" else { throw error("expected 'TS val N ecr N'", at: wordStart) }
                     let val: UInt32 = try number("a TS value")

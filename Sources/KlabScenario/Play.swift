@@ -3,6 +3,7 @@ import Foundation
 import Glibc
 import KlabLab
 import KlabPacket
+import KlabResults
 import KlabSchema
 
 /// What one step did: a line for the report, whether it passed, and when its event happened
@@ -26,7 +27,12 @@ final class Play: @unchecked Sendable {
     /// The scripted peer's end of the first host's link; nil in wire mode.
     let wire: Wire?
     let directory: String
-    let log: (String) -> Void
+    private let output: (String) -> Void
+    /// The live status line on a terminal (nil without one).
+    var progress: Progress?
+    func log(_ line: String) {
+        if let progress { progress.print(line, output) } else { output(line) }
+    }
     var records: [StepRecord] = []
     var failures: [String] = []
 
@@ -89,7 +95,7 @@ final class Play: @unchecked Sendable {
     }
 
     init(scenario: Scenario, hosts: [LabHost], wire: Wire?, directory: String, log: @escaping (String) -> Void) {
-        (self.scenario, self.host, self.wire, self.directory, self.log) = (scenario, hosts[0], wire, directory, log)
+        (self.scenario, self.host, self.wire, self.directory, self.output) = (scenario, hosts[0], wire, directory, log)
         self.hosts = Dictionary(uniqueKeysWithValues: hosts.map { ($0.name, $0) })
         hostPort = scenario.hostPort
     }
@@ -137,7 +143,9 @@ final class Play: @unchecked Sendable {
                 t = now
                 reachedNs[n] = t
                 stepPackets = []
+                progress?.begin("[\(n + 1)/\(scenario.steps.count)] \(step.text)")
                 do { outcome = try perform(step, previous: previousNs) } catch { outcome = StepOutcome(text: "\(error)", ok: false) }
+                progress?.end()
                 if !stepPackets.isEmpty { packetsByLine[step.location.line, default: []].formUnion(stepPackets) }
             }
             if !outcome.ok && now >= deadlineNs && !Interrupt.requested {
@@ -250,6 +258,12 @@ final class Play: @unchecked Sendable {
             let whole = try build(inner)
             return try whole[0].fragmented(mtu: mtu ?? Int(scenario.host.mtu))
         case .tcp(let s):
+            if !s.optional.isEmpty {
+                throw ScenarioError(nil, "P? (push or not) is for a packet the host must send; a packet the peer injects has its flags")
+            }
+            if s.options?.contains(.windowScale(PacketNotation.anyWindowScale)) == true {
+                throw ScenarioError(nil, "wscale * matches any window scale in a packet the host must send; a packet the peer injects needs a number")
+            }
             var ackNumber: UInt32 = 0
             if let ack = s.ack {
                 guard let isn = hostISN else { throw ScenarioError(nil, "an ack before the host has sent its SYN or SYN-ACK") }
@@ -408,13 +422,13 @@ final class Play: @unchecked Sendable {
             for case .timestamp(let val, let ecr) in t.options { hostTS = (val, ecr); hostTSval = val }
             actual = packet.tcpSummary(relativeTo: isn, ackRelativeTo: peerISN)
             want(t.sourcePort == hostPort && t.destinationPort == scenario.peerPort, "ports \(t.sourcePort) > \(t.destinationPort)")
-            want(t.flags == s.flags, "flags")
+            want(t.flags.union(s.optional) == s.flags.union(s.optional), "flags")
             want(t.sequence &- isn == s.start && UInt32(packet.payload.count) == s.end &- s.start, "sequence range")
             if let ack = s.ack { want(t.flags.contains(.ack) && t.acknowledgment &- peerISN == ack, "ack") }
             if let window = s.window { want(t.window == window, "window") }
             if let urg = s.urgent { want(t.flags.contains(.urg) && t.urgentPointer == urg, "urgent pointer (\(t.urgentPointer))") }
             if let options = s.options {
-                want(sameOptions(options, t.options), "options")
+                want(Play.sameOptions(options, t.options), "options")
                 if options.contains(where: { if case .timestamp = $0 { true } else { false } }), let hostTS, let peerTSval {
                     want(hostTS.ecr == peerTSval, "TS ecr \(hostTS.ecr) does not echo the peer's TSval \(peerTSval)")
                 }
@@ -469,11 +483,16 @@ final class Play: @unchecked Sendable {
         return (problems, actual)
     }
 
-    /// Timestamps' values are the kernel's business: compare that they are there.
-    func sameOptions(_ want: [TCPOption], _ got: [TCPOption]) -> Bool {
+    /// Timestamps' values are the kernel's business: compare that they are there. `wscale *`
+    /// takes any window scale.
+    static func sameOptions(_ want: [TCPOption], _ got: [TCPOption]) -> Bool {
         func norm(_ o: [TCPOption]) -> [TCPOption] {
             o.map { if case .timestamp = $0 { return .timestamp(val: 0, ecr: 0) } else { return $0 } }
         }
-        return norm(want) == norm(got)
+        let got = zip(norm(got), want).map { g, w in
+            if case .windowScale(PacketNotation.anyWindowScale) = w, case .windowScale = g { return w }
+            return g
+        } + norm(got).dropFirst(want.count)
+        return norm(want) == got
     }
 }

@@ -3,6 +3,7 @@ import Foundation
 import KlabLab
 import KlabPacket
 import KlabSchema
+import KlabResults
 import KlabTracer
 import Synchronization
 
@@ -32,15 +33,9 @@ public struct Outcome: Sendable {
     public let passed: Bool
     public let failures: [String]
     public let interrupted: Bool
-}
-
-/// One executed step, for the report.
-struct StepRecord: Codable {
-    let line: Int
-    let step: String
-    let monotonicNs: UInt64
-    let result: String
-    let ok: Bool
+    public init(scenario: String, directory: String, passed: Bool, failures: [String], interrupted: Bool) {
+        (self.scenario, self.directory, self.passed, self.failures, self.interrupted) = (scenario, directory, passed, failures, interrupted)
+    }
 }
 
 /// Runs scenarios: builds the lab, starts capture and tracer, plays the steps as the
@@ -48,14 +43,23 @@ struct StepRecord: Codable {
 public final class Runner {
     let cgroup: LabCgroup
     let tracing: TracerConfig
+    /// Bytes of each packet the capture keeps; nil: the mode's default.
+    let snaplen: Int?
     let log: (String) -> Void
 
-    /// Creates the lab cgroup and moves klab into it. Call `finish` on every exit path.
-    public init(tracing: TracerConfig = TracerConfig(), log: @escaping (String) -> Void) throws {
+    /// What the capture keeps of each packet in wire mode unless told otherwise: every
+    /// header and the start of the payload (whole packets at full speed cost disk and speed).
+    public static let wireSnaplen = 256
+    static let whole = 262_144
+
+    /// Creates the lab cgroup and moves klab into it; it goes when the runner does, or at
+    /// `finish` (call it before exit(), which frees nothing).
+    public init(tracing: TracerConfig = TracerConfig(), snaplen: Int? = nil, log: @escaping (String) -> Void) throws {
         _ = try tracing.events()  // a bad --events fails before anything is created
         try Preflight.check()
         cgroup = try LabCgroup()
         self.tracing = tracing
+        self.snaplen = snaplen.map { $0 == 0 ? Runner.whole : $0 }
         self.log = log
     }
 
@@ -73,68 +77,108 @@ public final class Runner {
         let tun = try host.addLink(
             name: "klab0", address: scenario.host.address, prefixLength: scenario.host.prefixLength,
             mtu: scenario.host.mtu, route: Scenario.labPrefix)
-        let capture = try Capture(path: "\(dir)/capture.pcap")
-        try host.run { try capture.add(device: tun.name, netns: host.netnsInode) }
-        let (tracer, offset, tscHz) = try observe([host], capture, dir)
+        let recorder = try PacketRecorder(ResultsLayout(dir), snaplen: snaplen ?? Runner.whole, offsetNs: Clock.realtimeOffsetNs())
+        let link = recorder.addLink(tun, netns: host.netnsInode)
+        let (tracer, tscHz) = try observe(scenario, [host], recorder, dir)
         defer { tracer.close() }
         started = true
-        let wire = Wire(tun: tun)
+        let wire = Wire(tun: tun, recorder: recorder, link: link)
         wire.start()
 
         let play = Play(scenario: scenario, host: host, wire: wire, directory: dir, log: log)
+        let progress = Progress(recorder: recorder, tracer: tracer, eventsPath: ResultsLayout(dir).events)
+        if progress.enabled { play.progress = progress }
         let startedNs = Clock.monotonicNs()
         play.run()
         play.closeAll()
+        progress.stop()
 
         wire.stop()
         return try conclude(
-            scenario, dir, hosts: [host], tracer: tracer, capture: capture, play: play, offset: offset, tscHz: tscHz,
+            scenario, dir, hosts: [host], tracer: tracer, recorder: recorder, tuns: [tun], play: play, tscHz: tscHz,
             startedNs: startedNs, unexpected: wire.leftovers().count)
     }
 
-    /// Attaches the tracer to the hosts' namespaces, reads the clocks, and starts capture and
-    /// tracer. The caller closes the tracer.
-    func observe(_ hosts: [LabHost], _ capture: Capture, _ dir: String) throws -> (Tracer, offset: Int64, tscHz: Double) {
+    /// Attaches the tracer to the hosts' namespaces, reads the TSC rate, writes the run's
+    /// header (run.json: a run that crashes leaves a folder klab check can read), and starts
+    /// the recorder and the tracer. The caller closes the tracer.
+    func observe(_ scenario: Scenario, _ hosts: [LabHost], _ recorder: PacketRecorder, _ dir: String) throws -> (Tracer, tscHz: Double) {
+        let layout = ResultsLayout(dir)
         let tracer = try Tracer(
-            config: tracing, namespaces: hosts.map { ($0.netnsCookie, $0.netnsInode) }, cgroupFD: cgroup.fd,
-            rawPath: "\(dir)/events.bin")
-        let offset = Clock.realtimeOffsetNs()
+            config: tracing, namespaces: hosts.map { ($0.netnsCookie, $0.netnsInode) }, cgroup: cgroup, rawPath: layout.events)
         let tscHz = Clock.tscHz()
-        capture.start()
+        try ResultsLayout.writeJSON(header(scenario, hosts, tracer, recorder, tscHz), to: layout.header)
+        recorder.start()
         tracer.start()
-        return (tracer, offset, tscHz)
+        return (tracer, tscHz)
     }
 
-    /// Stops capture and tracer, checks the scenario's event expectations, writes the results
-    /// folder (streamed from the files), prints the timeline and judges every event's placement.
+    /// The run's header as far as it is known: at the start what is logged and from where,
+    /// the clocks, hosts and links; at the end the records, the capture and the outcome.
+    func header(_ scenario: Scenario, _ hosts: [LabHost], _ tracer: Tracer, _ recorder: PacketRecorder, _ tscHz: Double,
+                txDropped: [UInt64?] = [], records: Int? = nil, outcome: RunOutcome? = nil) -> RunHeader {
+        var uts = utsname()
+        uname(&uts)
+        let kernel = withUnsafeBytes(of: uts.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        let ended = outcome != nil
+        return RunHeader(
+            scenario: scenario.name, kernel: kernel, cpuModel: Clock.cpuModel,
+            probes: tracer.attached.map { RunHeader.Probe(program: $0.program, site: $0.site) },
+            events: tracer.selections.map {
+                RunHeader.Event(name: $0.event.name, level: $0.event.level.description, site: $0.site?.name,
+                                placement: $0.verdict, detail: $0.placement,
+                                also: $0.alsoLogged.isEmpty ? nil : $0.alsoLogged.map(\.name))
+            },
+            clocks: RunHeader.Clocks(
+                event_time: "CLOCK_MONOTONIC ns (bpf_ktime_get_ns)",
+                capture_time: "CLOCK_MONOTONIC ns taken by klab at each TUN read and write, stored in the pcap as realtime (+ the offset)",
+                monotonic_to_realtime_offset_ns: recorder.offsetNs, tsc_hz: tscHz.rounded()),
+            hosts: hosts.map { RunHeader.HostInfo(name: $0.name, netns: $0.netnsInode, netns_cookie: $0.netnsCookie) },
+            records: records,
+            capture: RunHeader.CaptureInfo(
+                frames: recorder.frames, first_realtime_ns: recorder.firstRealtimeNs, last_realtime_ns: recorder.lastRealtimeNs,
+                snaplen: recorder.snaplen,
+                links: recorder.links.enumerated().map { i, l in
+                    RunHeader.Link(device: l.device, netns: l.netns, ifindex: l.ifindex, txDropped: i < txDropped.count ? txDropped[i] : nil)
+                },
+                stoppedNs: recorder.stoppedNs, notWritten: recorder.discarded),
+            // This kernel's drop reasons, from its BTF (a second or two in a qemu guest: once, at the end).
+            dropReasons: ended && tracer.selections.contains { $0.event.id == Schema.skbDrop.id && $0.site != nil } ? DropReasons.names() : [:],
+            outcome: outcome)
+    }
+
+    /// Stops the recorder (every thread that records has stopped) and the tracer, checks the
+    /// scenario's event expectations and writes the run's final header. What klab derives
+    /// from the files (the join, the placement verdicts, events.jsonl and the rest) is
+    /// KlabCheck's `Finish`, which the CLI runs next.
     func conclude(
-        _ scenario: Scenario, _ dir: String, hosts: [LabHost], tracer: Tracer, capture: Capture, play: Play, offset: Int64,
+        _ scenario: Scenario, _ dir: String, hosts: [LabHost], tracer: Tracer, recorder: PacketRecorder, tuns: [TunDevice], play: Play,
         tscHz: Double, startedNs: UInt64, unexpected: Int
     ) throws -> Outcome {
-        capture.close()
+        let layout = ResultsLayout(dir)
+        recorder.finish()
         tracer.stop()
+        if let failure = recorder.failure { play.failures.append("the capture is incomplete: \(failure)") }
+        // Packets the TUNs' queues dropped before klab read them, per link.
+        var txDropped: [UInt64?] = []
+        for (host, tun) in zip(hosts, tuns) { txDropped.append(try? host.run { try Netlink().txDropped(tun.ifindex) }) }
         // Only `events:` steps need the records in memory.
         if scenario.steps.contains(where: { if case .events = $0.action { true } else { false } }) {
-            play.checkEvents(tracer.events(), traced: Set(tracer.selections.filter { $0.site != nil }.map(\.event.name)))
+            var list: [TraceEvent] = []
+            let reader = try EventReader(layout.events)
+            while let e = try reader.next() { list.append(e) }
+            play.checkEvents(list, sites: Dictionary(tracer.selections.compactMap { s in s.site.map { (s.event.name, $0.name) } }, uniquingKeysWith: { a, _ in a }))
         }
         let counters = tracer.counters()
         var st = stat()
-        let records = stat("\(dir)/events.bin", &st) == 0 ? Int(st.st_size) / TraceEvent.recordSize : 0
-        let report = Report(
-            scenario: scenario, directory: dir, hosts: hosts, capture: capture, records: records,
-            selections: tracer.selections, attached: tracer.attached, realtimeOffsetNs: offset, tscHz: tscHz, startedNs: startedNs,
-            steps: play.records, failures: play.failures, unexpected: unexpected,
-            emitted: counters.emitted, dropped: counters.dropped, interrupted: Interrupt.requested)
-        let (timeline, check) = try report.write()
-        log(timeline)
-        log("")
-        log(check.text())
-        if check.violations > 0 {
-            play.failures.append("placement: \(check.violations) occurrences broke their placement rules (verdicts.json)")
-        }
-        log(play.failures.isEmpty && !Interrupt.requested ? "\(scenario.name): PASSED" : "\(scenario.name): FAILED")
+        let records = stat(layout.events, &st) == 0 ? Int(st.st_size) / TraceEvent.recordSize : 0
+        let outcome = RunOutcome(
+            file: scenario.file, passed: play.failures.isEmpty && !Interrupt.requested, interrupted: Interrupt.requested,
+            failures: play.failures, steps: play.records, startedNs: startedNs, packetsNotConsumed: unexpected,
+            eventsEmitted: counters.emitted, eventsLost: counters.dropped)
+        try ResultsLayout.writeJSON(
+            header(scenario, hosts, tracer, recorder, tscHz, txDropped: txDropped, records: records, outcome: outcome), to: layout.header)
         return Outcome(
-            scenario: scenario.name, directory: dir, passed: play.failures.isEmpty && !Interrupt.requested,
-            failures: play.failures, interrupted: Interrupt.requested)
+            scenario: scenario.name, directory: dir, passed: outcome.passed, failures: play.failures, interrupted: Interrupt.requested)
     }
 }

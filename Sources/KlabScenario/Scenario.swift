@@ -237,6 +237,10 @@ public struct EventExpectation: Sendable {
     public let exact: Bool
     /// Only events that carry the packet(s) of the packet step on this line of the file.
     public var packetLine: Int? = nil
+    /// The step applies only where each event was logged from a site whose name contains
+    /// the text (`sites: {SOCKET_WRITE: inet_sendmsg}`): the order of events can differ by
+    /// site, and a scenario meant for every kernel says which order it expects where.
+    public var sites: [(event: String, site: String, at: SourceLocation)] = []
 }
 
 public enum Action: Sendable {
@@ -652,7 +656,7 @@ struct Reader {
         case "run": allowed = ["name", "background", "status", "timeout", "host", "output"]
         case "workload": allowed = ["from", "to", "size", "count", "duration"]
         case "flood": allowed = ["rate", "reader", "size", "read_size", "timeout", "inject_cpu", "reader_cpu"]
-        case "events": allowed = ["sock", "level", "exact", "packet"]
+        case "events": allowed = ["sock", "level", "exact", "packet", "sites"]
         case "inject", "expect", "wait", "sleep", "stop": allowed = []
         case "socket": allowed = ["result", "host"]
         default: allowed = ["result", "background"]
@@ -1114,7 +1118,22 @@ struct Reader {
         let sock = try extra["sock"].map { (_, v) throws(ScenarioError) in try string(v, "sock") }
         let exact = try extra["exact"].map { (_, v) throws(ScenarioError) in try bool(v, "exact") } ?? false
         let line = try extra["packet"].map { (_, v) throws(ScenarioError) in try int(v, "packet (the line of a packet step)", in: 1...1_000_000) }
-        return EventExpectation(patterns: patterns, sock: sock, level: level, exact: exact, packetLine: line)
+        var expectation = EventExpectation(patterns: patterns, sock: sock, level: level, exact: exact, packetLine: line)
+        if let (_, v) = extra["sites"] {
+            guard case .mapping(let pairs) = v, !pairs.isEmpty else {
+                throw fail(v, "sites takes EVENT: SITE pairs, e.g. sites: {SOCKET_WRITE: inet_sendmsg} (part of a site's name, as klab schema prints it)")
+            }
+            for (k, site) in pairs {
+                let name = try string(k, "an event name")
+                guard let spec = Schema.event(named: name) else { throw fail(k, "no schema event is named '\(name)' (see klab schema for the names)") }
+                let text = try string(site, "a site")
+                guard spec.sites.contains(where: { $0.name.contains(text) }) else {
+                    throw fail(site, "none of \(spec.name)'s sites has '\(text)' in its name: " + spec.sites.map(\.name).joined(separator: "; "))
+                }
+                expectation.sites.append((spec.name, text, textStart(site)))
+            }
+        }
+        return expectation
     }
 }
 

@@ -2,28 +2,46 @@ import Foundation
 import KlabLab
 
 /// The daemon's side of a TUN link: injects packets (stamped with CLOCK_MONOTONIC just before
-/// the write) and collects what the host sends (stamped when read() returns).
+/// the write) and collects what the host sends (stamped when read() returns). Every packet
+/// both ways is recorded in the capture by the thread that does the I/O.
 final class Wire: @unchecked Sendable {
     struct Received { let monotonicNs: UInt64; let bytes: [UInt8] }
 
     let tun: TunDevice
+    let recorder: PacketRecorder
+    let link: Int
+    /// The steps' thread injects through this tap; the reader thread has its own.
+    private let injectTap: Tap
     private let cond = NSCondition()
     private var inbox: [Received] = []
     private var running = false
     private var failure: Error?
     private let stopped = DispatchSemaphore(value: 0)
 
-    init(tun: TunDevice) { self.tun = tun }
+    init(tun: TunDevice, recorder: PacketRecorder, link: Int) {
+        (self.tun, self.recorder, self.link) = (tun, recorder, link)
+        injectTap = recorder.tap()
+    }
 
     func start() {
         running = true
+        let tap = recorder.tap()
         let t = Thread { [self] in
             let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: 65536, alignment: 8)
             defer { buf.deallocate() }
-            while cond.withLock({ running }) {
+            var last = false
+            while true {
+                // One more pass after stop: what the host queued before the end is read and recorded.
+                if !cond.withLock({ running }) {
+                    if last { break }
+                    last = true
+                }
                 do {
-                    guard let n = try tun.read(into: buf, timeoutMs: 20) else { continue }
-                    let r = Received(monotonicNs: Clock.monotonicNs(), bytes: Array(buf.prefix(n)))
+                    guard let n = try tun.read(into: buf, timeoutMs: last ? 0 : 20) else { continue }
+                    let t = tap.stamp()
+                    tap.record(link: link, intoHost: false, at: t, UnsafeRawBufferPointer(rebasing: buf[0..<n]))
+                    if last { continue }
+                    let r = Received(monotonicNs: t, bytes: Array(buf.prefix(n)))
                     cond.withLock {
                         inbox.append(r)
                         cond.broadcast()
@@ -40,9 +58,7 @@ final class Wire: @unchecked Sendable {
 
     /// Writes one packet into the host; returns its monotonic stamp.
     func inject(_ bytes: [UInt8]) throws -> UInt64 {
-        let t = Clock.monotonicNs()
-        try tun.write(bytes)
-        return t
+        try bytes.withUnsafeBytes { try injectTap.write(tun, link: link, $0).t }
     }
 
     /// The next packet from the host, waiting up to `timeoutMs`.
@@ -76,6 +92,7 @@ final class Wire: @unchecked Sendable {
     func leftovers() -> [Received] { cond.withLock { inbox } }
 
     func stop() {
+        recorder.readingStopped(at: Clock.monotonicNs())
         let was = cond.withLock { () -> Bool in
             defer { running = false }
             return running

@@ -1,175 +1,248 @@
+import CKlabLinux
 import Foundation
 import KlabAnalysis
 import Glibc
 import KlabLab
 import KlabPacket
+import KlabResults
 import KlabTracer
+import Synchronization
 
 /// Wire mode: several hosts whose TUN links the daemon joins. It reads each packet a host
 /// sends, impairs it (this kernel has no netem) and writes it into the TUN of the host that
-/// owns its destination address.
+/// owns its destination address. It records both: the packet as it left its host (with what
+/// the wire did to it) and each delivery, under one packet id.
+///
+/// Each link has a lane: a thread of its own that reads what its host sends and forwards
+/// it, with the impairment state of the directions out of that host. A stream's data and
+/// its ACKs cross on two threads (two cores) instead of taking turns in one loop.
 final class Forwarder: @unchecked Sendable {
     struct Link {
         let name: String
         let address: IPv4Address
         let tun: TunDevice
+        /// Its index in the recorder.
+        let index: Int
     }
 
     /// What happened to the packets, per direction "a>b".
     struct Counters: Encodable {
         var forwarded = 0, dropped = 0, duplicated = 0, reordered = 0
-        /// Writes the receiving TUN refused (e.g. its host's backlog was full).
+        /// Writes the receiving TUN refused.
         var refused = 0
+        /// Delayed packets still on the wire when it stopped: never delivered.
+        var in_flight_at_stop = 0
     }
 
     let links: [Link]
     let spec: WireSpec
-    private let lock = NSLock()
-    private var running = false
-    private let stopped = DispatchSemaphore(value: 0)
-    private(set) var counters: [String: Counters] = [:]
-    /// Packets from a host to an address no host has.
-    private(set) var undeliverable = 0
-    private var failure: Error?
+    let recorder: PacketRecorder
+    private let running = Atomic<Bool>(false)
+    /// When a lane last moved a packet, for a quiet stop.
+    private let lastPacketNs = Atomic<UInt64>(0)
+    private var lanes: [Lane] = []
+    private var threads: [(Thread, DispatchSemaphore)] = []
 
-    /// A packet waiting for its release time (delay, jitter, rate).
-    private struct Pending { let release: UInt64; let order: Int; let to: Int; let bytes: [UInt8]; let dir: String }
-    private var queue: [Pending] = []
-    private var order = 0
-    /// Per direction: when the rate limiter's link is free again, and a packet held back
-    /// to be overtaken (reordering).
-    private var busyUntil: [String: UInt64] = [:]
-    private var held: [String: Pending] = [:]
-    /// One generator per direction, so what happens to a>b's packets does not depend on
-    /// how b>a's interleave with them: a run repeats with its seed.
-    private var rngs: [String: SplitMix] = [:]
-
-    init(links: [Link], spec: WireSpec) {
-        (self.links, self.spec) = (links, spec)
+    init(links: [Link], spec: WireSpec, recorder: PacketRecorder) {
+        (self.links, self.spec, self.recorder) = (links, spec, recorder)
     }
 
-    private func draw(_ dir: String) -> Double {
-        var g = rngs[dir] ?? SplitMix(seed: spec.seed ^ dir.utf8.reduce(UInt64(14_695_981_039_346_656_037)) { ($0 ^ UInt64($1)) &* 1_099_511_628_211 })
-        let v = g.unit()
-        rngs[dir] = g
-        return v
-    }
+    /// Per direction, after `stop`.
+    var counters: [String: Counters] { lanes.reduce(into: [:]) { all, lane in all.merge(lane.counters) { a, _ in a } } }
+    /// Packets from a host to an address no host has, after `stop`.
+    var undeliverable: Int { lanes.reduce(0) { $0 + $1.undeliverable } }
 
     func start() {
-        lock.withLock { running = true }
-        let t = Thread { [self] in
-            defer { stopped.signal() }
-            do { try loop() } catch { lock.withLock { failure = error } }
+        running.store(true, ordering: .releasing)
+        lanes = links.indices.map { Lane(forwarder: self, from: $0, tap: recorder.tap()) }
+        for lane in lanes {
+            let done = DispatchSemaphore(value: 0)
+            let t = Thread { [lane] in
+                defer { done.signal() }
+                do { try lane.loop() } catch { lane.failure = error }
+            }
+            t.name = "klab-wire-\(links[lane.from].name)"
+            threads.append((t, done))
+            t.start()
         }
-        t.name = "klab-forwarder"
-        t.start()
     }
 
-    func stop() -> Error? {
-        let was = lock.withLock { () -> Bool in
-            defer { running = false }
-            return running
+    /// Stops once the wire has been quiet for `quietMs` (the hosts' last segments, such as a
+    /// closing handshake, still cross), but after `maxMs` at most.
+    func stop(quietMs: UInt64 = 20, maxMs: UInt64 = 500) -> Error? {
+        let begin = Clock.monotonicNs()
+        while Clock.monotonicNs() - max(lastPacketNs.load(ordering: .relaxed), begin) < quietMs * 1_000_000,
+              Clock.monotonicNs() - begin < maxMs * 1_000_000 {
+            usleep(2000)
         }
-        if was { stopped.wait() }
-        return lock.withLock { failure }
+        recorder.readingStopped(at: Clock.monotonicNs())
+        let was = running.exchange(false, ordering: .acquiringAndReleasing)
+        if was { for (_, done) in threads { done.wait() } }
+        threads = []
+        for lane in lanes { lane.countInFlight() }
+        return lanes.compactMap(\.failure).first
     }
 
-    private func loop() throws {
-        var fds = links.map { pollfd(fd: $0.tun.fd, events: Int16(POLLIN), revents: 0) }
-        for l in links { _ = fcntl(l.tun.fd, F_SETFL, fcntl(l.tun.fd, F_GETFL) | O_NONBLOCK) }
-        // With offload each read is a virtio-net header and a segment of up to 64 KB.
-        let hdr = links.first?.tun.headerLength ?? 0
-        let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: 65536 + hdr, alignment: 8)
-        defer { buf.deallocate() }
-        while lock.withLock({ running }) {
-            let now = Clock.monotonicNs()
-            releaseDue(now)
-            // Sleep until the next release, or 20 ms to notice stop().
-            var wait: UInt64 = 20_000_000
-            if let next = queue.map(\.release).min() { wait = min(wait, next > now ? next - now : 0) }
-            if let h = held.values.map(\.release).min() { wait = min(wait, h > now ? h - now : 0) }
-            let n = poll(&fds, nfds_t(fds.count), Int32((wait + 999_999) / 1_000_000))
-            if n < 0 && errno != EINTR { throw LabError("poll(wire)") }
-            guard n > 0 else { continue }
-            for i in fds.indices where fds[i].revents & Int16(POLLIN) != 0 {
-                // Drain what is queued on this link now: the fds are non-blocking, so one
-                // read per packet and no poll per packet (a poll per packet costs ~30%).
-                while true {
-                    let len = read(fds[i].fd, buf.baseAddress, buf.count)
-                    if len < 0 {
-                        if errno == EAGAIN || errno == EINTR { break }
-                        throw LabError("read(\(links[i].tun.name))")
-                    }
-                    if len >= hdr + 20 { forward(from: i, bytes: buf, count: len, header: hdr) }
+    /// One link's thread: reads what its host sends and forwards it.
+    final class Lane: @unchecked Sendable {
+        unowned let forwarder: Forwarder
+        let from: Int
+        let tap: Tap
+        var failure: Error?
+        var counters: [String: Counters] = [:]
+        var undeliverable = 0
+
+        /// A packet waiting for its release time (delay, jitter, rate).
+        private struct Pending { let release: UInt64; let order: Int; let to: Int; let bytes: [UInt8]; let dir: String; let id: UInt64; let duplicate: Bool }
+        private var queue: [Pending] = []
+        private var order = 0
+        /// Per direction: when the rate limiter's link is free again, and a packet held back
+        /// to be overtaken (reordering).
+        private var busyUntil: [String: UInt64] = [:]
+        private var held: [String: Pending] = [:]
+        /// One generator per direction, so what happens to a>b's packets does not depend on
+        /// how b>a's interleave with them: a run repeats with its seed.
+        private var rngs: [String: SplitMix] = [:]
+
+        init(forwarder: Forwarder, from: Int, tap: Tap) { (self.forwarder, self.from, self.tap) = (forwarder, from, tap) }
+
+        var links: [Link] { forwarder.links }
+
+        private func draw(_ dir: String) -> Double {
+            var g = rngs[dir] ?? SplitMix(seed: forwarder.spec.seed ^ dir.utf8.reduce(UInt64(14_695_981_039_346_656_037)) { ($0 ^ UInt64($1)) &* 1_099_511_628_211 })
+            let v = g.unit()
+            rngs[dir] = g
+            return v
+        }
+
+        func countInFlight() {
+            for p in queue + Array(held.values) { counters[p.dir, default: Counters()].in_flight_at_stop += 1 }
+            queue = []
+            held = [:]
+        }
+
+        func loop() throws {
+            let tun = links[from].tun
+            var fd = pollfd(fd: tun.fd, events: Int16(POLLIN), revents: 0)
+            _ = fcntl(tun.fd, F_SETFL, fcntl(tun.fd, F_GETFL) | O_NONBLOCK)
+            // With offload each read is a virtio-net header and a segment of up to 64 KB.
+            let hdr = tun.headerLength
+            let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: 65536 + hdr, alignment: 8)
+            defer { buf.deallocate() }
+            var last = false
+            while true {
+                // One more round after stop: what the host queued before it is read and recorded.
+                if !forwarder.running.load(ordering: .acquiring) {
+                    if last { break }
+                    last = true
                 }
+                let now = Clock.monotonicNs()
+                releaseDue(now)
+                // Sleep until the next release, or 20 ms to notice stop().
+                var wait: UInt64 = 20_000_000
+                if let next = queue.map(\.release).min() { wait = min(wait, next > now ? next - now : 0) }
+                if let h = held.values.map(\.release).min() { wait = min(wait, h > now ? h - now : 0) }
+                let n = poll(&fd, 1, last ? 0 : Int32((wait + 999_999) / 1_000_000))
+                if n < 0 && errno != EINTR { throw LabError("poll(\(tun.name))") }
+                guard n > 0 else { continue }
+                // Drain what is queued (non-blocking: one read per packet, no poll per
+                // packet, which costs ~30%), releasing delayed packets as it goes.
+                var reads = 0
+                while true {
+                    let len = klab_read(tun.fd, buf.baseAddress, buf.count)
+                    if len < 0 {
+                        if errno == EAGAIN { break }
+                        if errno == EINTR { continue }
+                        throw LabError("read(\(tun.name))")
+                    }
+                    if len >= hdr + 20 { forward(bytes: buf, count: len, header: hdr) }
+                    reads += 1
+                    if reads % 32 == 0, !queue.isEmpty { releaseDue(Clock.monotonicNs()) }
+                }
+                forwarder.lastPacketNs.store(Clock.monotonicNs(), ordering: .relaxed)
             }
         }
-    }
 
-    /// Forwards one packet (behind `header` bytes of virtio-net header, passed on unchanged).
-    private func forward(from i: Int, bytes buf: UnsafeMutableRawBufferPointer, count: Int, header h: Int) {
-        let dst = IPv4Address(rawValue: UInt32(buf[h + 16]) << 24 | UInt32(buf[h + 17]) << 16 | UInt32(buf[h + 18]) << 8 | UInt32(buf[h + 19]))
-        guard let to = links.firstIndex(where: { $0.address == dst }), to != i else {
-            undeliverable += 1
-            return
-        }
-        let imp = spec.impairment(from: links[i].name, to: links[to].name)
-        let dir = "\(links[i].name)>\(links[to].name)"
-        if imp.isNone {
-            // The common case: straight through, no copy.
-            do { try links[to].tun.write(UnsafeRawBufferPointer(rebasing: buf[0..<count])) } catch { counters[dir, default: Counters()].refused += 1 }
+        /// Forwards one packet (behind `header` bytes of virtio-net header, passed on unchanged),
+        /// recording it as it left its host with what the wire does to it.
+        private func forward(bytes buf: UnsafeMutableRawBufferPointer, count: Int, header h: Int) {
+            let sent = tap.stamp()
+            let packet = UnsafeRawBufferPointer(rebasing: buf[h..<count])
+            let dst = IPv4Address(rawValue: UInt32(buf[h + 16]) << 24 | UInt32(buf[h + 17]) << 16 | UInt32(buf[h + 18]) << 8 | UInt32(buf[h + 19]))
+            let i = from
+            guard let to = links.firstIndex(where: { $0.address == dst }), to != i else {
+                tap.record(link: links[i].index, intoHost: false, at: sent, packet, fate: .undeliverable)
+                undeliverable += 1
+                return
+            }
+            let imp = forwarder.spec.impairment(from: links[i].name, to: links[to].name)
+            let dir = "\(links[i].name)>\(links[to].name)"
+            if imp.isNone {
+                // The common case: straight through, no copy.
+                let id = tap.record(link: links[i].index, intoHost: false, at: sent, packet)
+                deliver(UnsafeRawBufferPointer(rebasing: buf[0..<count]), to: to, id: id, dir: dir)
+                counters[dir, default: Counters()].forwarded += 1
+                return
+            }
+            if imp.loss > 0 && draw(dir) < imp.loss {
+                tap.record(link: links[i].index, intoHost: false, at: sent, packet, fate: .lost)
+                counters[dir, default: Counters()].dropped += 1
+                return
+            }
+            let id = tap.record(link: links[i].index, intoHost: false, at: sent, packet)
+            var release = sent &+ imp.delayNs
+            if imp.jitterNs > 0 {
+                // Uniform in delay ± jitter.
+                release = release &- imp.jitterNs &+ UInt64(draw(dir) * Double(2 * imp.jitterNs))
+            }
+            if imp.rate > 0 {
+                let start = max(release, busyUntil[dir] ?? 0)
+                release = start + UInt64(Double((count - h) * 8) / Double(imp.rate) * 1e9)
+                busyUntil[dir] = release
+            }
+            let bytes = Array(buf[0..<count])
+            order += 1
+            let p = Pending(release: release, order: order, to: to, bytes: bytes, dir: dir, id: id, duplicate: false)
+            if let h = held.removeValue(forKey: dir) {
+                // The held-back packet goes right after this one: the two swap places.
+                queue.append(p)
+                order += 1
+                queue.append(Pending(release: release, order: order, to: h.to, bytes: h.bytes, dir: dir, id: h.id, duplicate: h.duplicate))
+            } else if imp.reorder > 0 && draw(dir) < imp.reorder {
+                // Wait for the next packet to overtake this one, but no longer than 10 ms.
+                held[dir] = Pending(release: release + 10_000_000, order: order, to: to, bytes: bytes, dir: dir, id: id, duplicate: false)
+                counters[dir, default: Counters()].reordered += 1
+            } else {
+                queue.append(p)
+            }
+            if imp.duplicate > 0 && draw(dir) < imp.duplicate {
+                order += 1
+                queue.append(Pending(release: release, order: order, to: to, bytes: bytes, dir: dir, id: id, duplicate: true))
+                counters[dir, default: Counters()].duplicated += 1
+            }
             counters[dir, default: Counters()].forwarded += 1
-            return
         }
-        if imp.loss > 0 && draw(dir) < imp.loss {
-            counters[dir, default: Counters()].dropped += 1
-            return
-        }
-        let now = Clock.monotonicNs()
-        var release = now &+ imp.delayNs
-        if imp.jitterNs > 0 {
-            // Uniform in delay ± jitter.
-            release = release &- imp.jitterNs &+ UInt64(draw(dir) * Double(2 * imp.jitterNs))
-        }
-        if imp.rate > 0 {
-            let start = max(release, busyUntil[dir] ?? 0)
-            release = start + UInt64(Double((count - h) * 8) / Double(imp.rate) * 1e9)
-            busyUntil[dir] = release
-        }
-        let bytes = Array(buf[0..<count])
-        order += 1
-        let packet = Pending(release: release, order: order, to: to, bytes: bytes, dir: dir)
-        if let h = held.removeValue(forKey: dir) {
-            // The held-back packet goes right after this one: the two swap places.
-            queue.append(packet)
-            order += 1
-            queue.append(Pending(release: release, order: order, to: h.to, bytes: h.bytes, dir: dir))
-        } else if imp.reorder > 0 && draw(dir) < imp.reorder {
-            // Wait for the next packet to overtake this one, but no longer than 10 ms.
-            held[dir] = Pending(release: release + 10_000_000, order: order, to: to, bytes: bytes, dir: dir)
-            counters[dir, default: Counters()].reordered += 1
-        } else {
-            queue.append(packet)
-        }
-        if imp.duplicate > 0 && draw(dir) < imp.duplicate {
-            order += 1
-            queue.append(Pending(release: release, order: order, to: to, bytes: bytes, dir: dir))
-            counters[dir, default: Counters()].duplicated += 1
-        }
-        counters[dir, default: Counters()].forwarded += 1
-        releaseDue(now)
-    }
 
-    private func releaseDue(_ now: UInt64) {
-        for (dir, h) in held where h.release <= now {
-            held[dir] = nil
-            queue.append(h)
+        /// Writes a packet into host `to`'s TUN and records the delivery.
+        private func deliver(_ bytes: UnsafeRawBufferPointer, to: Int, id: UInt64, dir: String, duplicate: Bool = false) {
+            do {
+                try tap.write(links[to].tun, link: links[to].index, bytes, header: links[to].tun.headerLength, id: id, duplicate: duplicate)
+            } catch {
+                counters[dir, default: Counters()].refused += 1
+            }
         }
-        guard queue.contains(where: { $0.release <= now }) else { return }
-        let due = queue.filter { $0.release <= now }.sorted { ($0.release, $0.order) < ($1.release, $1.order) }
-        queue.removeAll { $0.release <= now }
-        for p in due {
-            do { try links[p.to].tun.write(p.bytes) } catch { counters[p.dir, default: Counters()].refused += 1 }
+
+        private func releaseDue(_ now: UInt64) {
+            for (dir, h) in held where h.release <= now {
+                held[dir] = nil
+                queue.append(h)
+            }
+            guard queue.contains(where: { $0.release <= now }) else { return }
+            let due = queue.filter { $0.release <= now }.sorted { ($0.release, $0.order) < ($1.release, $1.order) }
+            queue.removeAll { $0.release <= now }
+            for p in due {
+                p.bytes.withUnsafeBytes { deliver($0, to: p.to, id: p.id, dir: p.dir, duplicate: p.duplicate) }
+            }
         }
     }
 }
@@ -186,20 +259,19 @@ extension Runner {
         var hosts: [LabHost] = []
         defer { for h in hosts { h.shutdown() } }
         var links: [Forwarder.Link] = []
+        let recorder = try PacketRecorder(ResultsLayout(dir), snaplen: snaplen ?? Runner.wireSnaplen, offsetNs: Clock.realtimeOffsetNs())
         for spec in scenario.hosts {
             let host = try LabHost(name: spec.name)
             hosts.append(host)
             let tun = try host.addLink(
                 name: "kl-\(spec.name)", address: spec.address, prefixLength: spec.prefixLength, mtu: spec.mtu,
                 route: Scenario.labPrefix, offload: scenario.wire.offload)
-            links.append(Forwarder.Link(name: spec.name, address: spec.address, tun: tun))
+            links.append(Forwarder.Link(name: spec.name, address: spec.address, tun: tun, index: recorder.addLink(tun, netns: host.netnsInode)))
         }
-        let capture = try Capture(path: "\(dir)/capture.pcap")
-        for (h, l) in zip(hosts, links) { try h.run { try capture.add(device: l.tun.name, directions: [.out], netns: h.netnsInode) } }
-        let (tracer, offset, tscHz) = try observe(hosts, capture, dir)
+        let (tracer, tscHz) = try observe(scenario, hosts, recorder, dir)
         defer { tracer.close() }
         started = true
-        let forwarder = Forwarder(links: links, spec: scenario.wire)
+        let forwarder = Forwarder(links: links, spec: scenario.wire, recorder: recorder)
         forwarder.start()
         let impaired = scenario.hosts.flatMap { a in scenario.hosts.filter { $0.name != a.name }.map { (a.name, $0.name) } }
             .filter { !scenario.wire.impairment(from: $0.0, to: $0.1).isNone }
@@ -209,19 +281,21 @@ extension Runner {
         if !impaired.isEmpty { log("  wire: impaired \(impaired.map { "\($0.0)>\($0.1)" }.joined(separator: ", ")), seed \(scenario.wire.seed)") }
 
         let play = Play(scenario: scenario, hosts: hosts, wire: nil, directory: dir, log: log)
+        let progress = Progress(recorder: recorder, tracer: tracer, eventsPath: ResultsLayout(dir).events)
+        if progress.enabled { play.progress = progress }
         let startedNs = Clock.monotonicNs()
         play.run()
         play.closeAll()
+        progress.stop()
 
         if let error = forwarder.stop() { play.failures.append("the wire failed: \(error)") }
-        let enc = JSONEncoder()
-        enc.outputFormatting = [.sortedKeys]
-        try enc.encode(forwarder.counters).write(to: URL(fileURLWithPath: "\(dir)/wire.json"))
+        try ResultsLayout.writeJSON(forwarder.counters, to: ResultsLayout(dir).wire)
         for (d, c) in forwarder.counters.sorted(by: { $0.key < $1.key }) {
-            log("  wire \(d): \(c.forwarded) forwarded, \(c.dropped) dropped, \(c.duplicated) duplicated, \(c.reordered) reordered, \(c.refused) refused by the TUN")
+            log("  wire \(d): \(c.forwarded) forwarded, \(c.dropped) dropped, \(c.duplicated) duplicated, \(c.reordered) reordered, "
+                + "\(c.refused) refused by the TUN" + (c.in_flight_at_stop > 0 ? ", \(c.in_flight_at_stop) still in flight at the end" : ""))
         }
         return try conclude(
-            scenario, dir, hosts: hosts, tracer: tracer, capture: capture, play: play, offset: offset, tscHz: tscHz,
+            scenario, dir, hosts: hosts, tracer: tracer, recorder: recorder, tuns: links.map(\.tun), play: play, tscHz: tscHz,
             startedNs: startedNs, unexpected: 0)
     }
 }

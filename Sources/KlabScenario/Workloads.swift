@@ -3,6 +3,7 @@ import Foundation
 import Glibc
 import KlabLab
 import KlabPacket
+import KlabResults
 
 /// What a workload measured.
 struct WorkloadResult: Encodable {
@@ -46,30 +47,27 @@ extension Play {
         let type = Int32(kind.rawValue) | Int32(SOCK_CLOEXEC.rawValue)
         var sa = sockaddr_in(address: serverAddress, port: w.port)
         let salen = socklen_t(MemoryLayout<sockaddr_in>.size)
-        func check(_ r: Int32, _ what: String) throws { if r < 0 { throw LabError("\(w.kind) \(what)") } }
         // Server: bound (and listening) before the client connects.
         let listener = try server.run { () throws -> Int32 in
-            let fd = socket(AF_INET, type, 0)
-            try check(fd, "socket")
+            let fd = try sys("\(w.kind) socket") { socket(AF_INET, type, 0) }
             var one: Int32 = 1
             setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, 4)
-            try check(withUnsafePointer(to: &sa) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, salen) } }, "bind")
-            if tcp { try check(listen(fd, 1), "listen") }
+            try sys("\(w.kind) bind") { withUnsafePointer(to: &sa) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, salen) } } }
+            if tcp { try sys("\(w.kind) listen") { listen(fd, 1) } }
             return fd
         }
         defer { close(listener) }
         let conn = try client.run { () throws -> Int32 in
-            let fd = socket(AF_INET, type, 0)
-            try check(fd, "socket")
-            try check(withUnsafePointer(to: &sa) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, salen) } }, "connect")
+            let fd = try sys("\(w.kind) socket") { socket(AF_INET, type, 0) }
+            try sys("\(w.kind) connect") { withUnsafePointer(to: &sa) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, salen) } } }
             return fd
         }
         defer { close(conn) }
         for fd in [listener, conn] { setTimeout(fd, seconds: 2) }
         // A lost UDP_RR datagram costs the client this wait, then counts as lost.
         if w.kind == .UDP_RR { var tv = timeval(tv_sec: 0, tv_usec: 500_000); setsockopt(conn, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size)) }
-        let accepted: Int32 = tcp ? accept(listener, nil, nil) : listener
-        if tcp { try check(accepted, "accept"); setTimeout(accepted, seconds: 2) }
+        let accepted = tcp ? try sys("\(w.kind) accept") { accept(listener, nil, nil) } : listener
+        if tcp { setTimeout(accepted, seconds: 2) }
         defer { if tcp { close(accepted) } }
 
         let serverSide = Side(fd: accepted)
@@ -83,15 +81,15 @@ extension Play {
         switch w.kind {
         case .TCP_STREAM, .UDP_STREAM:
             while (w.count.map { sent < $0 } ?? true) && Clock.monotonicNs() < until && !Interrupt.requested {
-                let n = send(conn, &buf, w.size, Int32(MSG_NOSIGNAL))
-                if n < 0 { if errno == EINTR || errno == ENOBUFS || errno == ECONNREFUSED { continue }; break }
+                let n = retryingEINTR { send(conn, &buf, w.size, Int32(MSG_NOSIGNAL)) }
+                if n < 0 { if errno == ENOBUFS || errno == ECONNREFUSED { continue }; break }
                 sent += 1
             }
             if tcp { shutdown(conn, Int32(SHUT_WR)) }
         case .TCP_RR, .UDP_RR:
             while (w.count.map { completed + lost < $0 } ?? true) && Clock.monotonicNs() < until && !Interrupt.requested {
                 let t0 = Clock.monotonicNs()
-                guard send(conn, &buf, w.size, Int32(MSG_NOSIGNAL)) == w.size else { break }
+                guard retryingEINTR({ send(conn, &buf, w.size, Int32(MSG_NOSIGNAL)) }) == w.size else { break }
                 sent += 1
                 if receiveAll(conn, &buf, w.size, tcp: tcp) {
                     latencies.append(Clock.monotonicNs() - t0)
@@ -120,9 +118,7 @@ extension Play {
             megabitsPerSecond: seconds > 0 ? Double(stream ? serverSide.bytes : completed * w.size * 2) * 8 / seconds / 1e6 : 0,
             transactionsPerSecond: stream ? nil : Double(completed) / max(seconds, 1e-9), latencyMedianUs: stream ? nil : pct(0.5),
             latencyP99Us: stream ? nil : pct(0.99), lost: stream ? (w.kind == .UDP_STREAM ? sent - serverSide.messages : 0) : lost)
-        let enc = JSONEncoder()
-        enc.outputFormatting = [.sortedKeys, .prettyPrinted]
-        try enc.encode(result).write(to: URL(fileURLWithPath: "\(directory)/workload.line\(step.location.line).json"))
+        try ResultsLayout.writeJSON(result, to: ResultsLayout(directory).workload(line: step.location.line), pretty: true)
         workloads.append(result)
         let ok = stream ? serverSide.bytes > 0 && (w.kind == .UDP_STREAM || serverSide.bytes == sent * w.size) : completed > 0
         return StepOutcome(text: result.line + (ok ? "" : " (incomplete)"), ok: ok, eventNs: Clock.monotonicNs())
@@ -139,8 +135,7 @@ extension Play {
 func receiveAll(_ fd: Int32, _ buf: inout [UInt8], _ n: Int, tcp: Bool) -> Bool {
     var got = 0
     while got < n {
-        let r = buf.withUnsafeMutableBytes { recv(fd, $0.baseAddress! + got, n - got, 0) }
-        if r < 0 && errno == EINTR { continue }
+        let r = buf.withUnsafeMutableBytes { b in retryingEINTR { recv(fd, b.baseAddress! + got, n - got, 0) } }
         if r <= 0 { return false }
         if !tcp { return true }
         got += r
@@ -174,8 +169,7 @@ final class Side: @unchecked Sendable {
         switch w.kind {
         case .TCP_STREAM, .UDP_STREAM:
             while true {
-                let r = recv(fd, &buf, buf.count, 0)
-                if r < 0 && errno == EINTR { continue }
+                let r = retryingEINTR { recv(fd, &buf, buf.count, 0) }
                 if r < 0 && !tcp && errno == EAGAIN && !clientDone { continue }
                 if r <= 0 { return }
                 bytes += r
@@ -189,10 +183,11 @@ final class Side: @unchecked Sendable {
             while true {
                 if tcp {
                     guard receiveAll(fd, &buf, w.size, tcp: true) else { return }
-                    guard send(fd, &buf, w.size, Int32(MSG_NOSIGNAL)) == w.size else { return }
+                    guard retryingEINTR({ send(fd, &buf, w.size, Int32(MSG_NOSIGNAL)) }) == w.size else { return }
                 } else {
-                    let r = withUnsafeMutablePointer(to: &peer) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { recvfrom(fd, &buf, buf.count, 0, $0, &len) } }
-                    if r < 0 && errno == EINTR { continue }
+                    let r = withUnsafeMutablePointer(to: &peer) { p in
+                        p.withMemoryRebound(to: sockaddr.self, capacity: 1) { a in retryingEINTR { recvfrom(fd, &buf, buf.count, 0, a, &len) } }
+                    }
                     if r <= 0 {
                         if clientDone { return }
                         continue  // the client may be waiting out a lost datagram

@@ -68,11 +68,12 @@ public struct PacketIdentity: Hashable, Sendable, CustomStringConvertible {
             tcpSeq = v.tcpSequence ?? 0
             tcpAck = v.tcpAcknowledgment ?? 0
             tcpFlags = v.tcpFlags?.rawValue ?? 0
-            length = UInt16(max(0, t.count - Int(t[12] >> 4) * 4))
+            // From the IP total length, not the bytes at hand: a capture may keep only the headers.
+            length = UInt16(clamping: max(0, Int(v.totalLength) - v.headerLength - Int(t[12] >> 4) * 4))
         case 17 where t.count >= 8:
             sourcePort = v.sourcePort ?? 0
             destinationPort = v.destinationPort ?? 0
-            length = UInt16(t.count - 8)
+            length = UInt16(clamping: max(0, Int(v.totalLength) - v.headerLength - 8))
         case 1 where t.count >= 2:
             icmpType = t[0]
             icmpCode = t[1]

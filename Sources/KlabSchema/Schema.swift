@@ -34,6 +34,7 @@ public enum Schema {
     // Not sites of any event: they keep the per-CPU softirq flag behind every record's context.
     public static let softirqEntry = p(21, "btf_softirq_entry", .tracepoint, "tp_btf irq:softirq_entry")
     public static let softirqExit = p(22, "btf_softirq_exit", .tracepoint, "tp_btf irq:softirq_exit")
+    public static let kfreeSkb = p(23, "btf_kfree_skb", .tracepoint, "tp_btf skb:kfree_skb")
 
     /// Klogger's functions, each probed by fentry (fexit where the event is at the end)
     /// and by kprobe: ids 32+ for fentry, 96+ for kprobe.
@@ -67,7 +68,7 @@ public enum Schema {
     public static let probes: [Probe] = [
         netifReceiveSkb, netDevQueue, setState, sendLength, recvLength, tcpSendmsgLocked, tcpProbe, icmpSendTP,
         exitAccept4, exitAccept, sockCreate, sockRelease, postBind4, connect4, skbIngress, skbEgress, sockops,
-        bind4, sendmsg4, recvmsg4, softirqEntry, softirqExit,
+        bind4, sendmsg4, recvmsg4, softirqEntry, softirqExit, kfreeSkb,
     ] + functions.map { fentry($0.name) } + functions.map { kprobe($0.name) }
 
     // MARK: Events
@@ -159,9 +160,16 @@ public enum Schema {
         ev(13, "TCP_RECVSYN", .protocol, [.tcp], "tcp_conn_request",
            at("tcp_conn_request") + [exact(sockops, "BPF_SOCK_OPS_TIMEOUT_INIT on the new request sock"), device(netifReceiveSkb)],
            rules: [.onFlow(after: .syn(toHost: true), before: .synAck(toHost: false))]),
+        // Not fentry/kprobe __tcp_send_ack: Debian's 6.1 inlines it into tcp_send_ack, and an
+        // fentry there attached and never fired. __tcp_transmit_skb sees the ACK it builds
+        // (the only pure ACK transmitted without a clone, but for tcp_xmit_probe_skb's probes).
         ev(14, "TCP_SENDACK", .protocol, [.tcp], "__tcp_send_ack",
-           at("__tcp_send_ack") + [near(sockops, "__tcp_transmit_skb sizing the options of a segment with only ACK set",
-                                        "seq is snd_nxt"), device(netDevQueue)],
+           [near(fentry("__tcp_transmit_skb"), "in __tcp_send_ack, as it transmits the ACK it built (an skb sent without a clone)",
+                 "also window and keepalive probes"),
+            near(kprobe("__tcp_transmit_skb"), "in __tcp_send_ack, as it transmits the ACK it built (an skb sent without a clone)",
+                 "also window and keepalive probes"),
+            near(sockops, "__tcp_transmit_skb sizing the options of a segment with only ACK set",
+                                        "seq is snd_nxt; not called when the options already fill 40 bytes: timestamps and three SACK blocks"), device(netDevQueue)],
            rules: sent),
         ev(15, "TCP_RECVACK", .protocol, [.tcp], "tcp_ack",
            at("tcp_ack") + [near(tcpProbe, "the entry of tcp_rcv_established, before tcp_ack", "established sockets only"),
@@ -199,7 +207,7 @@ public enum Schema {
         ev(24, "ICMP_RECEIVE", .protocol, [.icmp], "icmp_rcv", at("icmp_rcv") + [device(netifReceiveSkb)], rules: received),
         ev(25, "TCP_SENDPACKET", .protocol, [.tcp], "the copy loop of tcp_sendmsg_locked → tcp_write_xmit → __tcp_transmit_skb",
            aliases: ["TCP_SENDBUFFER"],
-           at("__tcp_transmit_skb") + [exact(sockops, "seq is snd_nxt, so a retransmission shows the next new byte"), device(netDevQueue)],
+           at("__tcp_transmit_skb") + [exact(sockops, "seq is snd_nxt, so a retransmission shows the next new byte; not called when the options already fill 40 bytes: timestamps and three SACK blocks"), device(netDevQueue)],
            rules: sent),
         ev(26, "TCP_RECEIVEPACKET", .protocol, [.tcp], "tcp_v4_rcv → tcp_rcv_established / tcp_data_queue",
            at("tcp_v4_rcv") + [near(skbIngress, "the socket filter in tcp_v4_rcv, once the socket is found", "the lab's sockets only"),
@@ -236,6 +244,8 @@ public enum Schema {
            [exact(setState)]),
         ev(41, "TCP_FRAGMENT", .protocol, [.tcp], "klab: tcp_fragment splits a queued skb (the seed's §2.2: practically never reached)",
            at("tcp_fragment")),
+        ev(42, "SKB_DROP", .ip, [.ip], "klab: the kernel dropped a packet (kfree_skb), with its drop reason: a packet event that joins no wire packet is put down to it",
+           [exact(kfreeSkb)]),
     ]
 
     public static let all = events + auxiliary

@@ -1,10 +1,12 @@
 import CLibbpf
 import Foundation
 import KlabSchema
+import KlabSystem
 
 /// One embedded BPF object, opened and loaded with only the programs klab needs. Programs
 /// the running kernel cannot take are switched off (with the reason kept) and the load is
-/// retried, so one missing function or tracepoint does not cost the others.
+/// retried, so one missing function or tracepoint does not cost the others. Closed (its
+/// programs and maps freed) when the last owner lets go of it.
 final class BPFObject {
     private var object: OpaquePointer
     private let bytes: [UInt8]  // libbpf reads the buffer until load
@@ -46,7 +48,7 @@ final class BPFObject {
             }
             if wanted == 0 && base != nil {
                 bpf_object__close(obj)
-                throw TracerError(description: "no program needed or present in this kernel")
+                throw TracerError("no program needed or present in this kernel", errno: 0)
             }
             LibbpfLog.clear()
             let err = bpf_object__load(obj)
@@ -56,20 +58,18 @@ final class BPFObject {
                 return o
             }
             bpf_object__close(obj)
-            let reason = String(cString: strerror(-err))
+            let reason = Errno.text(-err)
             // A backend the kernel refuses outright (fentry here: EPERM) fails every program.
             if base != nil && (-err == EPERM || -err == 524 /* ENOTSUPP */ || -err == EOPNOTSUPP) {
-                throw TracerError(description: "the kernel refuses \(name) programs: \(reason)")
+                throw TracerError("bpf_object__load(\(name))", errno: -err, hint: "the kernel refuses every program of this backend")
             }
             guard let failed = LibbpfLog.failedProgram(), failures[failed] == nil, attempt < 15 else {
-                if base == nil && -err == EPERM {
-                    throw Requirement("BPF program load refused (EPERM): run as root; in a container use --privileged")
-                }
-                throw TracerError(description: "loading the \(name) BPF object failed: \(reason)\n\(LibbpfLog.tail())")
+                if base == nil && -err == EPERM { throw Requirement(Capability.bpfRefused()) }
+                throw TracerError("bpf_object__load(\(name))", errno: -err, detail: "\n" + LibbpfLog.tail())
             }
             failures[failed] = "load failed: \(reason): \(LibbpfLog.verifierLastLine())"
         }
-        throw TracerError(description: "loading the \(name) BPF object kept failing")
+        throw TracerError("loading the \(name) BPF object kept failing", errno: 0)
     }
 
     private static func open(_ bytes: [UInt8], _ name: String) throws -> OpaquePointer {
@@ -82,7 +82,7 @@ final class BPFObject {
             }
         }
         guard let obj, libbpf_get_error(UnsafeRawPointer(obj)) == 0 else {
-            throw TracerError(description: "cannot open the embedded \(name) BPF object: \(LibbpfLog.tail())")
+            throw TracerError("bpf_object__open_mem(\(name))", errno: errno, detail: LibbpfLog.tail())
         }
         return obj
     }
@@ -128,7 +128,7 @@ final class BPFObject {
         return p
     }
 
-    func close() { bpf_object__close(object) }
+    deinit { bpf_object__close(object) }
 }
 
 private func decodeHex(_ s: StaticString) -> [UInt8] {

@@ -29,7 +29,7 @@ public struct TracerConfig: Sendable {
             let pattern = t.hasPrefix("-") || t.hasPrefix("+") ? String(t.dropFirst()) : t
             let hits = Schema.all.filter { e in ([e.name] + e.aliases).contains { glob(pattern, $0) } }
             guard !hits.isEmpty else {
-                throw TracerError(description: "--events: '\(pattern)' names no event; `klab schema` lists them")
+                throw TracerError("--events: '\(pattern)' names no event; `klab schema` lists them", errno: 0)
             }
             for e in hits { if add { on.insert(e.id) } else { on.remove(e.id) } }
         }

@@ -2,44 +2,60 @@ import CKlabLinux
 import CLibbpf
 import Foundation
 import KlabSchema
+import KlabSystem
 
-/// Errors from loading and attaching the BPF programs, with libbpf's last words.
-public struct TracerError: Error, CustomStringConvertible {
-    public let description: String
+/// A failed libbpf or BPF call: the call, its errno, and libbpf's last words when it has them.
+public struct TracerError: CallError {
+    public let call: String
+    public let errno: Int32
+    public let detail: String?
+    public let hint: String?
+
+    /// With errno 0 and no detail, `call` is the whole message.
+    public init(_ call: String, errno: Int32, detail: String? = nil, hint: String? = nil) {
+        (self.call, self.errno, self.detail, self.hint) = (call, errno, detail, hint)
+    }
+}
+
+/// Runs a libbpf call that returns 0 or a negative errno.
+func bpfCall(_ name: @autoclosure () -> String, _ body: () -> Int32) throws {
+    let r = body()
+    if r < 0 { throw TracerError(name(), errno: -r) }
 }
 
 /// klab's BPF tracer. At start it tries each enabled event's probe sites in catalog order
 /// (fentry, kprobe, cgroup/sockops, tracepoint, device) and keeps the first that loads and
 /// attaches; it tells each program which events to emit; and it drains the ring buffer into
 /// raw binary records (formatting text on the hot path costs about 450 ns an event).
-/// Requires CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN (root), kernel BTF and tracefs.
+/// Requires CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN (or root's CAP_SYS_ADMIN), kernel BTF and
+/// tracefs. It owns what it creates: its programs stay attached, the ring buffer drained and
+/// the lab cgroup alive until the tracer is freed (or `close` is called).
 public final class Tracer: @unchecked Sendable {
     public private(set) var selections: [Selection] = []
     /// Why whole backends are unusable on this kernel, e.g. fentry: "Operation not permitted".
     public private(set) var backendProblems: [Backend: String] = [:]
 
     private var objects: [BPFObject] = []
-    private var links: [String: OpaquePointer] = [:]
+    private var links: [String: BPFLink] = [:]
     private var attachFailures: [String: String] = [:]
-    private var ring: OpaquePointer?
-    private let lock = NSLock()
-    private var running = false
-    private let stopped = DispatchSemaphore(value: 0)
+    private var consumer: RecordConsumer?
     private let sink: RecordSink
+    /// The cgroup and sockops programs hang on it, and klab must stay in it while they do.
+    private let cgroup: LabCgroup
 
     /// - Parameters:
     ///   - namespaces: (netns cookie, netns inode) of every lab host; empty to only probe.
-    ///   - cgroupFD: the lab cgroup, for cgroup and sockops programs.
+    ///   - cgroup: the lab cgroup, for cgroup and sockops programs; kept while the tracer lives.
     ///   - rawPath: where the binary records go (struct klab_event, back to back).
     ///   - live: called with each record as it arrives (on the consumer thread) instead of
     ///     writing it to `rawPath`.
-    public init(config: TracerConfig, namespaces: [(cookie: UInt64, inode: UInt32)], cgroupFD: Int32, rawPath: String,
+    public init(config: TracerConfig, namespaces: [(cookie: UInt64, inode: UInt32)], cgroup: LabCgroup, rawPath: String,
                 live: ((TraceEvent) -> Void)? = nil) throws {
         LibbpfLog.install()
         sink = try RecordSink(path: rawPath, live: live)
+        self.cgroup = cgroup
         let wanted = try config.events()
-        var ok = false
-        defer { if !ok { close() } }
+        // From here a throw frees what is made so far: links, objects and sink own themselves.
         var needed = Set(wanted.flatMap { $0.sites.filter { !config.disabledBackends.contains($0.backend) }.flatMap(\.probes) }.map(\.program))
         // These two keep the map of the lab's sockets (and give sockets their cookies) that
         // cgroup_skb programs need, whatever is logged; with nothing to emit they return early.
@@ -61,11 +77,10 @@ public final class Tracer: @unchecked Sendable {
             }
         }
 
-        guard let netnsMap = base.map("lab_netns") else { throw TracerError(description: "the BPF object has no lab_netns map") }
+        guard let netnsMap = base.map("lab_netns") else { throw TracerError("the BPF object has no lab_netns map", errno: 0) }
         for ns in namespaces {
             var key = ns.cookie, value = ns.inode
-            let r = bpf_map__update_elem(netnsMap, &key, 8, &value, 4, 0)
-            if r != 0 { throw TracerError(description: "cannot add netns \(ns.inode) to the filter: \(String(cString: strerror(-r)))") }
+            try bpfCall("bpf_map__update_elem(lab_netns, netns \(ns.inode))") { bpf_map__update_elem(netnsMap, &key, 8, &value, 4, 0) }
         }
 
         // Choose each event's site: the first whose programs all attach.
@@ -78,7 +93,7 @@ public final class Tracer: @unchecked Sendable {
                     passed.append((site, "backend \(site.backend) disabled"))
                     continue
                 }
-                if let why = backendProblems[site.backend] ?? site.probes.lazy.compactMap({ self.attach($0, cgroupFD: cgroupFD) }).first {
+                if let why = backendProblems[site.backend] ?? site.probes.lazy.compactMap({ self.attach($0) }).first {
                     passed.append((site, why))
                     continue
                 }
@@ -89,7 +104,7 @@ public final class Tracer: @unchecked Sendable {
             if let chosen, config.allSites {
                 for site in event.sites.drop(while: { $0.probes != chosen.probes || $0.backend != chosen.backend }).dropFirst()
                 where !config.disabledBackends.contains(site.backend) && backendProblems[site.backend] == nil
-                    && site.probes.allSatisfy({ attach($0, cgroupFD: cgroupFD) == nil }) {
+                    && site.probes.allSatisfy({ attach($0) == nil }) {
                     selection.alsoLogged.append(site)
                 }
             }
@@ -98,30 +113,26 @@ public final class Tracer: @unchecked Sendable {
             }
             selections.append(selection)
         }
-        for p in infrastructure where !config.disabledBackends.contains(p.backend) { _ = attach(p, cgroupFD: cgroupFD) }
+        for p in infrastructure where !config.disabledBackends.contains(p.backend) { _ = attach(p) }
         if links[Schema.softirqEntry.program] != nil && links[Schema.softirqExit.program] != nil, let context = base.map("cpu_context") {
             // From now on each CPU's flag is known: not in a softirq until its next softirq_entry.
             var key: UInt32 = 0
             var values = [UInt64](repeating: 1, count: Int(libbpf_num_possible_cpus()))
             bpf_map__update_elem(context, &key, 4, &values, values.count * 8, 0)
         }
-        guard let emit = base.map("emit") else { throw TracerError(description: "the BPF object has no emit map") }
+        guard let emit = base.map("emit") else { throw TracerError("the BPF object has no emit map", errno: 0) }
         for (probe, mask) in masks {
             var key = UInt32(probe), value = mask
             bpf_map__update_elem(emit, &key, 4, &value, 8, 0)
         }
 
-        ring = ring_buffer__new(bpf_map__fd(base.map("events")), { ctx, data, size in
-            guard let ctx, let data else { return 0 }
-            Unmanaged<RecordSink>.fromOpaque(ctx).takeUnretainedValue().append(data, size)
-            return 0
-        }, Unmanaged.passUnretained(sink).toOpaque(), nil)
-        guard ring != nil else { throw TracerError(description: "ring_buffer__new failed: \(LibbpfLog.tail())") }
-        ok = true
+        consumer = try RecordConsumer(map: base.map("events"), sink: sink)
     }
 
+    deinit { close() }
+
     /// Attaches a probe's program once; nil on success, else why not.
-    private func attach(_ probe: Probe, cgroupFD: Int32) -> String? {
+    private func attach(_ probe: Probe) -> String? {
         if links[probe.program] != nil { return nil }
         if let why = attachFailures[probe.program] { return why }
         guard let (object, prog) = objects.lazy.compactMap({ o in o.program(probe.program).map { (o, $0) } }).first else {
@@ -132,48 +143,29 @@ public final class Tracer: @unchecked Sendable {
         let section = String(cString: bpf_program__section_name(prog))
         errno = 0
         let link = section.hasPrefix("cgroup") || section == "sockops"
-            ? bpf_program__attach_cgroup(prog, cgroupFD) : bpf_program__attach(prog)
+            ? bpf_program__attach_cgroup(prog, cgroup.fd) : bpf_program__attach(prog)
         if let link, libbpf_get_error(UnsafeRawPointer(link)) == 0 {
-            links[probe.program] = link
+            links[probe.program] = BPFLink(link)
             return nil
         }
         let e = errno
-        var why = "attach failed: \(String(cString: strerror(e)))"
+        var why = "attach failed: \(Errno.text(e))"
         if section.hasPrefix("tracepoint/") && e == ENOENT { why += " (no such tracepoint, or tracefs is not mounted)" }
-        if section.hasPrefix("kprobe/") || section.hasPrefix("kretprobe/") { why = "kprobe attach failed: \(String(cString: strerror(e))) (is CONFIG_KPROBES on?)" }
+        if section.hasPrefix("kprobe/") || section.hasPrefix("kretprobe/") { why = "kprobe attach failed: \(Errno.text(e)) (is CONFIG_KPROBES on?)" }
         attachFailures[probe.program] = why
         return why
     }
 
     /// Starts draining the ring buffer: on a wakeup (the kernel side wakes the consumer
     /// only past a watermark) or every 10 ms.
-    public func start() {
-        lock.withLock { running = true }
-        let t = Thread { [self] in
-            while lock.withLock({ running }) {
-                ring_buffer__poll(ring, 10)
-                ring_buffer__consume(ring)
-            }
-            stopped.signal()
-        }
-        t.name = "klab-tracer"
-        t.start()
-    }
+    public func start() { consumer?.start() }
 
     /// Stops the consumer, takes the last records and flushes the record file. Programs stay
-    /// attached until `close`.
+    /// attached until the tracer is freed or closed.
     public func stop() {
-        let was = lock.withLock { () -> Bool in
-            defer { running = false }
-            return running
-        }
-        if was { stopped.wait() }
-        if let ring { ring_buffer__consume(ring) }
+        consumer?.stop()
         sink.seal()
     }
-
-    /// The records so far, decoded.
-    public func events() -> [TraceEvent] { sink.flush(); return RecordSink.read(sink.path) }
 
     /// Per-CPU counters summed: serial numbers handed out and records dropped (ring full).
     public func counters() -> (emitted: UInt64, dropped: UInt64) {
@@ -193,17 +185,67 @@ public final class Tracer: @unchecked Sendable {
         links.keys.sorted().map { ($0, Schema.probe(program: $0)?.site ?? $0) }
     }
 
-    /// Detaches every program and frees the objects. Also happens when klab exits: the
-    /// attachments are BPF links held by fds.
+    /// Detaches every program and frees the objects now, rather than when the tracer is
+    /// freed. The attachments also go when klab exits: they are BPF links held by fds.
     public func close() {
         stop()
-        if let ring { ring_buffer__free(ring) }
-        ring = nil
-        for l in links.values { bpf_link__destroy(l) }
+        consumer = nil
         links = [:]
-        for o in objects.reversed() { o.close() }
         objects = []
-        sink.close()
+    }
+}
+
+/// An attached program, detached when freed.
+final class BPFLink {
+    private let link: OpaquePointer
+    init(_ link: OpaquePointer) { self.link = link }
+    deinit { bpf_link__destroy(link) }
+}
+
+/// The ring buffer and the thread that drains it into the sink. The thread holds this object,
+/// not the tracer, so a tracer that is let go of stops it.
+final class RecordConsumer: @unchecked Sendable {
+    private let ring: OpaquePointer
+    private let sink: RecordSink  // the ring's callback context: kept as long as the ring
+    private let lock = NSLock()
+    private var running = false
+    private let stopped = DispatchSemaphore(value: 0)
+
+    init(map: OpaquePointer?, sink: RecordSink) throws {
+        self.sink = sink
+        LibbpfLog.clear()
+        let ring = ring_buffer__new(bpf_map__fd(map), { ctx, data, size in
+            guard let ctx, let data else { return 0 }
+            Unmanaged<RecordSink>.fromOpaque(ctx).takeUnretainedValue().append(data, size)
+            return 0
+        }, Unmanaged.passUnretained(sink).toOpaque(), nil)
+        guard let ring else { throw TracerError("ring_buffer__new", errno: errno, detail: LibbpfLog.tail()) }
+        self.ring = ring
+    }
+
+    deinit { ring_buffer__free(ring) }
+
+    func start() {
+        lock.withLock { running = true }
+        let t = Thread { [self] in
+            while lock.withLock({ running }) {
+                ring_buffer__poll(ring, 10)
+                ring_buffer__consume(ring)
+            }
+            stopped.signal()
+        }
+        t.name = "klab-tracer"
+        t.start()
+    }
+
+    /// Waits for the thread to end, then takes what is left in the ring.
+    func stop() {
+        let was = lock.withLock { () -> Bool in
+            defer { running = false }
+            return running
+        }
+        if was { stopped.wait() }
+        ring_buffer__consume(ring)
     }
 }
 
@@ -221,9 +263,13 @@ final class RecordSink: @unchecked Sendable {
     init(path: String, live: ((TraceEvent) -> Void)? = nil) throws {
         self.path = path
         self.live = live
-        fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
-        if fd < 0 { throw TracerError(description: "cannot create \(path): \(String(cString: strerror(errno)))") }
+        fd = try sys("open(\(path))") { open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644) }
         buffer.reserveCapacity(1 << 20)
+    }
+
+    deinit {
+        flush()
+        close(fd)
     }
 
     func append(_ data: UnsafeMutableRawPointer, _ size: Int) {
@@ -238,12 +284,12 @@ final class RecordSink: @unchecked Sendable {
         lock.unlock()
     }
 
+    /// Writes the buffer out. A failed write (a full disk) leaves the file short, which the
+    /// results show: fewer records than emitted minus dropped.
     private func writeOut() {
         buffer.withUnsafeBytes { b in
             var off = 0
-            while off < b.count {
-                let n = write(fd, b.baseAddress! + off, b.count - off)
-                if n <= 0 { break }
+            while off < b.count, let n = try? sys("write(\(path))", { write(fd, b.baseAddress! + off, b.count - off) }), n > 0 {
                 off += n
             }
         }
@@ -253,15 +299,4 @@ final class RecordSink: @unchecked Sendable {
     func flush() { lock.withLock { writeOut() } }
     /// Writes what is buffered and ignores records from now on.
     func seal() { lock.withLock { writeOut(); sealed = true } }
-    func close() { flush(); Glibc.close(fd) }
-
-    static func read(_ path: String) -> [TraceEvent] {
-        guard let data = FileManager.default.contents(atPath: path) else { return [] }
-        let size = TraceEvent.recordSize
-        return data.withUnsafeBytes { buf in
-            stride(from: 0, to: buf.count - size + 1, by: size).map {
-                TraceEvent(record: UnsafeRawBufferPointer(rebasing: buf[$0..<$0 + size]))
-            }
-        }
-    }
 }

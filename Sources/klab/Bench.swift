@@ -6,11 +6,11 @@ import KlabPacket
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Measure klab's hot paths on this machine's kernel.",
-        discussion: """
+        discussion: prose("""
             Each benchmark has a C reference in lab/bench/; `sudo lab/bench/run` builds
             both and runs them alternately, so that klab and C are compared in the same
             run.
-            """,
+            """),
         subcommands: [TunPingPong.self, TracerCost.self, CheckThroughput.self])
 }
 
@@ -19,7 +19,7 @@ extension Bench {
         static let configuration = CommandConfiguration(
             commandName: "tun-pingpong",
             abstract: "ICMP echo ping-pong through a TUN: round trips per second.",
-            discussion: """
+            discussion: prose("""
                 Builds a lab host (an anonymous network namespace) with a TUN at
                 198.18.0.1/24, then repeats: write one prebuilt 84-byte ICMP echo request from
                 198.18.0.2 into the TUN, read the kernel's echo reply back, and check its
@@ -33,7 +33,7 @@ extension Bench {
                 second; the median of the rounds comes last. lab/bench/tun_pingpong.c is the C
                 reference for the same loop. Needs root. The namespace, its TUN and all lab
                 traffic go away when klab exits.
-                """)
+                """))
 
         @Option(help: "Round trips per round.")
         var count = 200_000

@@ -1,15 +1,17 @@
 import ArgumentParser
 import Foundation
 import KlabCheck
+import KlabResults
+import KlabSystem
 
 extension Bench {
     struct CheckThroughput: ParsableCommand {
         static let configuration = CommandConfiguration(
             commandName: "check",
             abstract: "Correlation and placement checking: events per second and peak memory.",
-            discussion: """
-                Writes a generated results folder (events.bin, capture.pcap, capture.links and
-                the events.jsonl header, in the tracer's and libpcap's own formats): a peer
+            discussion: prose("""
+                Writes a generated results folder (events.bin, capture.pcap, capture.frames and
+                the events.jsonl header, in the formats klab run writes): a peer
                 streaming 15-byte TCP segments to a host that reads them and ACKs every second
                 one, 5 events per segment on this kernel's sites. Then, ROUNDS times, in turn:
                 the reference, which only reads and decodes both files (no join), the join
@@ -20,7 +22,7 @@ extension Bench {
 
                   klab bench check                       # 10 million events
                   klab bench check --events 1000000 --rounds 5
-                """)
+                """))
 
         @Option(help: "Events in the generated run.")
         var events = 10_000_000
@@ -32,7 +34,7 @@ extension Bench {
         var dir: String?
 
         @Option(help: "The join's window (klab check --window-ms).")
-        var windowMs = 50.0
+        var windowMs = Double(Correlator.defaultWindow) / 1e6
 
         @Flag(help: "Print one JSON object instead of text.")
         var json = false
@@ -108,7 +110,7 @@ extension Bench {
         func resetPeak() { try? "5".write(toFile: "/proc/self/clear_refs", atomically: false, encoding: .utf8) }
 
         func peakKB() -> Int {
-            let status = (try? String(contentsOfFile: "/proc/self/status", encoding: .utf8)) ?? ""
+            let status = (try? KernelFile.text("/proc/self/status")) ?? ""
             let line = status.split(separator: "\n").first { $0.hasPrefix("VmHWM:") } ?? ""
             return Int(line.split(whereSeparator: \.isWhitespace).dropFirst().first ?? "") ?? 0
         }

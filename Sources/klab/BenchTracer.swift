@@ -10,7 +10,7 @@ extension Bench {
         static let configuration = CommandConfiguration(
             commandName: "tracer",
             abstract: "What tracing costs: ns per logged event, events per second, and lost events.",
-            discussion: """
+            discussion: prose("""
                 The workload is the TUN ping-pong of `klab bench tun-pingpong`. Each round runs it
                 three times in the same process, in a fresh order every round:
 
@@ -25,7 +25,7 @@ extension Bench {
                 time per logged event on a workload. The rate is events per second written while
                 tracing. Lost events are checked exactly: the kernel's count of records it numbered
                 minus the records received must equal the drops it counted. Needs root.
-                """)
+                """))
 
         @Option(help: "Round trips per run.") var count = 200_000
         @Option(help: "Rounds.") var rounds = 5
@@ -53,14 +53,14 @@ extension Bench {
             let ns = [(host.netnsCookie, host.netnsInode)]
             let scratch = FileManager.default.temporaryDirectory.appendingPathComponent("klab-bench-\(getpid()).bin").path
             defer { try? FileManager.default.removeItem(atPath: scratch) }
-            let logged = TracerConfig(level: .socket, toggles: ["-*", "IP_RECEIVEPACKET", "ICMP_RECEIVE", "ICMP_REPLY", "IP_SENDBUFFER"])
-            var syscallOnly = TracerConfig(level: .socket, toggles: ["-*", "SOCKET_ACCEPT"])
+            let logged = TracerConfig(level: .socket, toggles: ["-*"] + [Schema.ipReceivePacket, Schema.icmpReceive, Schema.icmpReply, Schema.ipSendBuffer].map(\.name))
+            var syscallOnly = TracerConfig(level: .socket, toggles: ["-*", Schema.socketAccept.name])
             syscallOnly.auxiliary = false
 
             func timed(_ tracer: TracerConfig?) throws -> (ns: UInt64, counters: (UInt64, UInt64), received: Int) {
                 var t: Tracer?
                 if let tracer {
-                    t = try Tracer(config: tracer, namespaces: ns, cgroupFD: cgroup.fd, rawPath: scratch)
+                    t = try Tracer(config: tracer, namespaces: ns, cgroup: cgroup, rawPath: scratch)
                     t!.start()
                 }
                 defer { t?.close() }

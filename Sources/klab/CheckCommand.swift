@@ -1,16 +1,18 @@
 import ArgumentParser
 import Foundation
 import KlabCheck
+import KlabResults
 
 struct CheckCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "check",
         abstract: "Judge where every schema event sits, from a results folder.",
-        discussion: """
+        discussion: prose("""
             Streams the run's event log (events.bin) against its capture (capture.pcap and
-            capture.links), joins each event to the wire packet it belongs to (by the
-            packet's fields, by a TCP socket's flow, seq, ack and flags, or by skb inside
-            the kernel; one skb that left as several packets (TSO/GSO) joins the first),
+            capture.frames), joins each event to the wire packet its host sent or received
+            (by the packet's fields, by skb inside the kernel, by the IP event that follows
+            a socket-side TCP event in the same call chain, or by a TCP socket's flow, seq,
+            ack and flags; one skb that left as several packets (TSO/GSO) joins the first),
             and judges every occurrence against the placement rules the catalog declares
             for the site it was logged from (`klab schema` lists them): before or after
             its packet on the wire, in order with the other layers' events on the same
@@ -27,7 +29,7 @@ struct CheckCommand: ParsableCommand {
 
               klab check results/demo/tcp-handshake
               klab check RESULTS --json | jq '.verdicts[] | select(.held < .judged)'
-            """)
+            """))
 
     @Argument(help: "A results folder of klab run.")
     var results: String
@@ -37,7 +39,7 @@ struct CheckCommand: ParsableCommand {
 
     @Option(help: ArgumentHelp("How far apart in time an event and its wire packet may be, in ms.",
                                discussion: "Wider finds packets a slow path held longer (a backlog behind a descheduled reader), at the cost of speed and memory."))
-    var windowMs = 50.0
+    var windowMs = Double(Correlator.defaultWindow) / 1e6
 
     func validate() throws {
         guard windowMs > 0, windowMs <= 10_000 else { throw ValidationError("--window-ms must be between 0 and 10000") }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import KlabCheck
+import KlabResults
 import KlabLab
 import KlabScenario
 import KlabSchema
@@ -9,7 +10,7 @@ struct JourneyCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "journey",
         abstract: "Print each packet's journey through the stack, from a results folder.",
-        discussion: """
+        discussion: prose("""
             For every packet on the wire (in time order), the kernel events joined to it, in
             order, with their distance from the wire in ns and in TSC cycles (from the measured
             TSC rate): from the socket to the wire for what the host sent, from the wire to the
@@ -22,7 +23,7 @@ struct JourneyCommand: ParsableCommand {
               klab journey results/demo/tcp-handshake
               klab journey results/demo/tcp-handshake tcp and 'tcp[tcpflags] & tcp-syn != 0'
               klab journey --sockets results/demo/tcp-handshake
-            """)
+            """))
 
     @Flag(help: "Print each socket's events instead of each packet's journey.")
     var sockets = false
@@ -35,25 +36,29 @@ struct JourneyCommand: ParsableCommand {
 
     func run() throws {
         if sockets || filter == ["--sockets"] { return try printSockets() }
-        let file = "\(results)/journeys.jsonl"
-        guard let text = try? String(contentsOfFile: file, encoding: .utf8) else {
+        let layout = ResultsLayout(results)
+        let lines: LineReader
+        do { lines = try LineReader(layout.journeys) } catch {
             throw ValidationError("no journeys.jsonl in \(results) (a results folder of klab run)")
         }
-        var keep: Set<Int>?
+        // Journeys come in capture order: the filter reads the capture alongside them.
+        var frames: FrameReader?, packetFilter: PacketFilter?
         if !filter.isEmpty {
-            let f: PacketFilter
-            do { f = try PacketFilter(filter.joined(separator: " ")) } catch { throw ValidationError("\(error)") }
-            let frames = try PcapReader.frames("\(results)/capture.pcap")
-            keep = Set(frames.indices.filter { f.matches(frames[$0]) }.map { $0 + 1 })
+            do { packetFilter = try PacketFilter(filter.joined(separator: " ")) } catch { throw ValidationError("\(error)") }
+            do { frames = try ResultsFolder(results).frames() } catch { throw ValidationError("\(error)") }
         }
+        var frame: Frame?
         let dec = JSONDecoder()
-        for line in text.split(separator: "\n") {
-            guard let j = try? dec.decode(Journey.self, from: Data(line.utf8)) else {
-                if line.contains("unmatched_packet_events") && keep == nil { say("\(line)") }
+        while let line = try lines.next() {
+            guard let j = try? dec.decode(Journey.self, from: Data(line)) else {
+                if packetFilter == nil, !line.isEmpty { say(String(decoding: line, as: UTF8.self)) }
                 continue
             }
-            if let keep, !keep.contains(j.frame) { continue }
-            say("#\(j.frame) \(j.direction == "to_host" ? "to host  " : "from host") \(j.packet)")
+            if let packetFilter, let frames {
+                while frame.map({ $0.number < j.frame }) ?? true, let f = try frames.next() { frame = f }
+                guard let f = frame, f.number == j.frame, packetFilter.matches(f.bytes) else { continue }
+            }
+            say("#\(j.frame)\(j.link.map { " \($0)" } ?? "") \(j.direction == "to_host" ? "to host  " : "from host") \(j.packet)")
             for s in j.events {
                 say(String(format: "    %+9.1f µs %+10lld cycles  ", Double(s.from_wire_ns) / 1000, s.from_wire_cycles)
                     + "\(s.event.padding(toLength: 22, withPad: " ", startingAt: 0)) \(s.probe)")

@@ -1,16 +1,18 @@
 import ArgumentParser
 import Foundation
 import KlabLab
+import KlabResults
 import KlabScenario
+import KlabSchema
 
 @main
 struct Klab: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "klab",
         abstract: "A live network lab for the Linux IPv4 stack.",
-        discussion: """
+        discussion: prose("""
             klab builds hosts (network namespaces) whose links are TUN devices it holds, pushes
-            real IPv4 traffic through the kernel, captures every packet with libpcap and, at the
+            real IPv4 traffic through the kernel, records every packet it reads from or writes into a TUN and, at the
             same time, logs the Klogger networking schema's events with BPF. Then it matches
             packets and events, so you can see where each event sits in the stack.
 
@@ -20,9 +22,21 @@ struct Klab: ParsableCommand {
             klab latency can measure; 69 a requirement is missing
             (root, /dev/net/tun, BTF, tracefs, cgroup v2, BPF); 70 internal error; 130
             interrupted (Ctrl-C or SIGTERM).
-            """,
-        subcommands: [Run.self, Validate.self, Trace.self, SchemaCommand.self, CheckCommand.self, CompareSites.self, JourneyCommand.self, LatencyCommand.self, Bench.self])
+            """),
+        subcommands: [Run.self, Validate.self, Trace.self, SchemaCommand.self, CheckCommand.self, ExportCommand.self, CompareSites.self, JourneyCommand.self, LatencyCommand.self, Bench.self])
+
+    /// The catalog checks itself before anything runs: a rule naming an event the catalog
+    /// lacks is klab's own bug (exit 70), never a rule dropped in silence.
+    static func main() {
+        let problems = Schema.problems()
+        if !problems.isEmpty {
+            FileHandle.standardError.write(Data(("klab: the event catalog is inconsistent:\n" + problems.joined(separator: "\n") + "\n").utf8))
+            Glibc.exit(ExitCodes.software)
+        }
+        main(nil)
+    }
 }
+
 
 enum ExitCodes {
     static let failed: Int32 = 1

@@ -2,18 +2,19 @@ import ArgumentParser
 import Foundation
 import KlabAnalysis
 import KlabLab
+import KlabResults
 import KlabSchema
 
 struct LatencyCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "latency",
         abstract: "The latency from one event to another of the same packet, from a results folder.",
-        discussion: """
+        discussion: prose("""
             Pairs every --from event (default IP_RECEIVEPACKET) with the --to
             event (default TCP_RECEIVEPACKET) of the same packet in
-            RESULTS/events.jsonl, read line by line, and measures the time
-            between them in ns and in TSC cycles (at the TSC rate the run
-            measured). This is the seed paper's Figure 2: for 55-byte TCP
+            RESULTS/events.bin (the tracer's records, streamed in time order)
+            and measures the time between them in ns and in TSC cycles (at
+            the TSC rate the run measured). This is the seed paper's Figure 2: for 55-byte TCP
             segments, the receive latency from the IP layer to the TCP layer
             had two modes, near 5,000 and 6,000 cycles, and about 5% of the
             packets above 10,000 cycles (Linux 2.6.22, the paper's hardware).
@@ -27,7 +28,7 @@ struct LatencyCommand: ParsableCommand {
               klab latency /tmp/r/wire-tcp --tail 20000 --json
 
             Sites. An event is taken from the site the run logged it from
-            (the header of events.jsonl names it and whether it is exact, in
+            (RESULTS/run.json names it and whether it is exact, in
             Klogger's own function, or approximate). In a run with
             --all-sites, EVENT@PROBE or --to-probe picks another site: the
             records whose probe contains PROBE (tcp_probe, sockops, ...). The
@@ -78,20 +79,24 @@ struct LatencyCommand: ParsableCommand {
             (one row per packet: times, latency, CPU, task, every attribute)
             and FROM-TO.json (what --json prints).
 
-            Exit codes: 0 done; 64 bad command line (no such folder, an event
-            or site the run did not log); 65 bad results (a line that is not
-            JSON or is cut short, no TSC rate: file:line: error: ...; or no
-            pair found, with the events the log holds).
-            """)
+            A run cut short (killed, a full disk) is read up to the last whole
+            record of events.bin, and the report says so.
 
-    @Argument(help: "A results folder of klab run (or its events.jsonl).")
+            Exit codes: 0 done; 64 bad command line (no such folder, a file
+            instead of a folder, an event or site the run did not log); 65 bad
+            results (run.json or events.bin missing or corrupt, no TSC rate:
+            FILE: error: ...; or no pair found, with the events the run
+            holds).
+            """))
+
+    @Argument(help: "A results folder of klab run.")
     var results: String
 
     @Option(help: ArgumentHelp("The event the latency starts at; EVENT@PROBE picks a site.", valueName: "event"))
-    var from = "IP_RECEIVEPACKET"
+    var from = Schema.ipReceivePacket.name
 
     @Option(help: ArgumentHelp("The event the latency ends at; EVENT@PROBE picks a site.", valueName: "event"))
-    var to = "TCP_RECEIVEPACKET"
+    var to = Schema.tcpReceivePacket.name
 
     @Option(name: .customLong("from-probe"), help: ArgumentHelp("Only --from records whose probe contains this.", valueName: "substring"))
     var fromProbe: String?
@@ -120,29 +125,32 @@ struct LatencyCommand: ParsableCommand {
         guard FileManager.default.fileExists(atPath: results, isDirectory: &isDir) else {
             throw ValidationError("no such results folder: \(results)")
         }
-        let file = isDir.boolValue ? "\(results)/events.jsonl" : results
-        let folder = isDir.boolValue ? results : (results as NSString).deletingLastPathComponent
-        guard FileManager.default.fileExists(atPath: file) else {
-            throw ValidationError("no events.jsonl in \(results) (a results folder of klab run)")
+        guard isDir.boolValue else {
+            let folder = (results as NSString).deletingLastPathComponent
+            throw ValidationError("\(results) is a file: klab latency reads a results folder (its run.json and events.bin), "
+                                  + "e.g. klab latency \(folder.isEmpty ? "." : folder)")
         }
         let analysis: LatencyAnalysis
         do {
-            let log = try EventLog(file: file, from: EventSelector(from, probe: fromProbe), to: EventSelector(to, probe: toProbe),
-                                   placement: Self.placement)
-            analysis = try LatencyAnalysis(log: log, extraTails: tails, runLost: Self.lost(folder), analysedOn: KlabLab.Clock.cpuModel ?? "unknown", seed: seed)
+            let folder = try ResultsFolder(results)
+            let log = try EventLog(folder: folder, from: EventSelector(from, probe: fromProbe), to: EventSelector(to, probe: toProbe))
+            analysis = try LatencyAnalysis(log: log, extraTails: tails, analysedOn: KlabLab.Clock.cpuModel ?? "unknown", seed: seed)
         } catch let e as LatencyError {
             if case .usage(let m) = e { throw ValidationError(m) }
             FileHandle.standardError.write(Data("klab: \(e)\n".utf8))
             throw ExitCode(ExitCodes.dataError)
+        } catch let e as ResultsError {
+            FileHandle.standardError.write(Data("klab: \(LatencyError.results(e))\n".utf8))
+            throw ExitCode(ExitCodes.dataError)
         }
-        let dir = out ?? "\(folder)/latency"
+        let dir = out ?? ResultsLayout(results).latency
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         let stem = "\(dir)/\(Self.stem(from, fromProbe))-\(Self.stem(to, toProbe))"
         let files = ["\(stem).svg", "\(stem).csv", "\(stem).json"]
         let data = try analysis.json(files: files)
-        try analysis.svg().write(toFile: files[0], atomically: true, encoding: .utf8)
-        try analysis.csv().write(toFile: files[1], atomically: true, encoding: .utf8)
-        try data.write(to: URL(fileURLWithPath: files[2]), options: .atomic)
+        try OutputFile.write(analysis.svg().utf8, to: files[0])
+        try OutputFile.write(analysis.csv().utf8, to: files[1])
+        try OutputFile.write(data, to: files[2])
         say(json ? String(decoding: data, as: UTF8.self) : analysis.text(files: files))
     }
 
@@ -151,19 +159,5 @@ struct LatencyCommand: ParsableCommand {
         let s = EventSelector(spec, probe: probe)
         let p = s.probe.map { "@" + String($0.map { $0.isLetter || $0.isNumber || $0 == "_" ? $0 : "_" }) } ?? ""
         return s.name + p
-    }
-
-    /// The placement of a site other than the one the header names, from the catalog.
-    static func placement(_ event: String, _ site: String) -> (String, String)? {
-        guard let s = Schema.event(named: event)?.site(named: site) else { return nil }
-        return s.exact ? ("exact", "exact: \(site)") : ("approximate", "approximate: \(site), \(s.approximation ?? "")")
-    }
-
-    /// summary.json's events.lost, if the folder has one.
-    static func lost(_ folder: String) -> Int? {
-        guard let d = FileManager.default.contents(atPath: "\(folder)/summary.json"),
-              let o = try? JSONSerialization.jsonObject(with: d) as? [String: Any],
-              let e = o["events"] as? [String: Any] else { return nil }
-        return (e["lost"] as? NSNumber)?.intValue
     }
 }

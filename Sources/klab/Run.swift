@@ -1,12 +1,21 @@
 import ArgumentParser
 import Foundation
+import KlabCheck
 import KlabLab
+import KlabResults
 import KlabScenario
+
+/// The results folder's files as a definition list for `prose` (its second line, indented
+/// deeper, sets the hanging indent).
+private let resultsGuide = ResultsLayout.guide.map { file, what in
+    let words = what.split(separator: " ", maxSplits: 1)
+    return "  " + file.padding(toLength: 16, withPad: " ", startingAt: 0) + words[0] + "\n" + String(repeating: " ", count: 18) + words[1]
+}.joined(separator: "\n")
 
 struct Run: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run scenario files and write a results folder for each.",
-        discussion: """
+        discussion: prose("""
             Each scenario builds a host (an anonymous network namespace) whose TUN
             link ends at klab's scripted peer, or several hosts joined by klab's wire
             (wire mode); starts the capture and the tracer; plays the steps; and
@@ -31,17 +40,18 @@ struct Run: ParsableCommand {
             A --set naming a parameter the file lacks is an error (with several files:
             one that none of them has).
 
-            Results go to DIR/NAME/ (default DIR: results/RUN-TIME): capture.pcap
-            (read it with tcpdump -r), events.jsonl (a header line, then one schema
-            event per line), summary.json, and programs/, workload.*.json,
-            flood.*.json and wire.json when the scenario has them. Needs root. Examples:
+            Results go to DIR/NAME/ (default DIR: results/RUN-TIME), one folder per scenario:
+
+            \(resultsGuide)
+
+            Needs root. Examples:
 
               klab run lab/scenarios/icmp-echo.yaml
               klab run lab/scenarios/*.yaml --out /tmp/klab-results
               klab run lab/scenarios/latency-tcp.yaml --set count=2000 --set reader=busy
               klab run lab/packetdrill/*.pkt
               klab run --list
-            """)
+            """))
 
     @Argument(help: "Scenario files (YAML; see lab/SCENARIOS.md) or packetdrill scripts (.pkt).")
     var files: [String] = []
@@ -55,10 +65,18 @@ struct Run: ParsableCommand {
     @Option(name: .customLong("set"), help: ArgumentHelp("Override a scenario parameter (its params:); for .pkt scripts, a -D definition.", valueName: "NAME=VALUE"))
     var parameters: [String] = []
 
+    @Option(help: ArgumentHelp(
+        "Bytes of each packet the capture keeps, 0 for whole packets. Default: whole packets with one host; \(Runner.wireSnaplen) in wire mode, where real programs run at full speed (headers fit in 128).",
+        valueName: "bytes"))
+    var snaplen: Int?
+
     @OptionGroup(title: "Tracing") var tracing: TracingOptions
 
     func validate() throws {
         if files.isEmpty && !list { throw ValidationError("give scenario files to run, or --list to see the shipped ones") }
+        if let snaplen, snaplen < 0 || (snaplen > 0 && snaplen < 68) {
+            throw ValidationError("--snaplen must be 0 (whole packets) or at least 68 bytes, not \(snaplen)")
+        }
         _ = try Run.parameters(parameters)
         for f in files where access(f, R_OK) != 0 {
             throw ValidationError(errno == ENOENT ? "no such scenario file: \(f)" : "cannot read scenario file \(f): \(String(cString: strerror(errno)))")
@@ -73,7 +91,7 @@ struct Run: ParsableCommand {
         let base = out ?? "results/run-\(stamp)"
         Interrupt.install()
         let runner: Runner
-        do { runner = try Runner(tracing: try tracing.config(), log: say) } catch { die(error) }
+        do { runner = try Runner(tracing: try tracing.config(), snaplen: snaplen, log: say) } catch { die(error) }
         var outcomes: [Outcome] = []
         var failure: Error?
         for (i, item) in scenarios.enumerated() where !Interrupt.requested {
@@ -82,10 +100,10 @@ struct Run: ParsableCommand {
                 case .scenario(let s):
                     let params = s.params.isEmpty ? "" : ", " + s.params.map { "\($0.name)=\($0.value)" }.joined(separator: " ")
                     say("[\(i + 1)/\(scenarios.count)] \(s.name) (\(s.file)\(params))")
-                    outcomes.append(try runner.run(s, into: "\(base)/\(s.name)"))
+                    outcomes.append(try Run.finish(runner.run(s, into: "\(base)/\(s.name)")))
                 case .script(let p):
                     say("[\(i + 1)/\(scenarios.count)] \(p.name) (\(p.file), packetdrill script)")
-                    outcomes.append(try runner.run(p, into: "\(base)/\(p.name)"))
+                    outcomes.append(try Run.finish(runner.run(p, into: "\(base)/\(p.name)")))
                 }
             } catch {
                 failure = error
@@ -118,6 +136,20 @@ enum RunItem {
 }
 
 extension Run {
+    /// After a scenario: what klab derives from its files (the join, the placement verdicts,
+    /// events.jsonl, journeys.jsonl, summary.json), printed as the timeline and the verdict
+    /// table; a broken placement rule fails the scenario.
+    static func finish(_ o: Outcome) throws -> Outcome {
+        let (check, timeline) = try Finish.run(ResultsFolder(o.directory))
+        say(timeline)
+        say("")
+        say(check.text())
+        let failures = o.failures + check.failures
+        let passed = o.passed && check.violations == 0
+        say(passed ? "\(o.scenario): PASSED" : "\(o.scenario): FAILED")
+        return Outcome(scenario: o.scenario, directory: o.directory, passed: passed, failures: failures, interrupted: o.interrupted)
+    }
+
     /// Reads the files in order: .pkt ones as packetdrill scripts (--set as -D definitions),
     /// the others as scenarios. Two with one name would share a results folder.
     static func load(_ files: [String], set: [String: String]) throws -> [RunItem] {

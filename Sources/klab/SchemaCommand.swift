@@ -8,7 +8,7 @@ struct SchemaCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "schema",
         abstract: "Print the Klogger networking schema and where this kernel lets klab log each event.",
-        discussion: """
+        discussion: prose("""
             For every event: its level, the fields it carries, where Klogger logged it, and the
             probe site klab uses on the running kernel with its placement:
 
@@ -25,7 +25,7 @@ struct SchemaCommand: ParsableCommand {
               klab schema
               klab schema --json | python3 -m json.tool
               klab schema --disable-backend sockops     # see the fallbacks
-            """)
+            """))
 
     @Flag(help: "JSON: one object per event with name, level, site and placement.")
     var json = false
@@ -47,11 +47,8 @@ struct SchemaCommand: ParsableCommand {
         var note: String?
         if geteuid() == 0 {
             do {
-                try Preflight.check()
-                let cgroup = try LabCgroup()
-                defer { cgroup.remove() }
-                let tracer = try Tracer(config: config, namespaces: [], cgroupFD: cgroup.fd, rawPath: "/dev/null")
-                defer { tracer.close() }
+                try Preflight.check(lab: false)
+                let tracer = try Tracer(config: config, namespaces: [], cgroup: try LabCgroup(), rawPath: "/dev/null")
                 for s in tracer.selections { selections[s.event.id] = s }
                 problems = tracer.backendProblems
             } catch {

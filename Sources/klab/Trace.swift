@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import KlabLab
+import KlabResults
 import KlabPacket
 import KlabScenario
 import KlabSchema
@@ -9,7 +10,7 @@ import KlabTracer
 struct Trace: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Trace the schema's events live, until Ctrl-C.",
-        discussion: """
+        discussion: prose("""
             Either in a fresh lab host that runs a command, or in an existing network namespace:
 
               klab trace -- ping -c 3 127.0.0.1            # a new host (lo up) runs the command
@@ -23,7 +24,7 @@ struct Trace: ParsableCommand {
             being created) always show. Events from cgroup and sockops hooks only cover sockets
             created in klab's lab cgroup: a command klab runs, not processes already living in a
             namespace you give with --netns. Needs root.
-            """)
+            """))
 
     @Option(help: ArgumentHelp("A network namespace to observe: a path, or a name under /run/netns.", valueName: "path|name"))
     var netns: String?
@@ -55,8 +56,6 @@ struct Trace: ParsableCommand {
         let packetFilter = try filter.map(PacketFilter.init)
         try Preflight.check()
         Interrupt.install()
-        let cgroup = try LabCgroup()
-        defer { cgroup.remove() }
         let path = netns.map { $0.contains("/") ? $0 : "/run/netns/\($0)" }
         let host = try LabHost(name: "trace", joining: path)
         defer { host.shutdown() }
@@ -68,7 +67,7 @@ struct Trace: ParsableCommand {
         enc.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
         let json = self.json
         let tracer = try Tracer(
-            config: config, namespaces: [(host.netnsCookie, host.netnsInode)], cgroupFD: cgroup.fd, rawPath: "/dev/null",
+            config: config, namespaces: [(host.netnsCookie, host.netnsInode)], cgroup: try LabCgroup(), rawPath: "/dev/null",
             live: { e in
                 if let f = packetFilter, let id = e.packet ?? e.endpoints, let bytes = try? id.packet().serialize(), !f.matches(bytes) {
                     return
@@ -79,7 +78,6 @@ struct Trace: ParsableCommand {
                     say(Trace.line(e, since: started))
                 }
             })
-        defer { tracer.close() }
         if !json {
             for s in tracer.selections where s.site == nil { say("# \(s.event.name): \(s.placement)") }
             say("# tracing netns \(host.netnsInode)\(path.map { " (\($0))" } ?? ""); Ctrl-C stops")

@@ -1,11 +1,12 @@
 import ArgumentParser
 import Foundation
 import KlabScenario
+import KlabResults
 
 struct Validate: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Check scenario files without running anything.",
-        discussion: """
+        discussion: prose("""
             Reads each file as `klab run` would (YAML, hosts, steps, packet lines,
             socket calls, times, programs on PATH, names) and starts nothing: no
             namespace, no tracer, no root needed. Prints one line per good file; a
@@ -18,7 +19,7 @@ struct Validate: ParsableCommand {
 
               klab validate lab/scenarios/*.yaml
               klab validate lab/packetdrill/*.pkt
-            """)
+            """))
 
     @Argument(help: "Scenario files (YAML; see lab/SCENARIOS.md) or packetdrill scripts (.pkt).")
     var files: [String]

@@ -1,78 +1,40 @@
+import CKlabLinux
 import Foundation
 #if canImport(FoundationXML)
 import FoundationXML
 #endif
+import KlabPacket
+import KlabResults
+import KlabSchema
 import Testing
 
 @testable import KlabAnalysis
 
-/// klab latency on synthetic event logs of known shape: pairing, the miss accounting, the files.
+/// klab latency on results folders of known shape: pairing, the miss accounting, the files.
 struct LatencyTests {
-    static let hz = 2_500_000_000.0  // 2.5 cycles per ns
+    typealias Record = ResultsFixture.Record
+    static let hz = ResultsFixture.hz
 
-    /// A header like the runner's, with IP_RECEIVEPACKET from the device tracepoint, and
-    /// TCP_RECEIVEPACKET from cgroup_skb (no skb) and TCP_RECVACK from tcp_probe (with skb).
-    static func header(tscHz: Double? = hz) -> String {
-        let clocks = tscHz.map { "{\"tsc_hz\":\($0)}" } ?? "{}"
-        func ev(_ n: String, _ site: String, _ also: [String] = []) -> String {
-            "{\"name\":\"\(n)\",\"site\":\"\(site)\",\"placement\":\"approximate\",\"detail\":\"approximate: \(site)\""
-                + (also.isEmpty ? "" : ",\"also\":[" + also.map { "\"\($0)\"" }.joined(separator: ",") + "]") + "}"
-        }
-        return "{\"klab\":\"events\",\"version\":1,\"scenario\":\"synthetic\",\"kernel\":\"6.1-test\",\"clocks\":\(clocks),\"events\":["
-            + [ev("IP_RECEIVEPACKET", "tracepoint net:netif_receive_skb"), ev("TCP_RECEIVEPACKET", "cgroup_skb/ingress"),
-               ev("TCP_RECVACK", "tp_btf tcp:tcp_probe", ["sockops"]), ev("SOCKET_CLOSE", "cgroup/sock_release")].joined(separator: ",")
-            + "],\"probes\":[]}"
+    static func from(_ t: UInt64, id: UInt16, skb: UInt64 = 0, seq: UInt32? = nil, length: UInt16 = 10, flags: TCPFlags = [.psh, .ack],
+                     proto: UInt8 = 6, dport: UInt16 = 8080) -> Record {
+        Record(t: t, event: Schema.ipReceivePacket, probe: Schema.netifReceiveSkb, skb: skb, skbLen: 40 + UInt32(length), proto: proto, dport: dport,
+               ipID: id, seq: seq ?? 1000 + UInt32(id) * 10, length: length, flags: flags)
+    }
+    static func to(_ t: UInt64, id: UInt16, seq: UInt32? = nil, length: UInt16 = 10, flags: TCPFlags = [.psh, .ack], tid: UInt32 = 10) -> Record {
+        Record(t: t, event: Schema.tcpReceivePacket, probe: Schema.skbIngress, sock: 5, ipID: id, seq: seq ?? 1000 + UInt32(id) * 10,
+               length: length, flags: flags, tid: tid)
+    }
+    static func ack(_ t: UInt64, id: UInt16, skb: UInt64, skbLen: UInt32 = 30, seq: UInt32? = nil, length: UInt16 = 10) -> Record {
+        Record(t: t, event: Schema.tcpRecvAck, probe: Schema.tcpProbe, skb: skb, skbLen: skbLen, sock: 5, ipID: id, seq: seq ?? 1000 + UInt32(id) * 10,
+               length: length)
     }
 
-    struct Line {
-        var t: Int64, event: String, probe: String
-        var skb: UInt64? = nil, skbLen: Int? = nil, sock: Int? = nil
-        var proto = 6, dport = 8080, ipID = 1, seq = 1000, length = 10, flags = "P.", cpu = 0, tid = 10, comm = "klab", ack = 1
-        var serial = 0
-        var extra = ""
-
-        var json: String {
-            var s = "{\"t_ns\":\(t),\"cycles\":0,\"serial\":\(serial),\"cpu\":\(cpu),\"pid\":10,\"tid\":\(tid),\"comm\":\"\(comm)\",\"netns\":7,"
-                + "\"event\":\"\(event)\",\"level\":\"ip\",\"probe\":\"\(probe)\""
-            if let skb { s += ",\"skb\":\"0x\(String(skb, radix: 16))\"" }
-            if let skbLen { s += ",\"skb_len\":\(skbLen)" }
-            if let sock { s += ",\"sock\":\(sock)" }
-            let tcp = proto == 6 ? ",\"tcp_seq\":\(seq),\"tcp_ack\":\(ack),\"tcp_flags\":\"\(flags)\"" : ""
-            s += ",\"packet\":{\"proto\":\(proto),\"src\":\"198.18.0.2\",\"dst\":\"198.18.0.1\",\"ip_id\":\(ipID),\"df\":true,\"mf\":false,"
-                + "\"frag_offset\":0,\"sport\":40000,\"dport\":\(dport)\(tcp),\"length\":\(length)}"
-            return s + extra + "}"
-        }
+    static func log(_ f: ResultsFixture, from: String = "IP_RECEIVEPACKET", to: String = "TCP_RECEIVEPACKET") throws -> EventLog {
+        try EventLog(folder: try f.folder(), from: EventSelector(from), to: EventSelector(to))
     }
 
-    static func from(_ t: Int64, id: Int, skb: UInt64? = nil, seq: Int? = nil, length: Int = 10, flags: String = "P.", proto: Int = 6, dport: Int = 8080) -> Line {
-        Line(t: t, event: "IP_RECEIVEPACKET", probe: "tracepoint net:netif_receive_skb", skb: skb, skbLen: 40 + length,
-             proto: proto, dport: dport, ipID: id, seq: seq ?? 1000 + id * 10, length: length, flags: flags)
-    }
-    static func to(_ t: Int64, id: Int, seq: Int? = nil, length: Int = 10, flags: String = "P.", tid: Int = 10) -> Line {
-        Line(t: t, event: "TCP_RECEIVEPACKET", probe: "cgroup_skb/ingress", sock: 5, ipID: id, seq: seq ?? 1000 + id * 10,
-             length: length, flags: flags, tid: tid)
-    }
-    static func ack(_ t: Int64, id: Int, skb: UInt64, skbLen: Int = 30, seq: Int? = nil, length: Int = 10) -> Line {
-        Line(t: t, event: "TCP_RECVACK", probe: "tp_btf tcp:tcp_probe", skb: skb, skbLen: skbLen, sock: 5, ipID: id,
-             seq: seq ?? 1000 + id * 10, length: length)
-    }
-
-    static func write(_ lines: [Line], header: String = header(), tail: String = "") throws -> String {
-        var serial = 0
-        let body = lines.map { l -> String in
-            var l = l
-            if l.serial == 0 { l.serial = serial }  // a line may jump ahead: a gap, lost records
-            serial = l.serial + 1
-            return l.json
-        }
-        let path = FileManager.default.temporaryDirectory.appendingPathComponent("klab-latency-\(UUID().uuidString).jsonl").path
-        try ([header] + body).joined(separator: "\n").appending("\n" + tail).write(toFile: path, atomically: true, encoding: .utf8)
-        return path
-    }
-
-    static func analyse(_ lines: [Line], to: String = "TCP_RECEIVEPACKET") throws -> LatencyAnalysis {
-        let log = try EventLog(file: try write(lines), from: EventSelector("IP_RECEIVEPACKET"), to: EventSelector(to))
-        return try LatencyAnalysis(log: log, runLost: 0)
+    static func analyse(_ records: [Record], to: String = "TCP_RECEIVEPACKET") throws -> LatencyAnalysis {
+        try LatencyAnalysis(log: try log(try ResultsFixture(records), to: to))
     }
 
     static func reasons(_ a: LatencyAnalysis) -> [Pairing.Reason: Int] {
@@ -81,9 +43,9 @@ struct LatencyTests {
 
     @Test func pairsByIdentityWithKnownLatencies() throws {
         // 2 µs and 2.4 µs: 5,000 and 6,000 cycles at 2.5 GHz.
-        var lines: [Line] = []
-        for i in 0..<10 {
-            let t = Int64(1_000_000 + i * 100_000)
+        var lines: [Record] = []
+        for i: UInt16 in 0..<10 {
+            let t = 1_000_000 + UInt64(i) * 100_000
             lines += [Self.from(t, id: i), Self.to(t + (i % 2 == 0 ? 2_000 : 2_400), id: i)]
         }
         lines.append(Self.from(9_000_000, id: 11))
@@ -96,7 +58,7 @@ struct LatencyTests {
     }
 
     @Test func everyMissHasAReasonAndTheEquationAddsUp() throws {
-        var lines: [Line] = [
+        var lines: [Record] = [
             Self.from(1_000, id: 1), Self.to(3_000, id: 1),                       // paired
             Self.from(10_000, id: 2, proto: 17),                                  // UDP: other protocol
             Self.from(20_000, id: 3, dport: 9999),                                // no socket there
@@ -104,8 +66,8 @@ struct LatencyTests {
             Self.to(35_000, id: 99),                                              // a to-event with no from-event
             Self.from(40_000, id: 5),                                             // its to-event never came
             Self.from(50_000, id: 6), Self.to(52_000, id: 6),
-            Line(t: 60_000, event: "SOCKET_CLOSE", probe: "cgroup/sock_release", sock: 5),
-            Self.from(70_000, id: 7, flags: "F."),                                // after the socket closed
+            Record(t: 60_000, event: Schema.socketClose, probe: Schema.sockRelease, sock: 5, packet: false),
+            Self.from(70_000, id: 7, flags: [.fin, .ack]),                                // after the socket closed
         ]
         lines.append(Self.from(80_000, id: 8))  // after the last to-event
         let a = try Self.analyse(lines)
@@ -130,7 +92,7 @@ struct LatencyTests {
     @Test func skbPairingCatchesAReusedAddress() throws {
         // Packet 1 on skb A never reaches tcp_probe; packet 2 reuses A and does. Packet 3's
         // to-event carries skb A again but is another packet: it pairs with nothing.
-        let lines: [Line] = [
+        let lines: [Record] = [
             Self.from(1_000, id: 1, skb: 0xA), Self.from(5_000, id: 2, skb: 0xA), Self.ack(7_000, id: 2, skb: 0xA),
             Self.from(9_000, id: 3, skb: 0xB), Self.ack(9_500, id: 3, skb: 0xB),
             Self.ack(20_000, id: 4, skb: 0xA),
@@ -147,17 +109,16 @@ struct LatencyTests {
     @Test func segmentsOfAConnectionNotEstablishedAreExplained() throws {
         // tcp_probe fires in tcp_rcv_established only: not for the handshake's last ACK, nor
         // for the ACKs that come back once the socket is closing (FIN_WAIT1).
-        func state(_ t: Int64, _ old: String, _ new: String) -> Line {
-            var l = Line(t: t, event: "TCP_STATE", probe: "tp_btf sock:inet_sock_set_state", sock: 5)
-            l.extra = ",\"tcp_state\":[\"\(old)\",\"\(new)\"],\"endpoints\":{\"proto\":6,\"src\":\"198.18.0.1\",\"dst\":\"198.18.0.2\","
-                + "\"sport\":8080,\"dport\":40000,\"ip_id\":0,\"length\":0}"
-            return l
+        func state(_ t: UInt64, _ old: String, _ new: String) -> Record {
+            let (o, n) = (tcpStateNames.firstIndex(of: old)!, tcpStateNames.firstIndex(of: new)!)
+            return Record(t: t, event: Schema.event(named: "TCP_STATE")!, probe: Schema.setState, sock: 5, length: 0, packet: false,
+                          arg0: Int32(o), arg1: Int32(n))
         }
-        let lines: [Line] = [
-            Self.from(1_000, id: 1, skb: 0xA, length: 0, flags: "."), state(1_500, "LISTEN", "SYN_RECV"), state(1_600, "SYN_RECV", "ESTABLISHED"),
+        let lines: [Record] = [
+            Self.from(1_000, id: 1, skb: 0xA, length: 0, flags: .ack), state(1_500, "LISTEN", "SYN_RECV"), state(1_600, "SYN_RECV", "ESTABLISHED"),
             Self.from(5_000, id: 2, skb: 0xB), Self.ack(6_000, id: 2, skb: 0xB),
             state(7_000, "ESTABLISHED", "FIN_WAIT1"),
-            Self.from(8_000, id: 3, skb: 0xC, length: 0, flags: "."),
+            Self.from(8_000, id: 3, skb: 0xC, length: 0, flags: .ack),
             Self.from(9_000, id: 4, skb: 0xD), Self.ack(9_600, id: 4, skb: 0xD),  // tcp_probe fired in FIN_WAIT1? then it is no reason
         ]
         let a = try Self.analyse(Array(lines.prefix(7)), to: "TCP_RECVACK")
@@ -169,7 +130,7 @@ struct LatencyTests {
 
     @Test func coalescedSegmentIsExplained() throws {
         // Segment 2 (seq 1010) is merged into segment 1's skb: tcp_probe sees one skb of 20 + 20 bytes.
-        let lines: [Line] = [
+        let lines: [Record] = [
             Self.from(1_000, id: 1, skb: 0xA, seq: 1000), Self.from(1_500, id: 2, skb: 0xB, seq: 1010),
             Self.ack(4_000, id: 1, skb: 0xA, skbLen: 40, seq: 1000),
             Self.from(9_000, id: 3, skb: 0xC, seq: 1020), Self.ack(9_500, id: 3, skb: 0xC, seq: 1020),
@@ -178,8 +139,8 @@ struct LatencyTests {
         #expect(Self.reasons(a) == [.coalesced: 1])
         #expect(a.pairing.grown.values.sorted() == [10])
         // Pure ACKs add no bytes: the merged skb's header carries the later ACK number.
-        let head = Self.from(20_000, id: 6, skb: 0xE, seq: 2000, length: 0, flags: ".")
-        var second = Self.from(20_300, id: 7, skb: 0xF, seq: 2000, length: 0, flags: ".")
+        let head = Self.from(20_000, id: 6, skb: 0xE, seq: 2000, length: 0, flags: .ack)
+        var second = Self.from(20_300, id: 7, skb: 0xF, seq: 2000, length: 0, flags: .ack)
         var merged = Self.ack(21_000, id: 6, skb: 0xE, skbLen: 20, seq: 2000, length: 0)
         (second.ack, merged.ack) = (500, 500)  // the second acknowledges more; the merged header shows it
         let acks = try Self.analyse([head, second, merged], to: "TCP_RECVACK")
@@ -189,44 +150,85 @@ struct LatencyTests {
     }
 
     @Test func probeSelectorPicksAnotherSite() throws {
-        let log = try EventLog(file: try Self.write([Self.from(1, id: 1)]), from: EventSelector("IP_RECEIVEPACKET"),
-                               to: EventSelector("TCP_RECVACK@sockops"), placement: { _, _ in ("approximate", "slow path only") })
-        #expect(log.to.site == "sockops" && log.to.detail == "slow path only")
-        #expect(throws: LatencyError.self) {
-            try EventLog(file: try Self.write([]), from: EventSelector("IP_RECEIVEPACKET"), to: EventSelector("TCP_RECVACK@fentry"))
-        }
+        let f = try ResultsFixture([Self.from(1, id: 1)])
+        let log = try Self.log(f, to: "TCP_RECVACK@sockops")
+        let sockops = try #require(Schema.tcpRecvAck.site(named: "sockops"))
+        #expect(log.to.site == "sockops" && log.to.placement == "approximate" && log.to.detail == "approximate: sockops, \(sockops.approximation!)")
+        #expect(throws: LatencyError.self) { try Self.log(f, to: "TCP_RECVACK@fentry") }
     }
 
-    @Test func badInputIsNamedByFileAndLine() throws {
-        func error(_ path: String, to: String = "TCP_RECEIVEPACKET") -> String {
+    /// The protocol a to-event fires for comes from the catalog's fields.
+    @Test func toEventProtocolFromTheCatalog() throws {
+        #expect([Schema.tcpReceivePacket, Schema.tcpRecvAck, Schema.udpQueueSocketBuffer, Schema.icmpReply, Schema.ipReceivePacket, Schema.socketClose]
+            .map { Pairing.proto(of: $0.id) } == [6, 6, 17, 1, nil, nil])
+        // UDP_QUEUE_SOCKETBUFFER never fires for a TCP segment: another protocol, not unexplained.
+        let events = ResultsFixture.defaultEvents + [.init(event: Schema.udpQueueSocketBuffer, probe: Schema.skbIngress)]
+        let udp = Record(t: 3_000, event: Schema.udpQueueSocketBuffer, probe: Schema.skbIngress, sock: 6, proto: 17, ipID: 2, length: 8)
+        let f = try ResultsFixture([Self.from(1_000, id: 1), Self.from(2_000, id: 2, length: 8, proto: 17), udp], events: events)
+        let a = try LatencyAnalysis(log: try Self.log(f, to: "UDP_QUEUE_SOCKETBUFFER"))
+        #expect(a.pairing.pairs.count == 1 && Self.reasons(a) == [.otherProtocol: 1])
+        #expect(a.pairing.misses.first?.detail == "data")
+    }
+
+    /// A folder cut short is read to its last whole record, and the report says so; a corrupt
+    /// one is refused, naming the file.
+    @Test func cutShortAndCorruptFolders() throws {
+        func error(_ f: ResultsFixture, to: String = "TCP_RECEIVEPACKET") -> String {
             do {
-                let log = try EventLog(file: path, from: EventSelector("IP_RECEIVEPACKET"), to: EventSelector(to))
-                _ = try LatencyAnalysis(log: log)
+                _ = try LatencyAnalysis(log: try Self.log(f, to: to))
                 return "no error"
             } catch { return "\(error)" }
         }
-        let good = [Self.from(1_000, id: 1), Self.to(2_000, id: 1)]
-        let truncated = try Self.write(good, tail: "{\"t_ns\":5,\"event\":\"IP_REC")
-        #expect(error(truncated) == "\(truncated):4: error: truncated line: the file ends in the middle of a record (was the run cut short?)")
-        let garbage = try Self.write(good, tail: "hello\n")
-        #expect(error(garbage).hasPrefix("\(garbage):4: error: not a JSON event line"))
-        let noClock = try Self.write(good, header: Self.header(tscHz: nil))
-        #expect(error(noClock).hasPrefix("\(noClock):1: error: the header has no clocks.tsc_hz"))
-        #expect(error(try Self.write(good), to: "TCP_BOGUS").hasPrefix("'TCP_BOGUS' is not an event this run logged; it logged: IP_RECEIVEPACKET, TCP_RECEIVEPACKET"))
-        let nothing = error(try Self.write([Self.from(1_000, id: 1)]))
+        let good = [Self.from(1_000, id: 1), Self.to(2_000, id: 1), Self.from(3_000, id: 2), Self.to(4_500, id: 2)]
+
+        let cut = try ResultsFixture(good)
+        try cut.append([UInt8](repeating: 0x55, count: 10), to: cut.layout.events)
+        let a = try LatencyAnalysis(log: try Self.log(cut))
+        #expect(a.pairing.pairs.map(\.ns) == [1_000, 1_500])
+        #expect(a.log.cutShort.map(\.description) == ["events.bin was cut short: it ends inside record 5 (at byte \(4 * TraceEvent.recordSize)); read up to its last whole record (4)"])
+        #expect(a.text().contains("\n  note: events.bin was cut short"))
+        let json = try JSONSerialization.jsonObject(with: try a.json()) as! [String: Any]
+        #expect((json["cut_short"] as? [String])?.count == 1)
+
+        let short = try ResultsFixture(good)
+        try FileManager.default.removeItem(atPath: short.layout.events)
+        try Data(ResultsFixture.bytes(good.prefix(2))).write(to: URL(fileURLWithPath: short.layout.events))
+        let b = try LatencyAnalysis(log: try Self.log(short))
+        #expect(b.pairing.pairs.count == 1 && b.log.cutShort.map(\.what) == ["record 3 of 4"])
+
+        let running = try ResultsFixture(good, ended: false)
+        let c = try LatencyAnalysis(log: try Self.log(running))
+        #expect(c.pairing.pairs.count == 2 && c.runLost == nil && c.log.cutShort.first?.description.contains("the run did not end") == true)
+        #expect(c.text().contains("records the run lost: unknown (the run did not end)"))
+
+        let lost = try LatencyAnalysis(log: try Self.log(try ResultsFixture(good, lost: 3)))
+        #expect(lost.runLost == 3 && lost.text().contains("records the run lost: 3 (run.json)"))
+
+        let noClock = try ResultsFixture(good, tscHz: nil)
+        #expect(error(noClock) == "\(noClock.layout.header): no clocks.tsc_hz: cycles cannot be given")
+        let garbage = try ResultsFixture(good)
+        try Data("hello\n".utf8).write(to: URL(fileURLWithPath: garbage.layout.header))
+        #expect(error(garbage).hasPrefix("\(garbage.layout.header): not a klab run header"))
+        let other = try ResultsFixture(good)
+        try other.append(ResultsFixture.bytes(good), to: other.layout.events)
+        #expect(error(other).hasPrefix("\(other.layout.events): 8 records, but run.json says the run logged 4"))
+
+        #expect(error(try ResultsFixture(good), to: "TCP_BOGUS")
+            .hasPrefix("'TCP_BOGUS' is not an event this run logged; it logged: IP_RECEIVEPACKET, TCP_RECEIVEPACKET"))
+        let nothing = error(try ResultsFixture([Self.from(1_000, id: 1)]))
         #expect(nothing.contains("pairs with a TCP_RECEIVEPACKET") && nothing.contains("IP_RECEIVEPACKET [tracepoint net:netif_receive_skb] 1"))
     }
 
-    @Test func scannerReadsEscapesAndSkipsWhatItDoesNotNeed() throws {
-        var l = Self.to(5, id: 1)
-        l.comm = "a\\\"b"
-        l.extra = ",\"tcp_state\":[\"LISTEN\",\"SYN_RECV\"],\"socket\":{\"type\":1},\"bytes\":1.5e3,\"ret\":-4,\"x\":null,\"context\":\"softirq\",\"sk_owned_by_user\":true"
-        let r = try Array(l.json.utf8).withUnsafeBufferPointer { b -> LogRecord in
-            var strings = Interner()
-            return try EventLog.record(b, &strings)
-        }
-        #expect(r.comm == "a\"b" && r.t == 5 && r.sock == 5 && r.context == "softirq" && r.ownedByUser == true)
-        #expect(r.packet?.seq == 1010 && r.packet?.flags == "P." && r.packet?.src == "198.18.0.2")
+    /// The record's fields that attribution reads: its task, context and socket ownership.
+    @Test func attributionReadsTheRecordsFields() throws {
+        var softirq = Self.to(2_000, id: 1, tid: 77)
+        (softirq.comm, softirq.context) = ("ksoftirqd/1", UInt8(KLAB_F_CONTEXT | KLAB_F_SOFTIRQ | KLAB_F_OWNED_READ))
+        var owned = Self.to(4_000, id: 2, tid: 10)
+        owned.context = UInt8(KLAB_F_CONTEXT | KLAB_F_OWNED_READ | KLAB_F_OWNED)
+        let a = try Self.analyse([Self.from(1_000, id: 1), softirq, Self.from(3_000, id: 2), owned])
+        func values(_ name: String) -> [String] { a.attributeValues[a.attributes.firstIndex(of: name)!] }
+        #expect(values("task") == ["ksoftirqd", "injector (the from-event's task, klab)"])
+        #expect(values("context") == ["softirq", "task"] && values("sk_owned_by_user") == ["no", "yes"])
     }
 
     /// The number of cells in a CSV row (quoted cells may hold commas).
@@ -240,12 +242,12 @@ struct LatencyTests {
     /// tail, files and attribution come out as built.
     @Test func bimodalRunWithFiles() throws {
         var rng = SplitMix(seed: 9)
-        var lines: [Line] = []
-        for i in 0..<1_500 {
-            let t = Int64(1_000_000 + i * 50_000)
+        var lines: [Record] = []
+        for i: UInt16 in 0..<1_500 {
+            let t = 1_000_000 + UInt64(i) * 50_000
             let u = rng.unit()
             let cycles = u < 0.55 ? 5_000 * exp(0.02 * rng.gaussian()) : u < 0.95 ? 6_000 * exp(0.02 * rng.gaussian()) : 12_000 + 20_000 * rng.unit()
-            var to = Self.to(t + Int64(cycles / Self.hz * 1e9), id: i, tid: u < 0.55 ? 10 : 20)
+            var to = Self.to(t + UInt64(cycles / Self.hz * 1e9), id: i, tid: u < 0.55 ? 10 : 20)
             to.cpu = u < 0.55 ? 0 : 1
             lines += [Self.from(t, id: i), to]
         }

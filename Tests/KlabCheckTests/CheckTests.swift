@@ -1,12 +1,15 @@
 import Foundation
 import KlabCheck
+import KlabResults
 import KlabSchema
 import Testing
 
 /// klab check on synthetic runs with known faults: each fault shows up exactly where planted,
 /// and nothing else moves.
-struct CheckTests {
+final class CheckTests {
     let dir = NSTemporaryDirectory() + "klab-check-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+
+    deinit { try? FileManager.default.removeItem(atPath: dir) }
 
     func check(_ run: SyntheticRun, _ name: String = "run") throws -> CheckReport {
         let path = "\(dir)/\(name)"
@@ -82,38 +85,82 @@ struct CheckTests {
         func streamProblem(_ path: String) -> String {
             do {
                 let f = try ResultsFolder(path)
-                try f.stream(Correlator(links: f.header.capture!.links))
+                try f.stream(Correlator(header: f.header))
                 return "no error"
             } catch { return "\(error)" }
         }
         #expect(problem("\(dir)/nothing").contains("no such results folder"))
-        // Truncated event log.
-        try FileManager.default.copyItem(atPath: "\(dir)/a", toPath: "\(dir)/t")
-        let bin = try FileHandle(forUpdating: URL(fileURLWithPath: "\(dir)/t/events.bin"))
-        try bin.truncate(atOffset: 128 * 10 + 50)
-        try bin.close()
-        #expect(problem("\(dir)/t").contains("events.bin: 1330 bytes is not a whole number of 128-byte records"))
         // A capture from another run (same start, more frames).
         try FileManager.default.copyItem(atPath: "\(dir)/a", toPath: "\(dir)/x")
-        for f in ["capture.pcap", "capture.links"] {
+        for f in ["capture.pcap", "capture.frames"] {
             try FileManager.default.removeItem(atPath: "\(dir)/x/\(f)")
             try FileManager.default.copyItem(atPath: "\(dir)/b/\(f)", toPath: "\(dir)/x/\(f)")
         }
         #expect(streamProblem("\(dir)/x").contains("capture.pcap: holds 90 frames"))
         #expect(streamProblem("\(dir)/x").contains("from another run"))
-        // A links file that does not match the capture.
-        try FileManager.default.copyItem(atPath: "\(dir)/a", toPath: "\(dir)/l")
-        try Data([0x80]).write(to: URL(fileURLWithPath: "\(dir)/l/capture.links"))
-        #expect(streamProblem("\(dir)/l").contains("capture.links: ends at frame 1"))
+        // More event records than the run logged.
+        try FileManager.default.copyItem(atPath: "\(dir)/a", toPath: "\(dir)/m")
+        try FileManager.default.removeItem(atPath: "\(dir)/m/events.bin")
+        try FileManager.default.copyItem(atPath: "\(dir)/b/events.bin", toPath: "\(dir)/m/events.bin")
+        #expect(problem("\(dir)/m").contains("events.bin: 300 records, but run.json says the run logged 250"))
         // No clock offset in the header.
         try FileManager.default.copyItem(atPath: "\(dir)/a", toPath: "\(dir)/c")
-        let text = try String(contentsOfFile: "\(dir)/c/events.jsonl", encoding: .utf8)
+        let text = try String(contentsOfFile: "\(dir)/c/run.json", encoding: .utf8)
         let stripped = text.replacingOccurrences(of: #""monotonic_to_realtime_offset_ns":[0-9]+,?"#, with: "", options: .regularExpression)
-        try stripped.write(toFile: "\(dir)/c/events.jsonl", atomically: true, encoding: .utf8)
-        #expect(problem("\(dir)/c").contains("events.jsonl: line 1: no clocks.monotonic_to_realtime_offset_ns"))
+        try stripped.write(toFile: "\(dir)/c/run.json", atomically: true, encoding: .utf8)
+        #expect(problem("\(dir)/c").contains("run.json: no clocks.monotonic_to_realtime_offset_ns"))
+        // A folder of an older klab, with only events.jsonl.
+        try FileManager.default.copyItem(atPath: "\(dir)/a", toPath: "\(dir)/o")
+        try FileManager.default.moveItem(atPath: "\(dir)/o/run.json", toPath: "\(dir)/o/events.jsonl")
+        #expect(problem("\(dir)/o").contains("run.json: missing: a results folder from an older klab"))
         // Not a pcap file.
         try FileManager.default.copyItem(atPath: "\(dir)/a", toPath: "\(dir)/p")
         try Data("hello, this is not a capture".utf8).write(to: URL(fileURLWithPath: "\(dir)/p/capture.pcap"))
         #expect(problem("\(dir)/p").contains("capture.pcap: not a nanosecond pcap file"))
+    }
+
+    /// A folder cut short by a crash or a full disk: each file is read up to its last whole
+    /// record, nothing before it is lost, and the report says which file and where.
+    @Test func filesCutShortAreReadToTheirLastWholeRecord() throws {
+        try SyntheticRun(segments: 50).write(to: "\(dir)/a")
+        let whole = try PlacementChecker.check(ResultsFolder("\(dir)/a"))
+        #expect(whole.cutShort.isEmpty)
+        func cut(_ file: String, keep: (Int) -> Int) throws -> CheckReport {
+            let path = "\(dir)/cut-\(file)"
+            try? FileManager.default.removeItem(atPath: path)
+            try FileManager.default.copyItem(atPath: "\(dir)/a", toPath: path)
+            let h = try FileHandle(forUpdating: URL(fileURLWithPath: "\(path)/\(file)"))
+            let size = Int(try h.seekToEnd())
+            try h.truncate(atOffset: UInt64(keep(size)))
+            try h.close()
+            return try PlacementChecker.check(ResultsFolder(path))
+        }
+        let rec = TraceEvent.recordSize
+        // events.bin ends 50 bytes into record 11.
+        let events = try cut("events.bin") { _ in rec * 10 + 50 }
+        #expect(events.cutShort.map(\.description) == [
+            "events.bin was cut short: it ends inside record 11 (at byte \(rec * 10)); read up to its last whole record (10)",
+        ])
+        #expect(events.join.events == 10)
+        // capture.pcap ends inside its last frame: every frame before it is joined as before.
+        let pcap = try cut("capture.pcap") { $0 - 7 }
+        #expect(pcap.cutShort.count == 1 && pcap.cutShort[0].file == "capture.pcap" && pcap.cutShort[0].wholeRecords == whole.join.frames - 1)
+        #expect(pcap.join.frames == whole.join.frames - 1)
+        #expect(pcap.join.joined.values.reduce(0, +) >= whole.join.joined.values.reduce(0, +) - 4)
+        // A run that was killed: only its starting header (no outcome, no capture counts).
+        try? FileManager.default.removeItem(atPath: "\(dir)/killed")
+        try FileManager.default.copyItem(atPath: "\(dir)/a", toPath: "\(dir)/killed")
+        let h = try ResultsFolder("\(dir)/a").header
+        let started = RunHeader(scenario: h.scenario, kernel: h.kernel, cpuModel: nil, probes: h.probes, events: h.events, clocks: h.clocks,
+                                hosts: h.hosts, records: nil, capture: RunHeader.CaptureInfo(
+                                    frames: 0, first_realtime_ns: nil, last_realtime_ns: nil, snaplen: 65535, links: h.capture!.links,
+                                    stoppedNs: nil, notWritten: 0))
+        try ResultsLayout.writeJSON(started, to: "\(dir)/killed/run.json")
+        let killed = try PlacementChecker.check(ResultsFolder("\(dir)/killed"))
+        #expect(killed.cutShort.map(\.file) == ["run.json"] && killed.join.events == whole.join.events && killed.join.frames == whole.join.frames)
+        // capture.frames ends inside its 3rd entry.
+        let tags = try cut("capture.frames") { _ in FrameTag.recordSize * 2 + 5 }
+        #expect(tags.cutShort.first?.description.hasPrefix("capture.frames was cut short: it ends inside the entry of frame 3") == true)
+        #expect(tags.join.frames == 2)
     }
 }

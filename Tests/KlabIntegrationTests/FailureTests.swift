@@ -1,8 +1,9 @@
 import Foundation
+import KlabSystem
 import Testing
 
 /// Bad input and interruptions: one clear line, a documented exit code, nothing left behind.
-@Suite(.serialized)
+@Suite(.serialized, .scratch)
 struct FailureTests {
     @Test func unknownScenarioFile() throws {
         let r = try klab(["run", "/nonexistent/scenario.yaml"])
@@ -10,7 +11,7 @@ struct FailureTests {
         #expect(r.stderr.contains("no such scenario file: /nonexistent/scenario.yaml"))
     }
 
-    @Test(.enabled(if: Privileged.enabled && FileManager.default.isExecutableFile(atPath: "/usr/bin/setpriv")))
+    @Test(.enabled(if: Privileged.enabled && Privileged.has("/usr/bin/setpriv", from: "util-linux")))
     func unreadableScenarioFileSaysSo() throws {
         let dir = try temporaryDirectory()
         try "steps: []\n".write(toFile: "\(dir)/private.yaml", atomically: true, encoding: .utf8)
@@ -30,7 +31,7 @@ struct FailureTests {
         #expect(r.stderr.contains("unknown TCP option 'frob'"))
     }
 
-    @Test(.enabled(if: Privileged.enabled && FileManager.default.isExecutableFile(atPath: "/usr/bin/setpriv")))
+    @Test(.enabled(if: Privileged.enabled && Privileged.has("/usr/bin/setpriv", from: "util-linux")))
     func notRootSaysSo() throws {
         // A copy in a world-readable folder: the checkout itself may be private to root.
         let dir = try temporaryDirectory()
@@ -79,10 +80,8 @@ struct FailureTests {
         let log = try EventLog(path: "\(dir)/wait/events.jsonl")
         #expect(log.named("IP_RECEIVEPACKET").count == 1)
         #expect(try json("\(dir)/wait/summary.json")["interrupted"] as? Bool == true)
-        let cgroups = try String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8).split(separator: "\n")
-            .filter { $0.contains(" - cgroup2 ") }.map { String($0.split(separator: " ")[4]) }
-        for root in cgroups {
-            #expect(!FileManager.default.fileExists(atPath: "\(root)/klab-\(p.processIdentifier)"))
-        }
+        let root = try #require(Mounts.find(type: "cgroup2"))
+        let left = try FileManager.default.contentsOfDirectory(atPath: root).filter { LabCgroup.Owner(cgroupName: $0)?.pid == p.processIdentifier }
+        #expect(left.isEmpty, "klab left \(left) in \(root)")
     }
 }

@@ -3,7 +3,7 @@ import Testing
 
 /// `flood:` and the record fields that attribute each received segment: its context and
 /// whether a task owned the socket.
-@Suite(.serialized, .enabled(if: Privileged.enabled))
+@Suite(.serialized, .scratch, .timed, .enabled(if: Privileged.enabled && Privileged.outsideGuest("flood test", "lab/kernel-matrix runs the latency scenarios there")))
 struct FloodTests {
     struct Result {
         let run: Finished
@@ -20,9 +20,20 @@ struct FloodTests {
         }
     }
 
+    /// The sites these tests read are the ones that see every segment and the socket's owner:
+    /// tcp:tcp_probe (TCP_RECVACK) and cgroup_skb/ingress (TCP_RECEIVEPACKET). On a kernel with
+    /// fentry or kprobes, Klogger's tcp_ack runs only for segments that move snd_una (header
+    /// prediction skips it) and tcp_v4_rcv before the socket is known, so they are switched off
+    /// here; lab/kernel-matrix runs the latency scenarios on Klogger's own functions.
+    static let perSegmentSites = ["--disable-backend", "fentry", "--disable-backend", "kprobe"]
+
+    // Not inside lab/kernel-rig's guests: there cgroup_skb/ingress, the fallback site for
+    // TCP_RECEIVEPACKET, saw only the listener's segments on Debian's 6.12 (not the accepted
+    // socket's: an open bug), and emulated timing says nothing about the two receive paths.
+
     func run(_ name: String, _ args: [String]) throws -> Result {
         let out = try temporaryDirectory()
-        let r = try klab(["run", "lab/scenarios/\(name).yaml", "--out", out] + args)
+        let r = try klab(["run", "lab/scenarios/\(name).yaml", "--out", out] + args + Self.perSegmentSites)
         try #require(r.status == 0, "klab run \(name) \(args) exited \(r.status)\n\(r.stdout.suffix(3000))\n\(r.stderr)")
         #expect(r.stdout.contains("\(name): PASSED"))
         let dir = "\(out)/\(name)"
@@ -46,13 +57,14 @@ struct FloodTests {
         let ip = r.flood("IP_RECEIVEPACKET", length: 15)
         #expect(ip.count == 2000)
         #expect(ip.allSatisfy { $0["comm"] as? String == "klab-inject" && $0["context"] as? String == "task" })
-        // tcp:tcp_probe: in the injector with the socket free, or in the reader's release_sock.
+        // tcp_ack (or tcp:tcp_probe, its tracepoint): in the injector with the socket free, or
+        // in the reader's release_sock.
         let probe = r.flood("TCP_RECVACK", length: 15)
         let inline = probe.filter { $0["comm"] as? String == "klab-inject" }, backlog = probe.filter { $0["comm"] as? String == "klab-reader" }
         #expect(inline.count + backlog.count == probe.count && !inline.isEmpty && !backlog.isEmpty)
         #expect(inline.allSatisfy { $0["sk_owned_by_user"] as? Bool == false })
         #expect(backlog.allSatisfy { $0["sk_owned_by_user"] as? Bool == true })
-        // cgroup_skb/ingress runs in tcp_v4_rcv before the decision: both values.
+        // tcp_v4_rcv (or cgroup_skb/ingress, which it runs) comes before the decision: both values.
         let filter = r.flood("TCP_RECEIVEPACKET", length: 15)
         #expect(filter.count == 2000)
         #expect(filter.contains { $0["sk_owned_by_user"] as? Bool == true } && filter.contains { $0["sk_owned_by_user"] as? Bool == false })
@@ -107,7 +119,7 @@ struct FloodTests {
     /// with nothing unexplained, and the two receive paths are told apart by the task.
     @Test func everyInjectedPacketHasALatencyOrAReason() throws {
         let r = try run("latency-tcp", ["--set", "count=1500", "--set", "rate=0"] + pins)
-        let l = try klab(["latency", r.dir, "--to", "TCP_RECVACK@tcp_probe", "--json"])
+        let l = try klab(["latency", r.dir, "--to", "TCP_RECVACK", "--json"])
         try #require(l.status == 0, "\(l.stdout.suffix(2000))\n\(l.stderr)")
         let report = try #require(try JSONSerialization.jsonObject(with: Data(l.stdout.utf8)) as? [String: Any])
         let a = try #require(report["accounting"] as? [String: Any])
@@ -124,7 +136,7 @@ struct FloodTests {
         let attributes = ((report["attribution"] as? [String: Any])?["attributes"] as? [[String: Any]] ?? []).compactMap { $0["name"] as? String }
         #expect(attributes.contains("task") && attributes.contains("sk_owned_by_user"))
         for ext in ["svg", "csv", "json"] {
-            #expect(FileManager.default.fileExists(atPath: "\(r.dir)/latency/IP_RECEIVEPACKET-TCP_RECVACK@tcp_probe.\(ext)"))
+            #expect(FileManager.default.fileExists(atPath: "\(r.dir)/latency/IP_RECEIVEPACKET-TCP_RECVACK.\(ext)"))
         }
     }
 }

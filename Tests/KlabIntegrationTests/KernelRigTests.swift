@@ -5,14 +5,14 @@ import Testing
 /// with the host's / shared into the guest. Each boot costs about 5 s; the suite boots four
 /// times. Privileged: needs root (fetch installs qemu and caches the kernel in /var/cache).
 /// If the kernel cannot be fetched the tests skip with the reason, or fail under CI=true.
-@Suite(.serialized)
+@Suite(.serialized, .scratch, .emulated)
 struct KernelRigTests {
     static let rigPath = "\(packageRoot)/lab/kernel-rig"
 
     /// Runs lab/kernel-rig from the package root. Its output goes to files, so neither stream
     /// can block the other.
     static func rig(_ args: [String]) throws -> Finished {
-        let dir = try temporaryDirectory()
+        let dir = try temporaryDirectory(removedByCaller: true)
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let outPath = "\(dir)/stdout", errPath = "\(dir)/stderr"
         _ = FileManager.default.createFile(atPath: outPath, contents: nil)
@@ -55,6 +55,10 @@ struct KernelRigTests {
     /// so that they fail on it.
     static var enabled: Bool {
         guard Privileged.enabled else { return false }
+        if let guest = ProcessInfo.processInfo.environment["KLAB_GUEST"] {
+            print("SKIP kernel-rig test: already inside the rig's \(guest) guest (no qemu inside qemu)")
+            return false
+        }
         if let fetchFailure, !Privileged.ci {
             print("SKIP kernel-rig test: \(fetchFailure) (with CI=true this fails)")
             return false
@@ -112,9 +116,10 @@ struct KernelRigTests {
 
     /// A Swift binary built on the host (linked against /opt/swift's runtime and the host's
     /// libbpf, libpcap and libnl) runs in the guest unchanged.
-    @Test(.enabled(if: KernelRigTests.enabled && FileManager.default.isExecutableFile(atPath: klabBinary)))
+    @Test(.enabled(if: KernelRigTests.enabled))
     func hostSwiftBinaryRunsInGuest() throws {
         try requireKernel()
+        try #require(FileManager.default.isExecutableFile(atPath: klabBinary), "no klab binary at \(klabBinary) (swift build)")
         let r = try Self.guest([URL(fileURLWithPath: klabBinary, relativeTo: URL(fileURLWithPath: packageRoot)).path, "--help"])
         #expect(r.status == 0, "\(r.stderr)")
         #expect(r.stdout.contains("klab"), "\(r.stdout)")

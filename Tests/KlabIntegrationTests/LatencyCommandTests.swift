@@ -1,46 +1,63 @@
 import Foundation
+import KlabCheck
 import Testing
 
-/// `klab latency` as a user runs it (no root): the files it writes and its exit codes.
+/// `klab latency` as a user runs it (no root), on generated results folders in klab run's
+/// formats: the files it writes, its exit codes, folders cut short or corrupt.
+@Suite(.scratch)
 struct LatencyCommandTests {
-    /// A results folder with `n` TCP segments, 2 µs (5,000 cycles at 2.5 GHz) from IP to TCP.
-    func folder(_ n: Int, tail: String = "") throws -> String {
+    /// A results folder of `segments` TCP segments, each 1.5 µs from IP_RECEIVEPACKET to
+    /// TCP_RECEIVEPACKET (KlabCheck's SyntheticRun). The caller removes it.
+    func folder(_ segments: Int) throws -> String {
         let dir = try temporaryDirectory()
-        var lines = ["{\"klab\":\"events\",\"kernel\":\"test\",\"clocks\":{\"tsc_hz\":2500000000},\"events\":["
-            + "{\"name\":\"IP_RECEIVEPACKET\",\"site\":\"tracepoint net:netif_receive_skb\",\"placement\":\"approximate\",\"detail\":\"\"},"
-            + "{\"name\":\"TCP_RECEIVEPACKET\",\"site\":\"cgroup_skb/ingress\",\"placement\":\"approximate\",\"detail\":\"\"}]}"]
-        for i in 0..<n {
-            let packet = "\"packet\":{\"proto\":6,\"src\":\"198.18.0.2\",\"dst\":\"198.18.0.1\",\"ip_id\":\(i),\"sport\":40000,\"dport\":8080,"
-                + "\"tcp_seq\":\(i * 15),\"tcp_ack\":1,\"tcp_flags\":\"P.\",\"length\":15}"
-            let t = 1_000_000 + i * 10_000
-            lines.append("{\"t_ns\":\(t),\"cpu\":0,\"tid\":1,\"comm\":\"klab\",\"netns\":1,\"event\":\"IP_RECEIVEPACKET\",\"probe\":\"tracepoint net:netif_receive_skb\",\(packet)}")
-            lines.append("{\"t_ns\":\(t + 2_000 + (i % 3) * 400),\"cpu\":0,\"tid\":1,\"comm\":\"klab\",\"netns\":1,\"event\":\"TCP_RECEIVEPACKET\",\"probe\":\"cgroup_skb/ingress\",\"sock\":3,\(packet)}")
-        }
-        try (lines.joined(separator: "\n") + "\n" + tail).write(toFile: "\(dir)/events.jsonl", atomically: true, encoding: .utf8)
+        try SyntheticRun(segments: segments).write(to: dir)
         return dir
     }
 
+    func remove(_ dir: String) { try? FileManager.default.removeItem(atPath: dir) }
+
     @Test func writesTheFilesAndPrintsTheComparison() throws {
         let dir = try folder(50)
+        defer { remove(dir) }
         let r = try klab(["latency", dir])
         #expect(r.status == 0, "\(r.stderr)")
         #expect(r.stdout.contains("50 IP_RECEIVEPACKET = 50 paired"))
+        #expect(r.stdout.contains("p50         1,500         3,750"))
         #expect(r.stdout.contains("Linux 2.6.22") && r.stdout.contains("≈5,000 and ≈6,000"))
         for ext in ["svg", "csv", "json"] {
             #expect(FileManager.default.fileExists(atPath: "\(dir)/latency/IP_RECEIVEPACKET-TCP_RECEIVEPACKET.\(ext)"))
         }
         let j = try klab(["latency", dir, "--json", "--tail", "5500"])
         let o = try JSONSerialization.jsonObject(with: Data(j.stdout.utf8)) as? [String: Any]
-        #expect((o?["tails"] as? [[String: Any]])?.count == 3)
+        #expect((o?["tails"] as? [[String: Any]])?.count == 3 && (o?["cut_short"] as? [Any])?.isEmpty == true)
+        let site = try klab(["latency", dir, "--to", "TCP_RECVACK@tcp_probe"])
+        #expect(site.status == 0 && site.stdout.contains("50 IP_RECEIVEPACKET = 50 paired") && site.stdout.contains("TCP_RECVACK at tp_btf tcp:tcp_probe"))
     }
 
-    @Test func exitCodes() throws {
+    @Test func exitCodesAndBadFolders() throws {
         #expect(try klab(["latency", "/nonexistent/results"]).status == 64)
-        let unknown = try klab(["latency", try folder(3), "--to", "TCP_NOPE"])
+        let dir = try folder(3)
+        defer { remove(dir) }
+        let file = try klab(["latency", "\(dir)/events.bin"])
+        #expect(file.status == 64 && file.stderr.contains("klab latency reads a results folder"), "\(file.stderr)")
+        let unknown = try klab(["latency", dir, "--to", "TCP_NOPE"])
         #expect(unknown.status == 64 && unknown.stderr.contains("TCP_NOPE"))
-        let truncated = try klab(["latency", try folder(3, tail: "{\"t_ns\":1,")])
-        #expect(truncated.status == 65 && truncated.stderr.contains("events.jsonl:8: error: truncated line"))
-        let none = try klab(["latency", try folder(0)])
-        #expect(none.status == 65 && none.stderr.contains("no IP_RECEIVEPACKET"))
+
+        // Cut short inside a record: read to the last whole one, and said.
+        let events = try FileHandle(forWritingTo: URL(fileURLWithPath: "\(dir)/events.bin"))
+        try events.seekToEnd()
+        try events.write(contentsOf: Data(repeating: 7, count: 11))
+        let cut = try klab(["latency", dir])
+        #expect(cut.status == 0 && cut.stdout.contains("3 IP_RECEIVEPACKET = 3 paired") && cut.stdout.contains("note: events.bin was cut short"), "\(cut.stderr)")
+
+        // Nothing left to pair: the run's records are gone.
+        try events.truncate(atOffset: 0)
+        try events.close()
+        let none = try klab(["latency", dir])
+        #expect(none.status == 65 && none.stderr.contains("no IP_RECEIVEPACKET"), "\(none.stderr)")
+
+        try Data("{\"klab\":".utf8).write(to: URL(fileURLWithPath: "\(dir)/run.json"))
+        let corrupt = try klab(["latency", dir])
+        #expect(corrupt.status == 65 && corrupt.stderr.contains("run.json: error: not a klab run header"), "\(corrupt.stderr)")
     }
 }

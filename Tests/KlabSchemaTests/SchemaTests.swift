@@ -121,3 +121,13 @@ struct SchemaTests {
         #expect(tcpStateName(1) == "ESTABLISHED" && tcpStateName(10) == "LISTEN" && tcpStateName(99) == "STATE_99")
     }
 }
+
+/// The catalog's own consistency: the names code uses and every rule's partners exist.
+struct CatalogConsistencyTests {
+    @Test func everyRulePartnerIsAnEventOfTheCatalog() {
+        #expect(Schema.problems().isEmpty, "\(Schema.problems())")
+        // The names klab's code uses resolve (each would stop klab at start otherwise).
+        #expect([Schema.ipReceivePacket, Schema.tcpSendPacket, Schema.skbDrop, Schema.tcpFragment].map(\.name)
+                == ["IP_RECEIVEPACKET", "TCP_SENDPACKET", "SKB_DROP", "TCP_FRAGMENT"])
+    }
+}

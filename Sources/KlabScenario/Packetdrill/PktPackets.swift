@@ -131,7 +131,9 @@ extension PktPlayer {
             header[4] = UInt8(mss & 0xff)
             header[5] = UInt8((mss >> 8) & 0xff)
         }
-        do { try tun.write(header + w.serialize()) } catch { throw PktEvalError("\(error)") }
+        do {
+            try (header + w.serialize()).withUnsafeBytes { _ = try tap.write(tun, link: wire.link, $0, header: header.count) }
+        } catch { throw PktEvalError("\(error)") }
         return "injected " + w.summary()
     }
 
@@ -361,17 +363,23 @@ extension PktPlayer {
             let left = deadline - nowUs()
             if left <= 0 { return nil }
             guard let n = try tun.read(into: tunBuffer, timeoutMs: Int32(min(left / 1000 + 1, 50))) else { continue }
-            let stamp = Clock.monotonicNs()
-            guard n >= tun.headerLength else { continue }
-            return Wire.Received(monotonicNs: stamp, bytes: Array(tunBuffer[tun.headerLength..<n]))
+            let stamp = tap.stamp()
+            guard n >= tun.headerLength else { tap.cancel(); continue }
+            let packet = UnsafeRawBufferPointer(rebasing: tunBuffer[tun.headerLength..<n])
+            tap.record(link: wire.link, intoHost: false, at: stamp, packet)
+            return Wire.Received(monotonicNs: stamp, bytes: Array(packet))
         }
         return nil
     }
 
     /// Packets the host sent that the script never sniffed, taken off the TUN at the end.
     func leftovers() -> Int {
+        wire.recorder.readingStopped(at: Clock.monotonicNs())
         var count = 0
-        while let n = try? tun.read(into: tunBuffer, timeoutMs: 0), n >= tun.headerLength { count += 1 }
+        while let n = try? tun.read(into: tunBuffer, timeoutMs: 0), n >= tun.headerLength {
+            tap.record(link: wire.link, intoHost: false, at: tap.stamp(), UnsafeRawBufferPointer(rebasing: tunBuffer[tun.headerLength..<n]))
+            count += 1
+        }
         return count
     }
 

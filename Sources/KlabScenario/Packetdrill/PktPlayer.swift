@@ -3,6 +3,7 @@ import Foundation
 import Glibc
 import KlabLab
 import KlabPacket
+import KlabResults
 
 /// A failed script: packetdrill's die() message, or a warning with --non_fatal.
 struct PktFailure: Error {
@@ -56,6 +57,8 @@ final class PktPlayer: @unchecked Sendable {
     let host: LabHost
     let tun: TunDevice
     let wire: Wire
+    /// The player's handle on the capture: it records what it injects and what it reads.
+    let tap: Tap
     /// Where the host's packets are read from the TUN (one at a time, by the player's thread).
     let tunBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 65536 + 16, alignment: 8)
     let directory: String
@@ -105,6 +108,7 @@ final class PktPlayer: @unchecked Sendable {
     init(script: PktScript, map: PktAddressMap, host: LabHost, tun: TunDevice, wire: Wire, directory: String, play: Play,
          log: @escaping (String) -> Void) {
         (self.script, config, self.map, self.host, self.tun, self.wire) = (script, script.config, map, host, tun, wire)
+        tap = wire.recorder.tap()
         (self.directory, self.play, self.log) = (directory, play, log)
         events = script.events
         lines = ((try? String(contentsOfFile: script.file, encoding: .utf8)) ?? "").split(separator: "\n", omittingEmptySubsequences: false)

@@ -1,6 +1,7 @@
 import Foundation
 import KlabLab
 import KlabPacket
+import KlabResults
 
 extension Runner {
     /// Runs a packetdrill script in a fresh host, as a YAML scenario runs: one host whose link
@@ -20,26 +21,26 @@ extension Runner {
         let tun = try host.addLink(
             name: "tun0", address: hostAddress, prefixLength: map.prefixLength, mtu: script.config.mtu, route: Scenario.labPrefix,
             offload: true)
-        let capture = try Capture(path: "\(directory)/capture.pcap")
-        try host.run { try capture.add(device: tun.name, netns: host.netnsInode) }
-        let (tracer, offset, tscHz) = try observe([host], capture, directory)
-        defer { tracer.close() }
-        started = true
-        // The player reads the TUN itself; the Wire only carries the host to Play's records.
-        let wire = Wire(tun: tun)
-
+        let recorder = try PacketRecorder(ResultsLayout(dir), snaplen: snaplen ?? Runner.whole, offsetNs: Clock.realtimeOffsetNs())
+        let link = recorder.addLink(tun, netns: host.netnsInode)
         let scenario = Scenario(
             file: script.file, name: script.name, about: "packetdrill script",
             host: HostSpec(name: "h1", address: hostAddress, prefixLength: map.prefixLength, mtu: script.config.mtu), hosts: [],
             wire: WireSpec(), peer: peer, peerPort: 0, hostPort: script.config.bindPort, timeoutNs: UInt64(PktPlayer.maxRuntimeUs) * 1000,
             steps: [])
+        let (tracer, tscHz) = try observe(scenario, [host], recorder, directory)
+        defer { tracer.close() }
+        started = true
+        // The player reads and writes the TUN itself (recording both ways); the Wire only
+        // carries the link to Play's records.
+        let wire = Wire(tun: tun, recorder: recorder, link: link)
         let play = Play(scenario: scenario, host: host, wire: wire, directory: directory, log: log)
         log("  host \(hostAddress)/\(map.prefixLength) on tun0 (the script's \(script.config.localIP)), peer \(peer) (the script's \(script.config.remoteIP))")
         let player = PktPlayer(script: script, map: map, host: host, tun: tun, wire: wire, directory: directory, play: play, log: log)
         let startedNs = Clock.monotonicNs()
         player.runInHost()
         return try conclude(
-            scenario, directory, hosts: [host], tracer: tracer, capture: capture, play: play, offset: offset, tscHz: tscHz,
+            scenario, directory, hosts: [host], tracer: tracer, recorder: recorder, tuns: [tun], play: play, tscHz: tscHz,
             startedNs: startedNs, unexpected: player.leftovers())
     }
 }

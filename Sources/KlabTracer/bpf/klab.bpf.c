@@ -56,6 +56,27 @@ int BPF_PROG(tp_net_dev_queue, struct sk_buff *skb) {
     return 0;
 }
 
+// MARK: Drops: SKB_DROP, klab's own event, for every packet a lab namespace frees as dropped
+// (kfree_skb, not consume_skb), with the kernel's drop reason: e.g. a TUN whose queue was full
+// when its host sent (SKB_DROP_REASON_FULL_RING), before klab could read the packet.
+
+SEC("tp_btf/kfree_skb")
+int BPF_PROG(btf_kfree_skb, struct sk_buff *skb, void *location, int reason) {
+    __u64 m = mask_of(KLAB_PROBE_ID_btf_kfree_skb);
+    if (!m) return 0;
+    __u32 *ns = lab_skb_btf(skb);
+    struct sock *sk = skb->sk;
+    if (!ns && sk) ns = lab_sk(sk);
+    if (!ns) return 0;
+    struct klab_event e;
+    begin(&e, KLAB_PROBE_ID_btf_kfree_skb, *ns);
+    fill_skb_btf(&e, skb);
+    e.arg0 = reason;
+    e.bytes = (__u64)location;
+    EMIT_IF(m, &e, KLAB_EV_SKB_DROP, 1);
+    return 0;
+}
+
 // MARK: Execution context: whether each CPU is serving a softirq (cpu_context)
 
 static __always_inline int set_context(__u64 value) {

@@ -6,6 +6,8 @@
 struct sockaddr_in_ { __u16 family; __be16 port; __be32 addr; };
 struct tcp_skb_cb_ { __u32 seq; __u32 end_seq; __u32 pad; __u8 tcp_flags; };
 struct sk_buff___cb { char cb[48]; } CORE;
+struct inet_sock { __be16 inet_sport; } CORE;
+struct tcp_sock { __u32 snd_una; __u32 snd_nxt; __u32 snd_up; } CORE;
 
 #define BEGIN(probe, ns)                  \
     __u64 m = mask_of(probe);             \
@@ -55,8 +57,18 @@ static __always_inline int h_return(__u16 probe, long ret, __u16 ev) {
     return 0;
 }
 
+// The socket's type, family and protocol, as cgroup/sock_create gives them.
 static __always_inline int h_inet_create(__u16 probe, struct net *net, struct socket *sock, int ret) {
-    return ret ? 0 : h_socket(probe, sock, KLAB_EV_SOCKET_CREATE, 0, ret);
+    if (ret) return 0;
+    struct sock *sk = BPF_CORE_READ(sock, sk);
+    if (!sk) return 0;
+    BEGIN(probe, lab_sk(sk));
+    fill_sock(&e, sk);
+    e.proto = BPF_CORE_READ(sk, sk_protocol);
+    e.arg0 = BPF_CORE_READ(sk, sk_type);
+    e.arg1 = BPF_CORE_READ(sk, __sk_common.skc_family);
+    EMIT_IF(m, &e, KLAB_EV_SOCKET_CREATE, 1);
+    return 0;
 }
 
 static __always_inline int h_inet_release(__u16 probe, struct socket *sock) {
@@ -132,8 +144,15 @@ static __always_inline int h_tcp_send_ack(__u16 probe, struct sock *sk, __u32 rc
     return 0;
 }
 
+// Whether a task holds the socket: tcp_ack runs in the receiving task with it free, or in
+// release_sock's backlog processing with it owned.
 static __always_inline int h_tcp_ack(__u16 probe, struct sock *sk, struct sk_buff *skb) {
-    return h_sock(probe, sk, skb, KLAB_EV_TCP_RECVACK, 0);
+    BEGIN(probe, lab_sk(sk));
+    fill_sock(&e, sk);
+    fill_skb(&e, skb);
+    e.flags |= owned_flags(BPF_CORE_READ(sk, sk_lock.owned));
+    EMIT_IF(m, &e, KLAB_EV_TCP_RECVACK, 1);
+    return 0;
 }
 
 static __always_inline int h_tcp_v4_send_synack(__u16 probe, struct sock *sk, struct sock *req) {
@@ -187,10 +206,24 @@ static __always_inline int h_icmp_send(__u16 probe, struct sk_buff *skb, int typ
 }
 
 static __always_inline int h_icmp_rcv(__u16 probe, struct sk_buff *skb) { return h_skb(probe, skb, KLAB_EV_ICMP_RECEIVE); }
-static __always_inline int h_icmp_reply(__u16 probe, struct sk_buff *skb) { return h_skb(probe, skb, KLAB_EV_ICMP_REPLY); }
+// icmp_reply(icmp_param, skb): skb is the request being answered (the packet fields); the
+// reply's own type and code (Klogger's fields: ECHO_REPLY for a ping) are in icmp_param.
+struct icmp_bxm___klab { struct { struct { __u8 type, code; } icmph; } data; } CORE;
 
-// The segment's seq, end and flags are in TCP_SKB_CB(skb): headers are not built yet.
-static __always_inline int h_tcp_transmit_skb(__u16 probe, struct sock *sk, struct sk_buff *skb, __u32 rcv_nxt) {
+static __always_inline int h_icmp_reply(__u16 probe, struct icmp_bxm___klab *param, struct sk_buff *skb) {
+    __u32 *ns = lab_skb(skb);
+    BEGIN(probe, ns);
+    fill_skb(&e, skb);
+    e.arg0 = BPF_CORE_READ(param, data.icmph.type);
+    e.arg1 = BPF_CORE_READ(param, data.icmph.code);
+    EMIT_IF(m, &e, KLAB_EV_ICMP_REPLY, 1);
+    return 0;
+}
+
+// The segment's seq, end and flags are in TCP_SKB_CB(skb): headers are not built yet. A pure
+// ACK transmitted without a clone (clone_it 0) is the one __tcp_send_ack built (or a window or
+// keepalive probe of tcp_xmit_probe_skb): TCP_SENDACK, whichever caller inlined __tcp_send_ack.
+static __always_inline int h_tcp_transmit_skb(__u16 probe, struct sock *sk, struct sk_buff *skb, int clone_it, __u32 rcv_nxt) {
     __u32 *ns = lab_sk(sk);
     BEGIN(probe, ns);
     fill_sock(&e, sk);
@@ -202,6 +235,17 @@ static __always_inline int h_tcp_transmit_skb(__u16 probe, struct sock *sk, stru
     e.tcp_flags = cb.tcp_flags;
     __u32 len = cb.end_seq - cb.seq - !!(cb.tcp_flags & TH_SYN) - !!(cb.tcp_flags & TH_FIN);
     e.l4_len = len;
+    // The header takes inet_sport: skc_num is 0 once tcp_set_state(TCP_CLOSE) has put the
+    // port back (the reset tcp_close sends over unread data goes out after that).
+    e.sport = bpf_ntohs(BPF_CORE_READ((struct inet_sock *)sk, inet_sport));
+    // URG is not in the control block: __tcp_transmit_skb sets it when the socket is in
+    // urgent mode (snd_up != snd_una) and the segment starts before snd_up, as here.
+    struct tcp_sock *tp = (struct tcp_sock *)sk;
+    __u32 snd_up = BPF_CORE_READ(tp, snd_up);
+    if (snd_up != BPF_CORE_READ(tp, snd_una) && (__s32)(cb.seq - snd_up) < 0 &&
+        ((__s32)(snd_up - (cb.seq + 0x10000)) < 0 || (__s32)(cb.seq + 0xFFFF - BPF_CORE_READ(tp, snd_nxt)) > 0))
+        e.tcp_flags |= TH_URG;
+    EMIT_IF(m, &e, KLAB_EV_TCP_SENDACK, !clone_it && cb.tcp_flags == TH_ACK && len == 0);
     EMIT_IF(m, &e, KLAB_EV_TCP_SENDPACKET, 1);
     return 0;
 }

@@ -1,0 +1,274 @@
+import CKlabLinux
+import Foundation
+import KlabResults
+import Synchronization
+
+/// klab's own capture: every packet klab reads from a lab TUN (what a host sends) and every
+/// packet it writes into one (what a host receives), stamped on CLOCK_MONOTONIC by the
+/// thread that does the I/O, right after the read or right before the write. Nothing is
+/// lost by construction: each read and write records itself, and when the disk falls behind
+/// the threads doing the I/O wait (back-pressure) instead of dropping.
+///
+/// The files (capture.pcap and capture.frames) are written by KlabResults' CaptureWriter, in
+/// time order: several threads record, and a frame is written once no thread can still
+/// record an earlier one.
+public final class PacketRecorder: @unchecked Sendable {
+    public var snaplen: Int { writer.snaplen }
+    /// realtime − monotonic: pcap stamps are realtime.
+    public var offsetNs: Int64 { writer.offsetNs }
+
+    /// The links in the order `addLink` added them: a frame's link byte indexes this.
+    public private(set) var links: [(device: String, netns: UInt32, ifindex: Int32)] = []
+    /// When klab stopped reading the links (CLOCK_MONOTONIC, `readingStopped`, or `finish`):
+    /// packets a host sent later are not in the capture.
+    public private(set) var stoppedNs: UInt64?
+
+    /// Notes when the threads that read the links were told to stop: each drains its link
+    /// once more, so everything sent before this time is recorded.
+    public func readingStopped(at t: UInt64) { if stoppedNs == nil { stoppedNs = t } }
+
+    // Written by the writer thread; read after `finish`.
+    public var frames: Int { writer.frames }
+    public var firstRealtimeNs: UInt64? { writer.firstRealtimeNs }
+    public var lastRealtimeNs: UInt64? { writer.lastRealtimeNs }
+    /// Set when writing a file failed: the capture is then incomplete, and says so.
+    public var failure: String? { writer.failure }
+    /// Frames recorded after a write failure: counted, never silently gone.
+    public var discarded: Int { writer.notWritten }
+
+    private let writer: CaptureWriter
+    private let lock = NSCondition()
+    private var incoming: [UInt8] = []
+    private let queuedBytes = Atomic<Int>(0)
+    private static let maxQueuedBytes = 64 << 20
+    private static let recordHeader = 32
+    private var slots: [Slot] = []
+    private var running = false
+    private var writerThread: Thread?
+    private let writerDone = DispatchSemaphore(value: 0)
+    private let nextID = Atomic<UInt64>(1)
+    private let count = Atomic<Int>(0)
+    /// Packets recorded so far (written or still queued), for a live status.
+    public var recorded: Int { count.load(ordering: .relaxed) }
+
+    /// One thread's place in the recorder: `inflight` is 0 when it is not between a stamp
+    /// and its record, 1 while it takes a stamp, else the stamp it took. The writer never
+    /// writes a frame later than a stamp still in flight.
+    final class Slot: Sendable {
+        let inflight = Atomic<UInt64>(0)
+    }
+
+    public init(_ layout: ResultsLayout, snaplen: Int = 262_144, offsetNs: Int64) throws {
+        writer = try CaptureWriter(layout, snaplen: snaplen, offsetNs: offsetNs)
+    }
+
+    deinit { finish() }
+
+    /// Declares a link (a TUN in a host's namespace) before recording starts.
+    @discardableResult
+    public func addLink(_ tun: TunDevice, netns: UInt32) -> Int {
+        links.append((tun.name, netns, tun.ifindex))
+        return links.count - 1
+    }
+
+    /// A recorder handle for one thread. Each thread that reads or writes a TUN uses its own.
+    public func tap() -> Tap {
+        let s = Slot()
+        lock.withLock { slots.append(s) }
+        return Tap(recorder: self, slot: s)
+    }
+
+    /// A new packet id (a packet keeps it across the wire).
+    public func newPacketID() -> UInt64 { nextID.add(1, ordering: .relaxed).oldValue }
+
+    public func start() {
+        lock.withLock { running = true }
+        let t = Thread { [self] in
+            defer { writerDone.signal() }
+            klab_set_thread_name("klab-recorder")
+            var more = true
+            while more {
+                more = lock.withLock { running }
+                if more { usleep(2000) }
+                drain(final: !more)
+            }
+        }
+        t.name = "klab-recorder"
+        writerThread = t
+        t.start()
+    }
+
+    /// Writes every frame recorded and closes the files' content. Call once every thread
+    /// that records has stopped. Safe to call twice.
+    public func finish() {
+        if stoppedNs == nil { stoppedNs = Clock.monotonicNs() }
+        let was = lock.withLock { () -> Bool in
+            defer { running = false }
+            return running
+        }
+        if was { writerDone.wait() } else if writerThread == nil { drain(final: true) }
+    }
+
+    // MARK: Producers
+
+    fileprivate func waitForRoom() {
+        guard queuedBytes.load(ordering: .relaxed) > Self.maxQueuedBytes else { return }
+        lock.lock()
+        while queuedBytes.load(ordering: .relaxed) > Self.maxQueuedBytes && writer.failure == nil && running { lock.wait() }
+        lock.unlock()
+    }
+
+    fileprivate func append(link: Int, intoHost: Bool, tag: UInt8, fate: Fate, timeNs: UInt64, id: UInt64,
+                            bytes: UnsafeRawBufferPointer) {
+        let cap = min(bytes.count, snaplen)
+        // Record: t (8), id (8), len (4), caplen (4), link, tag, fate, 5 bytes pad, then the bytes.
+        lock.lock()
+        Self.put(&incoming, timeNs)
+        Self.put(&incoming, id)
+        Self.put32(&incoming, UInt32(bytes.count))
+        Self.put32(&incoming, UInt32(cap))
+        incoming.append(UInt8(link))
+        incoming.append((intoHost ? FrameTag.intoHost : 0) | tag)
+        incoming.append(fate.rawValue)
+        incoming.append(contentsOf: [0, 0, 0, 0, 0])
+        incoming.append(contentsOf: UnsafeRawBufferPointer(rebasing: bytes[0..<cap]))
+        lock.unlock()
+        queuedBytes.add(Self.recordHeader + cap, ordering: .relaxed)
+        count.add(1, ordering: .relaxed)
+    }
+
+    // MARK: Writer
+
+    private struct Pending { let t: UInt64; let order: Int; let offset: Int; let cap: Int }
+    private var store: [UInt8] = []
+    private var pending: [Pending] = []
+    private var order = 0
+    private var horizon: UInt64 = 0
+
+    private func drain(final: Bool) {
+        // The horizon first, then the slots (the order matters: see Slot).
+        let now = Clock.monotonicNs()
+        let (chunk, slotList) = lock.withLock { () -> ([UInt8], [Slot]) in
+            defer { incoming.removeAll(keepingCapacity: true) }
+            return (incoming, slots)
+        }
+        var h = now
+        if !final {
+            for s in slotList {
+                let v = s.inflight.load(ordering: .sequentiallyConsistent)
+                if v == 1 { h = horizon; break }
+                if v != 0 { h = min(h, v) }
+            }
+        } else {
+            h = .max
+        }
+        horizon = max(horizon, h == .max ? horizon : h)
+        // Parse the new records into the pending list.
+        var at = 0
+        let base = store.count
+        store.append(contentsOf: chunk)
+        while at + Self.recordHeader <= chunk.count {
+            let t = Self.get(chunk, at)
+            let cap = Int(Self.get32(chunk, at + 20))
+            pending.append(Pending(t: t, order: order, offset: base + at, cap: cap))
+            order += 1
+            at += Self.recordHeader + cap
+        }
+        guard !pending.isEmpty else { flush(); return }
+        pending.sort { ($0.t, $0.order) < ($1.t, $1.order) }
+        let ready = final ? pending.count : (pending.firstIndex { $0.t >= h } ?? pending.count)
+        var written = 0
+        for p in pending[..<ready] {
+            written += Self.recordHeader + p.cap
+            emit(p)
+        }
+        flush()
+        // Keep the records not yet written, compacted.
+        let rest = Array(pending[ready...])
+        var kept: [UInt8] = []
+        pending = rest.map { p in
+            let q = Pending(t: p.t, order: p.order, offset: kept.count, cap: p.cap)
+            kept.append(contentsOf: store[p.offset..<p.offset + Self.recordHeader + p.cap])
+            return q
+        }
+        store = kept
+        if written > 0 {
+            queuedBytes.add(-written, ordering: .relaxed)
+            lock.withLock { lock.broadcast() }
+        }
+    }
+
+    private func emit(_ p: Pending) {
+        let o = p.offset
+        let fate = Fate(rawValue: store[o + 26]) ?? .passed
+        store.withUnsafeBytes { b in
+            writer.append(timeNs: p.t, link: b[o + 24], tag: b[o + 25], fate: fate, id: Self.get(store, o + 8), length: Int(Self.get32(store, o + 16)),
+                          bytes: UnsafeRawBufferPointer(rebasing: b[(o + Self.recordHeader)..<(o + Self.recordHeader + p.cap)]))
+        }
+        if writer.failure != nil { lock.withLock { lock.broadcast() } }
+    }
+
+    private func flush() { writer.flush() }
+
+    // MARK: Bytes
+
+    @inline(__always) static func put(_ a: inout [UInt8], _ v: UInt64) { withUnsafeBytes(of: v.littleEndian) { a.append(contentsOf: $0) } }
+    @inline(__always) static func put32(_ a: inout [UInt8], _ v: UInt32) { withUnsafeBytes(of: v.littleEndian) { a.append(contentsOf: $0) } }
+    @inline(__always) static func get(_ a: [UInt8], _ at: Int) -> UInt64 {
+        a.withUnsafeBytes { UInt64(littleEndian: $0.loadUnaligned(fromByteOffset: at, as: UInt64.self)) }
+    }
+    @inline(__always) static func get32(_ a: [UInt8], _ at: Int) -> UInt32 {
+        a.withUnsafeBytes { UInt32(littleEndian: $0.loadUnaligned(fromByteOffset: at, as: UInt32.self)) }
+    }
+}
+
+/// One thread's handle on the recorder. Take a stamp (`stamp()`) right before writing a
+/// packet into a TUN or right after reading one, then `record` it.
+public final class Tap: @unchecked Sendable {
+    let recorder: PacketRecorder
+    let slot: PacketRecorder.Slot
+
+    init(recorder: PacketRecorder, slot: PacketRecorder.Slot) { (self.recorder, self.slot) = (recorder, slot) }
+
+    /// The time of the I/O about to be recorded. Waits first while the disk is behind.
+    @inline(__always)
+    public func stamp() -> UInt64 {
+        recorder.waitForRoom()
+        slot.inflight.store(1, ordering: .sequentiallyConsistent)
+        let t = Clock.monotonicNs()
+        slot.inflight.store(t, ordering: .sequentiallyConsistent)
+        return t
+    }
+
+    /// Records a packet stamped by `stamp()`; returns its packet id (`id`, or a new one).
+    @discardableResult
+    public func record(link: Int, intoHost: Bool, at t: UInt64, _ bytes: UnsafeRawBufferPointer, id: UInt64? = nil,
+                       fate: Fate = .passed, duplicate: Bool = false) -> UInt64 {
+        let pid = id ?? recorder.newPacketID()
+        // A delivery under an id some read gave: the packet was forwarded from another host.
+        let tag = (duplicate ? FrameTag.duplicate : 0) | (intoHost && id != nil ? FrameTag.forwarded : 0)
+        recorder.append(link: link, intoHost: intoHost, tag: tag, fate: fate, timeNs: t, id: pid, bytes: bytes)
+        slot.inflight.store(0, ordering: .sequentiallyConsistent)
+        return pid
+    }
+
+    /// Forgets a stamp that will not be recorded (the I/O did not happen).
+    public func cancel() { slot.inflight.store(0, ordering: .sequentiallyConsistent) }
+
+    /// Writes `bytes` (an IPv4 packet behind `header` bytes of virtio-net header) into `tun`
+    /// and records it as delivered into link `link`'s host; a failed write is recorded as
+    /// refused and rethrown.
+    @discardableResult
+    public func write(_ tun: TunDevice, link: Int, _ bytes: UnsafeRawBufferPointer, header: Int = 0, id: UInt64? = nil,
+                      duplicate: Bool = false) throws -> (t: UInt64, id: UInt64) {
+        let t = stamp()
+        let packet = UnsafeRawBufferPointer(rebasing: bytes[min(header, bytes.count)...])
+        do {
+            try tun.write(bytes)
+        } catch {
+            record(link: link, intoHost: true, at: t, packet, id: id, fate: .refused, duplicate: duplicate)
+            throw error
+        }
+        return (t, record(link: link, intoHost: true, at: t, packet, id: id, duplicate: duplicate))
+    }
+}

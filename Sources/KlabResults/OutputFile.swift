@@ -1,0 +1,62 @@
+import Foundation
+
+/// A results file being written: through a buffer, retrying short writes and EINTR, with
+/// the failure named. A `whole` file is written under a temporary name and gets its own when
+/// closed, so a reader never sees half of it; dropped before that, it leaves nothing behind.
+public final class OutputFile {
+    public let path: String
+    private let writing: String
+    private let fd: Int32
+    private var buffer: [UInt8] = []
+    private var closed = false
+
+    public init(_ path: String, whole: Bool) throws {
+        self.path = path
+        writing = whole ? path + ".partial" : path
+        fd = open(writing, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw ResultsError(path, "cannot create it: \(String(cString: strerror(errno)))") }
+    }
+
+    deinit {
+        guard !closed else { return }
+        Glibc.close(fd)
+        if writing != path { unlink(writing) }
+    }
+
+    /// Adds bytes; they reach the file once a megabyte is buffered, or at `flush`.
+    public func write(_ bytes: some Sequence<UInt8>) throws {
+        buffer.append(contentsOf: bytes)
+        if buffer.count >= 1 << 20 { try flush() }
+    }
+
+    public func flush() throws {
+        var done = 0
+        defer { buffer.removeAll(keepingCapacity: true) }
+        while done < buffer.count {
+            let n = buffer.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + done, $0.count - done) }
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { throw ResultsError(path, "writing it failed: \(String(cString: strerror(n < 0 ? errno : EIO)))") }
+            done += n
+        }
+    }
+
+    /// Writes `bytes` as the whole file at `path`: under a temporary name beside it, then
+    /// renamed (Foundation's atomic write leaves an empty folder in /tmp every time).
+    public static func write(_ bytes: some Sequence<UInt8>, to path: String) throws {
+        let file = try OutputFile(path, whole: true)
+        try file.write(bytes)
+        try file.close()
+    }
+
+    /// Writes what is left and, for a whole file, gives it its name.
+    public func close() throws {
+        try flush()
+        Glibc.close(fd)
+        closed = true
+        if writing != path, rename(writing, path) != 0 {
+            let e = errno
+            unlink(writing)
+            throw ResultsError(path, "cannot rename \(writing) to it: \(String(cString: strerror(e)))")
+        }
+    }
+}
