@@ -136,7 +136,7 @@ final class PktPlayer: @unchecked Sendable {
             if klab_setns_net(host.namespaceFD) == 0 {
                 run()
             } else {
-                let failure = "\(file): setns into the host's namespace: \(String(cString: strerror(errno)))"
+                let failure = "\(file): setns into the host's namespace: \(Errno.text(errno))"
                 play.failures.append(failure)
                 log("  FAIL \(failure)")
             }
@@ -358,7 +358,7 @@ final class PktPlayer: @unchecked Sendable {
         let cwd = URL(fileURLWithPath: file).deletingLastPathComponent().path
         let pid = try PktPlayer.spawnShell(text, cwd: cwd, output: output)
         var status: Int32 = 0
-        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        _ = retryingEINTR { waitpid(pid, &status, 0) }
         let out = (try? String(contentsOfFile: output, encoding: .utf8)) ?? ""
         for l in out.split(separator: "\n").prefix(20) { log("      | \(l)") }
         if status & 0x7f != 0 {

@@ -83,7 +83,7 @@ extension PktPlayer {
 
     func startSyscallThread() {
         let t = Thread { [self] in
-            let entered = klab_setns_net(host.namespaceFD) == 0 ? nil : String(cString: strerror(errno))
+            let entered = klab_setns_net(host.namespaceFD) == 0 ? nil : Errno.text(errno)
             cond.lock()
             if let entered { threadFailure = "\(file): setns into the host's namespace: \(entered)" }
             sysTID = klab_gettid()
@@ -212,7 +212,7 @@ extension PktPlayer {
     func check(_ c: PktSyscall, _ mode: ResultCheck, _ r: (Int, Int32)) throws(PktEvalError) -> String {
         let (actual, err) = r
         let expected = try scriptResult(c)
-        let why = "\(err) (\(String(cString: strerror(err))))"
+        let why = "\(err) (\(Errno.text(err)))"
         if mode == .fd && expected >= 0 {
             if actual < 0 { throw PktEvalError("Expected non-negative result but got \(actual) with errno \(why)") }
         } else if actual != Int(expected) {
@@ -221,7 +221,7 @@ extension PktPlayer {
         if let name = c.errnoName {
             let want = Int32(PktSymbols.value(name) ?? 0)
             if err != want {
-                throw PktEvalError("Expected errno \(want) (\(String(cString: strerror(want)))) but got \(why)")
+                throw PktEvalError("Expected errno \(want) (\(Errno.text(want))) but got \(why)")
             }
         }
         return actual < 0 ? "-1 \(PktSymbols.errnoName(err))" : "\(actual)"
