@@ -371,39 +371,16 @@ final class PktPlayer: @unchecked Sendable {
     }
 
     static func spawnShell(_ command: String, cwd: String, output: String) throws -> pid_t {
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 1, output, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-        posix_spawn_file_actions_adddup2(&actions, 1, 2)
-        var attr = posix_spawnattr_t()
-        posix_spawnattr_init(&attr)
-        defer { posix_spawnattr_destroy(&attr) }
-        var mask = sigset_t(), defaults = sigset_t()
-        sigemptyset(&mask)
-        sigemptyset(&defaults)
-        for s in [SIGPIPE, SIGINT, SIGTERM, SIGHUP] { sigaddset(&defaults, s) }
-        posix_spawnattr_setsigmask(&attr, &mask)
-        posix_spawnattr_setsigdefault(&attr, &defaults)
-        posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
         var env = ProcessInfo.processInfo.environment
         let path = env["PATH"] ?? "/usr/bin:/bin"
         // sysctl, ip and tc live in sbin.
         env["PATH"] = path.contains("/usr/sbin") ? path : path + ":/usr/sbin:/sbin"
         // packetdrill.c exports its pid; the suites' set_sysctls.py names its restore script by it.
         env["PACKETDRILL_PID"] = "\(getpid())"
-        let pairs: [String] = env.map { "\($0.key)=\($0.value)" }
-        let envp: [UnsafeMutablePointer<CChar>?] = pairs.map { strdup($0) } + [nil]
-        defer { for e in envp { free(e) } }
         // Into the script's folder first (posix_spawn has no portable chdir), then the command.
-        let args: [String] = ["/bin/sh", "-c", "cd \"$1\" && exec /bin/sh -c \"$2\"", "sh", cwd, command]
-        let argv: [UnsafeMutablePointer<CChar>?] = args.map { strdup($0) } + [nil]
-        defer { for a in argv { free(a) } }
-        var pid: pid_t = 0
-        let rc = posix_spawn(&pid, "/bin/sh", &actions, &attr, argv, envp)
-        if rc != 0 { throw LabError("posix_spawn(/bin/sh)", errno: rc) }
-        return pid
+        return try Play.spawnChild(
+            "/bin/sh", ["/bin/sh", "-c", "cd \"$1\" && exec /bin/sh -c \"$2\"", "sh", cwd, command], stdout: output, stderr: nil,
+            environment: env.map { "\($0.key)=\($0.value)" })
     }
 
     func runInit() throws(PktFailure) {
