@@ -21,6 +21,10 @@ extension Runner {
         let tun = try host.addLink(
             name: "tun0", address: hostAddress, prefixLength: map.prefixLength, mtu: script.config.mtu, route: Scenario.labPrefix,
             offload: true)
+        // packetdrill's own route to the remote address, via the gateway (netdev.c's
+        // route_traffic_to_device): scripts change it (`ip route change 192.0.2.1 … advmss 600`).
+        let gateway = IPv4Address(rawValue: map.map(script.config.gatewayIP) ?? map.host)
+        try host.run { try Netlink().addRoute(IPv4Prefix(address: peer, length: 32)!, ifindex: tun.ifindex, via: gateway) }
         let recorder = try PacketRecorder(ResultsLayout(dir), snaplen: snaplen ?? Runner.whole, offsetNs: Clock.realtimeOffsetNs())
         let link = recorder.addLink(tun, netns: host.netnsInode)
         let scenario = Scenario(
