@@ -407,7 +407,10 @@ final class PktPlayer: @unchecked Sendable {
 
     /// After a failure: the blocking-call thread is told to stop, and woken from its call.
     func stopAfterFailure() {
-        for f in fds where !f.closed && f.kind == .socket { shutdown(f.liveFD, Int32(SHUT_RDWR)) }
+        // SHUT_RDWR (2) by value: named in this file, which imports CKlabLinux, the release
+        // (whole-module) build imports glibc's constant as CKlabLinux's, and Scenario.swift's
+        // own use of SHUT_RDWR no longer finds it.
+        for f in fds where !f.closed && f.kind == .socket { shutdown(f.liveFD, 2) }
         if sysState == .idle { sysState = .exiting }
         cond.broadcast()
     }
