@@ -327,7 +327,7 @@ extension Scenario {
         } catch let e as ScenarioError {
             throw e
         } catch let e as YamlError {
-            throw yamlError(e, file)
+            throw ScenarioFile.clamped(yamlError(e, file), to: text)
         } catch {
             throw ScenarioError(nil, "\(file): \(error)")
         }

@@ -79,13 +79,34 @@ public enum ScenarioFile {
         }
     }
 
-    /// Line and column (in characters, as YAML errors count them) of the byte at `offset`.
+    /// Line and column of the byte at `offset`, counted as YAML errors count them: columns in
+    /// characters, and \n, \r, \r\n, NEL, LS and PS each end a line.
     static func location(of offset: Int, in bytes: ArraySlice<UInt8>, file: String) -> SourceLocation {
-        var line = 1, column = 1
-        for b in bytes[..<offset] {
-            if b == UInt8(ascii: "\n") { (line, column) = (line + 1, 1) } else if b & 0xC0 != 0x80 { column += 1 }
-        }
+        let (line, column) = end(of: String(decoding: bytes[..<offset], as: UTF8.self))
         return SourceLocation(file: file, line: line, column: column)
+    }
+
+    /// The line and column just past the end of `text`.
+    static func end(of text: String) -> (line: Int, column: Int) {
+        var line = 1, column = 1, afterCR = false
+        for c in text.unicodeScalars {
+            switch c {
+            case "\n" where afterCR: break
+            case "\n", "\r", "\u{85}", "\u{2028}", "\u{2029}": (line, column) = (line + 1, 1)
+            default: column += 1
+            }
+            afterCR = c == "\r"
+        }
+        return (line, column)
+    }
+
+    /// libyaml places an error at the end of a file that does not end with a line break one
+    /// line past it: point at the end of the last line instead.
+    static func clamped(_ e: ScenarioError, to text: String) -> ScenarioError {
+        guard let at = e.location else { return e }
+        let (line, column) = end(of: text)
+        guard at.line > line else { return e }
+        return ScenarioError(SourceLocation(file: at.file, line: line, column: column), e.message)
     }
 
     /// Walks the YAML events (libyaml, as Yams does, but without building a tree) and rejects

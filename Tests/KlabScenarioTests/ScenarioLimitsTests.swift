@@ -37,7 +37,7 @@ struct ScenarioLimitsTests {
                       + "d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]\ne: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]\n")
         // a, b, c, d stand for 10, 91, 820 and 7381 nodes; with the root and the keys, 8309
         // nodes when e's list opens, 15,690 after the first *d: the second passes 20,000.
-        #expect(e?.location == SourceLocation(file: "t.yaml", line: 5, column: 11))
+        #expect(e?.location == SourceLocation(file: "t.yaml", line: 5, column: 12))
         #expect(e?.message.contains("it stands for 7381 nodes") == true)
     }
 
@@ -68,5 +68,19 @@ struct ScenarioLimitsTests {
         let e = error("hosts:\n" + String(repeating: "- {}\n", count: ScenarioFile.maxHosts + 1) + "steps: []\n")
         #expect(e?.location == SourceLocation(file: "t.yaml", line: 2, column: 1))
         #expect(e?.message == "a lab has at most 250 hosts, not 251")
+    }
+
+    /// Found by lab/fuzz: libyaml put an error at the end of a file without a final newline
+    /// one line past the file.
+    @Test func errorAtTheEndStaysInTheFile() {
+        #expect(error("params: {a: 1")?.location == SourceLocation(file: "t.yaml", line: 1, column: 14))
+        #expect(error("name: x\nparams: {a: 1\n")?.location == SourceLocation(file: "t.yaml", line: 3, column: 1))
+    }
+
+    /// Found by lab/fuzz: \r and \r\n end lines in YAML, and errors count them so.
+    @Test func carriageReturnsEndLines() {
+        #expect(error("name: x\r\nsteps: []\r\nfrob: 1\r\n")?.location == SourceLocation(file: "t.yaml", line: 3, column: 1))
+        #expect(error("name: x\rsteps: []\rfrob: 1")?.location == SourceLocation(file: "t.yaml", line: 3, column: 1))
+        #expect(error("name: x\r\nparams: {a: 1")?.location == SourceLocation(file: "t.yaml", line: 2, column: 14))
     }
 }
