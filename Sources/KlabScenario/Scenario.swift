@@ -331,7 +331,7 @@ extension Scenario {
         } catch {
             throw ScenarioError(nil, "\(file): \(error)")
         }
-        return try Reader(file: file).scenario(root, set: set, strict: strict)
+        do { return try Reader(file: file).scenario(root, set: set, strict: strict) } catch { throw ScenarioFile.clamped(error, to: text) }
     }
 
     private static func yamlError(_ e: YamlError, _ file: String) -> ScenarioError {

@@ -11,7 +11,7 @@ public enum ScenarioFile {
     /// YAML nodes (scalars, lists, mappings), counting what each alias (*name) stands for
     /// again: a 12-line alias bomb stands for billions of nodes. The shipped scenarios have
     /// at most a few hundred.
-    public static let maxNodes = 20_000
+    public static let maxNodes = 10_000
     /// Lists and mappings inside one another.
     public static let maxDepth = 64
     /// Hosts of a wire-mode lab (each is a namespace, a thread and a TUN).
@@ -100,8 +100,8 @@ public enum ScenarioFile {
         return (line, column)
     }
 
-    /// libyaml places an error at the end of a file that does not end with a line break one
-    /// line past it: point at the end of the last line instead.
+    /// libyaml places the end of a file that does not end with a line break (where an error
+    /// or an empty document is) one line past it: point at the end of the last line instead.
     static func clamped(_ e: ScenarioError, to text: String) -> ScenarioError {
         guard let at = e.location else { return e }
         let (line, column) = end(of: text)

@@ -56,6 +56,21 @@ func write(_ bytes: UnsafeRawBufferPointer, to name: String) -> String {
     return path
 }
 
+/// Line breaks as YAML counts them: \n, \r\n, \r, NEL (C2 85), LS and PS (E2 80 A8/A9).
+func lineBreaks(_ b: UnsafeRawBufferPointer) -> Int {
+    var n = 0
+    for i in b.indices {
+        switch b[i] {
+        case 0x0A: n += 1
+        case 0x0D where i + 1 == b.count || b[i + 1] != 0x0A: n += 1
+        case 0xC2 where i + 1 < b.count && b[i + 1] == 0x85: n += 1
+        case 0xE2 where i + 2 < b.count && b[i + 1] == 0x80 && (b[i + 2] == 0xA8 || b[i + 2] == 0xA9): n += 1
+        default: break
+        }
+    }
+    return n
+}
+
 /// A rejected scenario must say where: file:line:column inside the file.
 func checkLocated(_ e: ScenarioError, lines: Int, file: String) {
     guard let at = e.location else { fatalError("no file:line:column for: \(e)") }
@@ -73,12 +88,7 @@ func fuzz(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
             let s = try Scenario.load(path)
             _ = s.steps.map(\.text)
         } catch {
-            // Line breaks as YAML has them: \n, \r\n, \r, NEL, LS, PS.
-            let text = String(decoding: input, as: UTF8.self).unicodeScalars
-            let breaks = zip(text, text.dropFirst().map(Optional.some) + [nil]).count { c, next in
-                (c == "\r" && next != "\n") || ["\n", "\u{85}", "\u{2028}", "\u{2029}"].contains(c)
-            }
-            checkLocated(error, lines: breaks, file: path)
+            checkLocated(error, lines: lineBreaks(input), file: path)
         }
     case .packetLine:
         let line = String(decoding: input, as: UTF8.self)
