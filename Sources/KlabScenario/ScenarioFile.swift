@@ -127,7 +127,7 @@ public enum ScenarioFile {
             func add(_ size: Size, _ event: yaml_event_t, alias: Bool) throws(ScenarioError) {
                 total += size
                 if !open.isEmpty { open[open.count - 1].size += size }
-                let what = alias ? "with this alias (it stands for \(size.nodes) nodes, \(size.bytes) bytes), " : ""
+                let what = alias ? "with this alias (it stands for \(size.nodes) node\(size.nodes == 1 ? "" : "s"), \(size.bytes) bytes), " : ""
                 if total.nodes > maxNodes {
                     throw ScenarioError(at(event.start_mark), "\(what)the document has more than \(maxNodes) YAML nodes, the limit for a scenario")
                 }
