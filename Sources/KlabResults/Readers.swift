@@ -66,7 +66,8 @@ public final class EventReader {
     /// A record is released once one this much later in time has been read.
     static let holdBackNs: UInt64 = 20_000_000
 
-    public init(_ path: String) throws { file = try ChunkReader(path) }
+    /// `bufferSize`: bytes read at a time (lab/fuzz makes it small to cross buffer ends).
+    public init(_ path: String, bufferSize: Int = 1 << 20) throws { file = try ChunkReader(path, size: bufferSize) }
 
     /// When events.bin ended inside a record: where, and how many whole records came before.
     public var cutShort: CutShort? {
@@ -163,9 +164,9 @@ public final class FrameReader {
     /// When capture.pcap or capture.frames ended inside a record.
     public private(set) var cutShort: CutShort?
 
-    public init(pcap path: String, frames: String, offsetNs: Int64, linkCount: Int) throws {
-        pcap = try ChunkReader(path)
-        tags = try ChunkReader(frames)
+    public init(pcap path: String, frames: String, offsetNs: Int64, linkCount: Int, bufferSize: Int = 1 << 20) throws {
+        pcap = try ChunkReader(path, size: bufferSize)
+        tags = try ChunkReader(frames, size: bufferSize)
         self.offsetNs = offsetNs
         self.linkCount = linkCount
         let ok = try pcap.take(24, "the pcap file header") { h -> Bool in

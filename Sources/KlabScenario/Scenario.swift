@@ -305,11 +305,7 @@ extension Scenario {
     /// - Parameter set: `--set NAME=VALUE`s; each must be one of the file's `params:` unless
     ///   `strict` is false (several files, see `load(all:set:)`).
     public static func load(_ path: String, set: [String: String] = [:], strict: Bool = true) throws(ScenarioError) -> Scenario {
-        let text: String
-        do { text = try String(contentsOfFile: path, encoding: .utf8) } catch {
-            throw ScenarioError(nil, "cannot read scenario file \(path): \((error as NSError).localizedDescription)")
-        }
-        return try parse(text, file: path, set: set, strict: strict)
+        try parse(try ScenarioFile.read(path), file: path, set: set, strict: strict)
     }
 
     /// Reads several files; two scenarios with one name would share a results folder. A
@@ -338,16 +334,17 @@ extension Scenario {
     public static func parse(_ text: String, file: String, set: [String: String] = [:], strict: Bool = true) throws(ScenarioError) -> Scenario {
         let root: Node
         do {
+            try ScenarioFile.checkStructure(text, file: file)
             guard let n = try Yams.compose(yaml: text) else { throw ScenarioError(SourceLocation(file: file, line: 1, column: 1), "the file is empty") }
             root = n
         } catch let e as ScenarioError {
             throw e
         } catch let e as YamlError {
-            throw yamlError(e, file)
+            throw ScenarioFile.clamped(yamlError(e, file), to: text)
         } catch {
             throw ScenarioError(nil, "\(file): \(error)")
         }
-        return try Reader(file: file).scenario(root, set: set, strict: strict)
+        do { return try Reader(file: file).scenario(root, set: set, strict: strict) } catch { throw ScenarioFile.clamped(error, to: text) }
     }
 
     private static func yamlError(_ e: YamlError, _ file: String) -> ScenarioError {
@@ -458,9 +455,11 @@ struct Reader {
     }
 
     /// The tree with `${NAME}` replaced in every scalar but those under `params:`.
-    func substitute(_ node: Node, _ values: [String: String]) throws(ScenarioError) -> Node {
+    /// `budget`: bytes of value text left (ScenarioFile.maxTextBytes in all).
+    func substitute(_ node: Node, _ values: [String: String], budget: inout Int) throws(ScenarioError) -> Node {
         switch node {
         case .scalar(var sc):
+            budget -= sc.string.utf8.count
             guard sc.string.contains("${") else { return node }
             var out = "", rest = Substring(sc.string)
             while let open = rest.range(of: "${") {
@@ -475,17 +474,21 @@ struct Reader {
                     throw ScenarioError(textStart(node).advanced(by: column), "unknown parameter '\(name)': \(known)")
                 }
                 out += value
+                budget -= value.utf8.count
+                guard budget >= 0 else {
+                    throw ScenarioError(textStart(node).advanced(by: column), "with ${\(name)} replaced, the scenario's text passes \(ScenarioFile.maxTextBytes >> 20) MiB, the limit")
+                }
                 rest = rest[rest.index(after: close)...]
             }
             sc.string = out + rest
             return .scalar(sc)
         case .mapping(let m):
             var pairs: [(Node, Node)] = []
-            for (k, v) in m { pairs.append((k, k.string == "params" ? v : try substitute(v, values))) }
+            for (k, v) in m { pairs.append((k, k.string == "params" ? v : try substitute(v, values, budget: &budget))) }
             return .mapping(Node.Mapping(pairs, m.tag, m.style, m.mark))
         case .sequence(let q):
             var nodes: [Node] = []
-            for n in q { nodes.append(try substitute(n, values)) }
+            for n in q { nodes.append(try substitute(n, values, budget: &budget)) }
             return .sequence(Node.Sequence(nodes, q.tag, q.style, q.mark))
         default:
             return node
@@ -494,7 +497,8 @@ struct Reader {
 
     func scenario(_ root: Node, set: [String: String] = [:], strict: Bool = true) throws(ScenarioError) -> Scenario {
         let (values, paramsAt) = try params(root, set: set, strict: strict)
-        let root = try substitute(root, Dictionary(values.map { ($0.name, $0.value) }, uniquingKeysWith: { a, _ in a }))
+        var budget = ScenarioFile.maxTextBytes
+        let root = try substitute(root, Dictionary(values.map { ($0.name, $0.value) }, uniquingKeysWith: { a, _ in a }), budget: &budget)
         var s = Scenario(
             file: file, name: URL(fileURLWithPath: file).deletingPathExtension().lastPathComponent, about: "",
             host: HostSpec(name: "h1", address: "198.18.0.1", prefixLength: 24, mtu: 1500), hosts: [], wire: WireSpec(),
@@ -519,6 +523,7 @@ struct Reader {
                 guard case .sequence(let list) = value, list.count >= 2 else {
                     throw fail(value, "hosts is a list of two or more hosts, joined by klab's wire; one host is host:")
                 }
+                guard list.count <= ScenarioFile.maxHosts else { throw fail(value, "a lab has at most \(ScenarioFile.maxHosts) hosts, not \(list.count)") }
                 for (i, n) in list.enumerated() {
                     let h = try host(n, default: HostSpec(name: "h\(i + 1)", address: IPv4Address(rawValue: Scenario.labPrefix.address.rawValue + UInt32(i) + 1),
                                                           prefixLength: 24, mtu: 1500))
