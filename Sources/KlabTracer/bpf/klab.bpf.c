@@ -14,10 +14,10 @@ SEC("tp_btf/netif_receive_skb")
 int BPF_PROG(tp_netif_receive_skb, struct sk_buff *skb) {
     __u64 m = mask_of(KLAB_PROBE_ID_tp_netif_receive_skb);
     if (!m) return 0;
-    __u32 *ns = lab_skb_btf(skb);
+    __u32 ns = lab_skb_btf(skb);
     if (!ns) return 0;
     struct klab_event e;
-    begin(&e, KLAB_PROBE_ID_tp_netif_receive_skb, *ns);
+    begin_btf(&e, KLAB_PROBE_ID_tp_netif_receive_skb, ns);
     fill_skb_btf(&e, skb);
     __u8 f = e.tcp_flags;
     int tcp = e.proto == 6 && !(e.frag & 0x1fff), udp = e.proto == 17 && !(e.frag & 0x1fff);
@@ -36,10 +36,10 @@ SEC("tp_btf/net_dev_queue")
 int BPF_PROG(tp_net_dev_queue, struct sk_buff *skb) {
     __u64 m = mask_of(KLAB_PROBE_ID_tp_net_dev_queue);
     if (!m) return 0;
-    __u32 *ns = lab_skb_btf(skb);
+    __u32 ns = lab_skb_btf(skb);
     if (!ns) return 0;
     struct klab_event e;
-    begin(&e, KLAB_PROBE_ID_tp_net_dev_queue, *ns);
+    begin_btf(&e, KLAB_PROBE_ID_tp_net_dev_queue, ns);
     fill_skb_btf(&e, skb);
     __u8 f = e.tcp_flags;
     int tcp = e.proto == 6 && !(e.frag & 0x1fff), icmp = e.proto == 1 && !(e.frag & 0x1fff);
@@ -64,12 +64,12 @@ SEC("tp_btf/kfree_skb")
 int BPF_PROG(btf_kfree_skb, struct sk_buff *skb, void *location, int reason) {
     __u64 m = mask_of(KLAB_PROBE_ID_btf_kfree_skb);
     if (!m) return 0;
-    __u32 *ns = lab_skb_btf(skb);
+    __u32 ns = lab_skb_btf(skb);
     struct sock *sk = skb->sk;
     if (!ns && sk) ns = lab_sk(sk);
     if (!ns) return 0;
     struct klab_event e;
-    begin(&e, KLAB_PROBE_ID_btf_kfree_skb, *ns);
+    begin_btf(&e, KLAB_PROBE_ID_btf_kfree_skb, ns);
     fill_skb_btf(&e, skb);
     e.arg0 = reason;
     e.bytes = (__u64)location;
@@ -103,17 +103,17 @@ int BPF_PROG(btf_softirq_exit, unsigned int vec_nr) { return set_context(1); }
 // sockets never pass through sock_create.
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(btf_inet_sock_set_state, struct sock *sk, int oldstate, int newstate) {
-    __u32 *ns = lab_sk(sk);
+    __u32 ns = lab_sk(sk);
     if (!ns) return 0;
     // Every lab socket gets its cookie and a place in lab_socks, whatever is logged.
     __u64 cookie = bpf_get_socket_cookie(sk);
-    __u32 inum = *ns;
+    __u32 inum = ns;
     if (newstate == TCP_SYN_RECV || newstate == TCP_LISTEN || oldstate == TCP_CLOSE)
         bpf_map_update_elem(&lab_socks, &cookie, &inum, BPF_ANY);
     __u64 m = mask_of(KLAB_PROBE_ID_btf_inet_sock_set_state);
     if (!m) return 0;
     struct klab_event e;
-    begin(&e, KLAB_PROBE_ID_btf_inet_sock_set_state, inum);
+    begin_btf(&e, KLAB_PROBE_ID_btf_inet_sock_set_state, inum);
     fill_sock(&e, sk);
     e.sock = cookie;
     e.arg0 = oldstate;
@@ -139,10 +139,10 @@ struct {
 static __always_inline int length_event(struct sock *sk, int ret, int flags, __u32 probe, int send) {
     __u64 m = mask_of(probe);
     if (!m || BPF_CORE_READ(sk, __sk_common.skc_family) != AF_INET) return 0;
-    __u32 *ns = lab_sk(sk);
+    __u32 ns = lab_sk(sk);
     if (!ns) return 0;
     struct klab_event e;
-    begin(&e, probe, *ns);
+    begin_btf(&e, probe, ns);
     fill_sock(&e, sk);
     e.sock = bpf_get_socket_cookie(sk);
     e.arg0 = ret;
@@ -176,7 +176,7 @@ SEC("tp_btf/tcp_sendmsg_locked")
 int BPF_PROG(btf_tcp_sendmsg_locked, struct sock *sk, struct msghdr *msg, struct sk_buff *skb, int size_goal) {
     __u64 m = mask_of(KLAB_PROBE_ID_btf_tcp_sendmsg_locked);
     if (!m) return 0;
-    __u32 *ns = lab_sk(sk);
+    __u32 ns = lab_sk(sk);
     if (!ns) return 0;
     __u32 tid = (__u32)bpf_get_current_pid_tgid();
     __u64 cookie = bpf_get_socket_cookie(sk);
@@ -184,7 +184,7 @@ int BPF_PROG(btf_tcp_sendmsg_locked, struct sock *sk, struct msghdr *msg, struct
     if (last && *last == cookie) return 0;
     bpf_map_update_elem(&sending, &tid, &cookie, BPF_ANY);
     struct klab_event e;
-    begin(&e, KLAB_PROBE_ID_btf_tcp_sendmsg_locked, *ns);
+    begin_btf(&e, KLAB_PROBE_ID_btf_tcp_sendmsg_locked, ns);
     fill_sock(&e, sk);
     e.sock = cookie;
     e.bytes = BPF_CORE_READ(msg, msg_iter.count);
@@ -199,10 +199,10 @@ SEC("tp_btf/tcp_probe")
 int BPF_PROG(btf_tcp_probe, struct sock *sk, struct sk_buff *skb) {
     __u64 m = mask_of(KLAB_PROBE_ID_btf_tcp_probe);
     if (!m) return 0;
-    __u32 *ns = lab_sk(sk);
+    __u32 ns = lab_sk(sk);
     if (!ns) return 0;
     struct klab_event e;
-    begin(&e, KLAB_PROBE_ID_btf_tcp_probe, *ns);
+    begin_btf(&e, KLAB_PROBE_ID_btf_tcp_probe, ns);
     fill_skb(&e, skb);
     e.sock = bpf_get_socket_cookie(sk);
     e.flags |= owned_flags(sk->sk_lock.owned);  // owned: release_sock is running the backlog
@@ -218,10 +218,10 @@ SEC("tp_btf/icmp_send")
 int BPF_PROG(btf_icmp_send, struct sk_buff *skb, int type, int code) {
     __u64 m = mask_of(KLAB_PROBE_ID_btf_icmp_send);
     if (!m) return 0;
-    __u32 *ns = lab_skb(skb);
+    __u32 ns = lab_skb(skb);
     if (!ns) return 0;
     struct klab_event e;
-    begin(&e, KLAB_PROBE_ID_btf_icmp_send, *ns);
+    begin_btf(&e, KLAB_PROBE_ID_btf_icmp_send, ns);
     fill_skb(&e, skb);
     e.arg0 = type;  // the error being sent; the packet fields are the offending datagram's
     e.arg1 = code;
@@ -236,10 +236,10 @@ struct sys_exit_args { __u64 common; long nr; long ret; };
 static __always_inline int accept_exit(struct sys_exit_args *a, __u32 probe) {
     __u64 m = mask_of(probe);
     if (!m || a->ret < 0) return 0;
-    __u32 *ns = lab_task();
+    __u32 ns = lab_task();
     if (!ns) return 0;
     struct klab_event e;
-    begin(&e, probe, *ns);
+    begin(&e, probe, ns);
     e.fd = a->ret;
     EMIT_IF(m, &e, KLAB_EV_SOCKET_ACCEPT, 1);
     return 0;

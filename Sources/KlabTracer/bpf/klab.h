@@ -91,21 +91,52 @@ static __always_inline __u64 mask_of(__u32 probe) {
     return m ? *m : 0;
 }
 
-static __always_inline __u32 *lab_net(struct net *net) {
-    __u64 cookie = BPF_CORE_READ(net, net_cookie);
-    return bpf_map_lookup_elem(&lab_netns, &cookie);
+// Per CPU: the last lab namespace found (cookie, inode), so that a busy lab's probes skip
+// the hash lookup. Netns cookies are never reused and lab_netns is filled before anything
+// attaches, so a hit stays true; only hits are cached.
+struct netns_hit { __u64 cookie; __u32 inum; };
+struct {
+    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, struct netns_hit);
+} netns_cache SEC(".maps");
+
+// The lab namespace's inode for a netns cookie, 0 when the namespace is not the lab's.
+// (A value, not a pointer into the cache: a program that interrupts this one on its CPU
+// may rewrite the entry.)
+static __always_inline __u32 lab_cookie(__u64 cookie) {
+    __u32 k = 0;
+    struct netns_hit *c = bpf_map_lookup_elem(&netns_cache, &k);
+    if (c && c->cookie == cookie) {
+        __u32 inum = c->inum;
+        if (inum) return inum;
+    }
+    __u32 *ns = bpf_map_lookup_elem(&lab_netns, &cookie);
+    if (!ns) return 0;
+    __u32 inum = *ns;
+    if (c) {
+        c->inum = 0;  // never a torn pair: cookie first, then its inode
+        c->cookie = cookie;
+        c->inum = inum;
+    }
+    return inum;
 }
 
-static __always_inline __u32 *lab_sk(struct sock *sk) {
+static __always_inline __u32 lab_net(struct net *net) {
+    return lab_cookie(BPF_CORE_READ(net, net_cookie));
+}
+
+static __always_inline __u32 lab_sk(struct sock *sk) {
     return sk ? lab_net(BPF_CORE_READ(sk, __sk_common.skc_net.net)) : 0;
 }
 
-static __always_inline __u32 *lab_skb(struct sk_buff *skb) {
+static __always_inline __u32 lab_skb(struct sk_buff *skb) {
     return lab_net(BPF_CORE_READ(skb, dev, nd_net.net));
 }
 
 // The calling thread's namespace (syscall-time probes).
-static __always_inline __u32 *lab_task(void) {
+static __always_inline __u32 lab_task(void) {
     struct task_struct *t = (struct task_struct *)bpf_get_current_task();
     return lab_net(BPF_CORE_READ(t, nsproxy, net_ns));
 }
@@ -153,6 +184,20 @@ static __always_inline void begin(struct klab_event *e, __u16 probe, __u32 netns
     bpf_get_current_comm(e->comm, sizeof(e->comm));
 }
 
+// The same for programs whose current task is a BTF pointer (tp_btf, fentry): the ids and
+// comm are plain loads (comm as two 8-byte words: the kernel keeps it NUL-padded, as
+// bpf_get_current_comm's copy is) instead of two helper calls.
+static __always_inline void begin_btf(struct klab_event *e, __u16 probe, __u32 netns) {
+    begin_record(e, probe, netns);
+    struct task_struct *t = bpf_get_current_task_btf();
+    e->pid = t->tgid;
+    e->tid = t->pid;
+    const __u64 *comm = (const __u64 *)t->comm;
+    __u64 *to = (__u64 *)e->comm;
+    to[0] = comm[0];
+    to[1] = comm[1];
+}
+
 // The same for program types that lack the pid and comm helpers on older kernels
 // (cgroup_skb and sockops before 6.x): read them from the current task.
 static __always_inline void begin_task(struct klab_event *e, __u16 probe, __u32 netns) {
@@ -171,8 +216,13 @@ static __always_inline void emit_as(struct klab_event *e, __u16 ev) {
     // must still get its own number.
     if (serial) e->serial = (__u32)__sync_fetch_and_add(serial, 1);
     e->event = ev;
+    // Wake the consumer as the backlog reaches the watermark, and again every 1024 records
+    // of this CPU while it stays above (a crossing two CPUs jump over together). Waking on
+    // every record above the watermark cost about 1 us a record whenever the consumer lagged.
     __u64 flags = BPF_RB_NO_WAKEUP;
-    if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes) flags = BPF_RB_FORCE_WAKEUP;
+    __u64 avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
+    if (avail >= wakeup_bytes - (sizeof(*e) + 8) && (avail < wakeup_bytes || !(e->serial & 1023)))
+        flags = BPF_RB_FORCE_WAKEUP;
     if (bpf_ringbuf_output(&events, e, sizeof(*e), flags)) {
         k = 1;
         __u64 *drops = bpf_map_lookup_elem(&counters, &k);
@@ -247,13 +297,12 @@ static __always_inline void fill_skb_btf(struct klab_event *e, struct sk_buff *s
     fill_ip(e, skb->head + skb->network_header);
 }
 
-static __always_inline __u32 *lab_skb_btf(struct sk_buff *skb) {
+static __always_inline __u32 lab_skb_btf(struct sk_buff *skb) {
     struct net_device *dev = skb->dev;
     if (!dev) return 0;
     struct net *net = dev->nd_net.net;
     if (!net) return 0;
-    __u64 cookie = net->net_cookie;
-    return bpf_map_lookup_elem(&lab_netns, &cookie);
+    return lab_cookie(net->net_cookie);
 }
 
 // The skb's packet (its network header must be set) and device.
