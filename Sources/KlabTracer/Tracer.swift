@@ -187,6 +187,18 @@ public final class Tracer: @unchecked Sendable {
     /// summed over its runs: what reading the records costs, apart from the probes.
     public var consumerCPUNs: UInt64 { consumer?.cpuNs ?? 0 }
 
+    /// Per attached program: calls and time spent in it, as the kernel counts them while BPF
+    /// run-time statistics are on (`BPFRunTimeStats`); zeros otherwise.
+    public func programRunTimes() -> [(program: String, runs: UInt64, ns: UInt64)] {
+        links.keys.sorted().compactMap { name in
+            guard let prog = objects.lazy.compactMap({ $0.program(name) }).first else { return nil }
+            var info = bpf_prog_info()
+            var len = UInt32(MemoryLayout<bpf_prog_info>.size)
+            guard bpf_obj_get_info_by_fd(bpf_program__fd(prog), &info, &len) == 0 else { return nil }
+            return (name, info.run_cnt, info.run_time_ns)
+        }
+    }
+
     /// The programs attached, for the record header.
     public var attached: [(program: String, site: String)] {
         links.keys.sorted().map { ($0, Schema.probe(program: $0)?.site ?? $0) }
@@ -200,6 +212,19 @@ public final class Tracer: @unchecked Sendable {
         links = [:]
         objects = []
     }
+}
+
+/// BPF run-time statistics (run_cnt, run_time_ns of every program on the machine) while this
+/// lives: BPF_ENABLE_STATS, released with its fd. They cost every program two clock reads a
+/// run, so only benchmarks turn them on.
+public final class BPFRunTimeStats {
+    private let fd: Int32
+    public init() throws {
+        let fd = bpf_enable_stats(BPF_STATS_RUN_TIME)
+        if fd < 0 { throw TracerError("bpf(BPF_ENABLE_STATS)", errno: -fd) }
+        self.fd = fd
+    }
+    deinit { close(fd) }
 }
 
 /// An attached program, detached when freed.

@@ -32,6 +32,10 @@ extension Bench {
                 --reference runs the C reference tracer (lab/bench/tracer_ref, built by
                 lab/bench/tracer) once a round as well, in the same alternating order, and
                 reports klab/C per round and the median of those ratios with their spread.
+
+                --levels measures each log level instead, on a workload with events at every
+                level: TCP connections over a lab host's loopback (connect, accept, 4 exchanges
+                of 64 bytes, close), --count connections a run (try --count 2000).
                 """))
 
         @Option(help: "Round trips per run.") var count = 200_000
@@ -39,6 +43,10 @@ extension Bench {
         @Flag(help: "Print one JSON object instead of text.") var json = false
         @Option(help: ArgumentHelp("The C reference tracer to run beside klab every round.", valueName: "path"))
         var reference: String?
+        @Flag(help: "Instead: the cost per event of each log level (socket, connection, protocol, ip, and ip with --all-sites) on TCP connections over a lab host's loopback; --count connections a run.")
+        var levels = false
+        @Flag(help: "Turn on BPF run-time statistics and report the time spent in the programs per event (bpfNsPerEvent): a profile, which slows every BPF program on the machine while it runs.")
+        var bpfStats = false
 
         func validate() throws {
             guard count > 0, rounds > 0 else { throw ValidationError("--count and --rounds must be positive") }
@@ -48,13 +56,16 @@ extension Bench {
         }
 
         func run() throws {
-            do { try measure() } catch { die(error) }
+            do { try levels ? measureLevels() : measure() } catch { die(error) }
         }
 
         struct Round: Encodable {
             let offRate, onRate, syscallRate: Double
             let nsPerEvent, eventsPerSecond, syscallNsPerRoundTrip: Double
             let cpuNsPerEvent, consumerNsPerEvent: Double
+            /// With --bpf-stats: time inside the BPF programs per event, and per program ns a call.
+            var bpfNsPerEvent: Double?
+            var bpfNsPerCall: [String: Double]?
             let emitted, received, dropped: UInt64
             /// The C reference's run of this round, and klab/C for wall and CPU ns per event.
             var reference: Reference?
@@ -64,13 +75,14 @@ extension Bench {
         /// What lab/bench/tracer_ref prints.
         struct Reference: Codable {
             let offRate, onRate, nsPerEvent, cpuNsPerEvent, consumerNsPerEvent: Double
+            let bpfNsPerEvent: Double?
             let received, dropped: UInt64
         }
 
         private func runReference(_ path: String, onFirst: Bool) throws -> Reference {
             let p = Process()
             p.executableURL = URL(fileURLWithPath: path)
-            p.arguments = ["-n", "\(count)"] + (onFirst ? ["-r"] : [])
+            p.arguments = ["-n", "\(count)"] + (onFirst ? ["-r"] : []) + (bpfStats ? ["-s"] : [])
             let out = Pipe()
             p.standardOutput = out
             try p.run()
@@ -98,7 +110,12 @@ extension Bench {
             var syscallOnly = TracerConfig(level: .socket, toggles: ["-*", Schema.socketAccept.name])
             syscallOnly.auxiliary = false
 
-            struct Run { var ns = UInt64(0), cpuNs = UInt64(0), consumerNs = UInt64(0), counters = (UInt64(0), UInt64(0)), received = 0 }
+            struct Run {
+                var ns = UInt64(0), cpuNs = UInt64(0), consumerNs = UInt64(0), counters = (UInt64(0), UInt64(0)), received = 0
+                var programs: [(program: String, runs: UInt64, ns: UInt64)] = []
+            }
+            let stats = bpfStats ? try BPFRunTimeStats() : nil
+            defer { withExtendedLifetime(stats) {} }
             func timed(_ tracer: TracerConfig?) throws -> Run {
                 var t: Tracer?
                 if let tracer {
@@ -113,6 +130,7 @@ extension Bench {
                 t.stop()
                 run.consumerNs = t.consumerCPUNs
                 run.counters = t.counters()
+                run.programs = t.programRunTimes().filter { $0.runs > 0 }
                 let size = (try? FileManager.default.attributesOfItem(atPath: scratch)[.size] as? Int) ?? 0
                 run.received = size / TraceEvent.recordSize
                 return run
@@ -141,6 +159,10 @@ extension Bench {
                     cpuNsPerEvent: (Double(on.cpuNs) - Double(off.cpuNs)) / events,
                     consumerNsPerEvent: Double(on.consumerNs) / events,
                     emitted: on.counters.0, received: UInt64(on.received), dropped: on.counters.1)
+                if bpfStats {
+                    round.bpfNsPerEvent = Double(on.programs.reduce(0) { $0 + $1.ns }) / events
+                    round.bpfNsPerCall = Dictionary(uniqueKeysWithValues: on.programs.map { ($0.program, Double($0.ns) / Double($0.runs)) })
+                }
                 if let ref {
                     round.reference = ref
                     round.ratio = round.nsPerEvent / ref.nsPerEvent
@@ -153,9 +175,14 @@ extension Bench {
                                round.consumerNsPerEvent, round.eventsPerSecond / 1e6,
                                round.syscallNsPerRoundTrip, round.emitted, round.received, round.dropped,
                                round.emitted - round.received == round.dropped ? "" : " (MISMATCH)"))
+                    if let bpf = round.bpfNsPerEvent, let calls = round.bpfNsPerCall {
+                        say(String(format: "  in BPF programs: %.1f ns/event (", bpf)
+                            + calls.sorted { $0.key < $1.key }.map { String(format: "%@ %.1f ns a call", $0.key, $0.value) }.joined(separator: ", ") + ")")
+                    }
                     if let ref, let ratio = round.ratio, let cpuRatio = round.cpuRatio {
-                        say(String(format: "  C reference: %.1f ns/event (CPU %.1f, consumer %.1f), received %llu dropped %llu | klab/C %.3f (CPU %.3f)",
-                                   ref.nsPerEvent, ref.cpuNsPerEvent, ref.consumerNsPerEvent, ref.received, ref.dropped, ratio, cpuRatio))
+                        say(String(format: "  C reference: %.1f ns/event (CPU %.1f, consumer %.1f%@), received %llu dropped %llu | klab/C %.3f (CPU %.3f)",
+                                   ref.nsPerEvent, ref.cpuNsPerEvent, ref.consumerNsPerEvent,
+                                   ref.bpfNsPerEvent.map { String(format: ", in BPF %.1f", $0) } ?? "", ref.received, ref.dropped, ratio, cpuRatio))
                     }
                 }
             }

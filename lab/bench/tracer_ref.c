@@ -4,15 +4,17 @@
 // at net:net_dev_queue) into a 16 MB BPF ring buffer. A consumer thread polls the ring every
 // 1 ms and writes the records to a file. Cost per event = (time on - time off) / records.
 //
-//   sudo ./tracer_ref [-n COUNT] [-w WARMUP] [-b OBJECT] [-f FILE] [-r]
+//   sudo ./tracer_ref [-n COUNT] [-w WARMUP] [-b OBJECT] [-f FILE] [-r] [-s]
 //
-// -r runs "on" before "off" (the bench alternates the order every round). -b is the BPF
+// -r runs "on" before "off" (the bench alternates the order every round). -s turns on BPF
+// run-time statistics and adds bpfNsPerEvent, the time spent in the programs per record. -b is the BPF
 // object (default: argv[0] followed by .bpf.o), -f where the records go (default
 // /tmp/tracer_ref-PID.bin, removed at exit). Prints one JSON object: offRate, onRate (round
 // trips/s), nsPerEvent, received (records in the file), dropped (failed reserves).
 #define TUN_PINGPONG_NO_MAIN
 #include "tun_pingpong.c"
 
+#include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 #include <linux/types.h>
 #include <stdatomic.h>
@@ -84,19 +86,20 @@ static void remove_records(void) { unlink(record_path); }
 
 int main(int argc, char **argv) {
     long count = 200000, warmup = 20000;
-    int on_first = 0, c;
+    int on_first = 0, stats = 0, c;
     char object[512];
     snprintf(object, sizeof object, "%s.bpf.o", argv[0]);
     snprintf(record_path, sizeof record_path, "/tmp/tracer_ref-%d.bin", getpid());
-    while ((c = getopt(argc, argv, "n:w:b:f:r")) != -1) {
+    while ((c = getopt(argc, argv, "n:w:b:f:rs")) != -1) {
         switch (c) {
         case 'n': count = atol(optarg); break;
         case 'w': warmup = atol(optarg); break;
         case 'b': snprintf(object, sizeof object, "%s", optarg); break;
         case 'f': snprintf(record_path, sizeof record_path, "%s", optarg); break;
         case 'r': on_first = 1; break;
+        case 's': stats = 1; break;
         default:
-            fprintf(stderr, "usage: %s [-n COUNT] [-w WARMUP] [-b OBJECT] [-f FILE] [-r]\n", argv[0]);
+            fprintf(stderr, "usage: %s [-n COUNT] [-w WARMUP] [-b OBJECT] [-f FILE] [-r] [-s]\n", argv[0]);
             return 64;
         }
     }
@@ -130,7 +133,8 @@ int main(int argc, char **argv) {
     first_round_trip(fd, req, buf, sizeof buf);
     ping_pong(fd, req, buf, sizeof buf, warmup, &seq);
 
-    uint64_t off_ns = 0, on_ns = 0, off_cpu = 0, on_cpu = 0;
+    if (stats && bpf_enable_stats(BPF_STATS_RUN_TIME) < 0) die("bpf(BPF_ENABLE_STATS)");  // until exit
+    uint64_t off_ns = 0, on_ns = 0, off_cpu = 0, on_cpu = 0, bpf_ns = 0;
     for (int i = 0; i < 2; i++) {
         if ((i == 0) != on_first) {
             uint64_t t0 = now_ns(), c0 = thread_cpu_ns();
@@ -155,6 +159,11 @@ int main(int argc, char **argv) {
         on_cpu = thread_cpu_ns() - c0;
         atomic_store(&running, 0);
         pthread_join(consumer, NULL);
+        bpf_object__for_each_program(prog, obj) {
+            struct bpf_prog_info info = {0};
+            __u32 len = sizeof info;
+            if (!bpf_obj_get_info_by_fd(bpf_program__fd(prog), &info, &len)) bpf_ns += info.run_time_ns;
+        }
         for (int l = 0; l < n; l++) bpf_link__destroy(links[l]);
         ring_buffer__consume(ring);
         write_out();
@@ -170,9 +179,10 @@ int main(int argc, char **argv) {
     for (int i = 0; i < cpus; i++) dropped += values[i];
     double events = received ? (double)received : 1;
     printf("{\"benchmark\":\"tracer-reference\",\"count\":%ld,\"offRate\":%.0f,\"onRate\":%.0f,\"nsPerEvent\":%.1f,"
-           "\"cpuNsPerEvent\":%.1f,\"consumerNsPerEvent\":%.1f,\"received\":%llu,\"dropped\":%llu}\n",
+           "\"cpuNsPerEvent\":%.1f,\"consumerNsPerEvent\":%.1f,",
            count, count * 1e9 / off_ns, count * 1e9 / on_ns, ((double)on_ns - (double)off_ns) / events,
-           ((double)on_cpu - (double)off_cpu) / events, (double)consumer_cpu_ns / events,
-           (unsigned long long)received, (unsigned long long)dropped);
+           ((double)on_cpu - (double)off_cpu) / events, (double)consumer_cpu_ns / events);
+    if (stats) printf("\"bpfNsPerEvent\":%.1f,", (double)bpf_ns / events);
+    printf("\"received\":%llu,\"dropped\":%llu}\n", (unsigned long long)received, (unsigned long long)dropped);
     return 0;
 }

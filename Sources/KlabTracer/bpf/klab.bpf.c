@@ -9,51 +9,74 @@ char LICENSE[] SEC("license") = "GPL";
 
 #define ICMP_ERROR(t) ((t) == 3 || (t) == 4 || (t) == 5 || (t) == 11 || (t) == 12)
 
+// The events each device tracepoint derives from its packet: EMIT(event, condition), with
+// `e` the record, `f` its TCP flags and `tcp`/`udp`/`icmp` set for a first fragment.
+#define RX_EVENTS(EMIT)                                          \
+    EMIT(KLAB_EV_IP_RECEIVEPACKET, 1)                            \
+    EMIT(KLAB_EV_TCP_RECVSYN, tcp && (f & TH_SYN) && !(f & TH_ACK)) \
+    EMIT(KLAB_EV_TCP_RECVSYNACK, tcp && (f & TH_SYN) && (f & TH_ACK)) \
+    EMIT(KLAB_EV_TCP_RECVACK, tcp && (f & TH_ACK) && !(f & TH_SYN)) \
+    EMIT(KLAB_EV_TCP_RECV_URGENTDATA, tcp && (f & TH_URG))       \
+    EMIT(KLAB_EV_TCP_RECEIVEPACKET, tcp)                         \
+    EMIT(KLAB_EV_UDP_QUEUE_SOCKETBUFFER, udp)                    \
+    EMIT(KLAB_EV_ICMP_RECEIVE, icmp)
+
+// The last entry is never set by the catalog: only the planted test entry (KLAB_TEST_PLANT)
+// ties a receive event to this transmit hook, to prove that klab check catches a misplaced
+// event.
+#define TX_EVENTS(EMIT)                                          \
+    EMIT(KLAB_EV_IP_SENDBUFFER, 1)                               \
+    EMIT(KLAB_EV_TCP_SENDSYN, tcp && (f & TH_SYN) && !(f & TH_ACK)) \
+    EMIT(KLAB_EV_TCP_SENDSYNACK, tcp && (f & TH_SYN) && (f & TH_ACK)) \
+    EMIT(KLAB_EV_TCP_SENDACK, tcp && f == TH_ACK && e->l4_len == 0) \
+    EMIT(KLAB_EV_TCP_SENDPACKET, tcp)                            \
+    EMIT(KLAB_EV_ICMP_SEND, icmp && ICMP_ERROR(e->icmp_type))    \
+    EMIT(KLAB_EV_ICMP_REPLY, icmp && e->icmp_type == 0)          \
+    EMIT(KLAB_EV_IP_RECEIVEPACKET, 1)
+
+#define PACKET_KIND(e)                                           \
+    __u8 f = (e)->tcp_flags;                                     \
+    int first_frag = !((e)->frag & 0x1fff);                      \
+    int tcp = (e)->proto == 6 && first_frag, udp = (e)->proto == 17 && first_frag, icmp = (e)->proto == 1 && first_frag; \
+    (void)tcp; (void)udp; (void)icmp; (void)f
+
+#define EMIT_IN_PLACE(ev, cond) if ((m & BIT(ev)) && (cond)) emit_in_place(e, &used, ev);
+#define EMIT_COPY(ev, cond) if ((m & BIT(ev)) && (cond)) emit_as(e, ev);
+
+// One device tracepoint: the record is reserved in the ring and filled there (no copy on the
+// stack); if the ring is full, the events are counted as dropped through the stack path.
+#define DEVICE_PROBE(probe, skb, EVENTS)                         \
+    __u64 m = mask_of(probe);                                    \
+    if (!m) return 0;                                            \
+    __u32 ns = lab_skb_btf(skb);                                 \
+    if (!ns) return 0;                                           \
+    struct klab_event *e = bpf_ringbuf_reserve(&events, sizeof(struct klab_event), 0); \
+    if (e) {                                                     \
+        begin_btf(e, probe, ns);                                 \
+        fill_skb_btf(e, skb);                                    \
+        int used = 0;                                            \
+        PACKET_KIND(e);                                          \
+        EVENTS(EMIT_IN_PLACE)                                    \
+        end_in_place(e, used);                                   \
+        return 0;                                                \
+    }                                                            \
+    struct klab_event stack;                                     \
+    e = &stack;                                                  \
+    begin_btf(e, probe, ns);                                     \
+    fill_skb_btf(e, skb);                                        \
+    PACKET_KIND(e);                                              \
+    EVENTS(EMIT_COPY)                                            \
+    return 0
+
 // tp_btf: the skb is a typed pointer, so its fields are plain loads.
 SEC("tp_btf/netif_receive_skb")
 int BPF_PROG(tp_netif_receive_skb, struct sk_buff *skb) {
-    __u64 m = mask_of(KLAB_PROBE_ID_tp_netif_receive_skb);
-    if (!m) return 0;
-    __u32 ns = lab_skb_btf(skb);
-    if (!ns) return 0;
-    struct klab_event e;
-    begin_btf(&e, KLAB_PROBE_ID_tp_netif_receive_skb, ns);
-    fill_skb_btf(&e, skb);
-    __u8 f = e.tcp_flags;
-    int tcp = e.proto == 6 && !(e.frag & 0x1fff), udp = e.proto == 17 && !(e.frag & 0x1fff);
-    EMIT_IF(m, &e, KLAB_EV_IP_RECEIVEPACKET, 1);
-    EMIT_IF(m, &e, KLAB_EV_TCP_RECVSYN, tcp && (f & TH_SYN) && !(f & TH_ACK));
-    EMIT_IF(m, &e, KLAB_EV_TCP_RECVSYNACK, tcp && (f & TH_SYN) && (f & TH_ACK));
-    EMIT_IF(m, &e, KLAB_EV_TCP_RECVACK, tcp && (f & TH_ACK) && !(f & TH_SYN));
-    EMIT_IF(m, &e, KLAB_EV_TCP_RECV_URGENTDATA, tcp && (f & TH_URG));
-    EMIT_IF(m, &e, KLAB_EV_TCP_RECEIVEPACKET, tcp);
-    EMIT_IF(m, &e, KLAB_EV_UDP_QUEUE_SOCKETBUFFER, udp);
-    EMIT_IF(m, &e, KLAB_EV_ICMP_RECEIVE, e.proto == 1 && !(e.frag & 0x1fff));
-    return 0;
+    DEVICE_PROBE(KLAB_PROBE_ID_tp_netif_receive_skb, skb, RX_EVENTS);
 }
 
 SEC("tp_btf/net_dev_queue")
 int BPF_PROG(tp_net_dev_queue, struct sk_buff *skb) {
-    __u64 m = mask_of(KLAB_PROBE_ID_tp_net_dev_queue);
-    if (!m) return 0;
-    __u32 ns = lab_skb_btf(skb);
-    if (!ns) return 0;
-    struct klab_event e;
-    begin_btf(&e, KLAB_PROBE_ID_tp_net_dev_queue, ns);
-    fill_skb_btf(&e, skb);
-    __u8 f = e.tcp_flags;
-    int tcp = e.proto == 6 && !(e.frag & 0x1fff), icmp = e.proto == 1 && !(e.frag & 0x1fff);
-    EMIT_IF(m, &e, KLAB_EV_IP_SENDBUFFER, 1);
-    EMIT_IF(m, &e, KLAB_EV_TCP_SENDSYN, tcp && (f & TH_SYN) && !(f & TH_ACK));
-    EMIT_IF(m, &e, KLAB_EV_TCP_SENDSYNACK, tcp && (f & TH_SYN) && (f & TH_ACK));
-    EMIT_IF(m, &e, KLAB_EV_TCP_SENDACK, tcp && f == TH_ACK && e.l4_len == 0);
-    EMIT_IF(m, &e, KLAB_EV_TCP_SENDPACKET, tcp);
-    EMIT_IF(m, &e, KLAB_EV_ICMP_SEND, icmp && ICMP_ERROR(e.icmp_type));
-    EMIT_IF(m, &e, KLAB_EV_ICMP_REPLY, icmp && e.icmp_type == 0);
-    // Never set by the catalog: only the planted test entry (KLAB_TEST_PLANT) ties a receive
-    // event to this transmit hook, to prove that klab check catches a misplaced event.
-    EMIT_IF(m, &e, KLAB_EV_IP_RECEIVEPACKET, 1);
-    return 0;
+    DEVICE_PROBE(KLAB_PROBE_ID_tp_net_dev_queue, skb, TX_EVENTS);
 }
 
 // MARK: Drops: SKB_DROP, klab's own event, for every packet a lab namespace frees as dropped

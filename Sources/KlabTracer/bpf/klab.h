@@ -208,26 +208,60 @@ static __always_inline void begin_task(struct klab_event *e, __u16 probe, __u32 
     BPF_CORE_READ_STR_INTO(&e->comm, t, comm);
 }
 
-// Writes one record as event `ev`; counts it in the CPU's serial numbers, or as dropped.
-static __always_inline void emit_as(struct klab_event *e, __u16 ev) {
+// The next serial number of this CPU. Atomic: a program can be interrupted on its CPU by
+// another one (a softirq), and each must still get its own number.
+static __always_inline __u32 next_serial(void) {
     __u32 k = 0;
     __u64 *serial = bpf_map_lookup_elem(&counters, &k);
-    // Atomic: a program can be interrupted on its CPU by another one (a softirq), and each
-    // must still get its own number.
-    if (serial) e->serial = (__u32)__sync_fetch_and_add(serial, 1);
+    return serial ? (__u32)__sync_fetch_and_add(serial, 1) : 0;
+}
+
+static __always_inline void count_drop(void) {
+    __u32 k = 1;
+    __u64 *drops = bpf_map_lookup_elem(&counters, &k);
+    if (drops) __sync_fetch_and_add(drops, 1);
+}
+
+// Every 1024th record of a CPU looks at the backlog and wakes the consumer if it has reached
+// the watermark; the consumer also drains on its own every few ms. (Asking on every record,
+// and waking on every record while the consumer lagged, cost up to 1 us a record.)
+static __always_inline __u64 wake_flags(__u32 serial) {
+    if (!(serial & 1023) && bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes) return BPF_RB_FORCE_WAKEUP;
+    return BPF_RB_NO_WAKEUP;
+}
+
+// Writes one record as event `ev` from a copy on the stack; counts it in the CPU's serial
+// numbers, or as dropped.
+static __always_inline void emit_as(struct klab_event *e, __u16 ev) {
+    e->serial = next_serial();
     e->event = ev;
-    // Wake the consumer as the backlog reaches the watermark, and again every 1024 records
-    // of this CPU while it stays above (a crossing two CPUs jump over together). Waking on
-    // every record above the watermark cost about 1 us a record whenever the consumer lagged.
-    __u64 flags = BPF_RB_NO_WAKEUP;
-    __u64 avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
-    if (avail >= wakeup_bytes - (sizeof(*e) + 8) && (avail < wakeup_bytes || !(e->serial & 1023)))
-        flags = BPF_RB_FORCE_WAKEUP;
-    if (bpf_ringbuf_output(&events, e, sizeof(*e), flags)) {
-        k = 1;
-        __u64 *drops = bpf_map_lookup_elem(&counters, &k);
-        if (drops) *drops += 1;
+    if (bpf_ringbuf_output(&events, e, sizeof(*e), wake_flags(e->serial))) count_drop();
+}
+
+// Records written in place: `first` was reserved in the ring when the probe began and
+// filled there. The probe's first event takes it; each further event is a copy of it,
+// reserved after it (so the consumer, which reads in reservation order, still sees the
+// events in the order they were emitted) and submitted at once. The probe then submits
+// `first`, or discards it if it emitted nothing (end_in_place).
+static __always_inline void emit_in_place(struct klab_event *first, int *used, __u16 ev) {
+    __u32 serial = next_serial();
+    if (!*used) {
+        first->serial = serial;
+        first->event = ev;
+        *used = 1;
+        return;
     }
+    struct klab_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+    if (!e) { count_drop(); return; }
+    __builtin_memcpy(e, first, sizeof(*e));
+    e->serial = serial;
+    e->event = ev;
+    bpf_ringbuf_submit(e, wake_flags(serial));
+}
+
+static __always_inline void end_in_place(struct klab_event *first, int used) {
+    if (used) bpf_ringbuf_submit(first, wake_flags(first->serial));
+    else bpf_ringbuf_discard(first, BPF_RB_NO_WAKEUP);
 }
 
 #define EMIT_IF(m, e, ev, cond) do { if (((m) & BIT(ev)) && (cond)) emit_as(e, ev); } while (0)
