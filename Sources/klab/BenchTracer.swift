@@ -36,6 +36,11 @@ extension Bench {
                 --levels measures each log level instead, on a workload with events at every
                 level: TCP connections over a lab host's loopback (connect, accept, 4 exchanges
                 of 64 bytes, close), --count connections a run (try --count 2000).
+
+                --capacity measures the rate the tracer takes without dropping a record: several
+                producer threads, each with its own TUN, run the traced ping-pong for --seconds
+                at each offered rate of --rates, and every run says how many records were offered,
+                received and dropped (the drops are counted exactly, by serial numbers).
                 """))
 
         @Option(help: "Round trips per run.") var count = 200_000
@@ -45,18 +50,27 @@ extension Bench {
         var reference: String?
         @Flag(help: "Instead: the cost per event of each log level (socket, connection, protocol, ip, and ip with --all-sites) on TCP connections over a lab host's loopback; --count connections a run.")
         var levels = false
+        @Flag(help: "Instead: capacity. --producers threads, each with its own TUN, run the traced ping-pong for --seconds at each of --rates; reports the records offered per second, received and dropped (with --reference, the C reference's too).")
+        var capacity = false
+        @Option(help: "Capacity: producer threads.") var producers = 2
+        @Option(help: "Capacity: seconds a run.") var seconds = 2.0
+        @Option(parsing: .upToNextOption, help: "Capacity: offered rates in M events/s; 0 is as fast as the producers go.")
+        var rates: [Double] = [0.25, 0.5, 1, 0]
         @Flag(help: "Turn on BPF run-time statistics and report the time spent in the programs per event (bpfNsPerEvent): a profile, which slows every BPF program on the machine while it runs.")
         var bpfStats = false
 
         func validate() throws {
             guard count > 0, rounds > 0 else { throw ValidationError("--count and --rounds must be positive") }
+            guard (1...64).contains(producers), seconds > 0, !rates.isEmpty, rates.allSatisfy({ $0 >= 0 }) else {
+                throw ValidationError("--producers must be 1 to 64, --seconds positive, --rates not negative")
+            }
             if let reference, !FileManager.default.isExecutableFile(atPath: reference) {
                 throw ValidationError("--reference \(reference): not an executable (build it with lab/bench/tracer)")
             }
         }
 
         func run() throws {
-            do { try levels ? measureLevels() : measure() } catch { die(error) }
+            do { try levels ? measureLevels() : capacity ? measureCapacity() : measure() } catch { die(error) }
         }
 
         struct Round: Encodable {

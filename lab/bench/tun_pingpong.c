@@ -141,6 +141,21 @@ static void ping_pong(int fd, uint8_t *req, uint8_t *buf, size_t bufsize, long c
     }
 }
 
+// A TUN named `name` in this thread's namespace, addrgenmode none, at `addr`/24, up; its fd.
+static int make_tun(int sock, const char *name, const char *addr) {
+    int fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC);
+    if (fd < 0) die("open /dev/net/tun");
+    struct ifreq ifr = {0};
+    strncpy(ifr.ifr_name, name, IFNAMSIZ - 1);
+    ifr.ifr_flags = IFF_TUN | IFF_NO_PI;
+    if (ioctl(fd, TUNSETIFF, &ifr) < 0) die("TUNSETIFF");
+    addrgenmode_none(name);
+    set_inet(sock, SIOCSIFADDR, name, addr, "SIOCSIFADDR");
+    set_inet(sock, SIOCSIFNETMASK, name, "255.255.255.0", "SIOCSIFNETMASK");
+    set_flags(sock, name, IFF_UP);
+    return fd;
+}
+
 // The lab: a new network namespace (this thread's, so set it up before any other thread
 // exists) with lo up and the TUN at 198.18.0.1/24; returns the TUN's fd.
 static int make_lab(void) {
@@ -148,17 +163,7 @@ static int make_lab(void) {
     int sock = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     if (sock < 0) die("socket");
     set_flags(sock, "lo", IFF_UP);
-
-    int fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC);
-    if (fd < 0) die("open /dev/net/tun");
-    struct ifreq ifr = {0};
-    strncpy(ifr.ifr_name, TUN_NAME, IFNAMSIZ - 1);
-    ifr.ifr_flags = IFF_TUN | IFF_NO_PI;
-    if (ioctl(fd, TUNSETIFF, &ifr) < 0) die("TUNSETIFF");
-    addrgenmode_none(TUN_NAME);
-    set_inet(sock, SIOCSIFADDR, TUN_NAME, "198.18.0.1", "SIOCSIFADDR");
-    set_inet(sock, SIOCSIFNETMASK, TUN_NAME, "255.255.255.0", "SIOCSIFNETMASK");
-    set_flags(sock, TUN_NAME, IFF_UP);
+    int fd = make_tun(sock, TUN_NAME, "198.18.0.1");
     close(sock);
     return fd;
 }
