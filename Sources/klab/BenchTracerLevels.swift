@@ -13,6 +13,8 @@ extension Bench.TracerCost {
         let offNs, onNs, offCpuNs, onCpuNs: Double
         let nsPerEvent, cpuNsPerEvent, consumerNsPerEvent, eventsPerConnection: Double
         let emitted, received, dropped: UInt64
+        /// With --bpf-stats, per program: calls per connection and ns a call.
+        var programs: [String: [Double]]?
     }
 
     /// The workload, all on one lab host's thread over its loopback: connect to a listener,
@@ -83,6 +85,8 @@ extension Bench.TracerCost {
         all.allSites = true
         configs.append(("ip --all-sites", all))
 
+        let stats = bpfStats ? try BPFRunTimeStats() : nil
+        defer { withExtendedLifetime(stats) {} }
         var results: [LevelRound] = []
         for (name, config) in configs {
             // A fresh host per level: its TIME_WAIT sockets go with it.
@@ -92,6 +96,7 @@ extension Bench.TracerCost {
             try host.run { try tcp.run(200) }
             let ns = [(host.netnsCookie, host.netnsInode)]
 
+            var programs: [(program: String, runs: UInt64, ns: UInt64)] = []
             func timed(_ config: TracerConfig?) throws -> (ns: UInt64, cpuNs: UInt64, consumerNs: UInt64, counters: (UInt64, UInt64), received: Int) {
                 var t: Tracer?
                 if let config {
@@ -106,6 +111,7 @@ extension Bench.TracerCost {
                 }
                 guard let t else { return (wall, cpu, 0, (0, 0), 0) }
                 t.stop()
+                programs = t.programRunTimes().filter { $0.runs > 0 }
                 let size = (try? FileManager.default.attributesOfItem(atPath: scratch)[.size] as? Int) ?? 0
                 return (wall, cpu, t.consumerCPUNs, t.counters(), size / TraceEvent.recordSize)
             }
@@ -115,18 +121,24 @@ extension Bench.TracerCost {
                 let second = try timed(r % 2 == 0 ? config : nil)
                 let (off, on) = r % 2 == 0 ? (first, second) : (second, first)
                 let events = max(Double(on.received), 1), n = Double(count)
-                let round = LevelRound(
+                var round = LevelRound(
                     level: name, offNs: Double(off.ns) / n, onNs: Double(on.ns) / n,
                     offCpuNs: Double(off.cpuNs) / n, onCpuNs: Double(on.cpuNs) / n,
                     nsPerEvent: (Double(on.ns) - Double(off.ns)) / events,
                     cpuNsPerEvent: (Double(on.cpuNs) - Double(off.cpuNs)) / events,
                     consumerNsPerEvent: Double(on.consumerNs) / events, eventsPerConnection: Double(on.received) / n,
                     emitted: on.counters.0, received: UInt64(on.received), dropped: on.counters.1)
+                if bpfStats {
+                    round.programs = Dictionary(uniqueKeysWithValues: programs.map { ($0.program, [Double($0.runs) / n, Double($0.ns) / Double($0.runs)]) })
+                }
                 results.append(round)
                 if !json {
                     say(String(format: "%@ round %d: %.2f µs per connection off, %.2f on | %.1f events per connection | %.1f ns/event (CPU %.1f, consumer %.1f) | emitted %llu received %llu dropped %llu",
                                name, r + 1, round.offNs / 1e3, round.onNs / 1e3, round.eventsPerConnection, round.nsPerEvent,
                                round.cpuNsPerEvent, round.consumerNsPerEvent, round.emitted, round.received, round.dropped))
+                    if let p = round.programs {
+                        say("  in BPF programs: " + p.sorted { $0.key < $1.key }.map { String(format: "%@ %.1f calls a connection, %.0f ns a call", $0.key, $0.value[0], $0.value[1]) }.joined(separator: "; "))
+                    }
                 }
             }
         }

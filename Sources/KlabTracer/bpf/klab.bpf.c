@@ -126,7 +126,7 @@ int BPF_PROG(btf_softirq_exit, unsigned int vec_nr) { return set_context(1); }
 // sockets never pass through sock_create.
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(btf_inet_sock_set_state, struct sock *sk, int oldstate, int newstate) {
-    __u32 ns = lab_sk(sk);
+    __u32 ns = lab_sk_btf(sk);
     if (!ns) return 0;
     // Every lab socket gets its cookie and a place in lab_socks, whatever is logged.
     __u64 cookie = bpf_get_socket_cookie(sk);
@@ -137,7 +137,7 @@ int BPF_PROG(btf_inet_sock_set_state, struct sock *sk, int oldstate, int newstat
     if (!m) return 0;
     struct klab_event e;
     begin_btf(&e, KLAB_PROBE_ID_btf_inet_sock_set_state, inum);
-    fill_sock(&e, sk);
+    fill_sock_btf(&e, sk);
     e.sock = cookie;
     e.arg0 = oldstate;
     e.arg1 = newstate;
@@ -161,19 +161,23 @@ struct {
 
 static __always_inline int length_event(struct sock *sk, int ret, int flags, __u32 probe, int send) {
     __u64 m = mask_of(probe);
-    if (!m || BPF_CORE_READ(sk, __sk_common.skc_family) != AF_INET) return 0;
-    __u32 ns = lab_sk(sk);
+    if (!m || sk->__sk_common.skc_family != AF_INET) return 0;
+    __u32 ns = lab_sk_btf(sk);
     if (!ns) return 0;
     struct klab_event e;
     begin_btf(&e, probe, ns);
-    fill_sock(&e, sk);
+    fill_sock_btf(&e, sk);
     e.sock = bpf_get_socket_cookie(sk);
     e.arg0 = ret;
     e.arg1 = flags;
     e.bytes = ret > 0 ? ret : 0;
     if (send) {
-        __u32 tid = (__u32)bpf_get_current_pid_tgid();
-        bpf_map_delete_elem(&sending, &tid);  // this call's tcp_sendmsg_locked may log again
+        // This call's tcp_sendmsg_locked may log again (only if it logs at all: a delete
+        // costs a hash lookup).
+        if (mask_of(KLAB_PROBE_ID_btf_tcp_sendmsg_locked)) {
+            __u32 tid = (__u32)bpf_get_current_pid_tgid();
+            bpf_map_delete_elem(&sending, &tid);
+        }
         EMIT_IF(m, &e, KLAB_EV_SOCKET_WRITE, 1);
         EMIT_IF(m, &e, KLAB_EV_UDP_SEND, e.proto == 17);
     } else {
@@ -199,7 +203,7 @@ SEC("tp_btf/tcp_sendmsg_locked")
 int BPF_PROG(btf_tcp_sendmsg_locked, struct sock *sk, struct msghdr *msg, struct sk_buff *skb, int size_goal) {
     __u64 m = mask_of(KLAB_PROBE_ID_btf_tcp_sendmsg_locked);
     if (!m) return 0;
-    __u32 ns = lab_sk(sk);
+    __u32 ns = lab_sk_btf(sk);
     if (!ns) return 0;
     __u32 tid = (__u32)bpf_get_current_pid_tgid();
     __u64 cookie = bpf_get_socket_cookie(sk);
@@ -208,7 +212,7 @@ int BPF_PROG(btf_tcp_sendmsg_locked, struct sock *sk, struct msghdr *msg, struct
     bpf_map_update_elem(&sending, &tid, &cookie, BPF_ANY);
     struct klab_event e;
     begin_btf(&e, KLAB_PROBE_ID_btf_tcp_sendmsg_locked, ns);
-    fill_sock(&e, sk);
+    fill_sock_btf(&e, sk);
     e.sock = cookie;
     e.bytes = BPF_CORE_READ(msg, msg_iter.count);
     e.arg0 = size_goal;
@@ -222,7 +226,7 @@ SEC("tp_btf/tcp_probe")
 int BPF_PROG(btf_tcp_probe, struct sock *sk, struct sk_buff *skb) {
     __u64 m = mask_of(KLAB_PROBE_ID_btf_tcp_probe);
     if (!m) return 0;
-    __u32 ns = lab_sk(sk);
+    __u32 ns = lab_sk_btf(sk);
     if (!ns) return 0;
     struct klab_event e;
     begin_btf(&e, KLAB_PROBE_ID_btf_tcp_probe, ns);

@@ -131,6 +131,12 @@ static __always_inline __u32 lab_sk(struct sock *sk) {
     return sk ? lab_net(BPF_CORE_READ(sk, __sk_common.skc_net.net)) : 0;
 }
 
+// The same from a BTF pointer (tp_btf): plain loads.
+static __always_inline __u32 lab_sk_btf(struct sock *sk) {
+    struct net *net = sk ? sk->__sk_common.skc_net.net : 0;
+    return net ? lab_cookie(net->net_cookie) : 0;
+}
+
 static __always_inline __u32 lab_skb(struct sk_buff *skb) {
     return lab_net(BPF_CORE_READ(skb, dev, nd_net.net));
 }
@@ -348,6 +354,16 @@ static __always_inline void fill_skb(struct klab_event *e, struct sk_buff *skb) 
     struct sock *sk = BPF_CORE_READ(skb, sk);
     if (sk) e->sock = BPF_CORE_READ(sk, __sk_common.skc_cookie.counter);
     fill_ip(e, BPF_CORE_READ(skb, head) + BPF_CORE_READ(skb, network_header));
+}
+
+// The same from a BTF pointer (tp_btf, fentry): plain loads, no helper call per field.
+static __always_inline void fill_sock_btf(struct klab_event *e, struct sock *sk) {
+    e->sock = sk->__sk_common.skc_cookie.counter;
+    e->proto = sk->sk_protocol;
+    e->saddr = sk->__sk_common.skc_rcv_saddr;
+    e->daddr = sk->__sk_common.skc_daddr;
+    e->sport = sk->__sk_common.skc_num;
+    e->dport = bpf_ntohs(sk->__sk_common.skc_dport);
 }
 
 // A socket's endpoints, protocol and cookie (0 if nothing asked for it yet).
