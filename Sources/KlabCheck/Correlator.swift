@@ -314,14 +314,15 @@ public final class Correlator {
 
     private func slotIndex(_ number: Int) -> Int { head + (number - firstNumber) }
 
-    /// Whether `frame`, which an earlier event of `e`'s skb joined, can be `e`'s packet: the
+    /// Whether frame slot `i`, which an earlier event of `e`'s skb joined, can be `e`'s packet: the
     /// same packet when `e` read one; otherwise the same flow the way `e`'s socket sees it and
     /// the right direction (`__tcp_transmit_skb` names the skb in the write queue, whose
     /// address a received packet may have had microseconds before).
-    private func sameSkbPacket(_ e: TraceEvent, _ side: Side, _ frame: Frame) -> Bool {
-        if let p = e.packet { return samePacket(p, frame.identity) }
-        if side == .send && frame.toHost || side == .receive && !frame.toHost { return false }
-        guard let p = e.endpoints, let f = frame.identity else { return true }
+    private func sameSkbPacket(_ e: TraceEvent, _ side: Side, _ i: Int) -> Bool {
+        if let p = e.packet { return samePacket(p, slots[i].frame.identity) }
+        let toHost = slots[i].frame.toHost
+        if side == .send && toHost || side == .receive && !toHost { return false }
+        guard let p = e.endpoints, let f = slots[i].frame.identity else { return true }
         let forward = p.source == f.source && p.sourcePort == f.sourcePort && p.destination == f.destination && p.destinationPort == f.destinationPort
         let reverse = p.source == f.destination && p.sourcePort == f.destinationPort && p.destination == f.source && p.destinationPort == f.sourcePort
         return side == .receive ? reverse || forward : forward
@@ -352,15 +353,16 @@ public final class Correlator {
         // Newest first: on a tie in distance the older frame wins (`<=`).
         chain(table, key, link) { n in
             let i = slotIndex(n)
-            let f = slots[i].frame
-            // Keys are digests: the host and the identity are compared in full.
-            guard slots[i].netns == e.netns, let id = f.identity, accept(id), !taken(i, e) else { return }
+            // Keys are digests: the host and the identity are compared in full. (The frame's
+            // fields are read in place: a copy of the frame would touch its bytes' buffer.)
+            guard slots[i].netns == e.netns, let id = slots[i].frame.identity, accept(id), !taken(i, e) else { return }
             candidates += 1
-            let d = distance(f.timeNs, e.timeNs)
+            let (t, toHost) = (slots[i].frame.timeNs, slots[i].frame.toHost)
+            let d = distance(t, e.timeNs)
             if d <= best?.d ?? .max { best = (n, d) }
             let fits = switch side {
-            case .send: !f.toHost && f.timeNs >= e.timeNs
-            case .receive: f.toHost && f.timeNs <= e.timeNs
+            case .send: !toHost && t >= e.timeNs
+            case .receive: toHost && t <= e.timeNs
             case .none: false
             }
             if fits, d <= fitting?.d ?? .max { fitting = (n, d) }
@@ -401,7 +403,7 @@ public final class Correlator {
         // within microseconds) and that frame has no such event yet (identical packets may
         // reuse one skb address one after the other).
         if e.skb != 0, let s = skbs[e.skb], e.timeNs &- s.t < window, s.frame >= firstNumber, slots[slotIndex(s.frame)].netns == e.netns,
-           !taken(slotIndex(s.frame), e), sameSkbPacket(e, side, slots[slotIndex(s.frame)].frame) {
+           !taken(slotIndex(s.frame), e), sameSkbPacket(e, side, slotIndex(s.frame)) {
             (number, how) = (s.frame, .skb)
         }
         // A TCP packet that joined nothing as it is may be one skb cut into several (TSO/GSO).
@@ -431,10 +433,10 @@ public final class Correlator {
             // The last fragment to arrive (newest first: on a tie the newer frame wins).
             var last: (n: Int, t: UInt64)?
             chain(byDatagram, datagramKey(id, e.netns), Chain.datagram) { n in
-                let sl = slots[slotIndex(n)]
-                guard sl.netns == e.netns, sl.frame.toHost, sl.frame.timeNs <= e.timeNs, let f = sl.frame.identity,
+                let i = slotIndex(n)
+                guard slots[i].netns == e.netns, slots[i].frame.toHost, slots[i].frame.timeNs <= e.timeNs, let f = slots[i].frame.identity,
                       f.source == id.source, f.destination == id.destination, f.proto == id.proto, f.ipID == id.ipID else { return }
-                if last == nil || sl.frame.timeNs > last!.t { last = (n, sl.frame.timeNs) }
+                if last == nil || slots[i].frame.timeNs > last!.t { last = (n, slots[i].frame.timeNs) }
             }
             if let last { (number, how, whole) = (last.n, .reassembly, nil) }
         }
@@ -492,14 +494,15 @@ public final class Correlator {
             var best: (n: Int, d: UInt64)?, fitting: (n: Int, d: UInt64)?
             // Newest first: on a tie in distance the older frame wins (`<=`).
             chain(bySeq, seqKey(id, seq, e.netns), Chain.seq) { n in
-                let f = slots[slotIndex(n)].frame
-                guard slots[slotIndex(n)].netns == e.netns, let p = f.identity, p.source == id.source, p.destination == id.destination, p.sourcePort == id.sourcePort,
+                let i = slotIndex(n)
+                guard slots[i].netns == e.netns, let p = slots[i].frame.identity, p.source == id.source, p.destination == id.destination, p.sourcePort == id.sourcePort,
                       p.destinationPort == id.destinationPort, p.length > 0, p.length < id.length, ipID.map({ $0 == p.ipID }) ?? true
                 else { return }
-                let d = distance(f.timeNs, t)
+                let ft = slots[i].frame.timeNs
+                let d = distance(ft, t)
                 guard d < window else { return }
                 if d <= best?.d ?? .max { best = (n, d) }
-                let fits = side == .send ? f.timeNs >= t : side == .receive ? f.timeNs <= t : false
+                let fits = side == .send ? ft >= t : side == .receive ? ft <= t : false
                 if fits, d <= fitting?.d ?? .max { fitting = (n, d) }
             }
             return fitting?.n ?? best?.n
