@@ -64,8 +64,16 @@ public final class PlacementChecker {
     private let figures: FigureBuilder
 
     /// What to judge for each (event, probe): worked out once, then looked up per record.
-    private struct Plan { let key: Int; let rule: Rule?; let partners: [EventSpec]; let partnersLogged: Bool }
-    private var plans: [UInt32: [Plan]] = [:]
+    private struct Plan {
+        let key: Int
+        let rule: Rule?
+        /// The partner events' ids.
+        let partners: [UInt16]
+        let partnersLogged: Bool
+        /// Why it is not judged when its partners were not logged; the problem when the probe is none of the event's sites.
+        let note: String
+    }
+    private var plans = ByKind<[Plan]>()
 
     // Socket pairing: per socket and rule, the occurrences still waiting for a partner.
     private struct PairKey: Hashable { let sock: UInt64; let rule: Int }
@@ -73,7 +81,7 @@ public final class PlacementChecker {
     private var waiting: [PairKey: Waiting] = [:]
     /// A socket rule as its partner events see it: the verdict, and whether the owner comes first.
     private struct SocketRule { let key: Int; let before: Bool }
-    private var rulesByPartner: [UInt16: [SocketRule]] = [:]
+    private var rulesByPartner = [[SocketRule]](repeating: [], count: 256)
 
     // Handshake segments per flow (both directions in one key), as one host's link saw them.
     private struct FlowKey: Hashable { let a: UInt64; let b: UInt64; let netns: UInt32 }
@@ -99,7 +107,7 @@ public final class PlacementChecker {
                     default: continue
                     }
                     let r = SocketRule(key: verdictKey(spec, site, rule), before: before)
-                    for p in partners { if let id = Schema.event(named: p)?.id { rulesByPartner[id, default: []].append(r) } }
+                    for p in partners { if let id = Schema.event(named: p)?.id, id < 256 { rulesByPartner[Int(id)].append(r) } }
                 }
             }
         }
@@ -129,21 +137,20 @@ public final class PlacementChecker {
         return verdicts.count - 1
     }
 
-    private func plan(_ e: TraceEvent, _ spec: EventSpec) -> [Plan] {
-        let k = UInt32(e.event) << 16 | UInt32(e.probe)
-        if let p = plans[k] { return p }
-        let p: [Plan]
-        if let site = spec.site(of: e.probe) {
-            p = spec.rules(for: site).map { rule in
-                Plan(key: verdictKey(spec, site, rule), rule: rule, partners: rule.partners.compactMap { Schema.event(named: $0) },
-                     partnersLogged: rule.partners.isEmpty || rule.partners.contains(where: logged.contains))
+    /// What to judge for `e` (nothing for klab's own events and unknown ones).
+    private func plan(_ e: TraceEvent) -> [Plan] {
+        plans.get(e) {
+            guard e.event < 40, let spec = Schema.event(e.event) else { return [] }  // klab's own events have no rules
+            guard let site = spec.site(of: e.probe) else {
+                return [Plan(key: verdict(Verdict(event: spec.name, site: e.probeName, judged_against: "the catalog", rule: "logged from one of its catalog sites")),
+                             rule: nil, partners: [], partnersLogged: true, note: "logged by \(e.probeName), which is none of \(spec.name)'s sites")]
             }
-        } else {
-            p = [Plan(key: verdict(Verdict(event: spec.name, site: e.probeName, judged_against: "the catalog", rule: "logged from one of its catalog sites")),
-                      rule: nil, partners: [], partnersLogged: true)]
+            return spec.rules(for: site).map { rule in
+                Plan(key: verdictKey(spec, site, rule), rule: rule, partners: rule.partners.compactMap { Schema.event(named: $0)?.id },
+                     partnersLogged: rule.partners.isEmpty || rule.partners.contains(where: logged.contains),
+                     note: "\(rule.partners.joined(separator: "/")) not logged in this run")
+            }
         }
-        plans[k] = p
-        return p
     }
 
     private func record(_ key: Int, _ ok: Bool, _ e: TraceEvent, _ frame: Frame?, _ problem: @autoclosure () -> String) {
@@ -159,16 +166,16 @@ public final class PlacementChecker {
     /// Call for every event the correlator joins, in time order.
     public func event(_ e: TraceEvent, _ frame: Frame?, _ how: Join?) {
         figures.event(e, frame, how)
-        guard e.event < 40, let spec = Schema.event(e.event) else { return }  // klab's own events have no rules
-        if let list = rulesByPartner[e.event] { for r in list { partner(r, e) } }
-        for plan in plan(e, spec) {
+        guard e.event < 40 else { return }  // klab's own events have no rules
+        for r in rulesByPartner[Int(e.event)] { partner(r, e) }
+        for plan in plan(e) {
             let key = plan.key
             guard let rule = plan.rule else {
-                record(key, false, e, frame, "logged by \(e.probeName), which is none of \(spec.name)'s sites")
+                record(key, false, e, frame, plan.note)
                 continue
             }
             if !plan.partnersLogged {
-                skip(key, "\(rule.partners.joined(separator: "/")) not logged in this run")
+                skip(key, plan.note)
                 continue
             }
             switch rule {
@@ -201,8 +208,7 @@ public final class PlacementChecker {
     public func journey(_ frame: Frame, _ events: [TraceEvent]) {
         figures.journey(frame, events)
         for e in events {
-            guard e.event < 40, let spec = Schema.event(e.event) else { continue }
-            for plan in plan(e, spec) {
+            for plan in plan(e) {
                 guard case .afterOnPacket(let names) = plan.rule, plan.partnersLogged else { continue }
                 let key = plan.key
                 // Each partner event as logged from its most faithful site on this packet
@@ -211,9 +217,9 @@ public final class PlacementChecker {
                 var latest: TraceEvent?
                 for p in plan.partners {
                     var best: (e: TraceEvent, rank: Int)?
-                    for x in events where x.event == p.id && x.netns == e.netns {
-                        let r = rank(p, x)
-                        if r < p.sites.count, p.sites[r].backend != .device, r < best?.rank ?? .max { best = (x, r) }
+                    for x in events where x.event == p && x.netns == e.netns {
+                        let r = rank(x)
+                        if r < best?.rank ?? .max { best = (x, r) }
                     }
                     if let b = best, b.e.timeNs > latest?.timeNs ?? 0 { latest = b.e }
                 }
@@ -227,10 +233,16 @@ public final class PlacementChecker {
         }
     }
 
-    /// A site's place in its event's list: lower is more faithful.
-    private func rank(_ spec: EventSpec, _ e: TraceEvent) -> Int {
-        spec.sites.firstIndex { $0.probes.contains { $0.id == e.probe } } ?? spec.sites.count
+    /// The place of the site `e` was logged from in its event's list (lower is more
+    /// faithful); .max for a site derived at the device, or none of the event's sites.
+    private func rank(_ e: TraceEvent) -> Int {
+        ranks.get(e) {
+            guard let spec = Schema.event(e.event), let r = spec.sites.firstIndex(where: { $0.probes.contains { $0.id == e.probe } }),
+                  spec.sites[r].backend != .device else { return .max }
+            return r
+        }
     }
+    private var ranks = ByKind<Int>()
 
     // MARK: Socket pairs
 
@@ -275,7 +287,7 @@ public final class PlacementChecker {
         guard let id = f.identity, id.proto == 6, f.delivered else { return }
         let key = flowKey(id, correlator.links[f.link].netns)
         let syn = id.tcpFlags & 0x02 != 0, ack = id.tcpFlags & 0x10 != 0
-        if !syn && flows[key] == nil { return }
+        if !syn && (flows.isEmpty || flows[key] == nil) { return }
         var h = flows[key] ?? Handshake()
         defer { flows[key] = h }
         if syn { h.segments.append((ack ? .synAck : .syn, f)); return }

@@ -17,6 +17,18 @@ public enum Join: String, Sendable, Codable, CaseIterable {
     case chain
     /// A datagram reassembled from IP fragments: joined to its last fragment to arrive.
     case reassembly
+
+    /// Its place in `allCases`.
+    var ordinal: Int {
+        switch self {
+        case .identity: 0
+        case .segment: 1
+        case .skb: 2
+        case .gso: 3
+        case .chain: 4
+        case .reassembly: 5
+        }
+    }
 }
 
 /// Streams a run's events (time order) against its capture and joins them: each event to the
@@ -37,7 +49,15 @@ public final class Correlator {
     /// Each wire packet as it enters the window (before any event joins it).
     public var onFrame: (Frame) -> Void = { _ in }
 
-    public private(set) var counts = Counts()
+    /// The join's counts so far.
+    public var counts: Counts {
+        var c = tally
+        for (how, n) in zip(Join.allCases, joinedBy) where n > 0 { c.joined[how.rawValue] = n }
+        return c
+    }
+    private var tally = Counts()
+    /// Joins by `Join` case (in `allCases` order): counted per event without hashing a name.
+    private var joinedBy = [Int](repeating: 0, count: Join.allCases.count)
 
     public struct Counts: Codable, Sendable {
         public var events = 0
@@ -77,30 +97,39 @@ public final class Correlator {
     private struct Slot {
         let frame: Frame
         let netns: UInt32
-        var events: [TraceEvent]
+        var events = EventLists.List()
         /// The first wire packet of a TSO/GSO skb already counted: the skb's events join here.
         var gsoCounted = false
+        /// The previous frame with the same key in each index (`Chain`), 0 for none.
+        var earlier = SIMD4<Int>()
     }
+    /// The indexes, by their place in `Slot.earlier`.
+    private enum Chain { static let identity = 0, segment = 1, seq = 2, datagram = 3 }
     private var slots: [Slot] = []
     private var head = 0
     private var firstNumber = 1
+    private var events = EventLists()
+    private var journey: [TraceEvent] = []
+    /// The newest frame of each key; older ones with the same key are chained through
+    /// `Slot.earlier`, newest first, and end where frames left the window.
     /// Frames by a 64-bit digest of their identity and host (hashing the whole identity
     /// costs more than the join); candidates are compared in full.
-    private var byIdentity: [UInt64: Recent] = [:]
+    /// (In each, the entries of frames that left the window are stale.)
+    private var byIdentity = KeyTable<Int>()
     /// TCP frames by host, flow, seq, ack, flags and length: the segment as a socket knows it.
-    private var bySegment: [UInt64: Recent] = [:]
+    private var bySegment = KeyTable<Int>()
     /// TCP frames by host, flow and seq: the parts of a TSO/GSO skb, one after the other.
-    private var bySeq: [UInt64: Recent] = [:]
+    private var bySeq = KeyTable<Int>()
     /// IP fragments by host, addresses, protocol and IP ID: the datagram they make.
-    private var byDatagram: [UInt64: Recent] = [:]
+    private var byDatagram = KeyTable<Int>()
 
-    private var skbs: [UInt64: (frame: Int, t: UInt64)] = [:]
-    private var skbSweep = 0
+    /// The frame an skb's earlier event joined, and when (stale a window later).
+    private var skbs = KeyTable<(frame: Int, t: UInt64)>()
 
     /// Which side of the wire each (event, probe) sits on, from its placement rules: before
     /// its packet leaves (send), after it arrives (receive), or neither.
     enum Side { case send, receive, none }
-    private var sides: [UInt32: Side] = [:]
+    private var sides = ByKind<Side>()
 
     /// Probes that see a TCP skb after the IP header is pulled (skb->len is TCP header + data).
     static let tcpLayerProbes: Set<UInt16> = Set(
@@ -150,7 +179,7 @@ public final class Correlator {
     private func settleUnjoined(before t: UInt64) {
         while unjoinedHead < unjoinedEvents.count, unjoinedEvents[unjoinedHead].timeNs < t {
             let e = unjoinedEvents[unjoinedHead]
-            counts.unmatchedWhy[unjoined(e).rawValue, default: [:]][e.name, default: 0] += 1
+            tally.unmatchedWhy[unjoined(e).rawValue, default: [:]][e.name, default: 0] += 1
             unjoinedHead += 1
         }
         if unjoinedHead > 1024, unjoinedHead * 2 > unjoinedEvents.count {
@@ -174,7 +203,7 @@ public final class Correlator {
     }
 
     private func explain(_ e: TraceEvent, by d: TraceEvent) {
-        counts.unmatchedWhy[Self.droppedBecause(dropReasons[d.arg0] ?? "reason \(d.arg0)"), default: [:]][e.name, default: 0] += 1
+        tally.unmatchedWhy[Self.droppedBecause(dropReasons[d.arg0] ?? "reason \(d.arg0)"), default: [:]][e.name, default: 0] += 1
     }
 
     /// An SKB_DROP: the waiting events of its packet are put down to it; it is kept a window
@@ -209,17 +238,30 @@ public final class Correlator {
     }
 
     private func admit(_ f: Frame) {
-        counts.frames += 1
+        tally.frames += 1
         onFrame(f)
         let netns = links[f.link].netns
-        slots.append(Slot(frame: f, netns: netns, events: []))
+        var slot = Slot(frame: f, netns: netns)
         // A delivery the TUN refused never entered its host: no event can be about it.
-        guard let id = f.identity, f.delivered else { return }
-        byIdentity[digest(id, netns), default: Recent()].append(f.number)
-        if id.frag & 0x3fff != 0 { byDatagram[datagramKey(id, netns), default: Recent()].append(f.number) }
-        if id.proto == 6 {
-            bySegment[segmentKey(id, netns), default: Recent()].append(f.number)
-            bySeq[seqKey(id, id.tcpSeq, netns), default: Recent()].append(f.number)
+        if let id = f.identity, f.delivered {
+            let first = firstNumber
+            func index(_ table: inout KeyTable<Int>, _ key: UInt64) -> Int { table.set(key, f.number) { $0 < first } ?? 0 }
+            slot.earlier[Chain.identity] = index(&byIdentity, digest(id, netns))
+            if id.frag & 0x3fff != 0 { slot.earlier[Chain.datagram] = index(&byDatagram, datagramKey(id, netns)) }
+            if id.proto == 6 {
+                slot.earlier[Chain.segment] = index(&bySegment, segmentKey(id, netns))
+                slot.earlier[Chain.seq] = index(&bySeq, seqKey(id, id.tcpSeq, netns))
+            }
+        }
+        slots.append(slot)
+    }
+
+    /// The window's frames of one key, newest first: `table`'s entry, then each slot's link.
+    private func chain(_ table: KeyTable<Int>, _ key: UInt64, _ link: Int, _ visit: (Int) -> Void) {
+        var n = table[key] ?? 0
+        while n >= firstNumber {
+            visit(n)
+            n = slots[slotIndex(n)].earlier[link]
         }
     }
 
@@ -250,18 +292,12 @@ public final class Correlator {
     private func evict(before t: UInt64) throws {
         while head < slots.count, slots[head].frame.timeNs < t {
             let s = slots[head]
-            if s.events.isEmpty { counts.framesWithoutEvents += 1 }
-            try onJourney(s.frame, s.events)
+            if s.events.isEmpty { tally.framesWithoutEvents += 1 }
+            journey.removeAll(keepingCapacity: true)
+            events.take(s.events, into: &journey)
+            try onJourney(s.frame, journey)
             head += 1
             firstNumber += 1
-            if let id = s.frame.identity, s.frame.delivered {
-                drop(from: &byIdentity, digest(id, s.netns))
-                if id.frag & 0x3fff != 0 { drop(from: &byDatagram, datagramKey(id, s.netns)) }
-                if id.proto == 6 {
-                    drop(from: &bySegment, segmentKey(id, s.netns))
-                    drop(from: &bySeq, seqKey(id, id.tcpSeq, s.netns))
-                }
-            }
         }
         if head > 4096 && head * 2 > slots.count {
             slots.removeFirst(head)
@@ -269,12 +305,6 @@ public final class Correlator {
         }
     }
 
-    /// Forgets the frames of `key` that left the window (frames leave in number order).
-    private func drop(from map: inout [UInt64: Recent], _ key: UInt64) {
-        guard var r = map.removeValue(forKey: key) else { return }
-        r.prune(below: firstNumber)
-        if !r.isEmpty { map[key] = r }
-    }
 
     private func samePacket(_ a: PacketIdentity, _ b: PacketIdentity?, ignoringIPID: Bool = false) -> Bool {
         guard let b else { return false }
@@ -284,61 +314,60 @@ public final class Correlator {
 
     private func slotIndex(_ number: Int) -> Int { head + (number - firstNumber) }
 
-    /// Whether `frame`, which an earlier event of `e`'s skb joined, can be `e`'s packet: the
+    /// Whether frame slot `i`, which an earlier event of `e`'s skb joined, can be `e`'s packet: the
     /// same packet when `e` read one; otherwise the same flow the way `e`'s socket sees it and
     /// the right direction (`__tcp_transmit_skb` names the skb in the write queue, whose
     /// address a received packet may have had microseconds before).
-    private func sameSkbPacket(_ e: TraceEvent, _ side: Side, _ frame: Frame) -> Bool {
-        if let p = e.packet { return samePacket(p, frame.identity) }
-        if side == .send && frame.toHost || side == .receive && !frame.toHost { return false }
-        guard let p = e.endpoints, let f = frame.identity else { return true }
+    private func sameSkbPacket(_ e: TraceEvent, _ side: Side, _ i: Int) -> Bool {
+        if let p = e.packet { return samePacket(p, slots[i].frame.identity) }
+        let toHost = slots[i].frame.toHost
+        if side == .send && toHost || side == .receive && !toHost { return false }
+        guard let p = e.endpoints, let f = slots[i].frame.identity else { return true }
         let forward = p.source == f.source && p.sourcePort == f.sourcePort && p.destination == f.destination && p.destinationPort == f.destinationPort
         let reverse = p.source == f.destination && p.sourcePort == f.destinationPort && p.destination == f.source && p.destinationPort == f.sourcePort
         return side == .receive ? reverse || forward : forward
     }
 
     private func side(_ e: TraceEvent) -> Side {
-        let k = UInt32(e.event) << 16 | UInt32(e.probe)
-        if let s = sides[k] { return s }
-        var s = Side.none
-        if let spec = Schema.event(e.event) {
+        sides.get(e) {
+            guard let spec = Schema.event(e.event) else { return .none }
             let rules = spec.site(of: e.probe).map { spec.rules(for: $0) } ?? spec.rules
-            if rules.contains(.beforeSent) { s = .send } else if rules.contains(.afterReceived) { s = .receive }
+            return rules.contains(.beforeSent) ? .send : rules.contains(.afterReceived) ? .receive : .none
         }
-        sides[k] = s
-        return s
     }
 
     /// Whether frame slot `i` already holds an event of this kind from this probe: the same
     /// packet does not pass the same probe twice, so identical packets each get their own.
     private func taken(_ i: Int, _ e: TraceEvent) -> Bool {
-        slots[i].events.contains { $0.event == e.event && $0.probe == e.probe }
+        events.contains(slots[i].events) { $0.event == e.event && $0.probe == e.probe }
     }
 
     /// Among `numbers` (frames of the event's host with its identity, or `accept`ed), the one
     /// this event belongs to: on the event's side of the wire the latest packet that arrived
     /// before it (receive) or the first that left after it (send), else the nearest in time.
     /// Only identical packets make this a choice; it is counted.
-    private func choose(_ recent: Recent?, _ e: TraceEvent, _ side: Side, accept: (PacketIdentity) -> Bool) -> Int? {
-        guard let recent else { return nil }
+    private func choose(_ table: KeyTable<Int>, _ key: UInt64, _ link: Int, _ e: TraceEvent, _ side: Side,
+                        accept: (PacketIdentity) -> Bool) -> Int? {
         var best: (n: Int, d: UInt64)?, fitting: (n: Int, d: UInt64)?
         var candidates = 0
-        for n in recent.numbers where n >= firstNumber {
+        // Newest first: on a tie in distance the older frame wins (`<=`).
+        chain(table, key, link) { n in
             let i = slotIndex(n)
-            let f = slots[i].frame
-            // Keys are digests: the host and the identity are compared in full.
-            guard slots[i].netns == e.netns, let id = f.identity, accept(id), !taken(i, e) else { continue }
+            // Keys are digests: the host and the identity are compared in full. (The frame's
+            // fields are read in place: a copy of the frame would touch its bytes' buffer.)
+            guard slots[i].netns == e.netns, let id = slots[i].frame.identity, accept(id), !taken(i, e) else { return }
             candidates += 1
-            let d = distance(f.timeNs, e.timeNs)
-            if d < best?.d ?? .max { best = (n, d) }
+            let (t, toHost) = (slots[i].frame.timeNs, slots[i].frame.toHost)
+            let d = distance(t, e.timeNs)
+            if d <= best?.d ?? .max { best = (n, d) }
             let fits = switch side {
-            case .send: !f.toHost && f.timeNs >= e.timeNs
-            case .receive: f.toHost && f.timeNs <= e.timeNs
+            case .send: !toHost && t >= e.timeNs
+            case .receive: toHost && t <= e.timeNs
             case .none: false
             }
-            if fits, d < fitting?.d ?? .max { fitting = (n, d) }
+            if fits, d <= fitting?.d ?? .max { fitting = (n, d) }
         }
-        if candidates > 1 { counts.ambiguous += 1 }
+        if candidates > 1 { tally.ambiguous += 1 }
         return fitting?.n ?? best?.n
     }
     private func distance(_ a: UInt64, _ b: UInt64) -> UInt64 { a > b ? a - b : b - a }
@@ -365,7 +394,7 @@ public final class Correlator {
     }
 
     private func join(_ e: TraceEvent, ahead: EventReader? = nil) throws {
-        counts.events += 1
+        tally.events += 1
         gsoParts = 0
         let side = side(e)
         var number: Int?, how: Join?
@@ -374,26 +403,26 @@ public final class Correlator {
         // within microseconds) and that frame has no such event yet (identical packets may
         // reuse one skb address one after the other).
         if e.skb != 0, let s = skbs[e.skb], e.timeNs &- s.t < window, s.frame >= firstNumber, slots[slotIndex(s.frame)].netns == e.netns,
-           !taken(slotIndex(s.frame), e), sameSkbPacket(e, side, slots[slotIndex(s.frame)].frame) {
+           !taken(slotIndex(s.frame), e), sameSkbPacket(e, side, slotIndex(s.frame)) {
             (number, how) = (s.frame, .skb)
         }
         // A TCP packet that joined nothing as it is may be one skb cut into several (TSO/GSO).
         var whole: PacketIdentity?
         if number == nil, let id = e.packet {
-            if let n = choose(byIdentity[digest(id, e.netns)], e, side, accept: { $0 == id }) {
+            if let n = choose(byIdentity, digest(id, e.netns), Chain.identity, e, side, accept: { $0 == id }) {
                 (number, how) = (n, .identity)
             } else if id.proto == 6 {
                 whole = id
             }
         } else if number == nil, let p = e.endpoints, p.proto == 6, p.tcpFlags != 0, side == .send, let q = chained(e, p, ahead) {
-            if let n = choose(byIdentity[digest(q, e.netns)], e, side, accept: { $0 == q }) {
+            if let n = choose(byIdentity, digest(q, e.netns), Chain.identity, e, side, accept: { $0 == q }) {
                 (number, how) = (n, .chain)
             } else if q.length > 0, let g = gso(q, e, side, knowsIPID: true) {
                 (number, how) = (g.first, .chain)
                 gsoParts = g.parts
             }
         } else if number == nil, let p = e.endpoints, p.proto == 6, p.tcpFlags != 0, p.tcpSeq != 0 {
-            if let n = choose(bySegment[segmentKey(p, e.netns)], e, side, accept: { self.sameSegment(p, $0) }) {
+            if let n = choose(bySegment, segmentKey(p, e.netns), Chain.segment, e, side, accept: { self.sameSegment(p, $0) }) {
                 (number, how) = (n, .segment)
             } else {
                 whole = p
@@ -401,12 +430,13 @@ public final class Correlator {
         }
         // A whole datagram a receive event saw, where the wire had its fragments.
         if number == nil, side == .receive, let id = e.packet, id.frag & 0x3fff == 0 {
+            // The last fragment to arrive (newest first: on a tie the newer frame wins).
             var last: (n: Int, t: UInt64)?
-            for n in byDatagram[datagramKey(id, e.netns)]?.numbers ?? [] where n >= firstNumber {
-                let sl = slots[slotIndex(n)]
-                guard sl.netns == e.netns, sl.frame.toHost, sl.frame.timeNs <= e.timeNs, let f = sl.frame.identity,
-                      f.source == id.source, f.destination == id.destination, f.proto == id.proto, f.ipID == id.ipID else { continue }
-                if sl.frame.timeNs >= last?.t ?? 0 { last = (n, sl.frame.timeNs) }
+            chain(byDatagram, datagramKey(id, e.netns), Chain.datagram) { n in
+                let i = slotIndex(n)
+                guard slots[i].netns == e.netns, slots[i].frame.toHost, slots[i].frame.timeNs <= e.timeNs, let f = slots[i].frame.identity,
+                      f.source == id.source, f.destination == id.destination, f.proto == id.proto, f.ipID == id.ipID else { return }
+                if last == nil || slots[i].frame.timeNs > last!.t { last = (n, slots[i].frame.timeNs) }
             }
             if let last { (number, how, whole) = (last.n, .reassembly, nil) }
         }
@@ -416,36 +446,31 @@ public final class Correlator {
             // Each skb once, whichever events log it (sockops records carry no skb address).
             if !slots[slotIndex(g.first)].gsoCounted {
                 slots[slotIndex(g.first)].gsoCounted = true
-                counts.gsoSkbs += 1
-                counts.gsoPackets += g.parts
+                tally.gsoSkbs += 1
+                tally.gsoPackets += g.parts
             }
         }
-        if e.packet != nil { counts.packetEvents += 1 }
+        if e.packet != nil { tally.packetEvents += 1 }
         if let number, e.skb != 0 {
-            skbs[e.skb] = (number, e.timeNs)
-            skbSweep += 1
-            if skbSweep > 65536 && skbSweep > skbs.count {
-                let horizon = e.timeNs &- min(window, e.timeNs)
-                skbs = skbs.filter { $0.value.t >= horizon }
-                skbSweep = 0
-            }
+            let t = e.timeNs, window = window
+            skbs.set(e.skb, (number, t)) { $0.t &+ window < t }
         }
         if let p = e.packet, p.proto == 6, Self.tcpLayerProbes.contains(e.probe), e.ipLength > 20, Int(e.skbLen) > Int(e.ipLength) - 20 {
-            counts.coalescedSkbs += 1
-            counts.coalescedBytes += Int(e.skbLen) - (Int(e.ipLength) - 20)
+            tally.coalescedSkbs += 1
+            tally.coalescedBytes += Int(e.skbLen) - (Int(e.ipLength) - 20)
         }
         settleUnjoined(before: e.timeNs &- min(window, e.timeNs))
         if e.event == skbDrop { dropped(e) }
         if let how {
-            counts.joined[how.rawValue, default: 0] += 1
+            joinedBy[how.ordinal] += 1
         } else if e.packet != nil, e.event != skbDrop {
-            counts.unmatched[e.name, default: 0] += 1
+            tally.unmatched[e.name, default: 0] += 1
             unjoinedEvent(e)
         }
         var frame: Frame?
         if let number {
             let i = slotIndex(number)
-            slots[i].events.append(e)
+            events.append(e, to: &slots[i].events)
             frame = slots[i].frame
         }
         try onEvent(e, frame, how)
@@ -467,16 +492,18 @@ public final class Correlator {
     private func gso(_ id: PacketIdentity, _ e: TraceEvent, _ side: Side, knowsIPID: Bool) -> (first: Int, parts: Int)? {
         func part(_ seq: UInt32, ipID: UInt16?, near t: UInt64) -> Int? {
             var best: (n: Int, d: UInt64)?, fitting: (n: Int, d: UInt64)?
-            for n in bySeq[seqKey(id, seq, e.netns)]?.numbers ?? [] where n >= firstNumber {
-                let f = slots[slotIndex(n)].frame
-                guard slots[slotIndex(n)].netns == e.netns, let p = f.identity, p.source == id.source, p.destination == id.destination, p.sourcePort == id.sourcePort,
+            // Newest first: on a tie in distance the older frame wins (`<=`).
+            chain(bySeq, seqKey(id, seq, e.netns), Chain.seq) { n in
+                let i = slotIndex(n)
+                guard slots[i].netns == e.netns, let p = slots[i].frame.identity, p.source == id.source, p.destination == id.destination, p.sourcePort == id.sourcePort,
                       p.destinationPort == id.destinationPort, p.length > 0, p.length < id.length, ipID.map({ $0 == p.ipID }) ?? true
-                else { continue }
-                let d = distance(f.timeNs, t)
-                guard d < window else { continue }
-                if d < best?.d ?? .max { best = (n, d) }
-                let fits = side == .send ? f.timeNs >= t : side == .receive ? f.timeNs <= t : false
-                if fits, d < fitting?.d ?? .max { fitting = (n, d) }
+                else { return }
+                let ft = slots[i].frame.timeNs
+                let d = distance(ft, t)
+                guard d < window else { return }
+                if d <= best?.d ?? .max { best = (n, d) }
+                let fits = side == .send ? ft >= t : side == .receive ? ft <= t : false
+                if fits, d <= fitting?.d ?? .max { fitting = (n, d) }
             }
             return fitting?.n ?? best?.n
         }
@@ -491,23 +518,5 @@ public final class Correlator {
             at = next
         }
         return (first, parts)
-    }
-}
-
-/// Frame numbers in increasing order, dropped from the front as frames leave the window.
-struct Recent {
-    private var items: [Int] = []
-    private var head = 0
-    var isEmpty: Bool { head == items.count }
-    var numbers: ArraySlice<Int> { items[head...] }
-
-    mutating func append(_ n: Int) { items.append(n) }
-
-    mutating func prune(below first: Int) {
-        while head < items.count, items[head] < first { head += 1 }
-        if head > 64, head * 2 > items.count {
-            items.removeFirst(head)
-            head = 0
-        }
     }
 }

@@ -66,7 +66,7 @@ final class FigureBuilder {
     private struct FragKey: Hashable { let src, dst: UInt32; let id: UInt16; let proto: UInt8 }
     private var groups: [FragKey: (count: Int, last: UInt64)] = [:]
     private var afterLast: [Double] = []
-    private let receiveEvents: Set<UInt16> = Set([Schema.udpQueueSocketBuffer, Schema.udpReceive, Schema.tcpReceivePacket, Schema.icmpReceive].map(\.id))
+    private let receiveEvents: [UInt16] = [Schema.udpQueueSocketBuffer, Schema.udpReceive, Schema.tcpReceivePacket, Schema.icmpReceive].map(\.id)
     private let ipReceive = Schema.ipReceivePacket.id
 
     // ACKs per freed frame, per flow (host side), driven in time order by journeys and reads.
@@ -85,6 +85,8 @@ final class FigureBuilder {
     /// Per event, the probes of the site the run logged it from: --all-sites logs some events
     /// from other sites too, and figures count each occurrence once.
     private var primary: [UInt16: Set<UInt16>] = [:]
+    private var isPrimary = ByKind<Bool>()
+    private func fromPrimary(_ e: TraceEvent) -> Bool { isPrimary.get(e) { primary[e.event]?.contains(e.probe) ?? true } }
 
     init(header: RunHeader, correlator: Correlator) {
         self.correlator = correlator
@@ -119,7 +121,7 @@ final class FigureBuilder {
     }
 
     func event(_ e: TraceEvent, _ frame: Frame?, _ how: Join?) {
-        guard primary[e.event]?.contains(e.probe) ?? true else { return }
+        guard fromPrimary(e) else { return }
         if e.event == tcpSend, e.sock != 0 {
             closeWrite(e.sock)
             writes[e.sock] = Write(bytes: Int(e.bytes))
@@ -168,8 +170,7 @@ final class FigureBuilder {
     /// Journeys come in capture order, a window behind the events: the reads before each
     /// packet are applied first, so the receiver's state is replayed in time order.
     func journey(_ fr: Frame, _ events: [TraceEvent]) {
-        for e in events where e.event == ipReceive && primary[e.event]?.contains(e.probe) ?? true
-            && fr.identity.map({ $0.frag & 0x3fff != 0 }) == true {
+        for e in events where e.event == ipReceive && fromPrimary(e) && fr.identity.map({ $0.frag & 0x3fff != 0 }) == true {
             f.reassembly.ip_events_on_fragments += 1
         }
         applyReads(until: fr.timeNs)
@@ -180,7 +181,7 @@ final class FigureBuilder {
         let key = FlowKey(host: host, peer: peer)
         let syn = id.tcpFlags & 0x02 != 0
         if inbound && syn && id.tcpFlags & 0x10 == 0 { receivers[key] = Receiver(isn: id.tcpSeq); return }
-        guard var r = receivers[key] else { return }
+        guard !receivers.isEmpty, var r = receivers[key] else { return }
         defer { receivers[key] = r }
         if inbound && id.length > 0 {
             if let e = r.episode, e.acks > 0 { close(&r) }
@@ -225,7 +226,7 @@ final class FigureBuilder {
     }
 
     func finish() -> Figures {
-        for s in Array(writes.keys) { closeWrite(s) }
+        for s in writes.keys.sorted() { closeWrite(s) }  // in a fixed order: ties for the largest write go the same way every time
         applyReads(until: .max)
         for k in Array(receivers.keys) { close(&receivers[k]!) }
         let a = f.acks_per_freed_frame

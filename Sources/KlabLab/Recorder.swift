@@ -121,16 +121,12 @@ public final class PacketRecorder: @unchecked Sendable {
     fileprivate func append(link: Int, intoHost: Bool, tag: UInt8, fate: Fate, timeNs: UInt64, id: UInt64,
                             bytes: UnsafeRawBufferPointer) {
         let cap = min(bytes.count, snaplen)
-        // Record: t (8), id (8), len (4), caplen (4), link, tag, fate, 5 bytes pad, then the bytes.
+        // Record: t (8), id (8), len (4), caplen (4), link, tag, fate, 5 bytes pad, then the bytes;
+        // the header made before taking the lock, copied in one piece.
+        let flags = UInt64(UInt8(link)) | UInt64((intoHost ? FrameTag.intoHost : 0) | tag) << 8 | UInt64(fate.rawValue) << 16
+        let header = (timeNs.littleEndian, id.littleEndian, (UInt64(UInt32(bytes.count)) | UInt64(UInt32(cap)) << 32).littleEndian, flags.littleEndian)
         lock.lock()
-        Self.put(&incoming, timeNs)
-        Self.put(&incoming, id)
-        Self.put32(&incoming, UInt32(bytes.count))
-        Self.put32(&incoming, UInt32(cap))
-        incoming.append(UInt8(link))
-        incoming.append((intoHost ? FrameTag.intoHost : 0) | tag)
-        incoming.append(fate.rawValue)
-        incoming.append(contentsOf: [0, 0, 0, 0, 0])
+        withUnsafeBytes(of: header) { incoming.append(contentsOf: $0) }
         incoming.append(contentsOf: UnsafeRawBufferPointer(rebasing: bytes[0..<cap]))
         lock.unlock()
         queuedBytes.add(Self.recordHeader + cap, ordering: .relaxed)
@@ -212,8 +208,6 @@ public final class PacketRecorder: @unchecked Sendable {
 
     // MARK: Bytes
 
-    @inline(__always) static func put(_ a: inout [UInt8], _ v: UInt64) { withUnsafeBytes(of: v.littleEndian) { a.append(contentsOf: $0) } }
-    @inline(__always) static func put32(_ a: inout [UInt8], _ v: UInt32) { withUnsafeBytes(of: v.littleEndian) { a.append(contentsOf: $0) } }
     @inline(__always) static func get(_ a: [UInt8], _ at: Int) -> UInt64 {
         a.withUnsafeBytes { UInt64(littleEndian: $0.loadUnaligned(fromByteOffset: at, as: UInt64.self)) }
     }

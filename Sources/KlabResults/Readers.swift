@@ -56,51 +56,66 @@ final class ChunkReader {
 
 /// events.bin, record by record, in time order: the ring buffer delivers records nearly in
 /// time order (each is stamped just before it is reserved), so a short hold-back, kept
-/// sorted by insertion from the back, puts them in order with bounded memory.
+/// sorted by insertion from the back, puts them in order with bounded memory. Records are
+/// read and decoded on a thread of their own, ahead of the consumer.
 public final class EventReader {
-    private let file: ChunkReader
-    private var held: [TraceEvent] = []
-    private var head = 0
-    private var newest: UInt64 = 0
-    public private(set) var records = 0
+    private final class Decoder {
+        let file: ChunkReader
+        var held: [TraceEvent] = []
+        var head = 0
+        var newest: UInt64 = 0
+        var records = 0
+        init(_ file: ChunkReader) { self.file = file }
+
+        func next() throws -> TraceEvent? {
+            while head == held.count || newest < held[head].timeNs &+ EventReader.holdBackNs {
+                guard let e = try file.take(TraceEvent.recordSize, "record \(records + 1)", lenient: true, { TraceEvent(record: $0) }) else { break }
+                records += 1
+                newest = max(newest, e.timeNs)
+                held.append(e)
+                var i = held.count - 1
+                while i > head, held[i - 1].timeNs > e.timeNs { i -= 1 }
+                if i < held.count - 1 {
+                    held.remove(at: held.count - 1)
+                    held.insert(e, at: i)
+                }
+            }
+            guard head < held.count else { return nil }
+            defer {
+                head += 1
+                if head >= 4096, head * 2 >= held.count {
+                    held.removeFirst(head)
+                    head = 0
+                }
+            }
+            return held[head]
+        }
+    }
+    private let decoder: Decoder
+    private let prefetch: Prefetch<TraceEvent>
+    /// Records read, once `next` has returned nil.
+    public var records: Int { decoder.records }
     /// A record is released once one this much later in time has been read.
     static let holdBackNs: UInt64 = 20_000_000
 
     /// `bufferSize`: bytes read at a time (lab/fuzz makes it small to cross buffer ends).
-    public init(_ path: String, bufferSize: Int = 1 << 20) throws { file = try ChunkReader(path, size: bufferSize) }
+    public init(_ path: String, bufferSize: Int = 1 << 20) throws {
+        let d = Decoder(try ChunkReader(path, size: bufferSize))
+        decoder = d
+        prefetch = Prefetch(name: "klab-events") { try d.next() }
+    }
 
-    /// When events.bin ended inside a record: where, and how many whole records came before.
+    /// When events.bin ended inside a record (known once `next` has returned nil): where,
+    /// and how many whole records came before.
     public var cutShort: CutShort? {
-        file.cut.map { CutShort(file: "events.bin", byte: $0.offset, what: $0.what, wholeRecords: records) }
+        decoder.file.cut.map { CutShort(file: "events.bin", byte: $0.offset, what: $0.what, wholeRecords: records) }
     }
 
-    /// The `i`-th record after the one `next` returned last, among those already read (at
-    /// least the next 20 ms of records): a look-ahead for events that pair with a later one.
-    public func peek(_ i: Int) -> TraceEvent? { head + i < held.count ? held[head + i] : nil }
+    /// The `i`-th record after the one `next` returned last: a look-ahead for events that
+    /// pair with a later one (nil past the end; a read error surfaces at `next`).
+    public func peek(_ i: Int) -> TraceEvent? { try? prefetch.peek(i) }
 
-    public func next() throws -> TraceEvent? {
-        while head == held.count || newest < held[head].timeNs &+ Self.holdBackNs {
-            guard let e = try file.take(TraceEvent.recordSize, "record \(records + 1)", lenient: true, { TraceEvent(record: $0) }) else { break }
-            records += 1
-            newest = max(newest, e.timeNs)
-            held.append(e)
-            var i = held.count - 1
-            while i > head, held[i - 1].timeNs > e.timeNs { i -= 1 }
-            if i < held.count - 1 {
-                held.remove(at: held.count - 1)
-                held.insert(e, at: i)
-            }
-        }
-        guard head < held.count else { return nil }
-        defer {
-            head += 1
-            if head >= 4096, head * 2 >= held.count {
-                held.removeFirst(head)
-                head = 0
-            }
-        }
-        return held[head]
-    }
+    public func next() throws -> TraceEvent? { try prefetch.next() }
 }
 
 /// A results file that ends inside a record (a crash, a full disk): it is read up to its
@@ -154,17 +169,34 @@ public struct Frame: Sendable {
 
 /// capture.pcap (nanosecond pcap, LINKTYPE_RAW) with capture.frames (`FrameTag`), streamed.
 public final class FrameReader {
+    private let decoder: FrameDecoder
+    private let prefetch: Prefetch<Frame>
+    /// Frames read, and the last one's stamp, once `next` has returned nil.
+    public var count: Int { decoder.count }
+    public var last: UInt64? { decoder.last }
+    /// When capture.pcap or capture.frames ended inside a record (once `next` has returned nil).
+    public var cutShort: CutShort? { decoder.cutShort }
+
+    /// Frames are read and decoded on a thread of their own, ahead of the consumer.
+    public init(pcap path: String, frames: String, offsetNs: Int64, linkCount: Int, bufferSize: Int = 1 << 20) throws {
+        let d = try FrameDecoder(pcap: path, frames: frames, offsetNs: offsetNs, linkCount: linkCount, bufferSize: bufferSize)
+        decoder = d
+        prefetch = Prefetch(name: "klab-frames") { try d.next() }
+    }
+
+    public func next() throws -> Frame? { try prefetch.next() }
+}
+
+private final class FrameDecoder {
     private let pcap: ChunkReader
     private let tags: ChunkReader
     private let offsetNs: Int64
     private let linkCount: Int
-    /// Frames read so far, and the last one's stamp.
-    public private(set) var count = 0
-    public private(set) var last: UInt64?
-    /// When capture.pcap or capture.frames ended inside a record.
-    public private(set) var cutShort: CutShort?
+    private(set) var count = 0
+    private(set) var last: UInt64?
+    private(set) var cutShort: CutShort?
 
-    public init(pcap path: String, frames: String, offsetNs: Int64, linkCount: Int, bufferSize: Int = 1 << 20) throws {
+    init(pcap path: String, frames: String, offsetNs: Int64, linkCount: Int, bufferSize: Int = 1 << 20) throws {
         pcap = try ChunkReader(path, size: bufferSize)
         tags = try ChunkReader(frames, size: bufferSize)
         self.offsetNs = offsetNs
@@ -176,7 +208,7 @@ public final class FrameReader {
         if !ok { throw ResultsError(path, "not a nanosecond pcap file of raw IPv4 packets (as klab writes)") }
     }
 
-    public func next() throws -> Frame? {
+    func next() throws -> Frame? {
         guard cutShort == nil else { return nil }
         let n = count + 1
         guard let (ts, caplen, len) = try pcap.take(16, "the header of frame \(n)", lenient: true, { h in

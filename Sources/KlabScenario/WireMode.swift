@@ -26,7 +26,7 @@ final class Forwarder: @unchecked Sendable {
     }
 
     /// What happened to the packets, per direction "a>b".
-    struct Counters: Encodable {
+    struct Counters: Encodable, Equatable {
         var forwarded = 0, dropped = 0, duplicated = 0, reordered = 0
         /// Writes the receiving TUN refused.
         var refused = 0
@@ -89,8 +89,20 @@ final class Forwarder: @unchecked Sendable {
         let from: Int
         let tap: Tap
         var failure: Error?
-        var counters: [String: Counters] = [:]
+        /// Per direction "a>b" (after `stop`).
+        var counters: [String: Counters] {
+            var all: [String: Counters] = [:]
+            for (to, c) in byDestination.enumerated() where c != Counters() { all[routes[to].dir] = c }
+            return all
+        }
+        /// Counters of the directions out of this lane's host, by destination link: no
+        /// string is built or hashed per packet.
+        private var byDestination: [Counters]
         var undeliverable = 0
+
+        /// What the lane needs per destination link, worked out once.
+        private struct Route { let dir: String; let impairment: Impairment }
+        private let routes: [Route]
 
         /// A packet waiting for its release time (delay, jitter, rate).
         private struct Pending { let release: UInt64; let order: Int; let to: Int; let bytes: [UInt8]; let dir: String; let id: UInt64; let duplicate: Bool }
@@ -104,7 +116,14 @@ final class Forwarder: @unchecked Sendable {
         /// how b>a's interleave with them: a run repeats with its seed.
         private var rngs: [String: SplitMix] = [:]
 
-        init(forwarder: Forwarder, from: Int, tap: Tap) { (self.forwarder, self.from, self.tap) = (forwarder, from, tap) }
+        init(forwarder: Forwarder, from: Int, tap: Tap) {
+            (self.forwarder, self.from, self.tap) = (forwarder, from, tap)
+            let links = forwarder.links
+            routes = links.map { to in
+                Route(dir: "\(links[from].name)>\(to.name)", impairment: forwarder.spec.impairment(from: links[from].name, to: to.name))
+            }
+            byDestination = Array(repeating: Counters(), count: links.count)
+        }
 
         var links: [Link] { forwarder.links }
 
@@ -116,7 +135,7 @@ final class Forwarder: @unchecked Sendable {
         }
 
         func countInFlight() {
-            for p in queue + Array(held.values) { counters[p.dir, default: Counters()].in_flight_at_stop += 1 }
+            for p in queue + Array(held.values) { byDestination[p.to].in_flight_at_stop += 1 }
             queue = []
             held = [:]
         }
@@ -175,18 +194,18 @@ final class Forwarder: @unchecked Sendable {
                 undeliverable += 1
                 return
             }
-            let imp = forwarder.spec.impairment(from: links[i].name, to: links[to].name)
-            let dir = "\(links[i].name)>\(links[to].name)"
+            let imp = routes[to].impairment
             if imp.isNone {
                 // The common case: straight through, no copy.
                 let id = tap.record(link: links[i].index, intoHost: false, at: sent, packet)
-                deliver(UnsafeRawBufferPointer(rebasing: buf[0..<count]), to: to, id: id, dir: dir)
-                counters[dir, default: Counters()].forwarded += 1
+                deliver(UnsafeRawBufferPointer(rebasing: buf[0..<count]), to: to, id: id)
+                byDestination[to].forwarded += 1
                 return
             }
+            let dir = routes[to].dir
             if imp.loss > 0 && draw(dir) < imp.loss {
                 tap.record(link: links[i].index, intoHost: false, at: sent, packet, fate: .lost)
-                counters[dir, default: Counters()].dropped += 1
+                byDestination[to].dropped += 1
                 return
             }
             let id = tap.record(link: links[i].index, intoHost: false, at: sent, packet)
@@ -211,24 +230,24 @@ final class Forwarder: @unchecked Sendable {
             } else if imp.reorder > 0 && draw(dir) < imp.reorder {
                 // Wait for the next packet to overtake this one, but no longer than 10 ms.
                 held[dir] = Pending(release: release + 10_000_000, order: order, to: to, bytes: bytes, dir: dir, id: id, duplicate: false)
-                counters[dir, default: Counters()].reordered += 1
+                byDestination[to].reordered += 1
             } else {
                 queue.append(p)
             }
             if imp.duplicate > 0 && draw(dir) < imp.duplicate {
                 order += 1
                 queue.append(Pending(release: release, order: order, to: to, bytes: bytes, dir: dir, id: id, duplicate: true))
-                counters[dir, default: Counters()].duplicated += 1
+                byDestination[to].duplicated += 1
             }
-            counters[dir, default: Counters()].forwarded += 1
+            byDestination[to].forwarded += 1
         }
 
         /// Writes a packet into host `to`'s TUN and records the delivery.
-        private func deliver(_ bytes: UnsafeRawBufferPointer, to: Int, id: UInt64, dir: String, duplicate: Bool = false) {
+        private func deliver(_ bytes: UnsafeRawBufferPointer, to: Int, id: UInt64, duplicate: Bool = false) {
             do {
                 try tap.write(links[to].tun, link: links[to].index, bytes, header: links[to].tun.headerLength, id: id, duplicate: duplicate)
             } catch {
-                counters[dir, default: Counters()].refused += 1
+                byDestination[to].refused += 1
             }
         }
 
@@ -241,7 +260,7 @@ final class Forwarder: @unchecked Sendable {
             let due = queue.filter { $0.release <= now }.sorted { ($0.release, $0.order) < ($1.release, $1.order) }
             queue.removeAll { $0.release <= now }
             for p in due {
-                p.bytes.withUnsafeBytes { deliver($0, to: p.to, id: p.id, dir: p.dir, duplicate: p.duplicate) }
+                p.bytes.withUnsafeBytes { deliver($0, to: p.to, id: p.id, duplicate: p.duplicate) }
             }
         }
     }

@@ -121,7 +121,17 @@ public struct TraceEvent: Sendable {
     public var cpu: UInt16
     public var pid: UInt32
     public var tid: UInt32
-    public var comm: String
+    /// The task's name, as the kernel keeps it (up to 15 bytes). Kept as bytes, so that a
+    /// record is plain data: copying one costs no reference counting (klab check moves
+    /// millions of them).
+    public var comm: String {
+        get { withUnsafeBytes(of: commBytes) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) } }
+        set {
+            commBytes = (0, 0)
+            withUnsafeMutableBytes(of: &commBytes) { $0.copyBytes(from: newValue.utf8.prefix(15)) }
+        }
+    }
+    private var commBytes: (UInt64, UInt64) = (0, 0)
     public var netns: UInt32
     public var event: UInt16
     public var probe: UInt16
@@ -174,7 +184,7 @@ public struct TraceEvent: Sendable {
         cpu = r.cpu
         pid = r.pid
         tid = r.tid
-        comm = withUnsafeBytes(of: r.comm) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        commBytes = withUnsafeBytes(of: r.comm) { $0.loadUnaligned(as: (UInt64, UInt64).self) }
         netns = r.netns
         event = UInt16(r.event)
         flags = r.flags

@@ -13,12 +13,14 @@ extension Bench {
                 Writes a generated results folder (events.bin, capture.pcap, capture.frames and
                 the events.jsonl header, in the formats klab run writes): a peer
                 streaming 15-byte TCP segments to a host that reads them and ACKs every second
-                one, 5 events per segment on this kernel's sites. Then, ROUNDS times, in turn:
-                the reference, which only reads and decodes both files (no join), the join
-                alone, and the full `klab check` pipeline (join every event to its packet,
+                one, 5 events per segment on this kernel's sites. Then, ROUNDS times, in turn
+                (the order reversed every other round, so that a noisy machine's drifts hit all
+                alike): the reference, which only reads and decodes both files (no join), the
+                join alone, and the full `klab check` pipeline (join every event to its packet,
                 judge every rule, the §2.2 figures). Prints events per second for each round,
-                the medians, their ratio, and each pass's peak resident memory (VmHWM, reset
-                between passes). Needs no root.
+                the medians, the median of the per-round ratios klab check / reference with
+                their spread, and each pass's peak resident memory (VmHWM, reset between
+                passes). Needs no root.
 
                   klab bench check                       # 10 million events
                   klab bench check --events 1000000 --rounds 5
@@ -53,41 +55,58 @@ extension Bench {
             var reference: [Double] = [], joinOnly: [Double] = [], full: [Double] = []
             var peaks = (reference: 0, full: 0), verdicts = 0, judged = 0, records = 0
             for round in 1...rounds {
-                resetPeak()
-                let (n, t0) = try measure { try readOnly(folder) }
-                reference.append(Double(n) / t0)
-                peaks.reference = max(peaks.reference, peakKB())
-                let (j, tj) = try measure {
-                    let f = try ResultsFolder(folder)
-                    let c = Correlator(links: f.header.capture!.links, window: UInt64(windowMs * 1e6))
-                    try f.stream(c)
-                    return c.counts.events
+                var t = (reference: 0.0, join: 0.0, full: 0.0)
+                func passReference() throws {
+                    resetPeak()
+                    let (n, t0) = try measure { try readOnly(folder) }
+                    (reference, t.reference) = (reference + [Double(n) / t0], t0)
+                    peaks.reference = max(peaks.reference, peakKB())
                 }
-                joinOnly.append(Double(j) / tj)
-                resetPeak()
-                var report: CheckReport?
-                let (m, t1) = try measure {
-                    report = try PlacementChecker.check(ResultsFolder(folder), window: UInt64(windowMs * 1e6))
-                    return report!.join.events
+                func passJoin() throws {
+                    let (j, tj) = try measure {
+                        let f = try ResultsFolder(folder)
+                        let c = Correlator(links: f.header.capture!.links, window: UInt64(windowMs * 1e6))
+                        try f.stream(c)
+                        return c.counts.events
+                    }
+                    (joinOnly, t.join) = (joinOnly + [Double(j) / tj], tj)
                 }
-                full.append(Double(m) / t1)
-                peaks.full = max(peaks.full, peakKB())
-                (verdicts, judged, records) = (report!.verdicts.count, report!.judged, m)
+                func passFull() throws {
+                    resetPeak()
+                    var report: CheckReport?
+                    let (m, t1) = try measure {
+                        report = try PlacementChecker.check(ResultsFolder(folder), window: UInt64(windowMs * 1e6))
+                        return report!.join.events
+                    }
+                    (full, t.full) = (full + [Double(m) / t1], t1)
+                    peaks.full = max(peaks.full, peakKB())
+                    (verdicts, judged, records) = (report!.verdicts.count, report!.judged, m)
+                }
+                if round % 2 == 1 {
+                    try passReference(); try passJoin(); try passFull()
+                } else {
+                    try passFull(); try passJoin(); try passReference()
+                }
                 if !json {
-                    say(String(format: "round %d: read+decode %.2f M events/s (%.2f s); join only %.2f M/s (%.2f s); klab check %.2f M events/s (%.2f s), %d rules, %d judged",
-                               round, reference.last! / 1e6, t0, joinOnly.last! / 1e6, tj, full.last! / 1e6, t1, verdicts, judged))
+                    say(String(format: "round %d (%@): read+decode %.2f M events/s (%.2f s); join only %.2f M/s (%.2f s); klab check %.2f M events/s (%.2f s), %d rules, %d judged; check/read+decode %.3f",
+                               round, round % 2 == 1 ? "reference first" : "check first", reference.last! / 1e6, t.reference, joinOnly.last! / 1e6, t.join,
+                               full.last! / 1e6, t.full, verdicts, judged, full.last! / reference.last!))
                 }
             }
             let medRef = TunPingPong.median(reference), medFull = TunPingPong.median(full)
+            let ratios = zip(full, reference).map { $0 / $1 }
+            let medRatio = TunPingPong.median(ratios)
             if json {
                 let o: [String: Any] = [
                     "events": records, "rounds": rounds, "read_decode_events_per_s": medRef, "check_events_per_s": medFull,
-                    "ratio": medFull / medRef, "join_only_events_per_s": TunPingPong.median(joinOnly), "peak_kb_read_decode": peaks.reference, "peak_kb_check": peaks.full, "judged": judged,
+                    "ratio": medRatio, "ratio_min": ratios.min()!, "ratio_max": ratios.max()!, "round_check_events_per_s": full,
+                    "round_read_decode_events_per_s": reference, "join_only_events_per_s": TunPingPong.median(joinOnly),
+                    "peak_kb_read_decode": peaks.reference, "peak_kb_check": peaks.full, "judged": judged,
                 ]
                 say(String(decoding: try JSONSerialization.data(withJSONObject: o, options: [.sortedKeys]), as: UTF8.self))
             } else {
-                say(String(format: "median: read+decode %.2f M events/s; join only %.2f M/s; klab check %.2f M events/s (%.2f x read+decode); target >= 1 M/s: %@",
-                           medRef / 1e6, TunPingPong.median(joinOnly) / 1e6, medFull / 1e6, medFull / medRef, medFull >= 1e6 ? "met" : "NOT met"))
+                say(String(format: "median: read+decode %.2f M events/s; join only %.2f M/s; klab check %.2f M events/s (%.3f x read+decode, median of per-round ratios, %.3f-%.3f); target >= 1 M/s: %@",
+                           medRef / 1e6, TunPingPong.median(joinOnly) / 1e6, medFull / 1e6, medRatio, ratios.min()!, ratios.max()!, medFull >= 1e6 ? "met" : "NOT met"))
                 say("peak memory (VmHWM): read+decode \(peaks.reference / 1024) MB, klab check \(peaks.full / 1024) MB, for \(records) events")
             }
         }

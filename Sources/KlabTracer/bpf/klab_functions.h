@@ -62,7 +62,7 @@ static __always_inline int h_inet_create(__u16 probe, struct net *net, struct so
     if (ret) return 0;
     struct sock *sk = BPF_CORE_READ(sock, sk);
     if (!sk) return 0;
-    __u32 *ns = lab_sk(sk);
+    __u32 ns = lab_sk(sk);
     BEGIN(probe, ns);
     fill_sock(&e, sk);
     e.proto = BPF_CORE_READ(sk, sk_protocol);
@@ -148,7 +148,7 @@ static __always_inline int h_tcp_send_ack(__u16 probe, struct sock *sk, __u32 rc
 // Whether a task holds the socket: tcp_ack runs in the receiving task with it free, or in
 // release_sock's backlog processing with it owned.
 static __always_inline int h_tcp_ack(__u16 probe, struct sock *sk, struct sk_buff *skb) {
-    __u32 *ns = lab_sk(sk);
+    __u32 ns = lab_sk(sk);
     BEGIN(probe, ns);
     fill_sock(&e, sk);
     fill_skb(&e, skb);
