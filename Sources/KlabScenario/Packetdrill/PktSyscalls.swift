@@ -303,7 +303,7 @@ extension PktPlayer {
             var family: Int32 = -1
             if !a.isEllipsis(1) { family = try a.s32(1) }
             try a.ellipsis(2)
-            var sa = try connectAddress(script, family: family, mustBeNew: true)
+            var sa = try connectAddress(script, family: family)
             return try check(c, .exact, perform(b) { Int(PktPlayer.withSockaddr(&sa) { Glibc.connect(fd, $0, $1) }) })
         case "read", "recv":
             try a.count(c.name == "read" ? 3 : 4)
@@ -536,7 +536,7 @@ extension PktPlayer {
     }
 
     /// connect() and sendto() go to the peer at --connect_port; AF_UNSPEC disconnects.
-    func connectAddress(_ script: Int32, family: Int32, mustBeNew: Bool = false) throws(PktEvalError) -> sockaddr_in {
+    func connectAddress(_ script: Int32, family: Int32) throws(PktEvalError) -> sockaddr_in {
         var sa = sockaddr_in(address: IPv4Address(rawValue: map.peer), port: config.connectPort)
         if family != -1 {
             sa = sockaddr_in()
@@ -547,7 +547,6 @@ extension PktPlayer {
             s.state = .new
             return sa
         }
-        if s.state != .new, mustBeNew { throw PktEvalError("socket is not new") }
         if s.state == .new {
             s.state = .activeConnecting
             s.remoteIP = map.peer
