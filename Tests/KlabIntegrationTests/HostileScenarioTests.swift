@@ -5,7 +5,7 @@ import Testing
 /// `klab validate` rejects each one with FILE:LINE:COLUMN and exit 2, and its peak memory,
 /// read back from the kernel with wait4(2), stays under 100 MB (a resource bound, not a
 /// timing: lab/SCENARIOS.md, "Limits").
-@Suite struct HostileScenarioTests {
+@Suite(.scratch) struct HostileScenarioTests {
     static let memoryLimitKB = 100 * 1024
 
     struct Case: Sendable, CustomTestStringConvertible {
