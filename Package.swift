@@ -5,7 +5,11 @@ let strict: [SwiftSetting] = [.unsafeFlags(["-warnings-as-errors"])]
 
 let package = Package(
     name: "klab",
-    products: [.executable(name: "klab", targets: ["klab"])],
+    products: [
+        .executable(name: "klab", targets: ["klab"]),
+        // What lab/fuzz (a package of its own, built with -sanitize=fuzzer) reads files with.
+        .library(name: "KlabReaders", targets: ["KlabScenario", "KlabPacket", "KlabResults", "KlabSchema"]),
+    ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),

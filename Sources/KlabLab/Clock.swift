@@ -7,6 +7,8 @@ public enum Clock {
     @inline(__always)
     public static func monotonicNs() -> UInt64 { now(CLOCK_MONOTONIC) }
     public static func realtimeNs() -> UInt64 { now(CLOCK_REALTIME) }
+    /// CPU time of the calling thread: unlike wall time, not inflated by other tasks' turns.
+    public static func threadCPUNs() -> UInt64 { now(CLOCK_THREAD_CPUTIME_ID) }
 
     @inline(__always)
     static func now(_ id: clockid_t) -> UInt64 {

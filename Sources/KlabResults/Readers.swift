@@ -98,8 +98,9 @@ public final class EventReader {
     /// A record is released once one this much later in time has been read.
     static let holdBackNs: UInt64 = 20_000_000
 
-    public init(_ path: String) throws {
-        let d = Decoder(try ChunkReader(path))
+    /// `bufferSize`: bytes read at a time (lab/fuzz makes it small to cross buffer ends).
+    public init(_ path: String, bufferSize: Int = 1 << 20) throws {
+        let d = Decoder(try ChunkReader(path, size: bufferSize))
         decoder = d
         prefetch = Prefetch(name: "klab-events") { try d.next() }
     }
@@ -177,8 +178,8 @@ public final class FrameReader {
     public var cutShort: CutShort? { decoder.cutShort }
 
     /// Frames are read and decoded on a thread of their own, ahead of the consumer.
-    public init(pcap path: String, frames: String, offsetNs: Int64, linkCount: Int) throws {
-        let d = try FrameDecoder(pcap: path, frames: frames, offsetNs: offsetNs, linkCount: linkCount)
+    public init(pcap path: String, frames: String, offsetNs: Int64, linkCount: Int, bufferSize: Int = 1 << 20) throws {
+        let d = try FrameDecoder(pcap: path, frames: frames, offsetNs: offsetNs, linkCount: linkCount, bufferSize: bufferSize)
         decoder = d
         prefetch = Prefetch(name: "klab-frames") { try d.next() }
     }
@@ -195,9 +196,9 @@ private final class FrameDecoder {
     private(set) var last: UInt64?
     private(set) var cutShort: CutShort?
 
-    init(pcap path: String, frames: String, offsetNs: Int64, linkCount: Int) throws {
-        pcap = try ChunkReader(path)
-        tags = try ChunkReader(frames)
+    init(pcap path: String, frames: String, offsetNs: Int64, linkCount: Int, bufferSize: Int = 1 << 20) throws {
+        pcap = try ChunkReader(path, size: bufferSize)
+        tags = try ChunkReader(frames, size: bufferSize)
         self.offsetNs = offsetNs
         self.linkCount = linkCount
         let ok = try pcap.take(24, "the pcap file header") { h -> Bool in

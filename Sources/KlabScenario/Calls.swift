@@ -180,12 +180,24 @@ extension Play {
     }
 
     func spawn(_ p: ProgramSpec, output: String) throws -> pid_t {
+        try Play.spawnChild(p.path ?? p.argv[0], p.argv, stdout: output + ".stdout", stderr: output + ".stderr")
+    }
+
+    /// Starts a child as klab starts programs in a host (from the thread in the host's
+    /// namespace): stdin from /dev/null, stdout and stderr into files (stderr nil: with
+    /// stdout), signals at their defaults, in a process group of its own so that stopping it
+    /// stops its children too.
+    static func spawnChild(_ path: String, _ args: [String], stdout: String, stderr: String?, environment: [String]? = nil) throws -> pid_t {
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
         posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 1, output + ".stdout", O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-        posix_spawn_file_actions_addopen(&actions, 2, output + ".stderr", O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        posix_spawn_file_actions_addopen(&actions, 1, stdout, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        if let stderr {
+            posix_spawn_file_actions_addopen(&actions, 2, stderr, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        } else {
+            posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        }
         var attr = posix_spawnattr_t()
         posix_spawnattr_init(&attr)
         defer { posix_spawnattr_destroy(&attr) }
@@ -196,14 +208,15 @@ extension Play {
         for s in [SIGPIPE, SIGINT, SIGTERM, SIGHUP] { sigaddset(&defaults, s) }
         posix_spawnattr_setsigmask(&attr, &mask)
         posix_spawnattr_setsigdefault(&attr, &defaults)
-        // Its own process group, so stopping it stops its children too.
         posix_spawnattr_setpgroup(&attr, 0)
         posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETPGROUP))
-        let argv: [UnsafeMutablePointer<CChar>?] = p.argv.map { strdup($0) } + [nil]
+        let argv: [UnsafeMutablePointer<CChar>?] = args.map { strdup($0) } + [nil]
         defer { for a in argv { free(a) } }
+        let envp: [UnsafeMutablePointer<CChar>?]? = environment.map { $0.map { strdup($0) } + [nil] }
+        defer { for e in envp ?? [] { free(e) } }
         var pid: pid_t = 0
-        let rc = posix_spawn(&pid, p.path, &actions, &attr, argv, environ)
-        if rc != 0 { throw LabError("posix_spawn(\(p.path))", errno: rc) }
+        let rc = envp.map { posix_spawn(&pid, path, &actions, &attr, argv, $0) } ?? posix_spawn(&pid, path, &actions, &attr, argv, environ)
+        if rc != 0 { throw LabError("posix_spawn(\(path))", errno: rc) }
         return pid
     }
 

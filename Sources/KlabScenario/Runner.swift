@@ -66,6 +66,8 @@ public final class Runner {
     public func finish() { cgroup.remove() }
 
     public func run(_ scenario: Scenario, into dir: String) throws -> Outcome {
+        // Nothing is built for a scenario this machine cannot run (see Scenario.cannotRun).
+        if let missing = scenario.cannotRun.first { throw missing }
         if scenario.wireMode { return try runWire(scenario, into: dir) }
         // A run that cannot start leaves no results folder behind.
         let fresh = !FileManager.default.fileExists(atPath: dir)

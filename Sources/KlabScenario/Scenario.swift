@@ -52,6 +52,16 @@ public struct Scenario: Sendable {
 
     public static let defaultTimeoutNs: UInt64 = 30_000_000_000
     public var wireMode: Bool { hosts.count > 1 }
+
+    /// Why this machine cannot run the scenario, where the file says what it lacks: each
+    /// program its steps run that is not on PATH. Empty: it can run. The file itself is good
+    /// either way, and other scenarios of a batch still run.
+    public var cannotRun: [ScenarioError] {
+        steps.compactMap { step in
+            guard case .program(let p) = step.action, p.path == nil, let exe = p.argv.first else { return nil }
+            return ScenarioError(p.location, "program '\(exe)' is not installed (not found on PATH: \(ProcessInfo.processInfo.environment["PATH"] ?? ""))")
+        }
+    }
 }
 
 /// What the daemon does to packets it forwards in wire mode, per direction ("a>b").
@@ -172,8 +182,11 @@ public struct Endpoint: Sendable, Equatable, CustomStringConvertible {
 public struct ProgramSpec: Sendable {
     public let name: String
     public let argv: [String]
-    /// The executable found on PATH when the file was read.
-    public let path: String
+    /// The executable found on PATH when the file was read; nil: not installed here, so the
+    /// scenario cannot run on this machine (`Scenario.cannotRun` says so, at `location`).
+    public let path: String?
+    /// Where the program is named in the file.
+    public let location: SourceLocation
     public let background: Bool
     /// The exit status it must end with; nil: any.
     public let status: Int32?
@@ -292,11 +305,7 @@ extension Scenario {
     /// - Parameter set: `--set NAME=VALUE`s; each must be one of the file's `params:` unless
     ///   `strict` is false (several files, see `load(all:set:)`).
     public static func load(_ path: String, set: [String: String] = [:], strict: Bool = true) throws(ScenarioError) -> Scenario {
-        let text: String
-        do { text = try String(contentsOfFile: path, encoding: .utf8) } catch {
-            throw ScenarioError(nil, "cannot read scenario file \(path): \((error as NSError).localizedDescription)")
-        }
-        return try parse(text, file: path, set: set, strict: strict)
+        try parse(try ScenarioFile.read(path), file: path, set: set, strict: strict)
     }
 
     /// Reads several files; two scenarios with one name would share a results folder. A
@@ -325,16 +334,17 @@ extension Scenario {
     public static func parse(_ text: String, file: String, set: [String: String] = [:], strict: Bool = true) throws(ScenarioError) -> Scenario {
         let root: Node
         do {
+            try ScenarioFile.checkStructure(text, file: file)
             guard let n = try Yams.compose(yaml: text) else { throw ScenarioError(SourceLocation(file: file, line: 1, column: 1), "the file is empty") }
             root = n
         } catch let e as ScenarioError {
             throw e
         } catch let e as YamlError {
-            throw yamlError(e, file)
+            throw ScenarioFile.clamped(yamlError(e, file), to: text)
         } catch {
             throw ScenarioError(nil, "\(file): \(error)")
         }
-        return try Reader(file: file).scenario(root, set: set, strict: strict)
+        do { return try Reader(file: file).scenario(root, set: set, strict: strict) } catch { throw ScenarioFile.clamped(error, to: text) }
     }
 
     private static func yamlError(_ e: YamlError, _ file: String) -> ScenarioError {
@@ -445,9 +455,11 @@ struct Reader {
     }
 
     /// The tree with `${NAME}` replaced in every scalar but those under `params:`.
-    func substitute(_ node: Node, _ values: [String: String]) throws(ScenarioError) -> Node {
+    /// `budget`: bytes of value text left (ScenarioFile.maxTextBytes in all).
+    func substitute(_ node: Node, _ values: [String: String], budget: inout Int) throws(ScenarioError) -> Node {
         switch node {
         case .scalar(var sc):
+            budget -= sc.string.utf8.count
             guard sc.string.contains("${") else { return node }
             var out = "", rest = Substring(sc.string)
             while let open = rest.range(of: "${") {
@@ -462,17 +474,21 @@ struct Reader {
                     throw ScenarioError(textStart(node).advanced(by: column), "unknown parameter '\(name)': \(known)")
                 }
                 out += value
+                budget -= value.utf8.count
+                guard budget >= 0 else {
+                    throw ScenarioError(textStart(node).advanced(by: column), "with ${\(name)} replaced, the scenario's text passes \(ScenarioFile.maxTextBytes >> 20) MiB, the limit")
+                }
                 rest = rest[rest.index(after: close)...]
             }
             sc.string = out + rest
             return .scalar(sc)
         case .mapping(let m):
             var pairs: [(Node, Node)] = []
-            for (k, v) in m { pairs.append((k, k.string == "params" ? v : try substitute(v, values))) }
+            for (k, v) in m { pairs.append((k, k.string == "params" ? v : try substitute(v, values, budget: &budget))) }
             return .mapping(Node.Mapping(pairs, m.tag, m.style, m.mark))
         case .sequence(let q):
             var nodes: [Node] = []
-            for n in q { nodes.append(try substitute(n, values)) }
+            for n in q { nodes.append(try substitute(n, values, budget: &budget)) }
             return .sequence(Node.Sequence(nodes, q.tag, q.style, q.mark))
         default:
             return node
@@ -481,7 +497,8 @@ struct Reader {
 
     func scenario(_ root: Node, set: [String: String] = [:], strict: Bool = true) throws(ScenarioError) -> Scenario {
         let (values, paramsAt) = try params(root, set: set, strict: strict)
-        let root = try substitute(root, Dictionary(values.map { ($0.name, $0.value) }, uniquingKeysWith: { a, _ in a }))
+        var budget = ScenarioFile.maxTextBytes
+        let root = try substitute(root, Dictionary(values.map { ($0.name, $0.value) }, uniquingKeysWith: { a, _ in a }), budget: &budget)
         var s = Scenario(
             file: file, name: URL(fileURLWithPath: file).deletingPathExtension().lastPathComponent, about: "",
             host: HostSpec(name: "h1", address: "198.18.0.1", prefixLength: 24, mtu: 1500), hosts: [], wire: WireSpec(),
@@ -506,6 +523,7 @@ struct Reader {
                 guard case .sequence(let list) = value, list.count >= 2 else {
                     throw fail(value, "hosts is a list of two or more hosts, joined by klab's wire; one host is host:")
                 }
+                guard list.count <= ScenarioFile.maxHosts else { throw fail(value, "a lab has at most \(ScenarioFile.maxHosts) hosts, not \(list.count)") }
                 for (i, n) in list.enumerated() {
                     let h = try host(n, default: HostSpec(name: "h\(i + 1)", address: IPv4Address(rawValue: Scenario.labPrefix.address.rawValue + UInt32(i) + 1),
                                                           prefixLength: 24, mtu: 1500))
@@ -1002,9 +1020,8 @@ struct Reader {
             argv = try Words(try string(node, "run"), at: textStart(node)).words.map(\.text)
         }
         guard let exe = argv.first, !exe.isEmpty else { throw fail(node, "run takes a program and its arguments: run: ping -c 1 198.18.0.2") }
-        guard let path = Reader.which(exe) else {
-            throw fail(firstNode, "program '\(exe)' is not installed (not found on PATH: \(ProcessInfo.processInfo.environment["PATH"] ?? ""))")
-        }
+        // A program missing here is no error in the file: the scenario fails alone when run.
+        let path = Reader.which(exe)
         let background = try extra["background"].map { (_, v) throws(ScenarioError) in try bool(v, "background") } ?? false
         var status: Int32? = 0
         if let (_, v) = extra["status"] {
@@ -1017,7 +1034,7 @@ struct Reader {
         }
         let timeout = try extra["timeout"].map { (_, v) throws(ScenarioError) in try duration(v, "timeout") }
         if let (k, _) = extra["timeout"], background { throw fail(k, "a background program runs until 'stop' or the end; timeout is for foreground programs") }
-        return ProgramSpec(name: name, argv: argv, path: path, background: background, status: status, timeoutNs: timeout)
+        return ProgramSpec(name: name, argv: argv, path: path, location: at(firstNode), background: background, status: status, timeoutNs: timeout)
     }
 
     /// `workload: TCP_RR` with `from: a`, `to: b:5001`, `size: 100`, `count: 1000` or `duration: 2s`.

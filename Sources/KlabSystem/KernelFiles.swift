@@ -27,14 +27,20 @@ public enum KernelFile {
 /// The mounts of klab's mount namespace, from /proc/self/mountinfo.
 public enum Mounts {
     /// The mount point of the first filesystem of this type, or nil.
-    public static func find(type: String) -> String? {
+    public static func find(type: String) -> String? { entry(type: type)?.point }
+
+    /// The first filesystem of this type: its mount point, and the folder of the filesystem
+    /// mounted there. For cgroup2 that folder is relative to klab's cgroup namespace: "/.."
+    /// when the mount's root lies above the namespace's (a container with a cgroup namespace
+    /// of its own, given the host's hierarchy).
+    public static func entry(type: String) -> (point: String, root: String)? {
         guard let text = try? KernelFile.text("/proc/self/mountinfo") else { return nil }
         for line in text.split(separator: "\n") {
             // "36 35 0:30 / /sys/kernel/tracing rw,... - tracefs nodev rw"
             let halves = line.split(separator: " - ", omittingEmptySubsequences: false)
             guard halves.count == 2, halves[1].split(separator: " ").first.map(String.init) == type else { continue }
             let fields = halves[0].split(separator: " ")
-            if fields.count > 4 { return String(fields[4]) }
+            if fields.count > 4 { return (String(fields[4]), String(fields[3])) }
         }
         return nil
     }

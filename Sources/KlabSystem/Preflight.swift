@@ -28,7 +28,14 @@ public enum Preflight {
                 ? Container.add("-v /sys/kernel/tracing:/sys/kernel/tracing")
                 : "mount -t tracefs nodev /sys/kernel/tracing" + setupHint("mounts it")))
         }
-        guard Mounts.find(type: "cgroup2") != nil else { throw Requirement(missingCgroup2) }
+        guard let cgroup2 = Mounts.entry(type: "cgroup2") else { throw Requirement(missingCgroup2) }
+        // /proc/self/cgroup names klab's cgroup from its namespace's root: in the mount of a
+        // hierarchy whose root lies above that, the name leads elsewhere.
+        if cgroup2.root.hasPrefix("/..") {
+            throw Requirement("klab runs in a cgroup namespace of its own, below the root of the cgroup2 mounted at \(cgroup2.point), "
+                + "so it cannot find its own cgroup there: " + (Container.engine != nil
+                    ? Container.add("--cgroupns host") : "run klab in the cgroup namespace that mounted it (not under unshare --cgroup)"))
+        }
     }
 
     /// Where the host keeps cgroup v2: beside v1 controllers (systemd's hybrid layout, where

@@ -22,23 +22,90 @@ extension Bench {
                             puts every task on the machine on the slow syscall path.
 
                 Cost per event is (time on − time off) / events, the way Klogger measured it: extra
-                time per logged event on a workload. The rate is events per second written while
+                time per logged event on a workload. On a shared machine wall time also counts
+                other tasks' turns, so the CPU time of the ping-pong thread (where the probes
+                run) is measured the same way (cpuNsPerEvent), and the consumer thread's CPU time
+                per event apart (consumerNsPerEvent). The rate is events per second written while
                 tracing. Lost events are checked exactly: the kernel's count of records it numbered
                 minus the records received must equal the drops it counted. Needs root.
+
+                --reference runs the C reference tracer (lab/bench/tracer_ref, built by
+                lab/bench/tracer) once a round as well, in the same alternating order, and
+                reports klab/C per round and the median of those ratios with their spread.
+
+                --levels measures each log level instead, on a workload with events at every
+                level: TCP connections over a lab host's loopback (connect, accept, 4 exchanges
+                of 64 bytes, close), --count connections a run (try --count 2000).
+
+                --capacity measures the rate the tracer takes without dropping a record: several
+                producer threads, each with its own TUN, run the traced ping-pong for --seconds
+                at each offered rate of --rates, and every run says how many records were offered,
+                received and dropped (the drops are counted exactly, by serial numbers).
                 """))
 
         @Option(help: "Round trips per run.") var count = 200_000
         @Option(help: "Rounds.") var rounds = 5
         @Flag(help: "Print one JSON object instead of text.") var json = false
+        @Option(help: ArgumentHelp("The C reference tracer to run beside klab every round.", valueName: "path"))
+        var reference: String?
+        @Flag(help: "Instead: the cost per event of each log level (socket, connection, protocol, ip, and ip with --all-sites) on TCP connections over a lab host's loopback; --count connections a run.")
+        var levels = false
+        @Flag(help: "Instead: capacity. --producers threads, each with its own TUN, run the traced ping-pong for --seconds at each of --rates; reports the records offered per second, received and dropped (with --reference, the C reference's too).")
+        var capacity = false
+        @Option(help: "Capacity: producer threads.") var producers = 2
+        @Option(help: "Capacity: seconds a run.") var seconds = 2.0
+        @Option(parsing: .upToNextOption, help: "Capacity: offered rates in M events/s; 0 is as fast as the producers go.")
+        var rates: [Double] = [0.25, 0.5, 1, 0]
+        @Flag(help: "Turn on BPF run-time statistics and report the time spent in the programs per event (bpfNsPerEvent): a profile, which slows every BPF program on the machine while it runs.")
+        var bpfStats = false
+
+        func validate() throws {
+            guard count > 0, rounds > 0 else { throw ValidationError("--count and --rounds must be positive") }
+            guard (1...64).contains(producers), seconds > 0, !rates.isEmpty, rates.allSatisfy({ $0 >= 0 }) else {
+                throw ValidationError("--producers must be 1 to 64, --seconds positive, --rates not negative")
+            }
+            if let reference, !FileManager.default.isExecutableFile(atPath: reference) {
+                throw ValidationError("--reference \(reference): not an executable (build it with lab/bench/tracer)")
+            }
+        }
 
         func run() throws {
-            do { try measure() } catch { die(error) }
+            do { try levels ? measureLevels() : capacity ? measureCapacity() : measure() } catch { die(error) }
         }
 
         struct Round: Encodable {
             let offRate, onRate, syscallRate: Double
             let nsPerEvent, eventsPerSecond, syscallNsPerRoundTrip: Double
+            let cpuNsPerEvent, consumerNsPerEvent: Double
+            /// With --bpf-stats: time inside the BPF programs per event, and per program ns a call.
+            var bpfNsPerEvent: Double?
+            var bpfNsPerCall: [String: Double]?
             let emitted, received, dropped: UInt64
+            /// The C reference's run of this round, and klab/C for wall and CPU ns per event.
+            var reference: Reference?
+            var ratio, cpuRatio: Double?
+        }
+
+        /// What lab/bench/tracer_ref prints.
+        struct Reference: Codable {
+            let offRate, onRate, nsPerEvent, cpuNsPerEvent, consumerNsPerEvent: Double
+            let bpfNsPerEvent: Double?
+            let received, dropped: UInt64
+        }
+
+        private func runReference(_ path: String, onFirst: Bool) throws -> Reference {
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: path)
+            p.arguments = ["-n", "\(count)"] + (onFirst ? ["-r"] : []) + (bpfStats ? ["-s"] : [])
+            let out = Pipe()
+            p.standardOutput = out
+            try p.run()
+            let data = out.fileHandleForReading.readDataToEndOfFile()
+            p.waitUntilExit()
+            guard p.terminationStatus == 0, let r = try? JSONDecoder().decode(Reference.self, from: data) else {
+                throw TunPingPong.Failure(description: "\(path) failed (exit \(p.terminationStatus)): \(String(decoding: data, as: UTF8.self))")
+            }
+            return r
         }
 
         private func measure() throws {
@@ -57,59 +124,109 @@ extension Bench {
             var syscallOnly = TracerConfig(level: .socket, toggles: ["-*", Schema.socketAccept.name])
             syscallOnly.auxiliary = false
 
-            func timed(_ tracer: TracerConfig?) throws -> (ns: UInt64, counters: (UInt64, UInt64), received: Int) {
+            struct Run {
+                var ns = UInt64(0), cpuNs = UInt64(0), consumerNs = UInt64(0), counters = (UInt64(0), UInt64(0)), received = 0
+                var programs: [(program: String, runs: UInt64, ns: UInt64)] = []
+            }
+            let stats = bpfStats ? try BPFRunTimeStats() : nil
+            defer { withExtendedLifetime(stats) {} }
+            func timed(_ tracer: TracerConfig?) throws -> Run {
                 var t: Tracer?
                 if let tracer {
                     t = try Tracer(config: tracer, namespaces: ns, cgroup: cgroup, rawPath: scratch)
                     t!.start()
                 }
                 defer { t?.close() }
-                let t0 = Clock.monotonicNs()
+                let t0 = Clock.monotonicNs(), c0 = Clock.threadCPUNs()
                 try TunPingPong.pingPong(tun, out, buf, count: count, seq: &seq)
-                let elapsed = Clock.monotonicNs() - t0
-                guard let t else { return (elapsed, (0, 0), 0) }
+                var run = Run(ns: Clock.monotonicNs() - t0, cpuNs: Clock.threadCPUNs() - c0)
+                guard let t else { return run }
                 t.stop()
-                let received = (try? FileManager.default.attributesOfItem(atPath: scratch)[.size] as? Int) ?? 0
-                return (elapsed, t.counters(), received / TraceEvent.recordSize)
+                run.consumerNs = t.consumerCPUNs
+                run.counters = t.counters()
+                run.programs = t.programRunTimes().filter { $0.runs > 0 }
+                let size = (try? FileManager.default.attributesOfItem(atPath: scratch)[.size] as? Int) ?? 0
+                run.received = size / TraceEvent.recordSize
+                return run
             }
 
             var results: [Round] = []
             for r in 0..<rounds {
-                var runs: [String: (ns: UInt64, counters: (UInt64, UInt64), received: Int)] = [:]
-                let order = r % 2 == 0 ? ["off", "on", "syscalls"] : ["syscalls", "on", "off"]
+                var runs: [String: Run] = [:]
+                var ref: Reference?
+                let order = r % 2 == 0 ? ["off", "on", "syscalls", "reference"] : ["reference", "syscalls", "on", "off"]
                 for which in order {
+                    if which == "reference" {
+                        if let reference { ref = try runReference(reference, onFirst: r % 2 == 1) }
+                        continue
+                    }
                     runs[which] = try timed(which == "off" ? nil : which == "on" ? logged : syscallOnly)
                 }
                 let off = runs["off"]!, on = runs["on"]!, sys = runs["syscalls"]!
-                let events = Double(on.received)
-                let round = Round(
+                let events = max(Double(on.received), 1)
+                var round = Round(
                     offRate: Double(count) * 1e9 / Double(off.ns), onRate: Double(count) * 1e9 / Double(on.ns),
                     syscallRate: Double(count) * 1e9 / Double(sys.ns),
-                    nsPerEvent: (Double(on.ns) - Double(off.ns)) / max(events, 1),
-                    eventsPerSecond: events * 1e9 / Double(on.ns),
+                    nsPerEvent: (Double(on.ns) - Double(off.ns)) / events,
+                    eventsPerSecond: Double(on.received) * 1e9 / Double(on.ns),
                     syscallNsPerRoundTrip: (Double(sys.ns) - Double(off.ns)) / Double(count),
+                    cpuNsPerEvent: (Double(on.cpuNs) - Double(off.cpuNs)) / events,
+                    consumerNsPerEvent: Double(on.consumerNs) / events,
                     emitted: on.counters.0, received: UInt64(on.received), dropped: on.counters.1)
+                if bpfStats {
+                    round.bpfNsPerEvent = Double(on.programs.reduce(0) { $0 + $1.ns }) / events
+                    round.bpfNsPerCall = Dictionary(uniqueKeysWithValues: on.programs.map { ($0.program, Double($0.ns) / Double($0.runs)) })
+                }
+                if let ref {
+                    round.reference = ref
+                    round.ratio = round.nsPerEvent / ref.nsPerEvent
+                    round.cpuRatio = round.cpuNsPerEvent / ref.cpuNsPerEvent
+                }
                 results.append(round)
                 if !json {
-                    say(String(format: "round %d: off %.0f rt/s, on %.0f rt/s, syscalls %.0f rt/s | %.1f ns/event, %.2f M events/s | syscall tracepoints +%.1f ns per round trip | emitted %llu received %llu dropped %llu%@",
-                               r + 1, round.offRate, round.onRate, round.syscallRate, round.nsPerEvent, round.eventsPerSecond / 1e6,
+                    say(String(format: "round %d: off %.0f rt/s, on %.0f rt/s, syscalls %.0f rt/s | %.1f ns/event (CPU %.1f, consumer %.1f), %.2f M events/s | syscall tracepoints +%.1f ns per round trip | emitted %llu received %llu dropped %llu%@",
+                               r + 1, round.offRate, round.onRate, round.syscallRate, round.nsPerEvent, round.cpuNsPerEvent,
+                               round.consumerNsPerEvent, round.eventsPerSecond / 1e6,
                                round.syscallNsPerRoundTrip, round.emitted, round.received, round.dropped,
                                round.emitted - round.received == round.dropped ? "" : " (MISMATCH)"))
+                    if let bpf = round.bpfNsPerEvent, let calls = round.bpfNsPerCall {
+                        say(String(format: "  in BPF programs: %.1f ns/event (", bpf)
+                            + calls.sorted { $0.key < $1.key }.map { String(format: "%@ %.1f ns a call", $0.key, $0.value) }.joined(separator: ", ") + ")")
+                    }
+                    if let ref, let ratio = round.ratio, let cpuRatio = round.cpuRatio {
+                        say(String(format: "  C reference: %.1f ns/event (CPU %.1f, consumer %.1f%@), received %llu dropped %llu | klab/C %.3f (CPU %.3f)",
+                                   ref.nsPerEvent, ref.cpuNsPerEvent, ref.consumerNsPerEvent,
+                                   ref.bpfNsPerEvent.map { String(format: ", in BPF %.1f", $0) } ?? "", ref.received, ref.dropped, ratio, cpuRatio))
+                    }
                 }
             }
             func med(_ f: (Round) -> Double) -> Double { TunPingPong.median(results.map(f)) }
             let exact = results.allSatisfy { $0.emitted - $0.received == $0.dropped }
+            let ratios = results.compactMap(\.ratio), cpuRatios = results.compactMap(\.cpuRatio)
+            func spread(_ xs: [Double]) -> [Double]? { xs.isEmpty ? nil : [TunPingPong.median(xs), xs.min()!, xs.max()!] }
             if json {
-                struct Out: Encodable { let benchmark: String; let count: Int; let rounds: [Round]; let medianNsPerEvent, medianEventsPerSecond, medianSyscallNsPerRoundTrip: Double; let lossAccountedExactly: Bool }
+                struct Out: Encodable {
+                    let benchmark: String; let count: Int; let rounds: [Round]
+                    let medianNsPerEvent, medianEventsPerSecond, medianSyscallNsPerRoundTrip: Double
+                    let medianCpuNsPerEvent, medianConsumerNsPerEvent: Double
+                    let lossAccountedExactly: Bool
+                    /// [median, min, max] of the per-round klab/C ratios, with --reference.
+                    let ratio, cpuRatio: [Double]?
+                }
                 let enc = JSONEncoder()
                 enc.outputFormatting = [.sortedKeys]
                 say(String(decoding: try enc.encode(Out(
                     benchmark: "tracer", count: count, rounds: results, medianNsPerEvent: med(\.nsPerEvent),
                     medianEventsPerSecond: med(\.eventsPerSecond), medianSyscallNsPerRoundTrip: med(\.syscallNsPerRoundTrip),
-                    lossAccountedExactly: exact)), as: UTF8.self))
+                    medianCpuNsPerEvent: med(\.cpuNsPerEvent), medianConsumerNsPerEvent: med(\.consumerNsPerEvent),
+                    lossAccountedExactly: exact, ratio: spread(ratios), cpuRatio: spread(cpuRatios))), as: UTF8.self))
             } else {
-                say(String(format: "median: %.1f ns per event, %.2f M events/s, syscall tracepoints +%.1f ns per round trip (2 syscalls); losses accounted exactly: %@",
-                           med(\.nsPerEvent), med(\.eventsPerSecond) / 1e6, med(\.syscallNsPerRoundTrip), exact ? "yes" : "NO"))
+                say(String(format: "median: %.1f ns per event (CPU %.1f, consumer %.1f), %.2f M events/s, syscall tracepoints +%.1f ns per round trip (2 syscalls); losses accounted exactly: %@",
+                           med(\.nsPerEvent), med(\.cpuNsPerEvent), med(\.consumerNsPerEvent), med(\.eventsPerSecond) / 1e6,
+                           med(\.syscallNsPerRoundTrip), exact ? "yes" : "NO"))
+                if let r = spread(ratios), let c = spread(cpuRatios) {
+                    say(String(format: "klab/C, median of per-round ratios: %.3f (%.3f–%.3f); CPU time: %.3f (%.3f–%.3f)", r[0], r[1], r[2], c[0], c[1], c[2]))
+                }
             }
         }
     }

@@ -23,6 +23,17 @@ struct Run: ParsableCommand {
             The scenario language is in lab/SCENARIOS.md; `klab validate` checks
             files without running them.
 
+            A FILE.pkt is a packetdrill script (google/packetdrill's language, as
+            its gtests/net/tcp and the kernel's selftests/net/packetdrill write it):
+            it runs in a fresh host whose link is tun0, with the capture, the tracer
+            and the placement check, and writes the same results folder. Its
+            addresses move into the lab: the script's local subnet (192.168.0.0/16)
+            becomes 198.18.0.0/16 and its remote side 198.19.0.0/16, so the host is
+            198.18.0.1 and the peer 198.19.2.1. `command` lines run inside the host,
+            in the script's folder. --set NAME=VALUE is packetdrill's -D NAME=VALUE
+            for these (CMSG_LEVEL_IP and CMSG_TYPE_RECVERR default to SOL_IP and
+            IP_RECVERR, as the suites' runners set them).
+
             A scenario's `params:` (e.g. params: {count: 100000, reader: waiting})
             name values that ${count} and ${reader} stand for anywhere else in the
             file; --set count=2000 overrides one for this run (repeat --set for more).
@@ -38,10 +49,11 @@ struct Run: ParsableCommand {
               klab run lab/scenarios/icmp-echo.yaml
               klab run lab/scenarios/*.yaml --out /tmp/klab-results
               klab run lab/scenarios/latency-tcp.yaml --set count=2000 --set reader=busy
+              klab run lab/packetdrill/*.pkt
               klab run --list
             """))
 
-    @Argument(help: "Scenario files (YAML; see lab/SCENARIOS.md).")
+    @Argument(help: "Scenario files (YAML; see lab/SCENARIOS.md) or packetdrill scripts (.pkt).")
     var files: [String] = []
 
     @Flag(help: "List the scenarios shipped in lab/scenarios/ with what each one shows, and exit.")
@@ -50,7 +62,7 @@ struct Run: ParsableCommand {
     @Option(name: .shortAndLong, help: "Folder for the results (one subfolder per scenario).")
     var out: String?
 
-    @Option(name: .customLong("set"), help: ArgumentHelp("Override a scenario parameter (its params:).", valueName: "NAME=VALUE"))
+    @Option(name: .customLong("set"), help: ArgumentHelp("Override a scenario parameter (its params:); for .pkt scripts, a -D definition.", valueName: "NAME=VALUE"))
     var parameters: [String] = []
 
     @Option(help: ArgumentHelp(
@@ -73,8 +85,8 @@ struct Run: ParsableCommand {
 
     func run() throws {
         if list { return try listShipped() }
-        let scenarios: [Scenario]
-        do { scenarios = try Scenario.load(all: files, set: try Run.parameters(parameters)) } catch { die(error) }
+        let scenarios: [RunItem]
+        do { scenarios = try Run.load(files, set: try Run.parameters(parameters)) } catch { die(error) }
         let stamp = ISO8601DateFormatter().string(from: Date()).replacingOccurrences(of: ":", with: "")
         let base = out ?? "results/run-\(stamp)"
         Interrupt.install()
@@ -82,11 +94,25 @@ struct Run: ParsableCommand {
         do { runner = try Runner(tracing: try tracing.config(), snaplen: snaplen, log: say) } catch { die(error) }
         var outcomes: [Outcome] = []
         var failure: Error?
-        for (i, s) in scenarios.enumerated() where !Interrupt.requested {
-            let params = s.params.isEmpty ? "" : ", " + s.params.map { "\($0.name)=\($0.value)" }.joined(separator: " ")
-            say("[\(i + 1)/\(scenarios.count)] \(s.name) (\(s.file)\(params))")
+        for (i, item) in scenarios.enumerated() where !Interrupt.requested {
             do {
-                outcomes.append(try Run.finish(runner.run(s, into: "\(base)/\(s.name)")))
+                switch item {
+                case .scenario(let s):
+                    let params = s.params.isEmpty ? "" : ", " + s.params.map { "\($0.name)=\($0.value)" }.joined(separator: " ")
+                    say("[\(i + 1)/\(scenarios.count)] \(s.name) (\(s.file)\(params))")
+                    // This one fails alone, before anything is built for it; the others still run.
+                    let missing = s.cannotRun.map(\.description)
+                    if !missing.isEmpty {
+                        for m in missing { FileHandle.standardError.write(Data("\(m)\n".utf8)) }
+                        say("\(s.name): FAILED (not run: this machine lacks what it needs)")
+                        outcomes.append(Outcome(scenario: s.name, directory: "", passed: false, failures: missing, interrupted: false))
+                        continue
+                    }
+                    outcomes.append(try Run.finish(runner.run(s, into: "\(base)/\(s.name)")))
+                case .script(let p):
+                    say("[\(i + 1)/\(scenarios.count)] \(p.name) (\(p.file), packetdrill script)")
+                    outcomes.append(try Run.finish(runner.run(p, into: "\(base)/\(p.name)")))
+                }
             } catch {
                 failure = error
                 break
@@ -96,11 +122,24 @@ struct Run: ParsableCommand {
         if let failure { die(failure) }
         say("")
         for o in outcomes {
-            say("\(o.passed ? "PASS" : "FAIL")  \(o.scenario)  → \(o.directory)")
+            say("\(o.passed ? "PASS" : "FAIL")  \(o.scenario)  " + (o.directory.isEmpty ? "(not run)" : "→ \(o.directory)"))
             for f in o.failures { say("      \(f)") }
         }
         if Interrupt.requested { throw ExitCode(ExitCodes.interrupted) }
         if outcomes.contains(where: { !$0.passed }) { throw ExitCode(ExitCodes.failed) }
+    }
+}
+
+/// A file to run: a YAML scenario or a packetdrill script.
+enum RunItem {
+    case scenario(Scenario)
+    case script(PktScript)
+
+    var name: String {
+        switch self {
+        case .scenario(let s): s.name
+        case .script(let p): p.name
+        }
     }
 }
 
@@ -117,6 +156,36 @@ extension Run {
         let passed = o.passed && check.violations == 0
         say(passed ? "\(o.scenario): PASSED" : "\(o.scenario): FAILED")
         return Outcome(scenario: o.scenario, directory: o.directory, passed: passed, failures: failures, interrupted: o.interrupted)
+    }
+
+    /// Reads the files in order: .pkt ones as packetdrill scripts (--set as -D definitions),
+    /// the others as scenarios. Two with one name would share a results folder.
+    static func load(_ files: [String], set: [String: String]) throws -> [RunItem] {
+        let pkt = files.contains { $0.hasSuffix(".pkt") }
+        var yaml: [String: Scenario] = [:]
+        if !pkt {
+            for s in try Scenario.load(all: files, set: set) { yaml[s.file] = s }
+        }
+        var seen: [String: String] = [:]
+        var out: [RunItem] = []
+        for f in files {
+            let item: RunItem
+            let at: SourceLocation
+            if f.hasSuffix(".pkt") {
+                item = .script(try PktParser.load(f, defines: PktParser.ipv4Defines.merging(set) { $1 }))
+                at = SourceLocation(file: f, line: 1, column: 1)
+            } else {
+                let s = try yaml[f] ?? Scenario.load(f, set: set, strict: false)
+                item = .scenario(s)
+                at = s.nameLocation ?? SourceLocation(file: f, line: 1, column: 1)
+            }
+            if let other = seen[item.name] {
+                throw ScenarioError(at, "duplicate scenario name '\(item.name)': \(other) has it too (each gets a results folder by name)")
+            }
+            seen[item.name] = f
+            out.append(item)
+        }
+        return out
     }
 
     /// `--set NAME=VALUE`s as a dictionary.
@@ -150,6 +219,7 @@ extension Run {
                 let about = s.about.split(whereSeparator: \.isWhitespace).joined(separator: " ")
                 say("\(s.name.padding(toLength: 24, withPad: " ", startingAt: 0)) \(path)")
                 say("    \(about)")
+                for m in s.cannotRun { say("    cannot run here: \(m.message)") }
             } catch {
                 say("\(f): \(error)")
             }

@@ -41,6 +41,26 @@ struct FailureTests {
         #expect(r.stderr.contains("must run as root"))
     }
 
+    /// A batch whose middle scenario runs a program this machine lacks: that one fails alone,
+    /// with its reason and place, before anything is built for it; the others run and pass.
+    @Test(.enabled(if: Privileged.enabled))
+    func unrunnableScenarioFailsAloneAndTheOthersRun() throws {
+        let dir = try temporaryDirectory()
+        for (name, step) in [("a", "socket: u udp"), ("b", "run: klab-not-installed --help"), ("c", "socket: t tcp")] {
+            try "name: \(name)\nsteps:\n  - \(step)\n".write(toFile: "\(dir)/\(name).yaml", atomically: true, encoding: .utf8)
+        }
+        let r = try klab(["run", "\(dir)/a.yaml", "\(dir)/b.yaml", "\(dir)/c.yaml", "--out", "\(dir)/out"])
+        #expect(r.status == 1, "\(r.stdout)\(r.stderr)")
+        let reason = "\(dir)/b.yaml:3:10: error: program 'klab-not-installed' is not installed (not found on PATH: "
+        #expect(r.stderr.hasPrefix(reason) && r.stderr.split(separator: "\n").count == 1, "\(r.stderr)")
+        let summary = r.stdout.components(separatedBy: "\n\n").last ?? ""
+        #expect(summary.contains("PASS  a  → \(dir)/out/a"), "\(r.stdout)")
+        #expect(summary.contains("FAIL  b  (not run)\n      \(reason)"), "\(r.stdout)")
+        #expect(summary.contains("PASS  c  → \(dir)/out/c"), "\(r.stdout)")
+        #expect(FileManager.default.fileExists(atPath: "\(dir)/out/c/capture.pcap"))
+        #expect(!FileManager.default.fileExists(atPath: "\(dir)/out/b"))
+    }
+
     /// SIGINT in the middle of a step: klab stops, writes valid files and removes its cgroup.
     @Test(.enabled(if: Privileged.enabled))
     func interruptLeavesNothingBehind() throws {

@@ -191,6 +191,8 @@ extension Trait where Self == MachineUse {
     static var timed: Self { MachineUse(exclusive: true) }
     /// A qemu guest: runs beside other guests, never beside a timed test.
     static var emulated: Self { MachineUse(exclusive: false) }
+    /// Minutes of every core that time nothing (an image build): as a guest does.
+    static var heavy: Self { MachineUse(exclusive: false) }
 }
 
 /// A pcap file read without libpcap, so the test checks the format klab wrote, with its

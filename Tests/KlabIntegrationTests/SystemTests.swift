@@ -119,6 +119,23 @@ struct SystemTests {
         for name in stay { #expect(FileManager.default.fileExists(atPath: "\(root)/\(name)"), "\(name) was removed") }
     }
 
+    /// klab in a cgroup namespace of its own below the cgroup2 it sees mounted (a container
+    /// with a private cgroup namespace, given the host's hierarchy): /proc/self/cgroup then
+    /// names no folder of that mount, so klab says so (exit 69) before it makes anything.
+    @Test func cgroupNamespaceBelowTheMountIsNamed() throws {
+        let dir = try temporaryDirectory()
+        let root = try #require(Mounts.find(type: "cgroup2"))
+        let below = "\(root)/klabtest-cgns-\(UUID().uuidString.prefix(8))"
+        #expect(mkdir(below, 0o755) == 0, "mkdir \(below): \(Errno.text(errno))")
+        defer { rmdir(below) }
+        let r = try run("/bin/sh", ["-c", "echo $$ > \"$CG/cgroup.procs\" && exec unshare --cgroup --fork \"$KLAB\" run lab/scenarios/icmp-echo.yaml --out \"$D/results\""],
+                        environment: ["CG": below, "KLAB": klabBinary, "D": dir])
+        #expect(r.status == 69, "\(r.stdout)\(r.stderr)")
+        #expect(r.stderr == "klab: klab runs in a cgroup namespace of its own, below the root of the cgroup2 mounted at \(root), "
+            + "so it cannot find its own cgroup there: run klab in the cgroup namespace that mounted it (not under unshare --cgroup)\n")
+        #expect(!FileManager.default.fileExists(atPath: "\(dir)/results"))
+    }
+
     /// Each capability klab needs, taken from the bounding set of a root klab: exit 69 and one
     /// line naming it, before anything is made. CAP_BPF and CAP_PERFMON are named for a
     /// command that needs no namespaces (klab schema) when CAP_SYS_ADMIN, which grants them

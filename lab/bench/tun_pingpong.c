@@ -141,6 +141,42 @@ static void ping_pong(int fd, uint8_t *req, uint8_t *buf, size_t bufsize, long c
     }
 }
 
+// A TUN named `name` in this thread's namespace, addrgenmode none, at `addr`/24, up; its fd.
+static int make_tun(int sock, const char *name, const char *addr) {
+    int fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC);
+    if (fd < 0) die("open /dev/net/tun");
+    struct ifreq ifr = {0};
+    strncpy(ifr.ifr_name, name, IFNAMSIZ - 1);
+    ifr.ifr_flags = IFF_TUN | IFF_NO_PI;
+    if (ioctl(fd, TUNSETIFF, &ifr) < 0) die("TUNSETIFF");
+    addrgenmode_none(name);
+    set_inet(sock, SIOCSIFADDR, name, addr, "SIOCSIFADDR");
+    set_inet(sock, SIOCSIFNETMASK, name, "255.255.255.0", "SIOCSIFNETMASK");
+    set_flags(sock, name, IFF_UP);
+    return fd;
+}
+
+// The lab: a new network namespace (this thread's, so set it up before any other thread
+// exists) with lo up and the TUN at 198.18.0.1/24; returns the TUN's fd.
+static int make_lab(void) {
+    if (unshare(CLONE_NEWNET) < 0) die("unshare(CLONE_NEWNET) (run as root)");
+    int sock = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (sock < 0) die("socket");
+    set_flags(sock, "lo", IFF_UP);
+    int fd = make_tun(sock, TUN_NAME, "198.18.0.1");
+    close(sock);
+    return fd;
+}
+
+// The first reply is awaited with a 2 s poll, so a broken setup fails instead of hanging.
+static void first_round_trip(int fd, uint8_t *req, uint8_t *buf, size_t bufsize) {
+    if (write(fd, req, PKT_LEN) != PKT_LEN) die("write");
+    struct pollfd pfd = {.fd = fd, .events = POLLIN};
+    if (poll(&pfd, 1, 2000) != 1) { errno = 0; die("no echo reply on " TUN_NAME " within 2 s"); }
+    check(buf, read(fd, buf, bufsize), 0);
+}
+
+#ifndef TUN_PINGPONG_NO_MAIN
 // -t: one idle extra thread, as klab always has (its lab host threads). A process that has
 // ever had a second thread takes glibc's cancellable path in read/write, and while it has one
 // the kernel counts references on the fd in every read/write (no fdget fast path).
@@ -171,25 +207,9 @@ int main(int argc, char **argv) {
         return 64;
     }
 
-    if (unshare(CLONE_NEWNET) < 0) die("unshare(CLONE_NEWNET) (run as root)");
+    int fd = make_lab();
     pthread_t thread;
     if (threaded && (errno = pthread_create(&thread, NULL, idle, NULL)) != 0) die("pthread_create");
-    int sock = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-    if (sock < 0) die("socket");
-    set_flags(sock, "lo", IFF_UP);
-
-    int fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC);
-    if (fd < 0) die("open /dev/net/tun");
-    struct ifreq ifr = {0};
-    strncpy(ifr.ifr_name, TUN_NAME, IFNAMSIZ - 1);
-    ifr.ifr_flags = IFF_TUN | IFF_NO_PI;
-    if (ioctl(fd, TUNSETIFF, &ifr) < 0) die("TUNSETIFF");
-    addrgenmode_none(TUN_NAME);
-    set_inet(sock, SIOCSIFADDR, TUN_NAME, "198.18.0.1", "SIOCSIFADDR");
-    set_inet(sock, SIOCSIFNETMASK, TUN_NAME, "255.255.255.0", "SIOCSIFNETMASK");
-    set_flags(sock, TUN_NAME, IFF_UP);
-    close(sock);
-
     static uint8_t req[PKT_LEN] __attribute__((aligned(16)));
     static uint8_t buf[65536] __attribute__((aligned(16)));
     build_request(req);
@@ -197,10 +217,7 @@ int main(int argc, char **argv) {
     for (int i = 0; i < PKT_LEN; i++) sprintf(hex + 2 * i, "%02x", req[i]);
 
     uint16_t seq = 0;
-    if (write(fd, req, PKT_LEN) != PKT_LEN) die("write");
-    struct pollfd pfd = {.fd = fd, .events = POLLIN};
-    if (poll(&pfd, 1, 2000) != 1) { errno = 0; die("no echo reply on " TUN_NAME " within 2 s"); }
-    check(buf, read(fd, buf, sizeof buf), seq);
+    first_round_trip(fd, req, buf, sizeof buf);
     ping_pong(fd, req, buf, sizeof buf, warmup, &seq);
 
     double rates[1000], sorted[1000];
@@ -223,3 +240,4 @@ int main(int argc, char **argv) {
     }
     return 0;
 }
+#endif

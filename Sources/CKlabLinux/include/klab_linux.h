@@ -9,6 +9,7 @@
 #include <unistd.h>
 #include <sys/syscall.h>
 #include <sys/prctl.h>
+#include <sys/epoll.h>   // Glibc's Swift module leaves it out; packetdrill scripts call epoll_*
 #include "klab_event.h"
 
 // TUNSETIFF and friends are function-like macros (_IOW), which Swift does not import.
@@ -45,6 +46,11 @@ static inline long klab_write(int fd, const void *buf, size_t n) { return syscal
 // prctl(PR_SET_TIMERSLACK) for the calling thread: nanosleep then wakes within `ns` of its
 // time instead of the default 50 µs. prctl is variadic, which Swift cannot call.
 static inline int klab_set_timerslack(unsigned long ns) { return prctl(PR_SET_TIMERSLACK, ns, 0, 0, 0); }
+
+// splice(2) is a _GNU_SOURCE call; packetdrill scripts call it without offsets.
+static inline long klab_splice(int fd_in, int fd_out, size_t len, unsigned int flags) {
+    return syscall(SYS_splice, fd_in, NULL, fd_out, NULL, len, flags);
+}
 
 // SO_COOKIE (57) and SO_NETNS_COOKIE (71) are newer than some libc headers.
 static const int klab_SO_COOKIE = 57;

@@ -9,51 +9,74 @@ char LICENSE[] SEC("license") = "GPL";
 
 #define ICMP_ERROR(t) ((t) == 3 || (t) == 4 || (t) == 5 || (t) == 11 || (t) == 12)
 
+// The events each device tracepoint derives from its packet: EMIT(event, condition), with
+// `e` the record, `f` its TCP flags and `tcp`/`udp`/`icmp` set for a first fragment.
+#define RX_EVENTS(EMIT)                                          \
+    EMIT(KLAB_EV_IP_RECEIVEPACKET, 1)                            \
+    EMIT(KLAB_EV_TCP_RECVSYN, tcp && (f & TH_SYN) && !(f & TH_ACK)) \
+    EMIT(KLAB_EV_TCP_RECVSYNACK, tcp && (f & TH_SYN) && (f & TH_ACK)) \
+    EMIT(KLAB_EV_TCP_RECVACK, tcp && (f & TH_ACK) && !(f & TH_SYN)) \
+    EMIT(KLAB_EV_TCP_RECV_URGENTDATA, tcp && (f & TH_URG))       \
+    EMIT(KLAB_EV_TCP_RECEIVEPACKET, tcp)                         \
+    EMIT(KLAB_EV_UDP_QUEUE_SOCKETBUFFER, udp)                    \
+    EMIT(KLAB_EV_ICMP_RECEIVE, icmp)
+
+// The last entry is never set by the catalog: only the planted test entry (KLAB_TEST_PLANT)
+// ties a receive event to this transmit hook, to prove that klab check catches a misplaced
+// event.
+#define TX_EVENTS(EMIT)                                          \
+    EMIT(KLAB_EV_IP_SENDBUFFER, 1)                               \
+    EMIT(KLAB_EV_TCP_SENDSYN, tcp && (f & TH_SYN) && !(f & TH_ACK)) \
+    EMIT(KLAB_EV_TCP_SENDSYNACK, tcp && (f & TH_SYN) && (f & TH_ACK)) \
+    EMIT(KLAB_EV_TCP_SENDACK, tcp && f == TH_ACK && e->l4_len == 0) \
+    EMIT(KLAB_EV_TCP_SENDPACKET, tcp)                            \
+    EMIT(KLAB_EV_ICMP_SEND, icmp && ICMP_ERROR(e->icmp_type))    \
+    EMIT(KLAB_EV_ICMP_REPLY, icmp && e->icmp_type == 0)          \
+    EMIT(KLAB_EV_IP_RECEIVEPACKET, 1)
+
+#define PACKET_KIND(e)                                           \
+    __u8 f = (e)->tcp_flags;                                     \
+    int first_frag = !((e)->frag & 0x1fff);                      \
+    int tcp = (e)->proto == 6 && first_frag, udp = (e)->proto == 17 && first_frag, icmp = (e)->proto == 1 && first_frag; \
+    (void)tcp; (void)udp; (void)icmp; (void)f
+
+#define EMIT_IN_PLACE(ev, cond) if ((m & BIT(ev)) && (cond)) emit_in_place(e, &used, ev);
+#define EMIT_COPY(ev, cond) if ((m & BIT(ev)) && (cond)) emit_as(e, ev);
+
+// One device tracepoint: the record is reserved in the ring and filled there (no copy on the
+// stack); if the ring is full, the events are counted as dropped through the stack path.
+#define DEVICE_PROBE(probe, skb, EVENTS)                         \
+    __u64 m = mask_of(probe);                                    \
+    if (!m) return 0;                                            \
+    __u32 ns = lab_skb_btf(skb);                                 \
+    if (!ns) return 0;                                           \
+    struct klab_event *e = bpf_ringbuf_reserve(&events, sizeof(struct klab_event), 0); \
+    if (e) {                                                     \
+        begin_btf(e, probe, ns);                                 \
+        fill_skb_btf(e, skb);                                    \
+        int used = 0;                                            \
+        PACKET_KIND(e);                                          \
+        EVENTS(EMIT_IN_PLACE)                                    \
+        end_in_place(e, used);                                   \
+        return 0;                                                \
+    }                                                            \
+    struct klab_event stack;                                     \
+    e = &stack;                                                  \
+    begin_btf(e, probe, ns);                                     \
+    fill_skb_btf(e, skb);                                        \
+    PACKET_KIND(e);                                              \
+    EVENTS(EMIT_COPY)                                            \
+    return 0
+
 // tp_btf: the skb is a typed pointer, so its fields are plain loads.
 SEC("tp_btf/netif_receive_skb")
 int BPF_PROG(tp_netif_receive_skb, struct sk_buff *skb) {
-    __u64 m = mask_of(KLAB_PROBE_ID_tp_netif_receive_skb);
-    if (!m) return 0;
-    __u32 *ns = lab_skb_btf(skb);
-    if (!ns) return 0;
-    struct klab_event e;
-    begin(&e, KLAB_PROBE_ID_tp_netif_receive_skb, *ns);
-    fill_skb_btf(&e, skb);
-    __u8 f = e.tcp_flags;
-    int tcp = e.proto == 6 && !(e.frag & 0x1fff), udp = e.proto == 17 && !(e.frag & 0x1fff);
-    EMIT_IF(m, &e, KLAB_EV_IP_RECEIVEPACKET, 1);
-    EMIT_IF(m, &e, KLAB_EV_TCP_RECVSYN, tcp && (f & TH_SYN) && !(f & TH_ACK));
-    EMIT_IF(m, &e, KLAB_EV_TCP_RECVSYNACK, tcp && (f & TH_SYN) && (f & TH_ACK));
-    EMIT_IF(m, &e, KLAB_EV_TCP_RECVACK, tcp && (f & TH_ACK) && !(f & TH_SYN));
-    EMIT_IF(m, &e, KLAB_EV_TCP_RECV_URGENTDATA, tcp && (f & TH_URG));
-    EMIT_IF(m, &e, KLAB_EV_TCP_RECEIVEPACKET, tcp);
-    EMIT_IF(m, &e, KLAB_EV_UDP_QUEUE_SOCKETBUFFER, udp);
-    EMIT_IF(m, &e, KLAB_EV_ICMP_RECEIVE, e.proto == 1 && !(e.frag & 0x1fff));
-    return 0;
+    DEVICE_PROBE(KLAB_PROBE_ID_tp_netif_receive_skb, skb, RX_EVENTS);
 }
 
 SEC("tp_btf/net_dev_queue")
 int BPF_PROG(tp_net_dev_queue, struct sk_buff *skb) {
-    __u64 m = mask_of(KLAB_PROBE_ID_tp_net_dev_queue);
-    if (!m) return 0;
-    __u32 *ns = lab_skb_btf(skb);
-    if (!ns) return 0;
-    struct klab_event e;
-    begin(&e, KLAB_PROBE_ID_tp_net_dev_queue, *ns);
-    fill_skb_btf(&e, skb);
-    __u8 f = e.tcp_flags;
-    int tcp = e.proto == 6 && !(e.frag & 0x1fff), icmp = e.proto == 1 && !(e.frag & 0x1fff);
-    EMIT_IF(m, &e, KLAB_EV_IP_SENDBUFFER, 1);
-    EMIT_IF(m, &e, KLAB_EV_TCP_SENDSYN, tcp && (f & TH_SYN) && !(f & TH_ACK));
-    EMIT_IF(m, &e, KLAB_EV_TCP_SENDSYNACK, tcp && (f & TH_SYN) && (f & TH_ACK));
-    EMIT_IF(m, &e, KLAB_EV_TCP_SENDACK, tcp && f == TH_ACK && e.l4_len == 0);
-    EMIT_IF(m, &e, KLAB_EV_TCP_SENDPACKET, tcp);
-    EMIT_IF(m, &e, KLAB_EV_ICMP_SEND, icmp && ICMP_ERROR(e.icmp_type));
-    EMIT_IF(m, &e, KLAB_EV_ICMP_REPLY, icmp && e.icmp_type == 0);
-    // Never set by the catalog: only the planted test entry (KLAB_TEST_PLANT) ties a receive
-    // event to this transmit hook, to prove that klab check catches a misplaced event.
-    EMIT_IF(m, &e, KLAB_EV_IP_RECEIVEPACKET, 1);
-    return 0;
+    DEVICE_PROBE(KLAB_PROBE_ID_tp_net_dev_queue, skb, TX_EVENTS);
 }
 
 // MARK: Drops: SKB_DROP, klab's own event, for every packet a lab namespace frees as dropped
@@ -64,12 +87,12 @@ SEC("tp_btf/kfree_skb")
 int BPF_PROG(btf_kfree_skb, struct sk_buff *skb, void *location, int reason) {
     __u64 m = mask_of(KLAB_PROBE_ID_btf_kfree_skb);
     if (!m) return 0;
-    __u32 *ns = lab_skb_btf(skb);
+    __u32 ns = lab_skb_btf(skb);
     struct sock *sk = skb->sk;
     if (!ns && sk) ns = lab_sk(sk);
     if (!ns) return 0;
     struct klab_event e;
-    begin(&e, KLAB_PROBE_ID_btf_kfree_skb, *ns);
+    begin_btf(&e, KLAB_PROBE_ID_btf_kfree_skb, ns);
     fill_skb_btf(&e, skb);
     e.arg0 = reason;
     e.bytes = (__u64)location;
@@ -103,18 +126,18 @@ int BPF_PROG(btf_softirq_exit, unsigned int vec_nr) { return set_context(1); }
 // sockets never pass through sock_create.
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(btf_inet_sock_set_state, struct sock *sk, int oldstate, int newstate) {
-    __u32 *ns = lab_sk(sk);
+    __u32 ns = lab_sk_btf(sk);
     if (!ns) return 0;
     // Every lab socket gets its cookie and a place in lab_socks, whatever is logged.
     __u64 cookie = bpf_get_socket_cookie(sk);
-    __u32 inum = *ns;
+    __u32 inum = ns;
     if (newstate == TCP_SYN_RECV || newstate == TCP_LISTEN || oldstate == TCP_CLOSE)
         bpf_map_update_elem(&lab_socks, &cookie, &inum, BPF_ANY);
     __u64 m = mask_of(KLAB_PROBE_ID_btf_inet_sock_set_state);
     if (!m) return 0;
     struct klab_event e;
-    begin(&e, KLAB_PROBE_ID_btf_inet_sock_set_state, inum);
-    fill_sock(&e, sk);
+    begin_btf(&e, KLAB_PROBE_ID_btf_inet_sock_set_state, inum);
+    fill_sock_btf(&e, sk);
     e.sock = cookie;
     e.arg0 = oldstate;
     e.arg1 = newstate;
@@ -138,19 +161,23 @@ struct {
 
 static __always_inline int length_event(struct sock *sk, int ret, int flags, __u32 probe, int send) {
     __u64 m = mask_of(probe);
-    if (!m || BPF_CORE_READ(sk, __sk_common.skc_family) != AF_INET) return 0;
-    __u32 *ns = lab_sk(sk);
+    if (!m || sk->__sk_common.skc_family != AF_INET) return 0;
+    __u32 ns = lab_sk_btf(sk);
     if (!ns) return 0;
     struct klab_event e;
-    begin(&e, probe, *ns);
-    fill_sock(&e, sk);
+    begin_btf(&e, probe, ns);
+    fill_sock_btf(&e, sk);
     e.sock = bpf_get_socket_cookie(sk);
     e.arg0 = ret;
     e.arg1 = flags;
     e.bytes = ret > 0 ? ret : 0;
     if (send) {
-        __u32 tid = (__u32)bpf_get_current_pid_tgid();
-        bpf_map_delete_elem(&sending, &tid);  // this call's tcp_sendmsg_locked may log again
+        // This call's tcp_sendmsg_locked may log again (only if it logs at all: a delete
+        // costs a hash lookup).
+        if (mask_of(KLAB_PROBE_ID_btf_tcp_sendmsg_locked)) {
+            __u32 tid = (__u32)bpf_get_current_pid_tgid();
+            bpf_map_delete_elem(&sending, &tid);
+        }
         EMIT_IF(m, &e, KLAB_EV_SOCKET_WRITE, 1);
         EMIT_IF(m, &e, KLAB_EV_UDP_SEND, e.proto == 17);
     } else {
@@ -176,7 +203,7 @@ SEC("tp_btf/tcp_sendmsg_locked")
 int BPF_PROG(btf_tcp_sendmsg_locked, struct sock *sk, struct msghdr *msg, struct sk_buff *skb, int size_goal) {
     __u64 m = mask_of(KLAB_PROBE_ID_btf_tcp_sendmsg_locked);
     if (!m) return 0;
-    __u32 *ns = lab_sk(sk);
+    __u32 ns = lab_sk_btf(sk);
     if (!ns) return 0;
     __u32 tid = (__u32)bpf_get_current_pid_tgid();
     __u64 cookie = bpf_get_socket_cookie(sk);
@@ -184,8 +211,8 @@ int BPF_PROG(btf_tcp_sendmsg_locked, struct sock *sk, struct msghdr *msg, struct
     if (last && *last == cookie) return 0;
     bpf_map_update_elem(&sending, &tid, &cookie, BPF_ANY);
     struct klab_event e;
-    begin(&e, KLAB_PROBE_ID_btf_tcp_sendmsg_locked, *ns);
-    fill_sock(&e, sk);
+    begin_btf(&e, KLAB_PROBE_ID_btf_tcp_sendmsg_locked, ns);
+    fill_sock_btf(&e, sk);
     e.sock = cookie;
     e.bytes = BPF_CORE_READ(msg, msg_iter.count);
     e.arg0 = size_goal;
@@ -199,10 +226,10 @@ SEC("tp_btf/tcp_probe")
 int BPF_PROG(btf_tcp_probe, struct sock *sk, struct sk_buff *skb) {
     __u64 m = mask_of(KLAB_PROBE_ID_btf_tcp_probe);
     if (!m) return 0;
-    __u32 *ns = lab_sk(sk);
+    __u32 ns = lab_sk_btf(sk);
     if (!ns) return 0;
     struct klab_event e;
-    begin(&e, KLAB_PROBE_ID_btf_tcp_probe, *ns);
+    begin_btf(&e, KLAB_PROBE_ID_btf_tcp_probe, ns);
     fill_skb(&e, skb);
     e.sock = bpf_get_socket_cookie(sk);
     e.flags |= owned_flags(sk->sk_lock.owned);  // owned: release_sock is running the backlog
@@ -218,10 +245,10 @@ SEC("tp_btf/icmp_send")
 int BPF_PROG(btf_icmp_send, struct sk_buff *skb, int type, int code) {
     __u64 m = mask_of(KLAB_PROBE_ID_btf_icmp_send);
     if (!m) return 0;
-    __u32 *ns = lab_skb(skb);
+    __u32 ns = lab_skb(skb);
     if (!ns) return 0;
     struct klab_event e;
-    begin(&e, KLAB_PROBE_ID_btf_icmp_send, *ns);
+    begin_btf(&e, KLAB_PROBE_ID_btf_icmp_send, ns);
     fill_skb(&e, skb);
     e.arg0 = type;  // the error being sent; the packet fields are the offending datagram's
     e.arg1 = code;
@@ -236,10 +263,10 @@ struct sys_exit_args { __u64 common; long nr; long ret; };
 static __always_inline int accept_exit(struct sys_exit_args *a, __u32 probe) {
     __u64 m = mask_of(probe);
     if (!m || a->ret < 0) return 0;
-    __u32 *ns = lab_task();
+    __u32 ns = lab_task();
     if (!ns) return 0;
     struct klab_event e;
-    begin(&e, probe, *ns);
+    begin(&e, probe, ns);
     e.fd = a->ret;
     EMIT_IF(m, &e, KLAB_EV_SOCKET_ACCEPT, 1);
     return 0;

@@ -91,21 +91,58 @@ static __always_inline __u64 mask_of(__u32 probe) {
     return m ? *m : 0;
 }
 
-static __always_inline __u32 *lab_net(struct net *net) {
-    __u64 cookie = BPF_CORE_READ(net, net_cookie);
-    return bpf_map_lookup_elem(&lab_netns, &cookie);
+// Per CPU: the last lab namespace found (cookie, inode), so that a busy lab's probes skip
+// the hash lookup. Netns cookies are never reused and lab_netns is filled before anything
+// attaches, so a hit stays true; only hits are cached.
+struct netns_hit { __u64 cookie; __u32 inum; };
+struct {
+    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, struct netns_hit);
+} netns_cache SEC(".maps");
+
+// The lab namespace's inode for a netns cookie, 0 when the namespace is not the lab's.
+// (A value, not a pointer into the cache: a program that interrupts this one on its CPU
+// may rewrite the entry.)
+static __always_inline __u32 lab_cookie(__u64 cookie) {
+    __u32 k = 0;
+    struct netns_hit *c = bpf_map_lookup_elem(&netns_cache, &k);
+    if (c && c->cookie == cookie) {
+        __u32 inum = c->inum;
+        if (inum) return inum;
+    }
+    __u32 *ns = bpf_map_lookup_elem(&lab_netns, &cookie);
+    if (!ns) return 0;
+    __u32 inum = *ns;
+    if (c) {
+        c->inum = 0;  // never a torn pair: cookie first, then its inode
+        c->cookie = cookie;
+        c->inum = inum;
+    }
+    return inum;
 }
 
-static __always_inline __u32 *lab_sk(struct sock *sk) {
+static __always_inline __u32 lab_net(struct net *net) {
+    return lab_cookie(BPF_CORE_READ(net, net_cookie));
+}
+
+static __always_inline __u32 lab_sk(struct sock *sk) {
     return sk ? lab_net(BPF_CORE_READ(sk, __sk_common.skc_net.net)) : 0;
 }
 
-static __always_inline __u32 *lab_skb(struct sk_buff *skb) {
+// The same from a BTF pointer (tp_btf): plain loads.
+static __always_inline __u32 lab_sk_btf(struct sock *sk) {
+    struct net *net = sk ? sk->__sk_common.skc_net.net : 0;
+    return net ? lab_cookie(net->net_cookie) : 0;
+}
+
+static __always_inline __u32 lab_skb(struct sk_buff *skb) {
     return lab_net(BPF_CORE_READ(skb, dev, nd_net.net));
 }
 
 // The calling thread's namespace (syscall-time probes).
-static __always_inline __u32 *lab_task(void) {
+static __always_inline __u32 lab_task(void) {
     struct task_struct *t = (struct task_struct *)bpf_get_current_task();
     return lab_net(BPF_CORE_READ(t, nsproxy, net_ns));
 }
@@ -153,6 +190,20 @@ static __always_inline void begin(struct klab_event *e, __u16 probe, __u32 netns
     bpf_get_current_comm(e->comm, sizeof(e->comm));
 }
 
+// The same for programs whose current task is a BTF pointer (tp_btf, fentry): the ids and
+// comm are plain loads (comm as two 8-byte words: the kernel keeps it NUL-padded, as
+// bpf_get_current_comm's copy is) instead of two helper calls.
+static __always_inline void begin_btf(struct klab_event *e, __u16 probe, __u32 netns) {
+    begin_record(e, probe, netns);
+    struct task_struct *t = bpf_get_current_task_btf();
+    e->pid = t->tgid;
+    e->tid = t->pid;
+    const __u64 *comm = (const __u64 *)t->comm;
+    __u64 *to = (__u64 *)e->comm;
+    to[0] = comm[0];
+    to[1] = comm[1];
+}
+
 // The same for program types that lack the pid and comm helpers on older kernels
 // (cgroup_skb and sockops before 6.x): read them from the current task.
 static __always_inline void begin_task(struct klab_event *e, __u16 probe, __u32 netns) {
@@ -163,21 +214,60 @@ static __always_inline void begin_task(struct klab_event *e, __u16 probe, __u32 
     BPF_CORE_READ_STR_INTO(&e->comm, t, comm);
 }
 
-// Writes one record as event `ev`; counts it in the CPU's serial numbers, or as dropped.
-static __always_inline void emit_as(struct klab_event *e, __u16 ev) {
+// The next serial number of this CPU. Atomic: a program can be interrupted on its CPU by
+// another one (a softirq), and each must still get its own number.
+static __always_inline __u32 next_serial(void) {
     __u32 k = 0;
     __u64 *serial = bpf_map_lookup_elem(&counters, &k);
-    // Atomic: a program can be interrupted on its CPU by another one (a softirq), and each
-    // must still get its own number.
-    if (serial) e->serial = (__u32)__sync_fetch_and_add(serial, 1);
+    return serial ? (__u32)__sync_fetch_and_add(serial, 1) : 0;
+}
+
+static __always_inline void count_drop(void) {
+    __u32 k = 1;
+    __u64 *drops = bpf_map_lookup_elem(&counters, &k);
+    if (drops) __sync_fetch_and_add(drops, 1);
+}
+
+// Every 1024th record of a CPU looks at the backlog and wakes the consumer if it has reached
+// the watermark; the consumer also drains on its own every few ms. (Asking on every record,
+// and waking on every record while the consumer lagged, cost up to 1 us a record.)
+static __always_inline __u64 wake_flags(__u32 serial) {
+    if (!(serial & 1023) && bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes) return BPF_RB_FORCE_WAKEUP;
+    return BPF_RB_NO_WAKEUP;
+}
+
+// Writes one record as event `ev` from a copy on the stack; counts it in the CPU's serial
+// numbers, or as dropped.
+static __always_inline void emit_as(struct klab_event *e, __u16 ev) {
+    e->serial = next_serial();
     e->event = ev;
-    __u64 flags = BPF_RB_NO_WAKEUP;
-    if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes) flags = BPF_RB_FORCE_WAKEUP;
-    if (bpf_ringbuf_output(&events, e, sizeof(*e), flags)) {
-        k = 1;
-        __u64 *drops = bpf_map_lookup_elem(&counters, &k);
-        if (drops) *drops += 1;
+    if (bpf_ringbuf_output(&events, e, sizeof(*e), wake_flags(e->serial))) count_drop();
+}
+
+// Records written in place: `first` was reserved in the ring when the probe began and
+// filled there. The probe's first event takes it; each further event is a copy of it,
+// reserved after it (so the consumer, which reads in reservation order, still sees the
+// events in the order they were emitted) and submitted at once. The probe then submits
+// `first`, or discards it if it emitted nothing (end_in_place).
+static __always_inline void emit_in_place(struct klab_event *first, int *used, __u16 ev) {
+    __u32 serial = next_serial();
+    if (!*used) {
+        first->serial = serial;
+        first->event = ev;
+        *used = 1;
+        return;
     }
+    struct klab_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+    if (!e) { count_drop(); return; }
+    __builtin_memcpy(e, first, sizeof(*e));
+    e->serial = serial;
+    e->event = ev;
+    bpf_ringbuf_submit(e, wake_flags(serial));
+}
+
+static __always_inline void end_in_place(struct klab_event *first, int used) {
+    if (used) bpf_ringbuf_submit(first, wake_flags(first->serial));
+    else bpf_ringbuf_discard(first, BPF_RB_NO_WAKEUP);
 }
 
 #define EMIT_IF(m, e, ev, cond) do { if (((m) & BIT(ev)) && (cond)) emit_as(e, ev); } while (0)
@@ -247,13 +337,12 @@ static __always_inline void fill_skb_btf(struct klab_event *e, struct sk_buff *s
     fill_ip(e, skb->head + skb->network_header);
 }
 
-static __always_inline __u32 *lab_skb_btf(struct sk_buff *skb) {
+static __always_inline __u32 lab_skb_btf(struct sk_buff *skb) {
     struct net_device *dev = skb->dev;
     if (!dev) return 0;
     struct net *net = dev->nd_net.net;
     if (!net) return 0;
-    __u64 cookie = net->net_cookie;
-    return bpf_map_lookup_elem(&lab_netns, &cookie);
+    return lab_cookie(net->net_cookie);
 }
 
 // The skb's packet (its network header must be set) and device.
@@ -265,6 +354,16 @@ static __always_inline void fill_skb(struct klab_event *e, struct sk_buff *skb) 
     struct sock *sk = BPF_CORE_READ(skb, sk);
     if (sk) e->sock = BPF_CORE_READ(sk, __sk_common.skc_cookie.counter);
     fill_ip(e, BPF_CORE_READ(skb, head) + BPF_CORE_READ(skb, network_header));
+}
+
+// The same from a BTF pointer (tp_btf, fentry): plain loads, no helper call per field.
+static __always_inline void fill_sock_btf(struct klab_event *e, struct sock *sk) {
+    e->sock = sk->__sk_common.skc_cookie.counter;
+    e->proto = sk->sk_protocol;
+    e->saddr = sk->__sk_common.skc_rcv_saddr;
+    e->daddr = sk->__sk_common.skc_daddr;
+    e->sport = sk->__sk_common.skc_num;
+    e->dport = bpf_ntohs(sk->__sk_common.skc_dport);
 }
 
 // A socket's endpoints, protocol and cookie (0 if nothing asked for it yet).

@@ -13,12 +13,12 @@ struct tcp_sock { __u32 snd_una; __u32 snd_nxt; __u32 snd_up; } CORE;
     __u64 m = mask_of(probe);             \
     if (!m || !(ns)) return 0;            \
     struct klab_event e;                  \
-    begin(&e, probe, *(ns))
+    begin(&e, probe, (ns))
 
 // A socket event (struct socket *): its sock's endpoints and cookie.
 static __always_inline int h_socket(__u16 probe, struct socket *sock, __u16 ev, __u64 bytes, int arg0) {
     struct sock *sk = BPF_CORE_READ(sock, sk);
-    __u32 *ns = sk ? lab_sk(sk) : lab_task();
+    __u32 ns = sk ? lab_sk(sk) : lab_task();
     BEGIN(probe, ns);
     if (sk) fill_sock(&e, sk);
     e.bytes = bytes;
@@ -29,7 +29,7 @@ static __always_inline int h_socket(__u16 probe, struct socket *sock, __u16 ev, 
 
 // A sock event: endpoints, cookie, and optionally the packet of an skb.
 static __always_inline int h_sock(__u16 probe, struct sock *sk, struct sk_buff *skb, __u16 ev, __u64 bytes) {
-    __u32 *ns = lab_sk(sk);
+    __u32 ns = lab_sk(sk);
     BEGIN(probe, ns);
     fill_sock(&e, sk);
     if (skb) fill_skb(&e, skb);
@@ -40,7 +40,7 @@ static __always_inline int h_sock(__u16 probe, struct sock *sk, struct sk_buff *
 
 // A packet event from an skb whose network header is set.
 static __always_inline int h_skb(__u16 probe, struct sk_buff *skb, __u16 ev) {
-    __u32 *ns = lab_skb(skb);
+    __u32 ns = lab_skb(skb);
     BEGIN(probe, ns);
     fill_skb(&e, skb);
     EMIT_IF(m, &e, ev, 1);
@@ -49,7 +49,7 @@ static __always_inline int h_skb(__u16 probe, struct sk_buff *skb, __u16 ev) {
 
 // The end of a call where only its return value is known (kretprobe).
 static __always_inline int h_return(__u16 probe, long ret, __u16 ev) {
-    __u32 *ns = lab_task();
+    __u32 ns = lab_task();
     BEGIN(probe, ns);
     e.arg0 = ret;
     e.bytes = ret > 0 ? ret : 0;
@@ -62,7 +62,8 @@ static __always_inline int h_inet_create(__u16 probe, struct net *net, struct so
     if (ret) return 0;
     struct sock *sk = BPF_CORE_READ(sock, sk);
     if (!sk) return 0;
-    BEGIN(probe, lab_sk(sk));
+    __u32 ns = lab_sk(sk);
+    BEGIN(probe, ns);
     fill_sock(&e, sk);
     e.proto = BPF_CORE_READ(sk, sk_protocol);
     e.arg0 = BPF_CORE_READ(sk, sk_type);
@@ -77,7 +78,7 @@ static __always_inline int h_inet_release(__u16 probe, struct socket *sock) {
 
 static __always_inline int h_inet_bind(__u16 probe, struct socket *sock, struct sockaddr_in_ *uaddr) {
     struct sock *sk = BPF_CORE_READ(sock, sk);
-    __u32 *ns = lab_sk(sk);
+    __u32 ns = lab_sk(sk);
     BEGIN(probe, ns);
     fill_sock(&e, sk);
     struct sockaddr_in_ a = {};
@@ -107,7 +108,7 @@ static __always_inline int h_inet_recvmsg(__u16 probe, struct socket *sock, int 
 
 static __always_inline int h_inet_stream_connect(__u16 probe, struct socket *sock, struct sockaddr_in_ *uaddr) {
     struct sock *sk = BPF_CORE_READ(sock, sk);
-    __u32 *ns = lab_sk(sk);
+    __u32 ns = lab_sk(sk);
     BEGIN(probe, ns);
     fill_sock(&e, sk);
     struct sockaddr_in_ a = {};
@@ -135,7 +136,7 @@ static __always_inline int h_tcp_conn_request(__u16 probe, struct sock *sk, stru
 }
 
 static __always_inline int h_tcp_send_ack(__u16 probe, struct sock *sk, __u32 rcv_nxt) {
-    __u32 *ns = lab_sk(sk);
+    __u32 ns = lab_sk(sk);
     BEGIN(probe, ns);
     fill_sock(&e, sk);
     e.tcp_ack = rcv_nxt;
@@ -147,7 +148,8 @@ static __always_inline int h_tcp_send_ack(__u16 probe, struct sock *sk, __u32 rc
 // Whether a task holds the socket: tcp_ack runs in the receiving task with it free, or in
 // release_sock's backlog processing with it owned.
 static __always_inline int h_tcp_ack(__u16 probe, struct sock *sk, struct sk_buff *skb) {
-    BEGIN(probe, lab_sk(sk));
+    __u32 ns = lab_sk(sk);
+    BEGIN(probe, ns);
     fill_sock(&e, sk);
     fill_skb(&e, skb);
     e.flags |= owned_flags(BPF_CORE_READ(sk, sk_lock.owned));
@@ -156,7 +158,7 @@ static __always_inline int h_tcp_ack(__u16 probe, struct sock *sk, struct sk_buf
 }
 
 static __always_inline int h_tcp_v4_send_synack(__u16 probe, struct sock *sk, struct sock *req) {
-    __u32 *ns = lab_sk(sk);
+    __u32 ns = lab_sk(sk);
     BEGIN(probe, ns);
     fill_sock(&e, req);  // a request sock starts with sock_common: the new connection's endpoints
     e.sock = BPF_CORE_READ(sk, __sk_common.skc_cookie.counter);
@@ -171,7 +173,7 @@ static __always_inline int h_tcp_rcv_synsent_state_process(__u16 probe, struct s
 }
 
 static __always_inline int h_tcp_urg(__u16 probe, struct sock *sk, struct sk_buff *skb) {
-    __u32 *ns = lab_sk(sk);
+    __u32 ns = lab_sk(sk);
     BEGIN(probe, ns);
     fill_sock(&e, sk);
     fill_skb(&e, skb);
@@ -196,7 +198,7 @@ static __always_inline int h_udp_recvmsg(__u16 probe, struct sock *sk, int ret) 
 }
 
 static __always_inline int h_icmp_send(__u16 probe, struct sk_buff *skb, int type, int code) {
-    __u32 *ns = lab_skb(skb);
+    __u32 ns = lab_skb(skb);
     BEGIN(probe, ns);
     fill_skb(&e, skb);
     e.arg0 = type;
@@ -211,7 +213,7 @@ static __always_inline int h_icmp_rcv(__u16 probe, struct sk_buff *skb) { return
 struct icmp_bxm___klab { struct { struct { __u8 type, code; } icmph; } data; } CORE;
 
 static __always_inline int h_icmp_reply(__u16 probe, struct icmp_bxm___klab *param, struct sk_buff *skb) {
-    __u32 *ns = lab_skb(skb);
+    __u32 ns = lab_skb(skb);
     BEGIN(probe, ns);
     fill_skb(&e, skb);
     e.arg0 = BPF_CORE_READ(param, data.icmph.type);
@@ -224,7 +226,7 @@ static __always_inline int h_icmp_reply(__u16 probe, struct icmp_bxm___klab *par
 // ACK transmitted without a clone (clone_it 0) is the one __tcp_send_ack built (or a window or
 // keepalive probe of tcp_xmit_probe_skb): TCP_SENDACK, whichever caller inlined __tcp_send_ack.
 static __always_inline int h_tcp_transmit_skb(__u16 probe, struct sock *sk, struct sk_buff *skb, int clone_it, __u32 rcv_nxt) {
-    __u32 *ns = lab_sk(sk);
+    __u32 ns = lab_sk(sk);
     BEGIN(probe, ns);
     fill_sock(&e, sk);
     struct tcp_skb_cb_ cb = {};
@@ -265,7 +267,7 @@ static __always_inline int h_ip_push_pending_frames(__u16 probe, struct sock *sk
 static __always_inline int h_ip_flush_pending_frames(__u16 probe, struct sock *sk) { return h_sock(probe, sk, 0, KLAB_EV_IP_FLUSH_PENDINGFRAMES, 0); }
 
 static __always_inline int h_ip_finish_output2(__u16 probe, struct net *net, struct sk_buff *skb) {
-    __u32 *ns = lab_net(net);
+    __u32 ns = lab_net(net);
     BEGIN(probe, ns);
     fill_skb(&e, skb);
     EMIT_IF(m, &e, KLAB_EV_IP_SENDBUFFER, 1);

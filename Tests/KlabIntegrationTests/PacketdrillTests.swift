@@ -1,0 +1,140 @@
+import Foundation
+import Testing
+
+/// packetdrill scripts end to end: every shipped .pkt passes under `klab run` with its
+/// placement verdicts; wrong scripts fail with packetdrill's messages (exit 1); scripts that
+/// cannot be read fail with FILE:LINE:COLUMN before anything starts (exit 2).
+@Suite(.serialized, .scratch, .enabled(if: Privileged.enabled))
+struct PacketdrillTests {
+    static let shipped: [String] = {
+        let dir = "\(packageRoot)/lab/packetdrill"
+        // A folder that cannot be listed, or lists nothing, is one case that fails.
+        let files = (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []
+        let names = files.filter { $0.hasSuffix(".pkt") }.map { String($0.dropLast(4)) }.sorted()
+        return names.isEmpty ? ["(no scripts in \(dir))"] : names
+    }()
+
+    /// Runs `path` (relative to the package root); returns klab's result and the results folder.
+    func run(_ path: String, name: String) throws -> (Finished, String) {
+        let out = try temporaryDirectory()
+        return (try klab(["run", path, "--out", out]), "\(out)/\(name)")
+    }
+
+    /// Writes `text` as NAME.pkt beside a copy of lab/packetdrill/defaults.sh and runs it.
+    func run(script text: String, name: String) throws -> (Finished, String, file: String) {
+        let dir = try temporaryDirectory()
+        let file = "\(dir)/\(name).pkt"
+        try text.write(toFile: file, atomically: true, encoding: .utf8)
+        try FileManager.default.copyItem(atPath: "\(packageRoot)/lab/packetdrill/defaults.sh", toPath: "\(dir)/defaults.sh")
+        let r = try klab(["run", file, "--out", "\(dir)/out"])
+        return (r, "\(dir)/out/\(name)", file)
+    }
+
+    @Test(arguments: shipped)
+    func shippedScriptPasses(_ name: String) throws {
+        let (r, dir) = try run("lab/packetdrill/\(name).pkt", name: name)
+        #expect(r.status == 0, "klab run \(name).pkt exited \(r.status)\n\(r.stdout)\n\(r.stderr)")
+        #expect(r.stdout.contains("\(name): PASSED"))
+        let summary = try json("\(dir)/summary.json")
+        #expect(summary["passed"] as? Bool == true)
+        // The script's events were all played and each one held.
+        let steps = summary["steps"] as? [[String: Any]] ?? []
+        #expect(!steps.isEmpty && steps.allSatisfy { $0["ok"] as? Bool == true }, "\(steps.filter { $0["ok"] as? Bool != true })")
+        // Every placement verdict holds, and the run judged something.
+        let placement = summary["placement"] as? [String: Any]
+        #expect(placement?["violations"] as? Int == 0 && (placement?["judged"] as? Int ?? 0) > 0, "\(placement ?? [:])")
+        #expect(r.stdout.contains("placement verdicts for \(name)"))
+        // The player records what it injects and reads: the capture has both directions.
+        let capture = try EventLog.header(path: "\(dir)/events.jsonl")["capture"] as? [String: Any]
+        #expect(capture?["not_written"] as? Int == 0 && (capture?["frames"] as? Int ?? 0) > 0, "\(capture ?? [:])")
+        let why = (try json("\(dir)/verdicts.json")["join"] as? [String: Any])?["unmatchedWhy"] as? [String: [String: Int]] ?? [:]
+        #expect(why["no captured packet of its host has its identity"] == nil, "\(why)")
+    }
+
+    static let passiveOpen = """
+        `./defaults.sh`
+            0 socket(..., SOCK_STREAM, IPPROTO_TCP) = 3
+           +0 setsockopt(3, SOL_SOCKET, SO_REUSEADDR, [1], 4) = 0
+           +0 bind(3, ..., ...) = 0
+           +0 listen(3, 1) = 0
+           +0 < S 0:0(0) win 65535 <mss 1000,sackOK,nop,nop,nop,wscale 7>
+           +0 > S. 0:0(0) ack 1 <mss 1460,nop,nop,sackOK,nop,wscale 8>
+          +.1 < . 1:1(0) ack 1 win 514
+           +0 accept(3, ..., ...) = 4
+
+        """
+
+    @Test func aWrongFieldIsNamedWithBothPackets() throws {
+        let (r, dir, _) = try run(script: Self.passiveOpen + """
+               +0 < P. 1:1001(1000) ack 1 win 514
+                * > . 1:1(0) ack 2001
+
+            """, name: "wrong-ack")
+        #expect(r.status == 1, "\(r.stdout)\n\(r.stderr)")
+        // packetdrill's own words: the line, the field, expected vs actual, then both packets.
+        let message = "wrong-ack.pkt:11: error handling packet: live packet field tcp_ack_seq: expected: 2001 (0x7d1) vs actual: 1001 (0x3e9)"
+        #expect(r.stdout.contains(message), "\(r.stdout)")
+        #expect(r.stdout.contains("script packet:") && r.stdout.contains("actual packet:"))
+        #expect(r.stdout.contains("wrong-ack: FAILED"))
+        let summary = try json("\(dir)/summary.json")
+        #expect(summary["passed"] as? Bool == false)
+        #expect((summary["failures"] as? [String])?.contains { $0.contains("live packet field tcp_ack_seq") } == true)
+    }
+
+    @Test func aLatePacketGivesBothTimesAndTheTolerance() throws {
+        // The SYN-ACK comes at once, but the script expects it 200 ms later.
+        let (r, _, _) = try run(script: """
+            --tolerance_usecs=10000
+            `./defaults.sh`
+                0 socket(..., SOCK_STREAM, IPPROTO_TCP) = 3
+               +0 setsockopt(3, SOL_SOCKET, SO_REUSEADDR, [1], 4) = 0
+               +0 bind(3, ..., ...) = 0
+               +0 listen(3, 1) = 0
+               +0 < S 0:0(0) win 65535 <mss 1000,sackOK,nop,nop,nop,wscale 7>
+              +.2 > S. 0:0(0) ack 1 <mss 1460,nop,nop,sackOK,nop,wscale 8>
+
+            """, name: "late")
+        #expect(r.status == 1, "\(r.stdout)\n\(r.stderr)")
+        let line = r.stdout.split(separator: "\n").first { $0.contains("late.pkt:8: error handling packet: timing error: expected outbound packet at ") }
+        #expect(line != nil, "\(r.stdout)")
+        #expect(line?.contains("but happened at ") == true && line?.contains("; tolerance ") == true)
+    }
+
+    @Test func aWrongResultGivesExpectedAndActual() throws {
+        let (r, _, _) = try run(script: """
+            `./defaults.sh`
+                0 socket(..., SOCK_STREAM, IPPROTO_TCP) = 3
+               +0 listen(3, 1) = 0
+               +0 read(3, ..., 10) = -1 EAGAIN (Resource temporarily unavailable)
+
+            """, name: "wrong-errno")
+        #expect(r.status == 1, "\(r.stdout)\n\(r.stderr)")
+        let message = "wrong-errno.pkt:4: runtime error in read call: Expected errno 11 (Resource temporarily unavailable) but got 107 (Transport endpoint is not connected)"
+        #expect(r.stdout.contains(message), "\(r.stdout)")
+    }
+
+    @Test(arguments: [
+        ("0 socket(..., SOCK_STREAM, IPPROTO_TCP) = 3\n+0 > S 0:0(0) <mss 1460,bogus>\n", "2:25: error: parse error at 'bogus'"),
+        ("0 socket(..., SOCK_STREAM, IPPROTO_TCP) = 3\n+0 frobnicate(3) = 0\n", "2:4: error: Unknown system call: 'frobnicate'"),
+        ("0 cap_set(...) = 0\n", "1:3: error: klab does not support the 'cap_set' system call (capabilities) yet"),
+        ("--no_such_flag=3\n0 socket(..., SOCK_STREAM, IPPROTO_TCP) = 3\n", "1:1: error: option 'no_such_flag' unknown"),
+    ])
+    func aBadScriptExits2WithItsPlace(_ text: String, _ message: String) throws {
+        let dir = try temporaryDirectory()
+        let file = "\(dir)/bad.pkt"
+        try text.write(toFile: file, atomically: true, encoding: .utf8)
+        let v = try klab(["validate", file])
+        #expect(v.status == 2 && v.stderr.contains("\(file):\(message)"), "\(v.status) \(v.stderr)")
+        let r = try klab(["run", file, "--out", "\(dir)/out"])
+        #expect(r.status == 2 && r.stderr.contains("\(file):\(message)"), "\(r.status) \(r.stderr)")
+        // Nothing started: no results folder.
+        #expect(!FileManager.default.fileExists(atPath: "\(dir)/out/bad"))
+    }
+
+    @Test func validateAcceptsTheShippedScripts() throws {
+        let files = Self.shipped.map { "lab/packetdrill/\($0).pkt" }
+        let r = try klab(["validate"] + files)
+        #expect(r.status == 0, "\(r.stdout)\n\(r.stderr)")
+        for name in Self.shipped { #expect(r.stdout.contains("ok  lab/packetdrill/\(name).pkt: \(name),")) }
+    }
+}
