@@ -173,6 +173,9 @@ public final class Correlator {
         }
         try evict(before: .max)
         settleUnjoined(before: .max)
+        // The callbacks usually capture what owns this correlator (a checker, the writers of
+        // klab run's files): released here, so that both are freed once the stream ended.
+        (onEvent, onJourney, onFrame) = ({ _, _, _ in }, { _, _ in }, { _ in })
     }
 
     /// Counts the unjoined events older than `t` under their reason: no drop came for them.
