@@ -107,7 +107,7 @@ final class CheckTests {
         try FileManager.default.copyItem(atPath: "\(dir)/a", toPath: "\(dir)/c")
         let text = try String(contentsOfFile: "\(dir)/c/run.json", encoding: .utf8)
         let stripped = text.replacingOccurrences(of: #""monotonic_to_realtime_offset_ns":[0-9]+,?"#, with: "", options: .regularExpression)
-        try stripped.write(toFile: "\(dir)/c/run.json", atomically: true, encoding: .utf8)
+        try stripped.write(toFile: "\(dir)/c/run.json", atomically: false, encoding: .utf8)
         #expect(problem("\(dir)/c").contains("run.json: no clocks.monotonic_to_realtime_offset_ns"))
         // A folder of an older klab, with only events.jsonl.
         try FileManager.default.copyItem(atPath: "\(dir)/a", toPath: "\(dir)/o")

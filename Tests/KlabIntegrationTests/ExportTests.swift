@@ -100,7 +100,7 @@ struct ExportTests {
         }
         // The detector works: a page with a script error shows up in the log.
         let broken = "\(out)/broken.html"
-        try "<html><body><script>thisFunctionDoesNotExist()</script></body></html>".write(toFile: broken, atomically: true, encoding: .utf8)
+        try "<html><body><script>thisFunctionDoesNotExist()</script></body></html>".write(toFile: broken, atomically: false, encoding: .utf8)
         #expect(!consoleErrors(try browse(broken, ["--dump-dom"])).isEmpty, "a script error must be caught")
         let dom = try browse("\(dir)/report.html", ["--dump-dom"])
         #expect(dom.status == 0)

@@ -14,7 +14,7 @@ struct FailureTests {
     @Test(.enabled(if: Privileged.enabled && Privileged.has("/usr/bin/setpriv", from: "util-linux")))
     func unreadableScenarioFileSaysSo() throws {
         let dir = try temporaryDirectory()
-        try "steps: []\n".write(toFile: "\(dir)/private.yaml", atomically: true, encoding: .utf8)
+        try "steps: []\n".write(toFile: "\(dir)/private.yaml", atomically: false, encoding: .utf8)
         chmod("\(dir)/private.yaml", 0o600)
         let r = try klab(["run", "\(dir)/private.yaml"], asUser: "65534")
         #expect(r.status == 64)
@@ -24,7 +24,7 @@ struct FailureTests {
     @Test func badScenarioNamesFileLineColumn() throws {
         let dir = try temporaryDirectory()
         let file = "\(dir)/bad.yaml"
-        try "name: bad\nsteps:\n  - inject: S 0:0(0) win 65535 <mss 1460,frob 3>\n".write(toFile: file, atomically: true, encoding: .utf8)
+        try "name: bad\nsteps:\n  - inject: S 0:0(0) win 65535 <mss 1460,frob 3>\n".write(toFile: file, atomically: false, encoding: .utf8)
         let r = try klab(["run", file])
         #expect(r.status == 2)
         #expect(r.stderr.contains("\(file):3:"))
@@ -47,7 +47,7 @@ struct FailureTests {
     func unrunnableScenarioFailsAloneAndTheOthersRun() throws {
         let dir = try temporaryDirectory()
         for (name, step) in [("a", "socket: u udp"), ("b", "run: klab-not-installed --help"), ("c", "socket: t tcp")] {
-            try "name: \(name)\nsteps:\n  - \(step)\n".write(toFile: "\(dir)/\(name).yaml", atomically: true, encoding: .utf8)
+            try "name: \(name)\nsteps:\n  - \(step)\n".write(toFile: "\(dir)/\(name).yaml", atomically: false, encoding: .utf8)
         }
         let r = try klab(["run", "\(dir)/a.yaml", "\(dir)/b.yaml", "\(dir)/c.yaml", "--out", "\(dir)/out"])
         #expect(r.status == 1, "\(r.stdout)\(r.stderr)")
@@ -74,7 +74,7 @@ struct FailureTests {
               - bind: u 0.0.0.0:9
               - inject: udp (10)
               - expect: {packet: udp (1), timeout_ms: 60000}
-            """.write(toFile: file, atomically: true, encoding: .utf8)
+            """.write(toFile: file, atomically: false, encoding: .utf8)
         let p = Process()
         p.executableURL = URL(fileURLWithPath: klabBinary)
         p.arguments = ["run", file, "--out", dir]

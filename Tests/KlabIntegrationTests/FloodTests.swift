@@ -93,7 +93,7 @@ struct FloodTests {
     /// say softirq; the application's own calls say task.
     @Test func loopbackIsProcessedInASoftirq() throws {
         let dir = try temporaryDirectory()
-        try "name: loop\nsteps:\n  - workload: TCP_RR\n    count: 200\n".write(toFile: "\(dir)/loop.yaml", atomically: true, encoding: .utf8)
+        try "name: loop\nsteps:\n  - workload: TCP_RR\n    count: 200\n".write(toFile: "\(dir)/loop.yaml", atomically: false, encoding: .utf8)
         let r = try klab(["run", "\(dir)/loop.yaml", "--out", "\(dir)/out"])
         try #require(r.status == 0, "\(r.stdout.suffix(2000))\n\(r.stderr)")
         let log = try EventLog(path: "\(dir)/out/loop/events.jsonl")

@@ -31,7 +31,7 @@ struct LanguageTests {
     func run(yaml: String, name: String) throws -> (Finished, String, file: String) {
         let dir = try temporaryDirectory()
         let file = "\(dir)/\(name).yaml"
-        try yaml.write(toFile: file, atomically: true, encoding: .utf8)
+        try yaml.write(toFile: file, atomically: false, encoding: .utf8)
         let (r, results) = try run(file, name: name)
         return (r, results, file)
     }
@@ -391,10 +391,10 @@ struct ValidateTests {
 
     @Test func badFilesExit2WithLocations() throws {
         let dir = try temporaryDirectory()
-        try "name: a\nsteps:\n  - \"< S 0:0(0) win 65535 <mss 1460,frob 3>\"\n".write(toFile: "\(dir)/a.yaml", atomically: true, encoding: .utf8)
-        try "name: b\nsteps:\n  - socket: c tcp\n  - connect: d 198.18.0.2:80\n".write(toFile: "\(dir)/b.yaml", atomically: true, encoding: .utf8)
-        try "name: c\nsteps:\n  - run: klab-not-installed\n".write(toFile: "\(dir)/c.yaml", atomically: true, encoding: .utf8)
-        try "name: icmp-echo\nsteps: []\n".write(toFile: "\(dir)/d.yaml", atomically: true, encoding: .utf8)
+        try "name: a\nsteps:\n  - \"< S 0:0(0) win 65535 <mss 1460,frob 3>\"\n".write(toFile: "\(dir)/a.yaml", atomically: false, encoding: .utf8)
+        try "name: b\nsteps:\n  - socket: c tcp\n  - connect: d 198.18.0.2:80\n".write(toFile: "\(dir)/b.yaml", atomically: false, encoding: .utf8)
+        try "name: c\nsteps:\n  - run: klab-not-installed\n".write(toFile: "\(dir)/c.yaml", atomically: false, encoding: .utf8)
+        try "name: icmp-echo\nsteps: []\n".write(toFile: "\(dir)/d.yaml", atomically: false, encoding: .utf8)
         let r = try klab(["validate", "\(dir)/a.yaml", "\(dir)/b.yaml", "\(dir)/c.yaml", "lab/scenarios/icmp-echo.yaml", "\(dir)/d.yaml"])
         #expect(r.status == 2)
         let lines = r.stderr.split(separator: "\n").map(String.init)
@@ -408,7 +408,7 @@ struct ValidateTests {
 
     @Test func runRejectsBadFilesBeforeStarting() throws {
         let dir = try temporaryDirectory()
-        try "name: t\nsteps:\n  - sleep: 1ms\n    at: 2s\n  - sleep: 1ms\n    at: 1s\n".write(toFile: "\(dir)/t.yaml", atomically: true, encoding: .utf8)
+        try "name: t\nsteps:\n  - sleep: 1ms\n    at: 2s\n  - sleep: 1ms\n    at: 1s\n".write(toFile: "\(dir)/t.yaml", atomically: false, encoding: .utf8)
         let r = try klab(["run", "\(dir)/t.yaml", "--out", "\(dir)/out"])
         #expect(r.status == 2)
         #expect(r.stderr == "\(dir)/t.yaml:5:5: error: impossible time: at 1s is before line 3's at 2s\n")

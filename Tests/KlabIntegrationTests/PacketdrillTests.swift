@@ -24,7 +24,7 @@ struct PacketdrillTests {
     func run(script text: String, name: String) throws -> (Finished, String, file: String) {
         let dir = try temporaryDirectory()
         let file = "\(dir)/\(name).pkt"
-        try text.write(toFile: file, atomically: true, encoding: .utf8)
+        try text.write(toFile: file, atomically: false, encoding: .utf8)
         try FileManager.default.copyItem(atPath: "\(packageRoot)/lab/packetdrill/defaults.sh", toPath: "\(dir)/defaults.sh")
         let r = try klab(["run", file, "--out", "\(dir)/out"])
         return (r, "\(dir)/out/\(name)", file)
@@ -122,7 +122,7 @@ struct PacketdrillTests {
     func aBadScriptExits2WithItsPlace(_ text: String, _ message: String) throws {
         let dir = try temporaryDirectory()
         let file = "\(dir)/bad.pkt"
-        try text.write(toFile: file, atomically: true, encoding: .utf8)
+        try text.write(toFile: file, atomically: false, encoding: .utf8)
         let v = try klab(["validate", file])
         #expect(v.status == 2 && v.stderr.contains("\(file):\(message)"), "\(v.status) \(v.stderr)")
         let r = try klab(["run", file, "--out", "\(dir)/out"])

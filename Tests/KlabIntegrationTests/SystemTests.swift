@@ -53,7 +53,7 @@ struct SystemTests {
               - socket: u udp
               - run: [sh, -c, "while [ ! -e \(go) ]; do sleep 0.05; done"]
                 timeout: 110s
-            """.write(toFile: "\(dir)/hold.yaml", atomically: true, encoding: .utf8)
+            """.write(toFile: "\(dir)/hold.yaml", atomically: false, encoding: .utf8)
         let runs = try ["a", "b"].map { name -> (Process, Pipe) in
             let p = Process()
             p.executableURL = URL(fileURLWithPath: "/usr/bin/unshare")

@@ -35,7 +35,7 @@ struct TracerTests {
 
     func scenario(_ name: String, _ yaml: String) throws -> String {
         let path = "\(try temporaryDirectory())/\(name).yaml"
-        try yaml.write(toFile: path, atomically: true, encoding: .utf8)
+        try yaml.write(toFile: path, atomically: false, encoding: .utf8)
         return path
     }
 

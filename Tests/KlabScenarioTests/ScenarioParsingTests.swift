@@ -169,8 +169,8 @@ struct ScenarioParsingTests {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("klab-dup-\(UUID().uuidString)").path
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        try "name: same\nsteps: []\n".write(toFile: "\(dir)/a.yaml", atomically: true, encoding: .utf8)
-        try "about: x\nname: same\nsteps: []\n".write(toFile: "\(dir)/b.yaml", atomically: true, encoding: .utf8)
+        try "name: same\nsteps: []\n".write(toFile: "\(dir)/a.yaml", atomically: false, encoding: .utf8)
+        try "about: x\nname: same\nsteps: []\n".write(toFile: "\(dir)/b.yaml", atomically: false, encoding: .utf8)
         #expect(throws: ScenarioError.self) { try Scenario.load(all: ["\(dir)/a.yaml", "\(dir)/b.yaml"]) }
         do { _ = try Scenario.load(all: ["\(dir)/a.yaml", "\(dir)/b.yaml"]) } catch {
             #expect(error.description == "\(dir)/b.yaml:2:7: error: duplicate scenario name 'same': \(dir)/a.yaml has it too (each gets a results folder by name)")
@@ -283,8 +283,8 @@ struct ScenarioParsingTests {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("klab-params-\(UUID().uuidString)").path
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        try yaml.write(toFile: "\(dir)/p.yaml", atomically: true, encoding: .utf8)
-        try "name: q\nsteps: []\n".write(toFile: "\(dir)/q.yaml", atomically: true, encoding: .utf8)
+        try yaml.write(toFile: "\(dir)/p.yaml", atomically: false, encoding: .utf8)
+        try "name: q\nsteps: []\n".write(toFile: "\(dir)/q.yaml", atomically: false, encoding: .utf8)
         let both = try Scenario.load(all: ["\(dir)/p.yaml", "\(dir)/q.yaml"], set: ["count": "9"])
         #expect(both[0].params.first?.value == "9" && both[1].params.isEmpty)
         do {

@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import KlabResults
 
 /// `%{ … }%` blocks (packetdrill's code.c): at the block's moment the socket under test's
 /// TCP_INFO, TCP_CC_INFO and SO_MEMINFO are taken; after the script, one Python file holds
@@ -94,7 +95,7 @@ extension PktPlayer {
 
             """
         do {
-            try (preamble + codeFragments.joined()).write(toFile: path, atomically: true, encoding: .utf8)
+            try OutputFile.write((preamble + codeFragments.joined()).utf8, to: path)
         } catch {
             throw PktFailure(message: "\(file): error executing code: writing \(path): \(error)")
         }
