@@ -7,13 +7,7 @@ import Testing
 /// deliberately wrong ones fail with the step's file:line and the expected and actual values.
 @Suite(.serialized, .scratch, .enabled(if: Privileged.enabled))
 struct LanguageTests {
-    static let shipped: [String] = {
-        let dir = "\(packageRoot)/lab/scenarios"
-        // A folder that cannot be listed, or lists nothing, is one case that fails.
-        let files = (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []
-        let names = files.filter { $0.hasSuffix(".yaml") }.map { String($0.dropLast(5)) }.sorted()
-        return names.isEmpty ? ["(no scenarios in \(dir))"] : names
-    }()
+    static let shipped = shippedNames(in: "lab/scenarios", ending: ".yaml")
 
     /// Runs one scenario file; returns klab's result and the results folder.
     func run(_ path: String, name: String, _ args: [String] = []) throws -> (Finished, String) {

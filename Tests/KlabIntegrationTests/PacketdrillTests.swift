@@ -6,13 +6,7 @@ import Testing
 /// cannot be read fail with FILE:LINE:COLUMN before anything starts (exit 2).
 @Suite(.serialized, .scratch, .enabled(if: Privileged.enabled))
 struct PacketdrillTests {
-    static let shipped: [String] = {
-        let dir = "\(packageRoot)/lab/packetdrill"
-        // A folder that cannot be listed, or lists nothing, is one case that fails.
-        let files = (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []
-        let names = files.filter { $0.hasSuffix(".pkt") }.map { String($0.dropLast(4)) }.sorted()
-        return names.isEmpty ? ["(no scripts in \(dir))"] : names
-    }()
+    static let shipped = shippedNames(in: "lab/packetdrill", ending: ".pkt")
 
     /// Runs `path` (relative to the package root); returns klab's result and the results folder.
     func run(_ path: String, name: String) throws -> (Finished, String) {

@@ -81,6 +81,15 @@ func run(_ program: String, _ args: [String], environment: [String: String] = [:
     return Finished(status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self), stderr: String(decoding: e, as: UTF8.self))
 }
 
+/// The names (without `suffix`) of the files shipped in `folder` of the package, sorted, for a
+/// parameterized test. A folder that cannot be listed, or lists nothing, is one case that fails.
+func shippedNames(in folder: String, ending suffix: String) -> [String] {
+    let dir = "\(packageRoot)/\(folder)"
+    let files = (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []
+    let names = files.filter { $0.hasSuffix(suffix) }.map { String($0.dropLast(suffix.count)) }.sorted()
+    return names.isEmpty ? ["(nothing ending \(suffix) in \(dir))"] : names
+}
+
 /// A folder for one test's files. The `.scratch` trait (on every suite that makes files)
 /// removes it when the test passes; a failing test keeps it and its issues say where.
 func temporaryDirectory(removedByCaller: Bool = false) throws -> String {
