@@ -115,13 +115,19 @@ public final class PlacementChecker {
     }
 
     /// Streams a results folder through the correlator and judges it: what `klab check` does.
-    public static func check(_ folder: ResultsFolder, window: UInt64 = Correlator.defaultWindow) throws -> CheckReport {
-        let correlator = Correlator(header: folder.header, window: window)
-        let checker = PlacementChecker(header: folder.header, correlator: correlator)
-        correlator.onEvent = { e, f, how in checker.event(e, f, how) }
-        correlator.onJourney = { f, list in checker.journey(f, list) }
-        let cut = try folder.stream(correlator)
-        return checker.finish(cutShort: cut)
+    /// With no `window`, the default one, widened when it leaves packets unjoined (`Correlator.widening`).
+    public static func check(_ folder: ResultsFolder, window: UInt64? = nil) throws -> CheckReport {
+        func pass(_ window: UInt64, _ from: Correlator.Counts.Widened?) throws -> CheckReport {
+            let correlator = Correlator(header: folder.header, window: window)
+            correlator.widenedFrom = from
+            let checker = PlacementChecker(header: folder.header, correlator: correlator)
+            correlator.onEvent = { e, f, how in checker.event(e, f, how) }
+            correlator.onJourney = { f, list in checker.journey(f, list) }
+            let cut = try folder.stream(correlator)
+            return checker.finish(cutShort: cut)
+        }
+        if let window { return try pass(window, nil) }
+        return try Correlator.widening(pass, counts: \.join)
     }
 
     private func verdictKey(_ spec: EventSpec, _ site: Site, _ rule: Rule) -> Int {

@@ -79,6 +79,20 @@ public final class Correlator {
         /// coalescing or GRO merged later segments into it.
         public var coalescedSkbs = 0
         public var coalescedBytes = 0
+        /// The join's window (ns).
+        public var windowNs: UInt64 = 0
+        /// The longest a send event's packet took to reach the capture (ns): how far klab's
+        /// TUN reads lagged behind the kernel in this run.
+        public var slowestReadNs: UInt64 = 0
+        /// Set when this pass is klab's second, with a wider window: what the first left unjoined.
+        public var widenedFrom: Widened?
+        public struct Widened: Codable, Sendable {
+            public let windowNs: UInt64
+            /// Packet events that joined no captured packet, and no drop explained.
+            public let unjoined: Int
+        }
+        /// Packet events that joined no captured packet, with no drop or other device to explain it.
+        public var unexplained: Int { unmatchedWhy[Unjoined.noFrame.rawValue]?.values.reduce(0, +) ?? 0 }
     }
 
     /// Why a packet event joined no wire packet (a kernel drop is named by its reason).
@@ -139,6 +153,21 @@ public final class Correlator {
     /// is recorded when klab reads it, which can lag by a TUN queue's worth of packets when
     /// the forwarder falls behind (500 packets at a few thousand per second).
     public static let defaultWindow: UInt64 = 200_000_000
+    /// The window of a second pass, when packet events joined nothing in the default one: a
+    /// loaded machine (a TCG guest beside other work) can keep klab from reading its TUNs for
+    /// longer than 200 ms, and with it the packets the kernel queued there.
+    public static let widenedWindow: UInt64 = 1_000_000_000
+
+    /// `pass` with the default window; when it left packet events joined to no captured packet
+    /// (no drop or other device explains them), again with the wider window, kept when it
+    /// leaves fewer (else the first pass is run again, so that what `pass` wrote matches).
+    public static func widening<R>(_ pass: (_ window: UInt64, _ from: Counts.Widened?) throws -> R, counts: (R) -> Counts) rethrows -> R {
+        let first = try pass(defaultWindow, nil)
+        let missed = counts(first).unexplained
+        guard missed > 0 else { return first }
+        let wide = try pass(widenedWindow, Counts.Widened(windowNs: defaultWindow, unjoined: missed))
+        return counts(wide).unexplained < missed ? wide : try pass(defaultWindow, nil)
+    }
 
     /// The kernel's drop reasons by value, for SKB_DROP records.
     public let dropReasons: [Int32: String]
@@ -148,6 +177,13 @@ public final class Correlator {
         self.window = window
         self.stoppedNs = stoppedNs ?? .max
         self.dropReasons = dropReasons
+        tally.windowNs = window
+    }
+
+    /// What a first, narrower pass left unjoined, when this is the second (reported in `counts`).
+    public var widenedFrom: Counts.Widened? {
+        get { tally.widenedFrom }
+        set { tally.widenedFrom = newValue }
     }
 
     /// For a run's results: its links, when its capture stopped, its kernel's drop reasons.
@@ -475,6 +511,7 @@ public final class Correlator {
             let i = slotIndex(number)
             events.append(e, to: &slots[i].events)
             frame = slots[i].frame
+            if side == .send, slots[i].frame.timeNs > e.timeNs { tally.slowestReadNs = max(tally.slowestReadNs, slots[i].frame.timeNs - e.timeNs) }
         }
         try onEvent(e, frame, how)
     }

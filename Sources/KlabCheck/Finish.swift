@@ -28,7 +28,14 @@ public enum Finish {
     /// The timeline prints at most this many packets and unjoined events.
     public static let timelineLimit = 2000
 
-    public static func run(_ folder: ResultsFolder, window: UInt64 = Correlator.defaultWindow, outputs: Outputs = .all) throws
+    /// With no `window`, the default one, widened when it leaves packets unjoined (`Correlator.widening`).
+    public static func run(_ folder: ResultsFolder, window: UInt64? = nil, outputs: Outputs = .all) throws
+        -> (check: CheckReport, timeline: String) {
+        if let window { return try run(folder, window: window, from: nil, outputs: outputs) }
+        return try Correlator.widening({ try run(folder, window: $0, from: $1, outputs: outputs) }, counts: \.check.join)
+    }
+
+    private static func run(_ folder: ResultsFolder, window: UInt64, from: Correlator.Counts.Widened?, outputs: Outputs) throws
         -> (check: CheckReport, timeline: String) {
         let enc = JSONEncoder()
         enc.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
@@ -37,6 +44,7 @@ public enum Finish {
         let journeys = outputs.contains(.lines) ? try LineWriter(layout.journeys) : nil
         try events?.append(enc.encode(header))
         let correlator = Correlator(header: header, window: window)
+        correlator.widenedFrom = from
         let checker = PlacementChecker(header: header, correlator: correlator)
         var counts: [String: Int] = [:]
         var serials: [UInt16: (lo: UInt32, hi: UInt32, n: Int)] = [:]

@@ -42,6 +42,11 @@ extension CheckReport {
             lines.append("        \(byName.values.reduce(0, +)) because \(why): "
                          + byName.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))
         }
+        if let w = j.widenedFrom {
+            lines.append("      window widened from \(w.windowNs / 1_000_000) to \(j.windowNs / 1_000_000) ms: \(w.unjoined) packet events joined no wire packet "
+                         + "within \(w.windowNs / 1_000_000) ms; klab read packets up to \(j.slowestReadNs / 1_000_000) ms after the kernel sent them "
+                         + "(its TUN reads lag when the machine is busy)")
+        }
         if j.ambiguous > 0 {
             lines.append("      \(j.ambiguous) joins chose among identical packets of one host (duplicates, repeated segments): the copy on the event's side of the wire")
         }

@@ -21,6 +21,10 @@ public struct SyntheticRun {
         public var lateSend = 0
         /// Records written out of time order in groups of this many (the ring buffer's jitter).
         public var shuffle = 0
+        /// Every n-th ACK: klab reads it `stallNs` after the kernel sent it (a reader kept off
+        /// the CPU), and the stream resumes after it.
+        public var stall = 0
+        public var stallNs: UInt64 = 300_000_000
         public init() {}
     }
 
@@ -94,8 +98,9 @@ public struct SyntheticRun {
         let payload = [UInt8](repeating: 0x61, count: 15)
         var peerSeq: UInt32 = 1_000_001, hostSeq: UInt32 = 5_000_001
         var ipID: UInt16 = 1, hostID: UInt16 = 1
+        var stalled: UInt64 = 0
         for i in 1...max(1, segments) {
-            let t = start + UInt64(i) * 20_000
+            let t = start + UInt64(i) * 20_000 + stalled
             let seg = Packet.tcp(from: Self.peer, to: Self.host, sport: 40000, dport: 8080, seq: peerSeq, ack: hostSeq,
                                  flags: [.psh, .ack], payload: payload, id: ipID)
             let skb: UInt64 = 0xffff_8881_0000_0000 | UInt64(i % 64) << 8
@@ -114,7 +119,9 @@ public struct SyntheticRun {
                 let late = faults.lateSend > 0 && (i / 2) % faults.lateSend == 0
                 record(Schema.tcpSendAck, Schema.sockops, t + 4_000, packet: nil, endpoints: ack)
                 record(Schema.ipSendBuffer, Schema.netDevQueue, t + (late ? 7_000 : 5_000), packet: ack, skb: skb | 0x80)
-                try frame(ack, t + 6_000, toHost: false)
+                let stall = faults.stall > 0 && (i / 2) % faults.stall == 0 ? faults.stallNs : 0
+                try frame(ack, t + 6_000 + stall, toHost: false)
+                stalled += stall
                 hostID &+= 1
             }
             if pending.count >= 4096 { flush() }

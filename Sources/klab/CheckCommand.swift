@@ -38,17 +38,17 @@ struct CheckCommand: ParsableCommand {
     var json = false
 
     @Option(help: ArgumentHelp("How far apart in time an event and its wire packet may be, in ms.",
-                               discussion: "Wider finds packets a slow path held longer (a backlog behind a descheduled reader), at the cost of speed and memory."))
-    var windowMs = Double(Correlator.defaultWindow) / 1e6
+                               discussion: "Wider finds packets a slow path held longer (a backlog behind a descheduled reader), at the cost of speed and memory. By default \(Correlator.defaultWindow / 1_000_000) ms, and when that leaves packet events joined to no wire packet (no drop explains them), a second pass at \(Correlator.widenedWindow / 1_000_000) ms, kept when it joins more; the output says so."))
+    var windowMs: Double?
 
     func validate() throws {
-        guard windowMs > 0, windowMs <= 10_000 else { throw ValidationError("--window-ms must be between 0 and 10000") }
+        if let windowMs, !(windowMs > 0 && windowMs <= 10_000) { throw ValidationError("--window-ms must be between 0 and 10000") }
     }
 
     func run() throws {
         let report: CheckReport
         do {
-            report = try PlacementChecker.check(ResultsFolder(results), window: UInt64(windowMs * 1e6))
+            report = try PlacementChecker.check(ResultsFolder(results), window: windowMs.map { UInt64($0 * 1e6) })
         } catch let e as ResultsError {
             FileHandle.standardError.write(Data("klab check: \(e)\n".utf8))
             throw ExitCode(ExitCodes.dataError)

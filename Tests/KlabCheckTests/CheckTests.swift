@@ -68,6 +68,24 @@ final class CheckTests {
         #expect(v.counter_examples.first?.problem.contains("after its packet left") == true)
     }
 
+    /// klab kept off the CPU for 300 ms reads the packets the kernel queued meanwhile that
+    /// much later: the default window (200 ms) leaves their events unjoined, so klab check
+    /// widens it and says so; an explicit --window-ms is kept as given.
+    @Test func packetsReadLateJoinInAWiderWindow() throws {
+        var run = SyntheticRun(segments: 400)
+        run.faults.stall = 50
+        let r = try check(run)
+        #expect(r.violations == 0 && r.join.unmatched.isEmpty, "\(r.join)")
+        #expect(r.join.windowNs == Correlator.widenedWindow && r.join.widenedFrom?.windowNs == Correlator.defaultWindow)
+        #expect(r.join.widenedFrom?.unjoined == 4 && r.join.slowestReadNs > 300_000_000 && r.join.slowestReadNs < 301_000_000)
+        #expect(try verdict(r, "IP_SENDBUFFER", "before its packet leaves").held == 200)
+        #expect(r.joinLines().contains { $0.contains("window widened from 200 to 1000 ms: 4 packet events joined no wire packet") })
+        let narrow = try PlacementChecker.check(ResultsFolder("\(dir)/run"), window: Correlator.defaultWindow)
+        #expect(narrow.join.unmatched == ["IP_SENDBUFFER": 4] && narrow.join.widenedFrom == nil && narrow.join.windowNs == Correlator.defaultWindow)
+        let clean = try check(SyntheticRun(segments: 400), "clean")
+        #expect(clean.join.windowNs == Correlator.defaultWindow && clean.join.widenedFrom == nil)
+    }
+
     @Test func recordsOutOfTimeOrderAreReordered() throws {
         var run = SyntheticRun(segments: 400)
         run.faults.shuffle = 8
