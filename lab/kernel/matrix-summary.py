@@ -4,9 +4,10 @@
 Reads DIR/schema.json (klab schema --json), DIR/results/*/run.json and verdicts.json, and
 prints one JSON object: the kernel, how many events each placement has, every scenario with
 its outcome and verdicts, and the figures that differ between kernels (tcp_fragment calls,
-GSO splits, segmentation, ACKs per freed frame)."""
+super-packets in offload mode, segmentation, ACKs per freed frame)."""
 import json
 import os
+import struct
 import sys
 
 
@@ -16,6 +17,21 @@ def load(path):
             return json.load(f)
     except (OSError, ValueError) as e:
         return {"error": f"{path}: {e}"}
+
+
+def frame_lengths(path):
+    """Each packet's length as it crossed the wire (the pcap records' original length)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return []
+    lengths, at = [], 24
+    while at + 16 <= len(data):
+        _, _, kept, length = struct.unpack_from("<IIII", data, at)
+        lengths.append(length)
+        at += 16 + kept
+    return lengths
 
 
 def main(folder, scenario_files):
@@ -58,7 +74,11 @@ def main(folder, scenario_files):
             out["figures"]["tcp_fragment"] = figures.get("tcp_fragment")
             out["figures"]["segmentation"] = figures.get("segmentation")
         if name == "wire-offload":
-            out["figures"]["gso"] = {"skbs": join.get("gsoSkbs"), "wire_packets": join.get("gsoPackets")}
+            # Offload mode: TSO/GSO segments cross the wire whole, so the capture's packets
+            # longer than the 1500-byte MTU are the super-packets.
+            lengths = frame_lengths(os.path.join(d, "capture.pcap"))
+            out["figures"]["offload"] = {"frames": len(lengths), "over_mtu": sum(1 for n in lengths if n > 1500),
+                                         "largest": max(lengths, default=0)}
         if name == "tcp-receive-window":
             out["figures"]["acks_per_freed_frame"] = figures.get("acks_per_freed_frame")
     json.dump(out, sys.stdout, sort_keys=True)
