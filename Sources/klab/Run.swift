@@ -32,7 +32,10 @@ struct Run: ParsableCommand {
             198.18.0.1 and the peer 198.19.2.1. `command` lines run inside the host,
             in the script's folder. --set NAME=VALUE is packetdrill's -D NAME=VALUE
             for these (CMSG_LEVEL_IP and CMSG_TYPE_RECVERR default to SOL_IP and
-            IP_RECVERR, as the suites' runners set them).
+            IP_RECVERR, as the suites' runners set them), and --pkt-option NAME=VALUE
+            is one of packetdrill's command-line options, applied after the script's
+            own (a slow machine, such as an emulated guest, wants --pkt-option
+            tolerance_usecs=1000000, as the kernel's selftests widen it on slow ones).
 
             A scenario's `params:` (e.g. params: {count: 100000, reader: waiting})
             name values that ${count} and ${reader} stand for anywhere else in the
@@ -65,6 +68,10 @@ struct Run: ParsableCommand {
     @Option(name: .customLong("set"), help: ArgumentHelp("Override a scenario parameter (its params:); for .pkt scripts, a -D definition.", valueName: "NAME=VALUE"))
     var parameters: [String] = []
 
+    @Option(name: .customLong("pkt-option"), help: ArgumentHelp(
+        "For .pkt scripts: a packetdrill command-line option (without its dashes), applied after the script's own.", valueName: "NAME[=VALUE]"))
+    var pktOptions: [String] = []
+
     @Option(help: ArgumentHelp(
         "Bytes of each packet the capture keeps, 0 for whole packets. Default: whole packets with one host; \(Runner.wireSnaplen) in wire mode, where real programs run at full speed (headers fit in 128).",
         valueName: "bytes"))
@@ -86,7 +93,7 @@ struct Run: ParsableCommand {
     func run() throws {
         if list { return try listShipped() }
         let scenarios: [RunItem]
-        do { scenarios = try Run.load(files, set: try Run.parameters(parameters)) } catch { die(error) }
+        do { scenarios = try Run.load(files, set: try Run.parameters(parameters), pktOptions: pktOptions) } catch { die(error) }
         let stamp = ISO8601DateFormatter().string(from: Date()).replacingOccurrences(of: ":", with: "")
         let base = out ?? "results/run-\(stamp)"
         Interrupt.install()
@@ -160,7 +167,7 @@ extension Run {
 
     /// Reads the files in order: .pkt ones as packetdrill scripts (--set as -D definitions),
     /// the others as scenarios. Two with one name would share a results folder.
-    static func load(_ files: [String], set: [String: String]) throws -> [RunItem] {
+    static func load(_ files: [String], set: [String: String], pktOptions: [String] = []) throws -> [RunItem] {
         let pkt = files.contains { $0.hasSuffix(".pkt") }
         var yaml: [String: Scenario] = [:]
         if !pkt {
@@ -172,7 +179,7 @@ extension Run {
             let item: RunItem
             let at: SourceLocation
             if f.hasSuffix(".pkt") {
-                item = .script(try PktParser.load(f, defines: PktParser.ipv4Defines.merging(set) { $1 }))
+                item = .script(try PktParser.load(f, defines: PktParser.ipv4Defines.merging(set) { $1 }, options: pktOptions))
                 at = SourceLocation(file: f, line: 1, column: 1)
             } else {
                 let s = try yaml[f] ?? Scenario.load(f, set: set, strict: false)

@@ -151,6 +151,20 @@ struct PktParserTests {
         #expect(error("--tolerance_usecs=0\n0 `true`") == "1:1: bad --tolerance_usecs: 0")
     }
 
+    /// klab run --pkt-option: packetdrill's command line, applied after the script's own options.
+    @Test func commandLineOptionsComeAfterTheScripts() throws {
+        let text = "--tolerance_usecs=50000\n0 `true`"
+        #expect(try parse(text).config.toleranceUs == 50_000)
+        let s = try PktParser.parse(text, file: "t.pkt", options: ["tolerance_usecs=1000000", "strict_segments"])
+        #expect(s.config.toleranceUs == 1_000_000 && s.config.strictSegments)
+        for (option, message) in [("bogus=1", "--pkt-option bogus=1: option 'bogus' unknown"),
+                                  ("tolerance_usecs", "--pkt-option tolerance_usecs: option 'tolerance_usecs' requires an argument"),
+                                  ("tolerance_usecs=-3", "--pkt-option tolerance_usecs=-3: bad --tolerance_usecs: -3")] {
+            #expect(throws: ScenarioError.self) { try PktParser.parse(text, file: "t.pkt", options: [option]) }
+            do { _ = try PktParser.parse(text, file: "t.pkt", options: [option]) } catch { #expect(error.message == message) }
+        }
+    }
+
     @Test func whatKlabDoesNotRunIsNamedAtItsLine() {
         #expect(error("--ip_version=ipv6\n0 `true`") == "1:1: klab runs IPv4 scripts only: --ip_version=ipv6 is not supported")
         #expect(error("0 cap_set(CAP_EFFECTIVE, CAP_NET_ADMIN, CAP_CLEAR) = 0") == "1:3: klab does not support the 'cap_set' system call (capabilities) yet")

@@ -5,16 +5,18 @@ import Foundation
 /// 'X'", "semantic error: …"). Pure: no root, nothing started.
 public enum PktParser {
     /// - Parameter defines: `-D NAME=VALUE` definitions from the command line (klab's --set).
-    public static func load(_ path: String, defines: [String: String] = [:]) throws(ScenarioError) -> PktScript {
+    /// `options`: packetdrill command-line options (`NAME` or `NAME=VALUE`, without the dashes),
+    /// applied after the script's own as packetdrill's command line is.
+    public static func load(_ path: String, defines: [String: String] = [:], options: [String] = []) throws(ScenarioError) -> PktScript {
         let text: String
         do { text = try String(contentsOfFile: path, encoding: .utf8) } catch {
             throw ScenarioError(nil, "cannot read script \(path): \((error as NSError).localizedDescription)")
         }
-        return try parse(text, file: path, defines: defines)
+        return try parse(text, file: path, defines: defines, options: options)
     }
 
-    public static func parse(_ text: String, file: String, defines: [String: String] = [:]) throws(ScenarioError) -> PktScript {
-        var p = try Parser(text, file: file, defines: defines)
+    public static func parse(_ text: String, file: String, defines: [String: String] = [:], options: [String] = []) throws(ScenarioError) -> PktScript {
+        var p = try Parser(text, file: file, defines: defines, options: options)
         let script = try p.script()
         try PktSupport.check(script)
         return script
@@ -29,11 +31,13 @@ struct Parser {
     var tok: PktToken
     let file: String
     let commandLineDefines: [String: String]
+    let commandLineOptions: [String]
     var config = PktConfig()
 
-    init(_ text: String, file: String, defines: [String: String]) throws(ScenarioError) {
+    init(_ text: String, file: String, defines: [String: String], options: [String] = []) throws(ScenarioError) {
         self.file = file
         commandLineDefines = defines
+        commandLineOptions = options
         lexer = PktLexer(text, file: file, defines: defines)
         tok = PktToken(kind: .end, text: "", line: 1, column: 1)
         tok = try lexer.next()
@@ -110,6 +114,12 @@ struct Parser {
         }
         // Options in the file first, then the command line's definitions over them.
         for o in s.options { try config.apply(o.name, o.value, at: o.location) }
+        for o in commandLineOptions {
+            let eq = o.firstIndex(of: "=")
+            do {
+                try config.apply(String(o[..<(eq ?? o.endIndex)]), eq.map { String(o[o.index(after: $0)...]) }, at: nil)
+            } catch { throw ScenarioError(nil, "--pkt-option \(o): \(error.message)") }
+        }
         for (k, v) in commandLineDefines { config.defines[k] = v }
         lexer.defines = config.defines
         if case .word(let w) = tok.kind, let d = config.defines[w] {
