@@ -28,7 +28,7 @@ let package = Package(
 
         // The results folder: its files, their models, streaming readers and writers. Pure, no root.
         // Exclusivity checks cost a tenth of klab check's time on millions of events (BENCHMARKS.md).
-        .target(name: "KlabResults", dependencies: ["CKlabLinux", "KlabSchema", "KlabPacket"],
+        .target(name: "KlabResults", dependencies: ["CKlabLinux", "KlabSchema", "KlabPacket", "KlabSystem"],
                 swiftSettings: strict + [.unsafeFlags(["-enforce-exclusivity=unchecked"])]),
 
         // klab's one path to the kernel: syscalls and their errors, /proc and /sys files, the lab

@@ -39,7 +39,7 @@ public struct Pairing: Sendable {
             case .otherProtocol: "not the to-event's protocol, so it can never fire for it"
             case .fragment: "an IP fragment: the to-event fires once for the reassembled datagram"
             case .noLabSocket: "to an address and port where no lab socket was seen (no socket event or to-event names it), e.g. answered with a reset"
-            case .socketClosed: "after the application closed the flow's socket (SOCKET_CLOSE), with no to-event on that flow since: the kernel still handles it, a site that follows the lab's sockets does not"
+            case .socketClosed: "after the application closed the flow's socket (\(Schema.socketClose.name)), with no to-event on that flow since: the kernel still handles it, a site that follows the lab's sockets does not"
             case .notEstablished: "its socket was not ESTABLISHED when it came (it completed the handshake, or the connection was closing), and the to-event fired for no such segment in this run (e.g. tcp_probe: only tcp_rcv_established)"
             case .classNeverSeen: "a kind of segment the to-event fired for not once in this run (e.g. tcp_probe sees established sockets only)"
             case .coalesced: "no to-event of its own, but a later to-event on the same flow carries its bytes (its skb grew: GRO or backlog coalescing)"

@@ -234,7 +234,7 @@ final class FigureBuilder {
         f.segmentation.sendpackets_per_write_median = median(sendpacketsPerWrite)
         f.segmentation.wire_packets_per_write_median = median(wirePerWrite)
         if !logged.contains(Schema.tcpSend.name) || !logged.contains(Schema.tcpSendPacket.name) {
-            f.segmentation.note = "TCP_SEND and TCP_SENDPACKET must both be logged (level protocol or ip)"
+            f.segmentation.note = "\(Schema.tcpSend.name) and \(Schema.tcpSendPacket.name) must both be logged (level protocol or ip)"
         }
         f.reassembly.median_us_after_last_fragment = median(afterLast)
         return f

@@ -1,5 +1,6 @@
 import KlabResults
 import Foundation
+import KlabSchema
 
 extension CheckReport {
     /// The verdict table, the join's counts and the §2.2 figures, as `klab check` prints them.
@@ -60,14 +61,15 @@ extension CheckReport {
     public func figureLines() -> [String] {
         let s = figures.segmentation, t = figures.tcp_fragment, r = figures.reassembly, a = figures.acks_per_freed_frame
         func num(_ d: Double?) -> String { d.map { String(format: "%.3g", $0) } ?? "–" }
+        let sendPacket = Schema.tcpSendPacket.name, ipReceive = Schema.ipReceivePacket.name
         var lines: [String] = []
-        lines.append("  TCP segments writes itself: \(s.writes) writes (\(s.writes_over_mss) over 1460 bytes); TCP_SENDPACKET per write: median "
+        lines.append("  TCP segments writes itself: \(s.writes) writes (\(s.writes_over_mss) over 1460 bytes); \(sendPacket) per write: median "
                      + "\(num(s.sendpackets_per_write_median)); wire packets per write: median \(num(s.wire_packets_per_write_median)); largest write "
-                     + "\(s.largest_write_bytes) bytes → \(s.sendpackets_for_largest) TCP_SENDPACKET, \(s.wire_packets_for_largest) wire packets"
+                     + "\(s.largest_write_bytes) bytes → \(s.sendpackets_for_largest) \(sendPacket), \(s.wire_packets_for_largest) wire packets"
                      + (s.note.map { " (\($0))" } ?? ""))
         lines.append("  IP fragments among TCP packets on the wire: \(s.tcp_ip_fragments_on_wire) of \(s.tcp_packets_on_wire)")
-        lines.append("  tcp_fragment: " + (t.visible ? "\(t.calls) calls for \(t.sendpackets) TCP_SENDPACKET" : t.note))
-        lines.append("  reassembly: \(r.datagrams) fragmented datagrams (\(r.fragments) fragments, \(r.ip_events_on_fragments) IP_RECEIVEPACKET on them); "
+        lines.append("  tcp_fragment: " + (t.visible ? "\(t.calls) calls for \(t.sendpackets) \(sendPacket)" : t.note))
+        lines.append("  reassembly: \(r.datagrams) fragmented datagrams (\(r.fragments) fragments, \(r.ip_events_on_fragments) \(ipReceive) on them); "
                      + "delivered to the transport after the last fragment: \(r.delivered_after_last_fragment), before it: \(r.delivered_before_last_fragment)"
                      + (r.median_us_after_last_fragment.map { String(format: ", median %.1f µs after it", $0) } ?? ""))
         lines.append("  after a full window: \(a.zero_windows) zero-window ACKs; then \(a.frames_freed) frames freed by the application, \(a.acks_sent) ACKs sent"

@@ -1,5 +1,6 @@
 import Foundation
 import KlabSchema
+import KlabSystem
 
 /// A results folder's problem, naming the file: a missing, truncated or corrupt file, or
 /// files that do not belong together.
@@ -290,7 +291,7 @@ public struct ResultsFolder: Sendable {
 
     private func checkEvents() throws {
         var st = stat()
-        guard stat(eventsFile, &st) == 0 else { throw ResultsError(eventsFile, "missing: \(String(cString: strerror(errno)))") }
+        guard stat(eventsFile, &st) == 0 else { throw ResultsError(eventsFile, "missing: \(Errno.text(errno))") }
         let size = Int(st.st_size), rec = TraceEvent.recordSize
         if let n = header.records, n < size / rec {
             throw ResultsError(eventsFile, "\(size / rec) records, but run.json says the run logged \(n): from another run")

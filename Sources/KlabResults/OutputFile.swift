@@ -1,4 +1,5 @@
 import Foundation
+import KlabSystem
 
 /// A results file being written: through a buffer, retrying short writes and EINTR, with
 /// the failure named. A `whole` file is written under a temporary name and gets its own when
@@ -12,9 +13,10 @@ public final class OutputFile {
 
     public init(_ path: String, whole: Bool) throws {
         self.path = path
-        writing = whole ? path + ".partial" : path
-        fd = open(writing, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { throw ResultsError(path, "cannot create it: \(String(cString: strerror(errno)))") }
+        let writing = whole ? path + ".partial" : path
+        self.writing = writing
+        fd = retryingEINTR { open(writing, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644) }
+        guard fd >= 0 else { throw ResultsError(path, "cannot create it: \(Errno.text(errno))") }
     }
 
     deinit {
@@ -33,9 +35,8 @@ public final class OutputFile {
         var done = 0
         defer { buffer.removeAll(keepingCapacity: true) }
         while done < buffer.count {
-            let n = buffer.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + done, $0.count - done) }
-            if n < 0 && errno == EINTR { continue }
-            if n <= 0 { throw ResultsError(path, "writing it failed: \(String(cString: strerror(n < 0 ? errno : EIO)))") }
+            let n = buffer.withUnsafeBytes { b in retryingEINTR { Glibc.write(fd, b.baseAddress! + done, b.count - done) } }
+            if n <= 0 { throw ResultsError(path, "writing it failed: \(Errno.text(n < 0 ? errno : EIO))") }
             done += n
         }
     }
@@ -56,7 +57,7 @@ public final class OutputFile {
         if writing != path, rename(writing, path) != 0 {
             let e = errno
             unlink(writing)
-            throw ResultsError(path, "cannot rename \(writing) to it: \(String(cString: strerror(e)))")
+            throw ResultsError(path, "cannot rename \(writing) to it: \(Errno.text(e))")
         }
     }
 }

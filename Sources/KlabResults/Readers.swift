@@ -1,6 +1,7 @@
 import Foundation
 import KlabPacket
 import KlabSchema
+import KlabSystem
 
 /// Reads a file front to back through a fixed buffer: memory stays the same whatever its size.
 final class ChunkReader {
@@ -12,8 +13,8 @@ final class ChunkReader {
 
     init(_ path: String, size: Int = 1 << 20) throws {
         self.path = path
-        fd = open(path, O_RDONLY | O_CLOEXEC)
-        if fd < 0 { throw ResultsError(path, "cannot open: \(String(cString: strerror(errno)))") }
+        fd = retryingEINTR { open(path, O_RDONLY | O_CLOEXEC) }
+        if fd < 0 { throw ResultsError(path, "cannot open: \(Errno.text(errno))") }
         buffer = [UInt8](repeating: 0, count: size)
     }
     deinit { close(fd) }
@@ -33,9 +34,8 @@ final class ChunkReader {
             }
             (end, start) = (end - start, 0)
             while end < buffer.count {
-                let got = buffer.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress! + end, $0.count - end) }
-                if got < 0 && errno == EINTR { continue }
-                if got < 0 { throw ResultsError(path, "read failed at byte \(offset + end): \(String(cString: strerror(errno)))") }
+                let got = buffer.withUnsafeMutableBytes { b in retryingEINTR { Glibc.read(fd, b.baseAddress! + end, b.count - end) } }
+                if got < 0 { throw ResultsError(path, "read failed at byte \(offset + end): \(Errno.text(errno))") }
                 if got == 0 { break }
                 end += got
             }

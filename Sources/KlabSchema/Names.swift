@@ -1,6 +1,7 @@
 /// The catalog's events that klab's own code names, each looked up once by its catalog name
-/// here, in the catalog's module: code outside it uses these, never a string. `Schema.check()`
-/// (run when klab starts, and by a unit test) fails loudly on a name the catalog lacks.
+/// here, in the catalog's module: code outside it uses these, never a string. `Schema.problems()`
+/// (run when klab starts, and by a unit test) looks every one of them up, so a name the catalog
+/// lacks stops klab before anything runs, never in the middle of a run.
 extension Schema {
     public static let socketCreate = named("SOCKET_CREATE")
     public static let socketClose = named("SOCKET_CLOSE")
@@ -27,9 +28,17 @@ extension Schema {
         return e
     }
 
-    /// The catalog checks itself: every name above and every placement rule's partner is an
-    /// event of the catalog. Returns the problems (empty when none).
+    /// Every name above (a test checks that none is missing here).
+    static var namedInCode: [EventSpec] {
+        [socketCreate, socketClose, socketReceive, socketAccept, tcpSend, tcpReceive, tcpSendPacket, tcpReceivePacket, tcpSendAck,
+         tcpRecvAck, udpReceive, udpQueueSocketBuffer, icmpSend, icmpReceive, icmpReply, ipSendBuffer, ipReceivePacket, tcpFragment, skbDrop]
+    }
+
+    /// The catalog checks itself: every name above (a missing one stops klab with its name) and
+    /// every placement rule's partner is an event of the catalog. Returns the problems (empty
+    /// when none).
     public static func problems() -> [String] {
+        _ = namedInCode
         var out: [String] = []
         for e in all {
             for rule in e.rules + e.sites.flatMap({ $0.rules ?? [] }) {

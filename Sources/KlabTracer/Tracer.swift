@@ -123,7 +123,8 @@ public final class Tracer: @unchecked Sendable {
         guard let emit = base.map("emit") else { throw TracerError("the BPF object has no emit map", errno: 0) }
         for (probe, mask) in masks {
             var key = UInt32(probe), value = mask
-            bpf_map__update_elem(emit, &key, 4, &value, 8, 0)
+            // A failed update would leave the probe attached but silent: its events never logged.
+            try bpfCall("bpf_map__update_elem(emit, probe \(probe))") { bpf_map__update_elem(emit, &key, 4, &value, 8, 0) }
         }
 
         consumer = try RecordConsumer(map: base.map("events"), sink: sink)

@@ -4,6 +4,7 @@ import KlabCheck
 import KlabLab
 import KlabResults
 import KlabScenario
+import KlabSystem
 
 /// The results folder's files as a definition list for `prose` (its second line, indented
 /// deeper, sets the hanging indent).
@@ -86,7 +87,7 @@ struct Run: ParsableCommand {
         }
         _ = try Run.parameters(parameters)
         for f in files where access(f, R_OK) != 0 {
-            throw ValidationError(errno == ENOENT ? "no such scenario file: \(f)" : "cannot read scenario file \(f): \(String(cString: strerror(errno)))")
+            throw ValidationError(errno == ENOENT ? "no such scenario file: \(f)" : "cannot read scenario file \(f): \(Errno.text(errno))")
         }
     }
 

@@ -86,6 +86,16 @@ import Testing
         #expect(r.stdout.contains("9990 steps"))
         #expect(r.maxRSSKB < Self.memoryLimitKB, "peak RSS \(r.maxRSSKB) KB")
     }
+
+    /// Yams reads YAMS_DEFAULT_ENCODING unless told the encoding: with UTF16 it printed a notice
+    /// on stdout and parsed the UTF-8 file as UTF-16. klab names UTF-8 itself.
+    @Test func yamsEncodingVariableIsIgnored() throws {
+        let file = "\(packageRoot)/lab/scenarios/icmp-echo.yaml"
+        let plain = try klab(["validate", file])
+        let r = try klab(["validate", file], environment: ["YAMS_DEFAULT_ENCODING": "UTF16"])
+        #expect(plain.status == 0 && r.status == 0, "\(r.stderr)")
+        #expect(r.stdout == plain.stdout, "\(r.stdout)")
+    }
 }
 
 struct Measured {

@@ -130,4 +130,17 @@ struct CatalogConsistencyTests {
         #expect([Schema.ipReceivePacket, Schema.tcpSendPacket, Schema.skbDrop, Schema.tcpFragment].map(\.name)
                 == ["IP_RECEIVEPACKET", "TCP_SENDPACKET", "SKB_DROP", "TCP_FRAGMENT"])
     }
+
+    /// problems() looks up every name of Names.swift, so none can stop klab in the middle of a run.
+    @Test func problemsLooksUpEveryNameTheCodeUses() throws {
+        let names = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("Sources/KlabSchema/Names.swift")
+        let text = try String(contentsOf: names, encoding: .utf8)
+        let declared = text.split(separator: "\n").compactMap { line -> String? in
+            guard line.contains("public static let"), let r = line.range(of: "named(\""), let end = line[r.upperBound...].firstIndex(of: "\"") else { return nil }
+            return String(line[r.upperBound..<end])
+        }
+        #expect(declared.count >= 19)
+        #expect(Schema.namedInCode.map(\.name).sorted() == declared.sorted())
+    }
 }
