@@ -361,7 +361,9 @@ struct LanguageTests {
             """, name: "hangs")
         let took = Date().timeIntervalSince(start)
         #expect(r.status == 1)
-        #expect(took < 20, "took \(took) s")
+        // Far below the 600 s the step alone would wait (start-up and teardown took 24–30 s in
+        // the emulated guests).
+        #expect(took < 200, "took \(took) s")
         #expect(r.stdout.contains("\(file):9:5: expect udp (1): the scenario timed out after 2s (timeout:) in this step: nothing arrived before the scenario's timeout"))
         #expect(try json("\(dir)/summary.json")["passed"] as? Bool == false)
         let ps = Process()
