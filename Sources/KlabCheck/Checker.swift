@@ -89,7 +89,12 @@ public final class PlacementChecker {
     // it (an SKB_DROP joined to it: `dropped`, e.g. an MD5 option the listener has no key
     // for); the others (kind nil) only come after it.
     private struct FlowKey: Hashable { let a: UInt64; let b: UInt64; let netns: UInt32 }
-    private struct Handshake { var segments: [(kind: Segment.Kind?, frame: Frame)] = []; var dropped: Set<Int> = [] }
+    // `pairs`: per onFlow rule, its segment `after` (the time) and how many of its events came since.
+    private struct Handshake {
+        var segments: [(kind: Segment.Kind?, frame: Frame)] = []
+        var dropped: Set<Int> = []
+        var pairs: [Int: (after: UInt64, count: Int)] = [:]
+    }
     private static let afterSynAck = 8
     private let skbDrop = Schema.skbDrop.id
     private var flows: [FlowKey: Handshake] = [:]
@@ -326,8 +331,13 @@ public final class PlacementChecker {
         return (h.segments[i].frame, h.segments[(i + 1)...].first { $0.kind == nil || $0.kind == .finalAck }?.frame)
     }
 
+    /// With `after`, the n-th event since the last `after` segment is judged against the n-th
+    /// `before` segment since then: a SYN-ACK sent again is logged again (tcp_rtx_synack →
+    /// tcp_v4_send_synack).
     private func onFlow(_ key: Int, _ e: TraceEvent, after: Segment?, before: Segment?) {
-        guard let p = e.packet ?? e.endpoints, p.proto == 6, let h = flows[flowKey(p, e.netns)] else { skip(key, "no handshake of its flow on the wire"); return }
+        guard let p = e.packet ?? e.endpoints, p.proto == 6 else { skip(key, "no handshake of its flow on the wire"); return }
+        let fk = flowKey(p, e.netns)
+        guard let h = flows[fk] else { skip(key, "no handshake of its flow on the wire"); return }
         func matches(_ s: (kind: Segment.Kind?, frame: Frame), _ want: Segment) -> Bool {
             s.kind == want.kind && s.frame.toHost == want.toHost && !h.dropped.contains(s.frame.number)
         }
@@ -339,7 +349,12 @@ public final class PlacementChecker {
             }
             start = a.frame.timeNs
         }
-        if let before, let b = h.segments.first(where: { matches($0, before) && $0.frame.timeNs >= start }) {
+        var n = 1
+        if after != nil {
+            n = h.pairs[key].map { $0.after == start ? $0.count + 1 : 1 } ?? 1
+            flows[fk]!.pairs[key] = (start, n)
+        }
+        if let before, let b = h.segments.lazy.filter({ matches($0, before) && $0.frame.timeNs >= start }).dropFirst(n - 1).first {
             record(key, e.timeNs <= b.frame.timeNs, e, b.frame,
                    String(format: "the %@ (frame #%d) was on the wire %.1f µs before it", "\(before)", b.frame.number, Double(e.timeNs - b.frame.timeNs) / 1000))
         } else {

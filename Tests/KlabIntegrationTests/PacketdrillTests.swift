@@ -85,6 +85,9 @@ struct PacketdrillTests {
         let writes = try verdicts(dir, "SOCKET_WRITE")
         #expect(writes.judged == 3 && writes.held == 3, "\(writes.all)")
         #expect(try EventLog(path: "\(dir)/events.jsonl").named("TCP_SEND").count == 3)
+        // The seed's §2.2 segmentation counts only the write that queued data: one TCP_SENDPACKET.
+        let segmentation = (try json("\(dir)/verdicts.json")["figures"] as? [String: Any])?["segmentation"] as? [String: Any]
+        #expect(segmentation?["writes"] as? Int == 1 && segmentation?["sendpackets_per_write_median"] as? Double == 1, "\(segmentation ?? [:])")
     }
 
     @Test func aFinalACKTheListenerDropsIsNotTheFinalOne() throws {
@@ -106,6 +109,22 @@ struct PacketdrillTests {
         #expect(drops.count == 2, "\(drops)")
         let handshake = try verdicts(dir, "CONNECTION_HANDSHAKE")
         #expect(handshake.judged == 1 && handshake.held == 1, "\(handshake.all)")
+    }
+
+    @Test func aSYNACKSentAgainIsJudgedAgainstItsOwnPacket() throws {
+        // The peer never ACKs the first SYN-ACK: the listener sends it again after its 1 s
+        // timeout, and TCP_SENDSYNACK is logged again, before the second one leaves.
+        let (r, dir, _) = try run(script: "--tolerance_usecs=200000\n" + Self.listener + """
+               +0 < S 0:0(0) win 32792 <mss 1000,sackOK,nop,nop,nop,wscale 7>
+               +0 > S. 0:0(0) ack 1 <mss 1460,nop,nop,sackOK,nop,wscale 8>
+               +1 > S. 0:0(0) ack 1 <mss 1460,nop,nop,sackOK,nop,wscale 8>
+             +.01 < . 1:1(0) ack 1 win 514
+               +0 accept(3, ..., ...) = 4
+
+            """, name: "synack-again")
+        #expect(r.status == 0, "\(r.stdout)\n\(r.stderr)")
+        let sent = try verdicts(dir, "TCP_SENDSYNACK")
+        #expect(sent.judged == 2 && sent.held == 2, "\(sent.all)")
     }
 
     @Test func aWrongFieldIsNamedWithBothPackets() throws {
