@@ -83,9 +83,20 @@ public final class PlacementChecker {
     private struct SocketRule { let key: Int; let before: Bool }
     private var rulesByPartner = [[SocketRule]](repeating: [], count: 256)
 
-    // Handshake segments per flow (both directions in one key), as one host's link saw them.
+    // Handshake segments per flow (both directions in one key), as one host's link saw them:
+    // SYNs, SYN-ACKs, and the first segments after each SYN-ACK. Each ACK from the side the
+    // SYN-ACK went to may be the final one (kind .finalAck), unless the host's kernel dropped
+    // it (an SKB_DROP joined to it: `dropped`, e.g. an MD5 option the listener has no key
+    // for); the others (kind nil) only come after it.
     private struct FlowKey: Hashable { let a: UInt64; let b: UInt64; let netns: UInt32 }
-    private struct Handshake { var segments: [(kind: Segment.Kind, frame: Frame)] = []; var afterFinal: Frame? }
+    // `pairs`: per onFlow rule, its segment `after` (the time) and how many of its events came since.
+    private struct Handshake {
+        var segments: [(kind: Segment.Kind?, frame: Frame)] = []
+        var dropped: Set<Int> = []
+        var pairs: [Int: (after: UInt64, count: Int)] = [:]
+    }
+    private static let afterSynAck = 8
+    private let skbDrop = Schema.skbDrop.id
     private var flows: [FlowKey: Handshake] = [:]
 
     public init(header: RunHeader, correlator: Correlator) {
@@ -172,6 +183,7 @@ public final class PlacementChecker {
     /// Call for every event the correlator joins, in time order.
     public func event(_ e: TraceEvent, _ frame: Frame?, _ how: Join?) {
         figures.event(e, frame, how)
+        if e.event == skbDrop, let frame { dropped(frame) }
         guard e.event < 40 else { return }  // klab's own events have no rules
         for r in rulesByPartner[Int(e.event)] { partner(r, e) }
         for plan in plan(e) {
@@ -296,20 +308,44 @@ public final class PlacementChecker {
         if !syn && (flows.isEmpty || flows[key] == nil) { return }
         var h = flows[key] ?? Handshake()
         defer { flows[key] = h }
-        if syn { h.segments.append((ack ? .synAck : .syn, f)); return }
-        guard h.afterFinal == nil, let synAck = h.segments.last(where: { $0.kind == .synAck }) else { return }
-        if let final = h.segments.last(where: { $0.kind == .finalAck }), final.frame.timeNs > synAck.frame.timeNs {
-            h.afterFinal = f
-        } else if ack, synAck.frame.identity!.source != id.source {
-            h.segments.append((.finalAck, f))
+        if syn {
+            h.segments.append((ack ? .synAck : .syn, f))
+        } else {
+            guard let s = h.segments.lastIndex(where: { $0.kind == .synAck }), h.segments.count - s <= Self.afterSynAck else { return }
+            h.segments.append((ack && h.segments[s].frame.identity!.source != id.source ? .finalAck : nil, f))
         }
-        if h.segments.count > 32 { h.segments.removeFirst(h.segments.count - 32) }
+        if h.segments.count > 32 {
+            let gone = h.segments.prefix(h.segments.count - 32).map(\.frame.number)
+            h.segments.removeFirst(gone.count)
+            h.dropped.subtract(gone)
+        }
     }
 
+    /// The host's kernel dropped `f`: if it was a final ACK of a handshake, it was not the final one.
+    private func dropped(_ f: Frame) {
+        guard let id = f.identity, id.proto == 6, id.tcpFlags & 0x02 == 0 else { return }
+        let key = flowKey(id, correlator.links[f.link].netns)
+        guard flows[key]?.segments.contains(where: { $0.kind == .finalAck && $0.frame.number == f.number }) == true else { return }
+        flows[key]!.dropped.insert(f.number)
+    }
+
+    /// The final ACK after the SYN-ACK `synAck`: the first of its kind the host did not drop,
+    /// with the next segment of the flow after it (not a SYN or SYN-ACK sent again).
+    private func finalAck(_ h: Handshake, after synAck: Frame) -> (final: Frame, next: Frame?)? {
+        guard let i = h.segments.firstIndex(where: { $0.kind == .finalAck && $0.frame.timeNs > synAck.timeNs && !h.dropped.contains($0.frame.number) })
+        else { return nil }
+        return (h.segments[i].frame, h.segments[(i + 1)...].first { $0.kind == nil || $0.kind == .finalAck }?.frame)
+    }
+
+    /// With `after`, the n-th event since the last `after` segment is judged against the n-th
+    /// `before` segment since then: a SYN-ACK sent again is logged again (tcp_rtx_synack →
+    /// tcp_v4_send_synack).
     private func onFlow(_ key: Int, _ e: TraceEvent, after: Segment?, before: Segment?) {
-        guard let p = e.packet ?? e.endpoints, p.proto == 6, let h = flows[flowKey(p, e.netns)] else { skip(key, "no handshake of its flow on the wire"); return }
-        func matches(_ s: (kind: Segment.Kind, frame: Frame), _ want: Segment) -> Bool {
-            s.kind == want.kind && s.frame.toHost == want.toHost
+        guard let p = e.packet ?? e.endpoints, p.proto == 6 else { skip(key, "no handshake of its flow on the wire"); return }
+        let fk = flowKey(p, e.netns)
+        guard let h = flows[fk] else { skip(key, "no handshake of its flow on the wire"); return }
+        func matches(_ s: (kind: Segment.Kind?, frame: Frame), _ want: Segment) -> Bool {
+            s.kind == want.kind && s.frame.toHost == want.toHost && !h.dropped.contains(s.frame.number)
         }
         var start: UInt64 = 0
         if let after {
@@ -319,7 +355,12 @@ public final class PlacementChecker {
             }
             start = a.frame.timeNs
         }
-        if let before, let b = h.segments.first(where: { matches($0, before) && $0.frame.timeNs >= start }) {
+        var n = 1
+        if after != nil {
+            n = h.pairs[key].map { $0.after == start ? $0.count + 1 : 1 } ?? 1
+            flows[fk]!.pairs[key] = (start, n)
+        }
+        if let before, let b = h.segments.lazy.filter({ matches($0, before) && $0.frame.timeNs >= start }).dropFirst(n - 1).first {
             record(key, e.timeNs <= b.frame.timeNs, e, b.frame,
                    String(format: "the %@ (frame #%d) was on the wire %.1f µs before it", "\(before)", b.frame.number, Double(e.timeNs - b.frame.timeNs) / 1000))
         } else {
@@ -333,14 +374,14 @@ public final class PlacementChecker {
             skip(key, "no SYN-ACK of its flow on the wire before it")
             return
         }
-        let final = h.segments.first { $0.kind == .finalAck && $0.frame.timeNs > synAck.frame.timeNs }?.frame
+        let found = finalAck(h, after: synAck.frame), final = found?.final
         if synAck.frame.toHost {
             // Active open: established on the SYN-ACK, before the final ACK leaves.
             record(key, final.map { e.timeNs <= $0.timeNs } ?? true, e, final,
                    "the final ACK (frame #\(final?.number ?? 0)) left before it")
         } else {
             guard let final else { record(key, false, e, nil, "no final ACK reached the host before it"); return }
-            let next = h.afterFinal.map { $0.timeNs >= e.timeNs } ?? true
+            let next = found?.next.map { $0.timeNs >= e.timeNs } ?? true
             record(key, final.timeNs <= e.timeNs && next, e, final,
                    final.timeNs > e.timeNs ? "before the final ACK (frame #\(final.number)) arrived" : "after the next segment of its flow")
         }

@@ -123,6 +123,7 @@ final class FigureBuilder {
     func event(_ e: TraceEvent, _ frame: Frame?, _ how: Join?) {
         guard fromPrimary(e) else { return }
         if e.event == tcpSend, e.sock != 0 {
+            guard e.bytes > 0 else { return }  // a call that queued nothing (an error, an empty iov) is no write to segment
             closeWrite(e.sock)
             writes[e.sock] = Write(bytes: Int(e.bytes))
         } else if e.event == sendPacket, e.sock != 0, var w = writes[e.sock],

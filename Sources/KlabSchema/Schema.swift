@@ -191,7 +191,7 @@ public enum Schema {
            rules: received),
         ev(19, "TCP_SEND", .protocol, [.tcp, .socket], "tcp_sendmsg",
            at("tcp_sendmsg") + [Site(probes: [tcpSendmsgLocked, sendLength], approximation: nil,
-                                     caveat: "the first round of the copy loop; sock_send_length marks the call's end")]),
+                                     caveat: "the first round of the copy loop; a call that never enters it (an error, an empty iov, Fast Open data sent in the SYN) is logged by sock_send_length, as the call returns")]),
         ev(20, "TCP_RECEIVE", .protocol, [.tcp, .socket], "tcp_recvmsg, at its end",
            [exact(fentry("tcp_recvmsg")), exact(kprobe("tcp_recvmsg")), near(recvLength, "when sock_recvmsg returns, after tcp_recvmsg")]),
         ev(21, "UDP_SEND", .protocol, [.udp, .socket], "udp_sendmsg",

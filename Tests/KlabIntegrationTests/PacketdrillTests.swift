@@ -45,18 +45,87 @@ struct PacketdrillTests {
         #expect(why["no captured packet of its host has its identity"] == nil, "\(why)")
     }
 
-    static let passiveOpen = """
+    static let listener = """
         `./defaults.sh`
             0 socket(..., SOCK_STREAM, IPPROTO_TCP) = 3
            +0 setsockopt(3, SOL_SOCKET, SO_REUSEADDR, [1], 4) = 0
            +0 bind(3, ..., ...) = 0
            +0 listen(3, 1) = 0
+
+        """
+    static let passiveOpen = listener + """
            +0 < S 0:0(0) win 65535 <mss 1000,sackOK,nop,nop,nop,wscale 7>
            +0 > S. 0:0(0) ack 1 <mss 1460,nop,nop,sackOK,nop,wscale 8>
           +.1 < . 1:1(0) ack 1 win 514
            +0 accept(3, ..., ...) = 4
 
         """
+
+    /// The verdicts of `event` in a results folder, with how many were judged and held.
+    func verdicts(_ dir: String, _ event: String) throws -> (judged: Int, held: Int, all: [[String: Any]]) {
+        let all = (try json("\(dir)/verdicts.json")["verdicts"] as? [[String: Any]] ?? []).filter { $0["event"] as? String == event }
+        return (all.reduce(0) { $0 + ($1["judged"] as? Int ?? 0) }, all.reduce(0) { $0 + ($1["held"] as? Int ?? 0) }, all)
+    }
+
+    @Test func aWriteThatSendsNothingKeepsTheWritesPaired() throws {
+        // An empty send() and a send() on a socket that is not connected yet both return
+        // without entering tcp_sendmsg_locked's copy loop; each is still a SOCKET_WRITE with
+        // its TCP_SEND (Klogger's tcp_sendmsg is entered), so the next write is paired with its own.
+        // A wide tolerance: this test is about the verdicts, not the player's timing under load.
+        let (r, dir, _) = try run(script: "--tolerance_usecs=200000\n" + Self.passiveOpen + """
+               +0 send(4, ..., 0, 0) = 0
+               +0 write(4, ..., 1000) = 1000
+               +0 > P. 1:1001(1000) ack 1
+              +.01 < . 1:1(0) ack 1001 win 514
+               +0 socket(..., SOCK_STREAM, IPPROTO_TCP) = 5
+               +0 send(5, ..., 10, 0) = -1 EPIPE (Broken pipe)
+
+            """, name: "empty-send")
+        #expect(r.status == 0, "\(r.stdout)\n\(r.stderr)")
+        let writes = try verdicts(dir, "SOCKET_WRITE")
+        #expect(writes.judged == 3 && writes.held == 3, "\(writes.all)")
+        #expect(try EventLog(path: "\(dir)/events.jsonl").named("TCP_SEND").count == 3)
+        // The seed's §2.2 segmentation counts only the write that queued data: one TCP_SENDPACKET.
+        let segmentation = (try json("\(dir)/verdicts.json")["figures"] as? [String: Any])?["segmentation"] as? [String: Any]
+        #expect(segmentation?["writes"] as? Int == 1 && segmentation?["sendpackets_per_write_median"] as? Double == 1, "\(segmentation ?? [:])")
+    }
+
+    @Test func aFinalACKTheListenerDropsIsNotTheFinalOne() throws {
+        // As google/packetdrill's md5-only-on-client-ack: the listener has no MD5 key, so it drops
+        // the first two ACKs (they carry an MD5 option) and is established by the third.
+        let (r, dir, _) = try run(script: "--tolerance_usecs=200000\n" + Self.listener + """
+               +0 < S 0:0(0) win 32792 <mss 1000,sackOK,nop,nop,nop,wscale 10>
+               +0 > S. 0:0(0) ack 1 <mss 1460,nop,nop,sackOK,nop,wscale 8>
+             +.01 < . 1:1(0) ack 1 win 514 <md5 000102030405060708090a0b0c0d0e0f,nop,nop>
+             +.01 < . 1:1(0) ack 1 win 514 <md5 000102030405060708090a0b0c0d0e0f,nop,nop>
+             +.01 < . 1:1(0) ack 1 win 514
+               +0 accept(3, ..., ...) = 4
+             +.01 write(4, ..., 1000) = 1000
+               +0 > P. 1:1001(1000) ack 1
+
+            """, name: "md5-ack")
+        #expect(r.status == 0, "\(r.stdout)\n\(r.stderr)")
+        let drops = try EventLog(path: "\(dir)/events.jsonl").named("SKB_DROP").filter { $0["drop_reason"] as? String == "TCP_MD5UNEXPECTED" }
+        #expect(drops.count == 2, "\(drops)")
+        let handshake = try verdicts(dir, "CONNECTION_HANDSHAKE")
+        #expect(handshake.judged == 1 && handshake.held == 1, "\(handshake.all)")
+    }
+
+    @Test func aSYNACKSentAgainIsJudgedAgainstItsOwnPacket() throws {
+        // The peer never ACKs the first SYN-ACK: the listener sends it again after its 1 s
+        // timeout, and TCP_SENDSYNACK is logged again, before the second one leaves.
+        let (r, dir, _) = try run(script: "--tolerance_usecs=200000\n" + Self.listener + """
+               +0 < S 0:0(0) win 32792 <mss 1000,sackOK,nop,nop,nop,wscale 7>
+               +0 > S. 0:0(0) ack 1 <mss 1460,nop,nop,sackOK,nop,wscale 8>
+               +1 > S. 0:0(0) ack 1 <mss 1460,nop,nop,sackOK,nop,wscale 8>
+             +.01 < . 1:1(0) ack 1 win 514
+               +0 accept(3, ..., ...) = 4
+
+            """, name: "synack-again")
+        #expect(r.status == 0, "\(r.stdout)\n\(r.stderr)")
+        let sent = try verdicts(dir, "TCP_SENDSYNACK")
+        #expect(sent.judged == 2 && sent.held == 2, "\(sent.all)")
+    }
 
     @Test func aWrongFieldIsNamedWithBothPackets() throws {
         let (r, dir, _) = try run(script: Self.passiveOpen + """
@@ -77,13 +146,7 @@ struct PacketdrillTests {
 
     @Test func aLatePacketGivesBothTimesAndTheTolerance() throws {
         // The SYN-ACK comes at once, but the script expects it 200 ms later.
-        let (r, _, _) = try run(script: """
-            --tolerance_usecs=10000
-            `./defaults.sh`
-                0 socket(..., SOCK_STREAM, IPPROTO_TCP) = 3
-               +0 setsockopt(3, SOL_SOCKET, SO_REUSEADDR, [1], 4) = 0
-               +0 bind(3, ..., ...) = 0
-               +0 listen(3, 1) = 0
+        let (r, _, _) = try run(script: "--tolerance_usecs=10000\n" + Self.listener + """
                +0 < S 0:0(0) win 65535 <mss 1000,sackOK,nop,nop,nop,wscale 7>
               +.2 > S. 0:0(0) ack 1 <mss 1460,nop,nop,sackOK,nop,wscale 8>
 

@@ -173,10 +173,15 @@ static __always_inline int length_event(struct sock *sk, int ret, int flags, __u
     e.bytes = ret > 0 ? ret : 0;
     if (send) {
         // This call's tcp_sendmsg_locked may log again (only if it logs at all: a delete
-        // costs a hash lookup).
+        // costs a hash lookup). Klogger logs TCP_SEND as tcp_sendmsg is entered, which every
+        // sendmsg on a TCP socket does; a call whose copy loop never ran (an error before it,
+        // an empty iov, Fast Open data that rode in the SYN) is logged here, as it returns,
+        // so each SOCKET_WRITE keeps its TCP_SEND.
         if (mask_of(KLAB_PROBE_ID_btf_tcp_sendmsg_locked)) {
             __u32 tid = (__u32)bpf_get_current_pid_tgid();
-            bpf_map_delete_elem(&sending, &tid);
+            __u64 *logged = bpf_map_lookup_elem(&sending, &tid);
+            EMIT_IF(m, &e, KLAB_EV_TCP_SEND, e.proto == 6 && !(logged && *logged == e.sock));
+            if (logged) bpf_map_delete_elem(&sending, &tid);
         }
         EMIT_IF(m, &e, KLAB_EV_SOCKET_WRITE, 1);
         EMIT_IF(m, &e, KLAB_EV_UDP_SEND, e.proto == 17);
