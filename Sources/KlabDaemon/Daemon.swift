@@ -28,6 +28,13 @@ public struct Daemon: Sendable {
     /// the socket file. `makeRunner` builds klab's runner (its tracer settings and log).
     public func run(makeRunner: (@escaping @Sendable (String) -> Void) throws -> Runner) async throws {
         try Preflight.check()
+        // A client that goes away mid-answer is an error on its connection, not a signal.
+        signal(SIGPIPE, SIG_IGN)
+        // A parent may have spawned the daemon with SIGTERM and SIGINT blocked (posix_spawn keeps the mask).
+        var unblock = sigset_t()
+        sigemptyset(&unblock)
+        for s in [SIGTERM, SIGINT] { sigaddset(&unblock, s) }
+        pthread_sigmask(SIG_UNBLOCK, &unblock, nil)
         // What a daemon killed before it could clean up left behind.
         let dir = (socket as NSString).deletingLastPathComponent
         try FileManager.default.createDirectory(atPath: dir.isEmpty ? "." : dir, withIntermediateDirectories: true)

@@ -191,18 +191,19 @@ import Testing
 
     @Test func anOutsiderGetsOneLineNamingTheSocketAndGroup() throws {
         guard Privileged.enabled else { return }
-        // The socket's group: one that exists here (nogroup), given with --group.
-        let d = try DaemonProcess.start(group: "nogroup")
+        // The socket's group: one that exists on Debian (daemon), given with --group; the
+        // outsider is nobody:nogroup.
+        let d = try DaemonProcess.start(group: "daemon")
         defer { d.stop() }
         var st = stat()
         #expect(stat(d.socket, &st) == 0 && st.st_mode & 0o777 == 0o660, "mode \(String(st.st_mode & 0o777, radix: 8))")
-        #expect(getgrgid(st.st_gid).map { String(cString: $0.pointee.gr_name) } == "nogroup")
+        #expect(getgrgid(st.st_gid).map { String(cString: $0.pointee.gr_name) } == "daemon")
         let env = ["KLAB_SOCKET": d.socket]
-        let outsider = try run("/usr/bin/setpriv", ["--reuid=nobody", "--regid=nobody", "--clear-groups", "--", klabBinary, "ls"], environment: env)
+        let outsider = try run("/usr/bin/setpriv", ["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--", klabBinary, "ls"], environment: env)
         #expect(outsider.status == 69, "\(outsider.stderr)")
         let lines = outsider.stderr.split(separator: "\n")
-        #expect(lines.count == 1 && lines[0].contains(d.socket) && lines[0].contains("'nogroup'"), "\(outsider.stderr)")
-        let member = try run("/usr/bin/setpriv", ["--reuid=nobody", "--regid=nobody", "--groups=nogroup", "--", klabBinary, "ls"], environment: env)
+        #expect(lines.count == 1 && lines[0].contains(d.socket) && lines[0].contains("'daemon'"), "\(outsider.stderr)")
+        let member = try run("/usr/bin/setpriv", ["--reuid=nobody", "--regid=nogroup", "--groups=daemon", "--", klabBinary, "ls"], environment: env)
         #expect(member.status == 0, "a member of the socket's group: \(member.stderr)")
         let none = try klab(["ls", "--socket", "\(d.socket).absent"])
         #expect(none.status == 69 && none.stderr.contains("no klab daemon at \(d.socket).absent"), "\(none.stderr)")
@@ -222,7 +223,8 @@ import Testing
         proxy.executableURL = URL(fileURLWithPath: "/usr/bin/socat")
         proxy.arguments = ["TCP-LISTEN:\(port),bind=127.0.0.1,reuseaddr,fork", "UNIX-CONNECT:\(d.socket)"]
         try proxy.run()
-        defer { proxy.terminate(); proxy.waitUntilExit() }
+        // SIGKILL: socat inherits the test runner's blocked SIGTERM.
+        defer { kill(proxy.processIdentifier, SIGKILL); proxy.waitUntilExit() }
         let st = try run("/opt/klab-schemathesis/bin/st", [
             "run", "\(packageRoot)/Sources/KlabDaemon/openapi.yaml", "--url", "http://127.0.0.1:\(port)",
             "--checks", "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance",
