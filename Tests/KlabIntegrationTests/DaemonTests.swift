@@ -225,6 +225,10 @@ import Testing
         try proxy.run()
         // SIGKILL: socat inherits the test runner's blocked SIGTERM.
         defer { kill(proxy.processIdentifier, SIGKILL); proxy.waitUntilExit() }
+        // schemathesis keeps a cache in .schemathesis/ of the folder it runs in (the package's).
+        let cache = "\(packageRoot)/.schemathesis"
+        let hadCache = FileManager.default.fileExists(atPath: cache)
+        defer { if !hadCache { try? FileManager.default.removeItem(atPath: cache) } }
         let st = try run("/opt/klab-schemathesis/bin/st", [
             "run", "\(packageRoot)/Sources/KlabDaemon/openapi.yaml", "--url", "http://127.0.0.1:\(port)",
             "--checks", "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance",
