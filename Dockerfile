@@ -40,4 +40,7 @@ WORKDIR /klab
 COPY lab/scenarios lab/scenarios
 COPY lab/SCENARIOS.md lab/SCENARIOS.md
 ENTRYPOINT ["klab"]
-CMD ["--help"]
+# By default the image is klab daemon, its socket on a volume the host mounts (-v
+# /run/klab:/run/klab) and its labs' and runs' folders under /klab/results.
+VOLUME ["/run/klab"]
+CMD ["daemon", "--socket", "/run/klab/klab.sock", "--data", "/klab/results"]

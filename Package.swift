@@ -13,6 +13,12 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
+        // klab daemon (server) and its client commands.
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.0", traits: []),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/swift-server/async-http-client", from: "1.30.0"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.80.0"),
     ],
     targets: [
         // C libraries, imported as they are (module.modulemap + shim.h each).
@@ -48,9 +54,21 @@ let package = Package(
         // Exclusivity checks cost a tenth of klab check's time on millions of events (BENCHMARKS.md).
         .target(name: "KlabCheck", dependencies: ["CKlabLinux", "KlabSchema", "KlabPacket", "KlabAnalysis", "KlabResults"],
                 swiftSettings: strict + [.unsafeFlags(["-enforce-exclusivity=unchecked"])]),
+        // klab daemon: labs, runs, exec and results over HTTP/JSON on a Unix socket (openapi.yaml).
+        .target(
+            name: "KlabDaemon",
+            dependencies: ["KlabScenario", "KlabCheck", "KlabResults", "KlabLab", "KlabSystem", "KlabClient",
+                           .product(name: "Hummingbird", package: "hummingbird"),
+                           .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                           .product(name: "Logging", package: "swift-log"), .product(name: "NIOCore", package: "swift-nio")],
+            exclude: ["openapi.yaml"], swiftSettings: strict),
+        // The client side of the daemon's API (the klab up/ls/exec/... commands use it).
+        .target(name: "KlabClient", dependencies: [.product(name: "AsyncHTTPClient", package: "async-http-client"), .product(name: "NIOCore", package: "swift-nio"),
+                                          .product(name: "NIOHTTP1", package: "swift-nio")], swiftSettings: strict),
         .executableTarget(
             name: "klab",
-            dependencies: ["KlabScenario", "KlabAnalysis", "KlabCheck", "KlabResults", "KlabTracer", "KlabSchema", "KlabLab", "KlabSystem", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["KlabScenario", "KlabAnalysis", "KlabCheck", "KlabResults", "KlabTracer", "KlabSchema", "KlabLab", "KlabSystem",
+                           "KlabDaemon", "KlabClient", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             swiftSettings: strict),
 
         // Build-time: compiles bpf/*.bpf.c with the toolchain's clang and embeds the objects.

@@ -198,6 +198,9 @@ extension Play {
         } else {
             posix_spawn_file_actions_adddup2(&actions, 1, 2)
         }
+        // None of klab's own fds (sockets, TUNs, BPF links, a daemon's listening socket): a
+        // program that outlives klab must not hold them.
+        klab_spawn_closefrom(&actions, 3)
         var attr = posix_spawnattr_t()
         posix_spawnattr_init(&attr)
         defer { posix_spawnattr_destroy(&attr) }

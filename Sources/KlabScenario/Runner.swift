@@ -12,6 +12,8 @@ public enum Interrupt {
     static let flag = Atomic<Int32>(0)
     public static var requested: Bool { flag.load(ordering: .relaxed) != 0 }
     public static var signal: Int32 { flag.load(ordering: .relaxed) }
+    /// What SIGINT or SIGTERM does, for a process that handles the signals itself (klab daemon).
+    public static func request(_ signal: Int32) { flag.store(signal, ordering: .relaxed) }
 
     public static func install() {
         // A parent may have spawned klab with these blocked (posix_spawn keeps the mask).

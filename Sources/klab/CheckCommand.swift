@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import KlabCheck
+import KlabClient
 import KlabResults
 
 struct CheckCommand: ParsableCommand {
@@ -29,10 +30,13 @@ struct CheckCommand: ParsableCommand {
 
               klab check results/demo/tcp-handshake
               klab check RESULTS --json | jq '.verdicts[] | select(.held < .judged)'
+              klab check lab-1f2e3d4c     a lab on klab daemon, as recorded so far
             """))
 
-    @Argument(help: "A results folder of klab run.")
+    @Argument(help: "A results folder of klab run, or a lab's id on klab daemon (lab-…).")
     var results: String
+
+    @OptionGroup(title: "Daemon") var socket: SocketOption
 
     @Flag(help: "Print the verdicts as JSON (the same as verdicts.json) instead of the table.")
     var json = false
@@ -46,6 +50,13 @@ struct CheckCommand: ParsableCommand {
     }
 
     func run() throws {
+        if results.hasPrefix("lab-") && !FileManager.default.fileExists(atPath: results) {
+            let client = socket.client, lab = results
+            let check = try blocking { try await client.call(.GET, "/labs/\(lab)/check", API.Check.self) }
+            say(check.text)
+            if check.violations > 0 { throw ExitCode(ExitCodes.failed) }
+            return
+        }
         let report: CheckReport
         do {
             report = try PlacementChecker.check(ResultsFolder(results), window: windowMs.map { UInt64($0 * 1e6) })

@@ -23,7 +23,8 @@ struct Klab: ParsableCommand {
             (root, /dev/net/tun, BTF, tracefs, cgroup v2, BPF); 70 internal error; 130
             interrupted (Ctrl-C or SIGTERM).
             """),
-        subcommands: [Run.self, Validate.self, Trace.self, SchemaCommand.self, CheckCommand.self, ExportCommand.self, CompareSites.self, JourneyCommand.self, LatencyCommand.self, Bench.self])
+        subcommands: [Run.self, Validate.self, Trace.self, SchemaCommand.self, CheckCommand.self, ExportCommand.self, CompareSites.self, JourneyCommand.self, LatencyCommand.self, Bench.self,
+                      DaemonCommand.self, Up.self, Ls.self, ExecCommand.self, Down.self])
 
     /// The catalog checks itself before anything runs: a rule naming an event the catalog
     /// lacks is klab's own bug (exit 70), never a rule dropped in silence.
@@ -43,6 +44,8 @@ enum ExitCodes {
     /// A results folder that is missing, truncated, corrupt, mixed from two runs, or holds
     /// nothing to measure (EX_DATAERR).
     static let dataError: Int32 = 65
+    /// klab daemon cannot be reached (EX_UNAVAILABLE).
+    static let unavailable: Int32 = 69
     static let software: Int32 = 70
     static let interrupted: Int32 = 130
 }

@@ -80,6 +80,10 @@ struct Run: ParsableCommand {
 
     @OptionGroup(title: "Tracing") var tracing: TracingOptions
 
+    @Flag(help: "Run the files on klab daemon (queued there, each on a lab of its own) and fetch their results folders into --out; needs no root, only the daemon's socket.")
+    var daemon = false
+    @OptionGroup(title: "Daemon") var socket: SocketOption
+
     func validate() throws {
         if files.isEmpty && !list { throw ValidationError("give scenario files to run, or --list to see the shipped ones") }
         if let snaplen, snaplen < 0 || (snaplen > 0 && snaplen < 68) {
@@ -97,6 +101,7 @@ struct Run: ParsableCommand {
         do { scenarios = try Run.load(files, set: try Run.parameters(parameters), pktOptions: pktOptions) } catch { die(error) }
         let stamp = ISO8601DateFormatter().string(from: Date()).replacingOccurrences(of: ":", with: "")
         let base = out ?? "results/run-\(stamp)"
+        if daemon { return try runOnDaemon(base: base) }
         Interrupt.install()
         let runner: Runner
         do { runner = try Runner(tracing: try tracing.config(), snaplen: snaplen, log: say) } catch { die(error) }

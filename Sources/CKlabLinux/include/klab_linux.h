@@ -9,6 +9,7 @@
 #include <unistd.h>
 #include <sys/syscall.h>
 #include <sys/prctl.h>
+#include <spawn.h>
 #include <sys/epoll.h>   // Glibc's Swift module leaves it out; packetdrill scripts call epoll_*
 #include "klab_event.h"
 
@@ -30,6 +31,8 @@ static const int klab_VNET_HDR_LEN = 10;
 // unshare(2) and setns(2) need _GNU_SOURCE, which Glibc's Swift overlay does not set.
 int klab_unshare_net(void);
 int klab_setns_net(int fd);
+/// posix_spawn closes every fd from `from` up in the child (glibc 2.34).
+int klab_spawn_closefrom(posix_spawn_file_actions_t *actions, int from);
 // gettid(2), for naming the thread a host runs on.
 int klab_gettid(void);
 // pthread_setname_np for the calling thread (its comm, up to 15 bytes), also _GNU_SOURCE.

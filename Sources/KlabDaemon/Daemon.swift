@@ -1,0 +1,84 @@
+import Foundation
+import Hummingbird
+import KlabClient
+import KlabScenario
+import KlabSystem
+import Logging
+import NIOCore
+import ServiceLifecycle
+
+/// klab daemon: labs that stay up, runs, commands in lab hosts and results, served as
+/// HTTP/JSON on a Unix socket (openapi.yaml). Root; its clients need only the socket.
+public struct Daemon: Sendable {
+    public var socket: String
+    /// Where labs' and runs' folders go.
+    public var data: String
+    /// The socket's group, when it exists: its members may use the daemon.
+    public var group: String
+    public var logger: Logger
+
+    public static let defaultSocket = "/run/klab/klab.sock"
+    public static let defaultData = "/var/lib/klab"
+
+    public init(socket: String = Daemon.defaultSocket, data: String = Daemon.defaultData, group: String = "klab", logger: Logger) {
+        (self.socket, self.data, self.group, self.logger) = (socket, data, group, logger)
+    }
+
+    /// Serves until SIGTERM or SIGINT, then takes every lab down, stops the runs and removes
+    /// the socket file. `makeRunner` builds klab's runner (its tracer settings and log).
+    public func run(makeRunner: (@escaping @Sendable (String) -> Void) throws -> Runner) async throws {
+        try Preflight.check()
+        // A client that goes away mid-answer is an error on its connection, not a signal.
+        signal(SIGPIPE, SIG_IGN)
+        // A parent may have spawned the daemon with SIGTERM and SIGINT blocked (posix_spawn keeps the mask).
+        var unblock = sigset_t()
+        sigemptyset(&unblock)
+        for s in [SIGTERM, SIGINT] { sigaddset(&unblock, s) }
+        pthread_sigmask(SIG_UNBLOCK, &unblock, nil)
+        // What a daemon killed before it could clean up left behind.
+        let dir = (socket as NSString).deletingLastPathComponent
+        try FileManager.default.createDirectory(atPath: dir.isEmpty ? "." : dir, withIntermediateDirectories: true)
+        if try Recovery.socket(socket) { logger.notice("removed the socket file a stopped daemon left: \(socket)") }
+        for name in Recovery.cgroups(logger: logger) { logger.notice("removed the lab cgroup a stopped klab left: \(name)") }
+        for name in Recovery.labs(in: "\(data)/labs") { logger.notice("removed the folder of a lab a stopped daemon left: \(data)/labs/\(name)") }
+
+        let state = try State(data: data, logger: logger, makeRunner: makeRunner)
+        let socket = self.socket, group = self.group, logger = self.logger
+        let app = Application(
+            router: Routes.router(state),
+            server: .http1(configuration: .init(idleTimeout: .seconds(60))),
+            configuration: ApplicationConfiguration(address: .unixDomainSocket(path: socket), serverName: "klab"),
+            onServerRunning: { _ in
+                Daemon.protect(socket, group: group, logger: logger)
+                logger.notice("klab daemon \(getpid()) serving \(socket), data in \(state.data)")
+            },
+            logger: logger)
+        let services = ServiceGroup(
+            services: [app, Teardown(state: state)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+        defer {
+            unlink(socket)
+            logger.notice("klab daemon stopped; removed \(socket)")
+        }
+        try await services.run()
+    }
+
+    /// Mode 0660, group `group` when it exists (else root's only).
+    static func protect(_ path: String, group: String, logger: Logger) {
+        if let g = getgrnam(group) {
+            if chown(path, 0, g.pointee.gr_gid) != 0 { logger.error("chown(\(path), root:\(group)): \(String(cString: strerror(errno)))") }
+        } else {
+            logger.notice("no group '\(group)' on this machine: only root can use \(path) (groupadd --system \(group), then usermod -aG \(group) USER)")
+        }
+        if chmod(path, 0o660) != 0 { logger.error("chmod(\(path), 0660): \(String(cString: strerror(errno)))") }
+    }
+}
+
+/// Waits for the graceful shutdown (SIGTERM, SIGINT) and then takes the labs down. It is the
+/// group's last service, so it is told first: open exec streams end before the server stops.
+struct Teardown: Service {
+    let state: State
+    func run() async throws {
+        try? await gracefulShutdown()
+        await state.shutdown()
+    }
+}

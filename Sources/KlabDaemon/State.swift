@@ -1,0 +1,333 @@
+import Foundation
+import KlabCheck
+import KlabClient
+import KlabResults
+import KlabScenario
+import Logging
+
+/// What the daemon holds: its labs, and its runs with the one thread that plays them in
+/// turn (a run is a whole `klab run` of one scenario on a lab of its own). Everything that
+/// blocks (building a lab, a run) happens on threads of its own, never on the server's.
+///
+/// On disk, under the data folder:
+///   labs/LAB/             a lab's results folder while it is up (removed with the lab)
+///   runs/RUN/status.json  the run's state (API.Run)
+///   runs/RUN/input/FILE   the scenario as submitted
+///   runs/RUN/log.txt      what `klab run` would have printed
+///   runs/RUN/results/     its results folder
+final class State: @unchecked Sendable {
+    let data: String
+    let logger: Logger
+    /// klab's runner: the lab cgroup the daemon lives in, the tracer's settings.
+    private let runner: Runner
+    private let lock = NSCondition()
+    private var labs: [String: LabEntry] = [:]
+    private var queue: [(id: String, set: [String: String])] = []
+    private var runs: [String: API.Run] = [:]
+    /// Where the runner's lines go: the current run's log.txt.
+    private var transcript: FileHandle?
+    private var closing = false
+    private var worker: Thread?
+    private let workerDone = DispatchSemaphore(value: 0)
+
+    final class LabEntry: @unchecked Sendable {
+        let info: API.Lab
+        let live: LiveLab
+        /// Process groups of the commands running in it (exec).
+        var execs: Set<pid_t> = []
+        init(info: API.Lab, live: LiveLab) { (self.info, self.live) = (info, live) }
+    }
+
+    /// Creates the lab cgroup (klab moves in) after checking what klab needs.
+    init(data: String, logger: Logger, makeRunner: (@escaping @Sendable (String) -> Void) throws -> Runner) throws {
+        self.data = data
+        self.logger = logger
+        for sub in ["labs", "runs"] { try FileManager.default.createDirectory(atPath: "\(data)/\(sub)", withIntermediateDirectories: true) }
+        let sink = TranscriptSink()
+        runner = try makeRunner { line in sink.write(line) }
+        sink.state = self
+        for r in Recovery.runs(in: "\(data)/runs") { runs[r.id] = r }
+        let t = Thread { [self] in work() }
+        t.name = "klab-runs"
+        worker = t
+        t.start()
+    }
+
+    /// The runner's log sink; set once, before the worker starts.
+    final class TranscriptSink: @unchecked Sendable {
+        weak var state: State?
+        func write(_ line: String) { state?.append(line) }
+    }
+
+    private func append(_ line: String) {
+        lock.lock()
+        let t = transcript
+        lock.unlock()
+        t?.write(Data((line + "\n").utf8))
+    }
+
+    var info: API.Info {
+        lock.withLock {
+            API.Info(version: "1", pid: Int(getpid()), labs: labs.count, runs_queued: queue.count)
+        }
+    }
+
+    // MARK: Labs
+
+    func lab(_ id: String) throws -> LabEntry {
+        guard let l = lock.withLock({ labs[id] }) else { throw DaemonError.notFound("no lab \(id)") }
+        return l
+    }
+
+    var labList: [API.Lab] { lock.withLock { labs.values.map(\.info).sorted { $0.id < $1.id } } }
+
+    /// Reads the scenario (a bad file is the caller's 400) and builds its lab.
+    func createLab(_ s: API.Submission) async throws -> API.Lab {
+        let id = State.newID("lab")
+        let dir = "\(data)/labs/\(id)"
+        let scenario = try parse(s, into: "\(dir).input")
+        defer { try? FileManager.default.removeItem(atPath: "\(dir).input") }
+        try checkOpen()
+        nonisolated(unsafe) let runner = self.runner  // a lab reads only its settings and cgroup
+        let live: LiveLab
+        do {
+            live = try await onThread("klab-lab-\(id)") { try LiveLab(scenario, runner: runner, into: dir) }
+        } catch {
+            try? FileManager.default.removeItem(atPath: dir)
+            throw DaemonError.failed("cannot build the lab: \(error)")
+        }
+        let info = API.Lab(
+            id: id, scenario: scenario.name,
+            hosts: scenario.hosts.map { API.Host(name: $0.name, address: "\($0.address)/\($0.prefixLength)") },
+            directory: dir, created: State.now())
+        let refused: Bool = lock.withLock {
+            if closing { return true }
+            labs[id] = LabEntry(info: info, live: live)
+            return false
+        }
+        if refused {
+            await close(live, execs: [])
+            throw DaemonError.unavailable("the daemon is stopping")
+        }
+        logger.info("lab up", metadata: ["lab": "\(id)", "scenario": "\(scenario.name)"])
+        return info
+    }
+
+    /// Stops the lab's commands and takes it down; its folder goes with it.
+    func deleteLab(_ id: String) async throws {
+        guard let entry = lock.withLock({ labs.removeValue(forKey: id) }) else { throw DaemonError.notFound("no lab \(id)") }
+        await close(entry.live, execs: lock.withLock { entry.execs })
+        try? FileManager.default.removeItem(atPath: entry.live.directory)
+        logger.info("lab down", metadata: ["lab": "\(id)"])
+    }
+
+    private func close(_ live: LiveLab, execs: Set<pid_t>) async {
+        for pid in execs { kill(-pid, SIGKILL) }
+        _ = try? await onThread("klab-lab-close") { live.close() }
+    }
+
+    func track(_ pid: pid_t, in entry: LabEntry, running: Bool) {
+        lock.withLock {
+            if running { entry.execs.insert(pid) } else { entry.execs.remove(pid) }
+        }
+    }
+
+    func check(_ id: String) async throws -> API.Check {
+        let entry = try lab(id)
+        let report = try await onThread("klab-check") {
+            entry.live.flush()
+            return try PlacementChecker.check(ResultsFolder(entry.live.directory))
+        }
+        // The lab has not ended: say so rather than what a run's missing end means.
+        let text = report.text().replacingOccurrences(of: "the run did not end (it was killed or crashed)", with: "the lab is up")
+        return API.Check(judged: report.judged, violations: report.violations, text: text)
+    }
+
+    // MARK: Runs
+
+    var runList: [API.Run] { lock.withLock { runs.values.sorted { ($0.submitted, $0.id) < ($1.submitted, $1.id) } } }
+
+    func run(_ id: String) throws -> API.Run {
+        guard let r = lock.withLock({ runs[id] }) else { throw DaemonError.notFound("no run \(id)") }
+        return r
+    }
+
+    func runFolder(_ id: String) -> String { "\(data)/runs/\(id)" }
+
+    /// Reads the scenario (a bad file is the caller's 400) and queues the run.
+    func submitRun(_ s: API.Submission) throws -> API.Run {
+        let id = State.newID("run")
+        let dir = runFolder(id)
+        let scenario: Scenario
+        do { scenario = try parse(s, into: "\(dir)/input") } catch {
+            try? FileManager.default.removeItem(atPath: dir)
+            throw error
+        }
+        let run = API.Run(id: id, scenario: scenario.name, state: .queued, failures: [], submitted: State.now(), finished: nil)
+        try lock.withLock {
+            if closing { throw DaemonError.unavailable("the daemon is stopping") }
+            try save(run)
+            runs[id] = run
+            queue.append((id, s.set ?? [:]))
+            lock.signal()
+        }
+        return run
+    }
+
+    /// Runs.RUN/status.json, written whole (a kill -9 leaves the old one or the new one).
+    private func save(_ run: API.Run) throws {
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.sortedKeys, .prettyPrinted]
+        let path = "\(runFolder(run.id))/status.json"
+        try enc.encode(run).write(to: URL(fileURLWithPath: path + ".new"))
+        if rename(path + ".new", path) != 0 { throw DaemonError.failed("rename(\(path)): \(String(cString: strerror(errno)))") }
+    }
+
+    private func update(_ id: String, _ change: (inout API.Run) -> Void) {
+        lock.withLock {
+            guard var r = runs[id] else { return }
+            change(&r)
+            runs[id] = r
+            do { try save(r) } catch { logger.error("cannot save the state of \(id): \(error)") }
+        }
+    }
+
+    /// The worker: one run at a time, in submission order, until the daemon stops.
+    private func work() {
+        defer { workerDone.signal() }
+        while true {
+            lock.lock()
+            while queue.isEmpty && !closing { lock.wait() }
+            if closing { lock.unlock(); return }
+            let (id, set) = queue.removeFirst()
+            lock.unlock()
+            play(id, set: set)
+        }
+    }
+
+    private func play(_ id: String, set: [String: String]) {
+        let dir = runFolder(id)
+        _ = FileManager.default.createFile(atPath: "\(dir)/log.txt", contents: nil)
+        let log = FileHandle(forWritingAtPath: "\(dir)/log.txt")
+        lock.withLock { transcript = log }
+        defer {
+            lock.withLock { transcript = nil }
+            try? log?.close()
+        }
+        update(id) { $0.state = .running }
+        let inputs = (try? FileManager.default.contentsOfDirectory(atPath: "\(dir)/input")) ?? []
+        var state = API.RunState.error
+        var failures: [String] = []
+        do {
+            guard let file = inputs.first else { throw DaemonError.failed("the run's input is gone") }
+            let scenario = try Scenario.load("\(dir)/input/\(file)", set: set)
+            append("\(scenario.name) (\(file))")
+            let missing = scenario.cannotRun.map(\.description)
+            if !missing.isEmpty {
+                failures = missing
+            } else {
+                let outcome = try runner.run(scenario, into: "\(dir)/results")
+                let (check, timeline) = try Finish.run(ResultsFolder(outcome.directory))
+                append(timeline)
+                append("")
+                append(check.text())
+                failures = outcome.failures + check.failures
+                state = outcome.interrupted ? .interrupted : outcome.passed && check.violations == 0 ? .passed : .failed
+                append(state == .passed ? "\(scenario.name): PASSED" : "\(scenario.name): FAILED")
+            }
+        } catch {
+            failures.append("\(error)")
+            append("\(error)")
+        }
+        let ended = state
+        update(id) {
+            $0.state = ended
+            $0.failures = failures
+            $0.finished = State.now()
+        }
+        logger.info("run finished", metadata: ["run": "\(id)", "state": "\(ended.rawValue)"])
+    }
+
+    // MARK: Stopping
+
+    private func checkOpen() throws {
+        if lock.withLock({ closing }) { throw DaemonError.unavailable("the daemon is stopping") }
+    }
+
+    /// SIGTERM: no new labs or runs, the running run stops at its next step (and is marked
+    /// interrupted), queued runs are marked interrupted, every lab comes down.
+    func shutdown() async {
+        let (all, waiting): ([LabEntry], [String]) = lock.withLock {
+            closing = true
+            lock.broadcast()
+            defer { labs = [:]; queue = [] }
+            return (Array(labs.values), queue.map(\.id))
+        }
+        Interrupt.request(SIGTERM)
+        for id in waiting {
+            update(id) {
+                $0.state = .interrupted
+                $0.failures = ["the daemon stopped (SIGTERM) before this run started"]
+                $0.finished = State.now()
+            }
+        }
+        for entry in all {
+            await close(entry.live, execs: lock.withLock { entry.execs })
+            try? FileManager.default.removeItem(atPath: entry.live.directory)
+        }
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            DispatchQueue.global().async { [self] in
+                workerDone.wait()
+                c.resume()
+            }
+        }
+        runner.finish()
+        logger.info("labs down, runs stopped")
+    }
+
+    // MARK: Helpers
+
+    /// Writes the submitted file into `folder` and reads it as `klab run` reads files.
+    private func parse(_ s: API.Submission, into folder: String) throws -> Scenario {
+        let name = s.file.split(separator: "/").last.map(String.init) ?? ""
+        guard !name.isEmpty, !name.hasPrefix("."), name.hasSuffix(".yaml") || name.hasSuffix(".yml") else {
+            throw DaemonError.bad("file must be the scenario's file name, ending .yaml or .yml (packetdrill scripts run with klab run, not through the daemon yet), not '\(s.file)'")
+        }
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        let path = "\(folder)/\(name)"
+        try Data(s.content.utf8).write(to: URL(fileURLWithPath: path))
+        do {
+            return try Scenario.load(path, set: s.set ?? [:])
+        } catch {
+            // Errors point at the file as the client named it.
+            throw DaemonError.bad("\(error)".replacingOccurrences(of: path, with: s.file))
+        }
+    }
+
+    static func newID(_ kind: String) -> String {
+        let hex = String(UInt32.random(in: 0...UInt32.max), radix: 16)
+        return "\(kind)-" + String(repeating: "0", count: 8 - hex.count) + hex
+    }
+
+    static func now() -> String { ISO8601DateFormatter().string(from: Date()) }
+}
+
+/// Runs blocking work (a lab, a run, a check) on a thread of its own, so the server's threads
+/// never wait on the kernel.
+func onThread<T: Sendable>(_ name: String, _ body: @escaping @Sendable () throws -> T) async throws -> T {
+    try await withCheckedThrowingContinuation { c in
+        let t = Thread { c.resume(with: Result { try body() }) }
+        t.name = name
+        t.start()
+    }
+}
+
+/// An error with the HTTP status it answers with.
+enum DaemonError: Error, CustomStringConvertible {
+    case bad(String), notFound(String), unavailable(String), failed(String)
+    var description: String {
+        switch self {
+        case .bad(let m), .notFound(let m), .unavailable(let m), .failed(let m): m
+        }
+    }
+}
