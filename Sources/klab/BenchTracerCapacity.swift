@@ -18,7 +18,7 @@ import KlabTracer
 extension Bench.TracerCost {
     struct CapacityRun: Codable {
         let roundTrips: Int
-        /// (CPU of the traced ping-pong − CPU of the untraced one) / records received.
+        /// (CPU of the traced ping-pong − CPU of the untraced one) / events emitted.
         let probeCpuNsPerEvent: Double
         /// The drain pass: CPU time of the thread that ran it, and wall time, per record.
         let drainCpuNsPerRecord, drainNsPerRecord: Double
@@ -73,7 +73,8 @@ extension Bench.TracerCost {
                 throw Failure(description: "lost events not accounted for: emitted \(counters.0), received \(received), dropped \(counters.1)")
             }
             let records = Double(max(received, 1))
-            return CapacityRun(roundTrips: roundTrips, probeCpuNsPerEvent: (Double(onCPU) - Double(offCPU)) / records,
+            // The probes ran for every event emitted, the dropped ones too.
+            return CapacityRun(roundTrips: roundTrips, probeCpuNsPerEvent: (Double(onCPU) - Double(offCPU)) / Double(max(counters.0, 1)),
                                drainCpuNsPerRecord: Double(drainCPU) / records, drainNsPerRecord: Double(drainNs) / records,
                                emitted: counters.0, received: received, dropped: counters.1)
         }
@@ -84,7 +85,9 @@ extension Bench.TracerCost {
                 throw Failure(description: "\(path) -D printed no drainCpuNs/drainNs: rebuild it with lab/bench/tracer")
             }
             let records = Double(max(r.received, 1))
-            return CapacityRun(roundTrips: roundTrips, probeCpuNsPerEvent: r.cpuNsPerEvent, drainCpuNsPerRecord: drainCPU / records,
+            // tracer_ref divides by the records received; the probes ran for the dropped ones too.
+            let perEmitted = r.cpuNsPerEvent * records / Double(max(r.received + r.dropped, 1))
+            return CapacityRun(roundTrips: roundTrips, probeCpuNsPerEvent: perEmitted, drainCpuNsPerRecord: drainCPU / records,
                                drainNsPerRecord: drainNs / records, emitted: r.received + r.dropped, received: r.received, dropped: r.dropped)
         }
 
