@@ -37,10 +37,15 @@ extension Bench {
                 level: TCP connections over a lab host's loopback (connect, accept, 4 exchanges
                 of 64 bytes, close), --count connections a run (try --count 2000).
 
-                --capacity measures the rate the tracer takes without dropping a record: several
-                producer threads, each with its own TUN, run the traced ping-pong for --seconds
-                at each offered rate of --rates, and every run says how many records were offered,
-                received and dropped (the drops are counted exactly, by serial numbers).
+                --capacity measures what each half of the tracer takes on one core, apart, since
+                no workload here makes events faster than the tracer takes them. Probe side: the
+                ping-pong traced with the consumer paused against the same ping-pong untraced (the
+                extra CPU time of its thread per record; 10^9 over it is the events a second one
+                core of probes takes). Consumer side: the ring those records filled, drained in one
+                pass into the record file (CPU time per record; 10^9 over it is the records a second
+                one core drains). Each of --fills is a number of round trips (4 records each); a
+                fill larger than the 16 MB ring loses what does not fit, and the drops are counted
+                exactly, by serial numbers. With --reference, the C reference (its -D) the same way.
                 """))
 
         @Option(help: "Round trips per run.") var count = 200_000
@@ -50,20 +55,16 @@ extension Bench {
         var reference: String?
         @Flag(help: "Instead: the cost per event of each log level (socket, connection, protocol, ip, and ip with --all-sites) on TCP connections over a lab host's loopback; --count connections a run.")
         var levels = false
-        @Flag(help: "Instead: capacity. --producers threads, each with its own TUN, run the traced ping-pong for --seconds at each of --rates; reports the records offered per second, received and dropped (with --reference, the C reference's too).")
+        @Flag(help: "Instead: capacity. The probes' CPU time per event with the consumer paused, and the consumer's CPU time per record draining the filled ring into the file, at each of --fills; records emitted, received and dropped (with --reference, the C reference's too).")
         var capacity = false
-        @Option(help: "Capacity: producer threads.") var producers = 2
-        @Option(help: "Capacity: seconds a run.") var seconds = 2.0
-        @Option(parsing: .upToNextOption, help: "Capacity: offered rates in M events/s; 0 is as fast as the producers go.")
-        var rates: [Double] = [0.25, 0.5, 1, 0]
+        @Option(parsing: .upToNextOption, help: "Capacity: round trips a fill (4 records each; the 16 MB ring holds 123,361 of klab's records).")
+        var fills: [Int] = [20_000, 40_000, 65_000]
         @Flag(help: "Turn on BPF run-time statistics and report the time spent in the programs per event (bpfNsPerEvent): a profile, which slows every BPF program on the machine while it runs.")
         var bpfStats = false
 
         func validate() throws {
             guard count > 0, rounds > 0 else { throw ValidationError("--count and --rounds must be positive") }
-            guard (1...64).contains(producers), seconds > 0, !rates.isEmpty, rates.allSatisfy({ $0 >= 0 }) else {
-                throw ValidationError("--producers must be 1 to 64, --seconds positive, --rates not negative")
-            }
+            guard !fills.isEmpty, fills.allSatisfy({ $0 > 0 }) else { throw ValidationError("--fills must be positive") }
             if let reference, !FileManager.default.isExecutableFile(atPath: reference) {
                 throw ValidationError("--reference \(reference): not an executable (build it with lab/bench/tracer)")
             }
@@ -90,13 +91,15 @@ extension Bench {
         struct Reference: Codable {
             let offRate, onRate, nsPerEvent, cpuNsPerEvent, consumerNsPerEvent: Double
             let bpfNsPerEvent: Double?
+            /// With -D: the one drain pass's CPU and wall time.
+            let drainCpuNs, drainNs: Double?
             let received, dropped: UInt64
         }
 
-        private func runReference(_ path: String, onFirst: Bool) throws -> Reference {
+        func runReference(_ path: String, count: Int, onFirst: Bool, extra: [String] = []) throws -> Reference {
             let p = Process()
             p.executableURL = URL(fileURLWithPath: path)
-            p.arguments = ["-n", "\(count)"] + (onFirst ? ["-r"] : []) + (bpfStats ? ["-s"] : [])
+            p.arguments = ["-n", "\(count)"] + (onFirst ? ["-r"] : []) + (bpfStats ? ["-s"] : []) + extra
             let out = Pipe()
             p.standardOutput = out
             try p.run()
@@ -157,7 +160,7 @@ extension Bench {
                 let order = r % 2 == 0 ? ["off", "on", "syscalls", "reference"] : ["reference", "syscalls", "on", "off"]
                 for which in order {
                     if which == "reference" {
-                        if let reference { ref = try runReference(reference, onFirst: r % 2 == 1) }
+                        if let reference { ref = try runReference(reference, count: count, onFirst: r % 2 == 1) }
                         continue
                     }
                     runs[which] = try timed(which == "off" ? nil : which == "on" ? logged : syscallOnly)

@@ -4,147 +4,117 @@ import KlabPacket
 import KlabSchema
 import KlabTracer
 
-/// `klab bench tracer --capacity`: the most events per second the tracer takes without a drop,
-/// and the drops above that rate, with several producer threads.
+/// `klab bench tracer --capacity`: how many events a second each half of the tracer takes on
+/// one core, measured apart so that no workload bounds it, and what is lost when the consumer
+/// falls behind. A producer on this machine cannot outrun the consumer (the workload costs far
+/// more per event than the tracer), so the halves are timed on their own:
+///   - probe side: the ping-pong traced with the consumer paused, against the same ping-pong
+///     untraced; the extra CPU time of its thread per record is what the probes cost, and
+///     10^9 over it the events a second one core of probes takes;
+///   - consumer side: the ring those records filled, drained in one pass into the record file;
+///     its CPU time per record is what the consumer costs, and 10^9 over it the records a
+///     second one core drains;
+///   - drops: a fill larger than the ring (16 MB) loses what does not fit, counted exactly.
 extension Bench.TracerCost {
     struct CapacityRun: Codable {
-        /// Records attempted per second (received + dropped), received, dropped.
-        let offered: Double
-        let received, dropped: UInt64
-        let seconds: Double
+        let roundTrips: Int
+        /// (CPU of the traced ping-pong − CPU of the untraced one) / events emitted.
+        let probeCpuNsPerEvent: Double
+        /// The drain pass: CPU time of the thread that ran it, and wall time, per record.
+        let drainCpuNsPerRecord, drainNsPerRecord: Double
+        /// Records numbered by the probes (for the C reference: received + dropped), in the
+        /// record file, and failed reserves.
+        let emitted, received, dropped: UInt64
     }
 
     struct CapacityStep: Encodable {
-        /// Asked for, in events per second (0: as fast as the producers go).
-        let rate: Double
         let round: Int
         let klab: CapacityRun
         var reference: CapacityRun?
-    }
-
-    /// One producer: its own TUN in the lab host (kbenchI, 198.18.I.1/24) and echo request
-    /// from 198.18.I.2; runs the ping-pong, paced, on its own thread.
-    final class Producer: @unchecked Sendable {
-        let tun: TunDevice
-        let out: UnsafeMutableRawBufferPointer
-        let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: 65536, alignment: 16)
-        var seq: UInt16 = 0
-        var error: Error?
-
-        init(host: LabHost, index: Int) throws {
-            let i = UInt8(index)
-            tun = try index == 0 ? host.addLink(name: "kbench0", address: Bench.TunPingPong.hostAddress, prefixLength: 24)
-                : host.addLink(name: "kbench\(index)", address: IPv4Address(198, 18, i, 1), prefixLength: 24)
-            let echo = Packet.icmpEcho(from: IPv4Address(198, 18, i, 2), to: IPv4Address(198, 18, i, 1), id: Bench.TunPingPong.echoID,
-                                       sequence: 0, payload: (0..<56).map { UInt8($0) }, ipID: 1)
-            out = UnsafeMutableRawBufferPointer.allocate(byteCount: try echo.serializedLength(), alignment: 16)
-            _ = try echo.serialize(into: out)
-            try Bench.TunPingPong.pingPong(tun, out, buf, count: 1000, seq: &seq)
-        }
-
-        deinit { out.deallocate(); buf.deallocate() }
-
-        /// Round trips until `until` (monotonic ns), at `rate` round trips/s (0: unpaced).
-        func run(until: UInt64, rate: Double) {
-            let t0 = Clock.monotonicNs()
-            var done = 0
-            do {
-                while true {
-                    try Bench.TunPingPong.pingPong(tun, out, buf, count: 16, seq: &seq)
-                    done += 16
-                    let now = Clock.monotonicNs()
-                    if now >= until { break }
-                    if rate > 0 {
-                        let due = t0 + UInt64(Double(done) / rate * 1e9)
-                        if due > now { usleep(UInt32((due - now) / 1000)) }
-                    }
-                }
-            } catch {
-                self.error = error
-            }
-        }
     }
 
     func measureCapacity() throws {
         try Preflight.check()
         let cgroup = try LabCgroup()
         defer { cgroup.remove() }
-        let host = try LabHost(name: "bench")
-        defer { host.shutdown() }
-        let producers = try (0..<self.producers).map { try Producer(host: host, index: $0) }
+        let (host, tun, out, buf) = try Bench.TunPingPong.makeLab()
+        defer { host.shutdown(); out.deallocate(); buf.deallocate() }
+        var seq: UInt16 = 0
+        try Bench.TunPingPong.pingPong(tun, out, buf, count: 20_000, seq: &seq)
         let scratch = FileManager.default.temporaryDirectory.appendingPathComponent("klab-bench-\(getpid()).bin").path
         defer { try? FileManager.default.removeItem(atPath: scratch) }
         let config = TracerConfig(level: .socket, toggles: ["-*"] + [Schema.ipReceivePacket, Schema.icmpReceive, Schema.icmpReply, Schema.ipSendBuffer].map(\.name))
 
-        func klabRun(rate: Double) throws -> CapacityRun {
-            let t = try Tracer(config: config, namespaces: [(host.netnsCookie, host.netnsInode)], cgroup: cgroup, rawPath: scratch)
-            defer { t.close() }
-            t.start()
-            let t0 = Clock.monotonicNs(), until = t0 + UInt64(seconds * 1e9)
-            let group = DispatchGroup()
-            for p in producers {
-                group.enter()
-                let thread = Thread {
-                    p.run(until: until, rate: rate / 4 / Double(producers.count))
-                    group.leave()
+        func klabRun(roundTrips: Int, onFirst: Bool) throws -> CapacityRun {
+            var offCPU = UInt64(0), onCPU = UInt64(0), drainCPU = UInt64(0), drainNs = UInt64(0)
+            var counters = (UInt64(0), UInt64(0)), received = UInt64(0)
+            for traced in onFirst ? [true, false] : [false, true] {
+                if !traced {
+                    let c0 = Clock.threadCPUNs()
+                    try Bench.TunPingPong.pingPong(tun, out, buf, count: roundTrips, seq: &seq)
+                    offCPU = Clock.threadCPUNs() - c0
+                    continue
                 }
-                thread.start()
+                let t = try Tracer(config: config, namespaces: [(host.netnsCookie, host.netnsInode)], cgroup: cgroup, rawPath: scratch)
+                defer { t.close() }
+                let c0 = Clock.threadCPUNs()
+                try Bench.TunPingPong.pingPong(tun, out, buf, count: roundTrips, seq: &seq)
+                onCPU = Clock.threadCPUNs() - c0
+                // Not started: stop() drains the ring once, on this thread, into the file; with
+                // the CPU time of the thread that writes the file behind it.
+                let d0 = Clock.threadCPUNs(), w0 = Clock.monotonicNs()
+                t.stop()
+                (drainCPU, drainNs) = (Clock.threadCPUNs() - d0 + t.consumerCPUNs, Clock.monotonicNs() - w0)
+                counters = t.counters()
+                let size = (try? FileManager.default.attributesOfItem(atPath: scratch)[.size] as? Int) ?? 0
+                received = UInt64(size / TraceEvent.recordSize)
             }
-            group.wait()
-            let took = Double(Clock.monotonicNs() - t0) / 1e9
-            if let e = producers.compactMap(\.error).first { throw e }
-            t.stop()
-            let (emitted, dropped) = t.counters()
-            let size = (try? FileManager.default.attributesOfItem(atPath: scratch)[.size] as? Int) ?? 0
-            let received = UInt64(size / TraceEvent.recordSize)
-            guard emitted - received == dropped else {
-                throw Failure(description: "lost events not accounted for: emitted \(emitted), received \(received), dropped \(dropped)")
+            guard counters.0 >= received, counters.0 - received == counters.1 else {
+                throw Failure(description: "lost events not accounted for: emitted \(counters.0), received \(received), dropped \(counters.1)")
             }
-            return CapacityRun(offered: Double(emitted) / took, received: received, dropped: dropped, seconds: took)
+            let records = Double(max(received, 1))
+            // The probes ran for every event emitted, the dropped ones too.
+            return CapacityRun(roundTrips: roundTrips, probeCpuNsPerEvent: (Double(onCPU) - Double(offCPU)) / Double(max(counters.0, 1)),
+                               drainCpuNsPerRecord: Double(drainCPU) / records, drainNsPerRecord: Double(drainNs) / records,
+                               emitted: counters.0, received: received, dropped: counters.1)
         }
 
-        func referenceRun(_ path: String, rate: Double) throws -> CapacityRun {
-            let p = Process()
-            p.executableURL = URL(fileURLWithPath: path)
-            p.arguments = ["-P", "\(producers.count)", "-R", "\(rate)", "-T", "\(seconds)"]
-            let out = Pipe()
-            p.standardOutput = out
-            try p.run()
-            let data = out.fileHandleForReading.readDataToEndOfFile()
-            p.waitUntilExit()
-            guard p.terminationStatus == 0, let r = try? JSONDecoder().decode(CapacityRun.self, from: data) else {
-                throw Failure(description: "\(path) failed (exit \(p.terminationStatus)): \(String(decoding: data, as: UTF8.self))")
+        func referenceRun(_ path: String, roundTrips: Int, onFirst: Bool) throws -> CapacityRun {
+            let r = try runReference(path, count: roundTrips, onFirst: onFirst, extra: ["-D"])
+            guard let drainCPU = r.drainCpuNs, let drainNs = r.drainNs else {
+                throw Failure(description: "\(path) -D printed no drainCpuNs/drainNs: rebuild it with lab/bench/tracer")
             }
-            return r
+            let records = Double(max(r.received, 1))
+            // tracer_ref divides by the records received; the probes ran for the dropped ones too.
+            let perEmitted = r.cpuNsPerEvent * records / Double(max(r.received + r.dropped, 1))
+            return CapacityRun(roundTrips: roundTrips, probeCpuNsPerEvent: perEmitted, drainCpuNsPerRecord: drainCPU / records,
+                               drainNsPerRecord: drainNs / records, emitted: r.received + r.dropped, received: r.received, dropped: r.dropped)
         }
 
         var steps: [CapacityStep] = []
         for r in 0..<rounds {
-            for (i, rate) in rates.enumerated() {
+            for (i, fill) in fills.enumerated() {
                 var ref: CapacityRun?
-                let referenceFirst = (r + i) % 2 == 1
-                if referenceFirst, let reference { ref = try referenceRun(reference, rate: rate * 1e6) }
-                let k = try klabRun(rate: rate * 1e6)
-                if !referenceFirst, let reference { ref = try referenceRun(reference, rate: rate * 1e6) }
-                let step = CapacityStep(rate: rate * 1e6, round: r + 1, klab: k, reference: ref)
-                steps.append(step)
+                let referenceFirst = (r + i) % 2 == 1, onFirst = r % 2 == 1
+                if referenceFirst, let reference { ref = try referenceRun(reference, roundTrips: fill, onFirst: onFirst) }
+                let k = try klabRun(roundTrips: fill, onFirst: onFirst)
+                if !referenceFirst, let reference { ref = try referenceRun(reference, roundTrips: fill, onFirst: onFirst) }
+                steps.append(CapacityStep(round: r + 1, klab: k, reference: ref))
                 if !json {
-                    let asked = rate > 0 ? String(format: "%.2f M/s", rate) : "unpaced"
-                    var line = String(format: "round %d, %@: klab offered %.2f M events/s, received %llu, dropped %llu (%.2f%%)",
-                                      r + 1, asked, k.offered / 1e6, k.received, k.dropped, 100 * Double(k.dropped) / Double(max(k.received + k.dropped, 1)))
-                    if let ref {
-                        line += String(format: " | C offered %.2f M events/s, received %llu, dropped %llu (%.2f%%)",
-                                       ref.offered / 1e6, ref.received, ref.dropped, 100 * Double(ref.dropped) / Double(max(ref.received + ref.dropped, 1)))
+                    func text(_ c: CapacityRun) -> String {
+                        String(format: "probes %.1f CPU ns/event (%.2f M/s a core), drain %.1f CPU ns/record (%.2f M/s a core; wall %.1f), emitted %llu received %llu dropped %llu",
+                               c.probeCpuNsPerEvent, 1e3 / c.probeCpuNsPerEvent, c.drainCpuNsPerRecord, 1e3 / c.drainCpuNsPerRecord,
+                               c.drainNsPerRecord, c.emitted, c.received, c.dropped)
                     }
-                    say(line)
+                    say("round \(r + 1), \(fill) round trips: klab \(text(k))" + (ref.map { " | C \(text($0))" } ?? ""))
                 }
             }
         }
         if json {
-            struct Out: Encodable { let benchmark: String; let producers: Int; let seconds: Double; let steps: [CapacityStep] }
+            struct Out: Encodable { let benchmark: String; let fills: [Int]; let steps: [CapacityStep] }
             let enc = JSONEncoder()
             enc.outputFormatting = [.sortedKeys]
-            say(String(decoding: try enc.encode(Out(benchmark: "tracer-capacity", producers: producers.count, seconds: seconds, steps: steps)), as: UTF8.self))
+            say(String(decoding: try enc.encode(Out(benchmark: "tracer-capacity", fills: fills, steps: steps)), as: UTF8.self))
         }
     }
 }

@@ -195,6 +195,19 @@ struct TracerTests {
         #expect(order == order.sorted() && !order.contains(0), "\(zip(names, order).map { "\($0) \($1)" })")
     }
 
+    /// A run long enough to fill many of the record file's 1 MB chunks (written by the writer
+    /// thread with O_DIRECT, or through the page cache when it falls behind, the last one
+    /// always): every record the kernel numbered is in the file or counted as lost.
+    @Test func everyRecordReachesTheFile() throws {
+        let r = try run("lab/scenarios/latency-udp.yaml", ["--set", "count=20000", "--set", "rate=0"])
+        let events = try #require(r.summary["events"] as? [String: Any])
+        let received = try #require(events["received"] as? Int), emitted = try #require(events["emitted_by_kernel"] as? Int)
+        let lost = try #require(events["lost"] as? Int), gaps = try #require(events["serial_gaps"] as? Int)
+        #expect(received >= 4 * 8192, "\(received) records: fewer than 4 chunks of 1 MB")
+        #expect(received + lost == emitted, "\(events)")
+        #expect(lost > 0 || gaps == 0, "\(events)")
+    }
+
     @Test func icmpEchoEvents() throws {
         let r = try run("lab/scenarios/icmp-echo.yaml")
         let received = try #require(r.log.named("ICMP_RECEIVE").first)

@@ -4,17 +4,15 @@
 // at net:net_dev_queue) into a 16 MB BPF ring buffer. A consumer thread polls the ring every
 // 1 ms and writes the records to a file. Cost per event = (time on - time off) / records.
 //
-//   sudo ./tracer_ref [-n COUNT] [-w WARMUP] [-b OBJECT] [-f FILE] [-r] [-s]
-//   sudo ./tracer_ref -P PRODUCERS -R EVENTS_PER_S -T SECONDS [-b OBJECT] [-f FILE]
+//   sudo ./tracer_ref [-n COUNT] [-w WARMUP] [-b OBJECT] [-f FILE] [-r] [-s] [-D]
 //
 // -r runs "on" before "off" (the bench alternates the order every round). -s turns on BPF
 // run-time statistics and adds bpfNsPerEvent, the time spent in the programs per record.
-//
-// With -P, capacity instead: PRODUCERS threads, each with its own TUN (kbenchI at
-// 198.18.I.1/24), run the ping-pong traced for SECONDS, paced to EVENTS_PER_S in all (0: as
-// fast as they go). Prints offered (records attempted per second: received + dropped),
-// received, dropped and seconds. -b is the BPF
-// object (default: argv[0] followed by .bpf.o), -f where the records go (default
+// -D (capacity, in two halves): the traced run goes with the consumer paused, so the ring
+// fills (records that do not fit are dropped and counted); then, with the programs detached,
+// this thread drains the ring once and writes the records to the file, and drainCpuNs /
+// drainNs say what that took (CPU time of this thread, and wall time). -b is the BPF object
+// (default: argv[0] followed by .bpf.o), -f where the records go (default
 // /tmp/tracer_ref-PID.bin, removed at exit). Prints one JSON object: offRate, onRate (round
 // trips/s), nsPerEvent, received (records in the file), dropped (failed reserves).
 #define TUN_PINGPONG_NO_MAIN
@@ -87,41 +85,16 @@ static uint64_t netns_cookie(void) {
     return cookie;
 }
 
-// Capacity: one producer thread's ping-pong, paced.
-struct producer { pthread_t thread; int fd; uint8_t req[PKT_LEN]; double rate; uint64_t until; long done; };
-
-static void *produce(void *arg) {
-    struct producer *p = arg;
-    static __thread uint8_t buf[65536];
-    uint16_t seq = 0;
-    uint64_t t0 = now_ns();
-    for (;;) {
-        ping_pong(p->fd, p->req, buf, sizeof buf, 16, &seq);
-        p->done += 16;
-        uint64_t now = now_ns();
-        if (now >= p->until) break;
-        if (p->rate > 0) {
-            uint64_t due = t0 + (uint64_t)(p->done / p->rate * 1e9);
-            if (due > now) {
-                struct timespec ts = {.tv_sec = (time_t)((due - now) / 1000000000u), .tv_nsec = (long)((due - now) % 1000000000u)};
-                nanosleep(&ts, NULL);
-            }
-        }
-    }
-    return NULL;
-}
-
 static char record_path[256];
 static void remove_records(void) { unlink(record_path); }
 
 int main(int argc, char **argv) {
     long count = 200000, warmup = 20000;
-    int on_first = 0, stats = 0, producers = 0, c;
-    double rate = 0, seconds = 2;
+    int on_first = 0, stats = 0, drain = 0, c;
     char object[512];
     snprintf(object, sizeof object, "%s.bpf.o", argv[0]);
     snprintf(record_path, sizeof record_path, "/tmp/tracer_ref-%d.bin", getpid());
-    while ((c = getopt(argc, argv, "n:w:b:f:rsP:R:T:")) != -1) {
+    while ((c = getopt(argc, argv, "n:w:b:f:rsD")) != -1) {
         switch (c) {
         case 'n': count = atol(optarg); break;
         case 'w': warmup = atol(optarg); break;
@@ -129,15 +102,12 @@ int main(int argc, char **argv) {
         case 'f': snprintf(record_path, sizeof record_path, "%s", optarg); break;
         case 'r': on_first = 1; break;
         case 's': stats = 1; break;
-        case 'P': producers = atoi(optarg); break;
-        case 'R': rate = atof(optarg); break;
-        case 'T': seconds = atof(optarg); break;
+        case 'D': drain = 1; break;
         default:
-            fprintf(stderr, "usage: %s [-n COUNT] [-w WARMUP] [-b OBJECT] [-f FILE] [-r] [-s] | -P PRODUCERS -R RATE -T SECONDS\n", argv[0]);
+            fprintf(stderr, "usage: %s [-n COUNT] [-w WARMUP] [-b OBJECT] [-f FILE] [-r] [-s] [-D]\n", argv[0]);
             return 64;
         }
     }
-    if (producers < 0 || producers > 64 || rate < 0 || seconds <= 0) { fprintf(stderr, "tracer_ref: -P 1..64, -R >= 0, -T > 0\n"); return 64; }
     if (count <= 0 || warmup < 0) { fprintf(stderr, "tracer_ref: COUNT must be positive, WARMUP not negative\n"); return 64; }
 
     int fd = make_lab();
@@ -161,60 +131,6 @@ int main(int argc, char **argv) {
     if (out_fd < 0) die(record_path);
     atexit(remove_records);
 
-    if (producers > 0) {
-        static struct producer ps[64];
-        int sock = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-        if (sock < 0) die("socket");
-        for (int i = 0; i < producers; i++) {
-            char name[IFNAMSIZ], addr[32];
-            snprintf(name, sizeof name, "kbench%d", i);
-            snprintf(addr, sizeof addr, "198.18.%d.1", i);
-            ps[i].fd = i == 0 ? fd : make_tun(sock, name, addr);
-            build_request(ps[i].req);  // from 198.18.I.2 to 198.18.I.1: new addresses, new IP checksum
-            ps[i].req[14] = ps[i].req[18] = (uint8_t)i;
-            put16(ps[i].req + 10, 0);
-            put16(ps[i].req + 10, checksum(ps[i].req, 20));
-            static uint8_t b[65536];
-            first_round_trip(ps[i].fd, ps[i].req, b, sizeof b);
-            ps[i].rate = rate / 4 / producers;  // 4 records a round trip
-        }
-        close(sock);
-        struct bpf_link *links[2];
-        int n = 0;
-        struct bpf_program *prog;
-        bpf_object__for_each_program(prog, obj) {
-            links[n] = bpf_program__attach(prog);
-            if (!links[n++]) die(bpf_program__name(prog));
-        }
-        pthread_t consumer;
-        atomic_store(&running, 1);
-        if ((errno = pthread_create(&consumer, NULL, consume, NULL))) die("pthread_create");
-        uint64_t t0 = now_ns();
-        for (int i = 0; i < producers; i++) {
-            ps[i].until = t0 + (uint64_t)(seconds * 1e9);
-            if ((errno = pthread_create(&ps[i].thread, NULL, produce, &ps[i]))) die("pthread_create");
-        }
-        for (int i = 0; i < producers; i++) pthread_join(ps[i].thread, NULL);
-        double took = (now_ns() - t0) / 1e9;
-        for (int l = 0; l < n; l++) bpf_link__destroy(links[l]);
-        atomic_store(&running, 0);
-        pthread_join(consumer, NULL);
-        ring_buffer__consume(ring);
-        write_out();
-        struct stat st;
-        if (fstat(out_fd, &st)) die("fstat");
-        uint64_t received = (uint64_t)st.st_size / sizeof(struct ref_event);
-        int cpus = libbpf_num_possible_cpus();
-        uint64_t values[cpus], dropped = 0;
-        uint32_t key = 0;
-        if (bpf_map__lookup_elem(bpf_object__find_map_by_name(obj, "drops"), &key, sizeof key, values, sizeof values, 0)) die("drops");
-        for (int i = 0; i < cpus; i++) dropped += values[i];
-        printf("{\"benchmark\":\"tracer-reference-capacity\",\"producers\":%d,\"rate\":%.0f,\"seconds\":%.3f,\"offered\":%.0f,"
-               "\"received\":%llu,\"dropped\":%llu}\n", producers, rate, took, (received + dropped) / took,
-               (unsigned long long)received, (unsigned long long)dropped);
-        return 0;
-    }
-
     static uint8_t req[PKT_LEN] __attribute__((aligned(16)));
     static uint8_t buf[65536] __attribute__((aligned(16)));
     build_request(req);
@@ -223,7 +139,7 @@ int main(int argc, char **argv) {
     ping_pong(fd, req, buf, sizeof buf, warmup, &seq);
 
     if (stats && bpf_enable_stats(BPF_STATS_RUN_TIME) < 0) die("bpf(BPF_ENABLE_STATS)");  // until exit
-    uint64_t off_ns = 0, on_ns = 0, off_cpu = 0, on_cpu = 0, bpf_ns = 0;
+    uint64_t off_ns = 0, on_ns = 0, off_cpu = 0, on_cpu = 0, bpf_ns = 0, drain_cpu = 0, drain_ns = 0;
     for (int i = 0; i < 2; i++) {
         if ((i == 0) != on_first) {
             uint64_t t0 = now_ns(), c0 = thread_cpu_ns();
@@ -241,21 +157,24 @@ int main(int argc, char **argv) {
         }
         pthread_t consumer;
         atomic_store(&running, 1);
-        if ((errno = pthread_create(&consumer, NULL, consume, NULL))) die("pthread_create");
+        if (!drain && (errno = pthread_create(&consumer, NULL, consume, NULL))) die("pthread_create");
         uint64_t t0 = now_ns(), c0 = thread_cpu_ns();
         ping_pong(fd, req, buf, sizeof buf, count, &seq);
         on_ns = now_ns() - t0;
         on_cpu = thread_cpu_ns() - c0;
         atomic_store(&running, 0);
-        pthread_join(consumer, NULL);
+        if (!drain) pthread_join(consumer, NULL);
         bpf_object__for_each_program(prog, obj) {
             struct bpf_prog_info info = {0};
             __u32 len = sizeof info;
             if (!bpf_obj_get_info_by_fd(bpf_program__fd(prog), &info, &len)) bpf_ns += info.run_time_ns;
         }
         for (int l = 0; l < n; l++) bpf_link__destroy(links[l]);
+        uint64_t d0 = thread_cpu_ns(), w0 = now_ns();
         ring_buffer__consume(ring);
         write_out();
+        drain_cpu = thread_cpu_ns() - d0;
+        drain_ns = now_ns() - w0;
     }
 
     struct stat st;
@@ -272,6 +191,7 @@ int main(int argc, char **argv) {
            count, count * 1e9 / off_ns, count * 1e9 / on_ns, ((double)on_ns - (double)off_ns) / events,
            ((double)on_cpu - (double)off_cpu) / events, (double)consumer_cpu_ns / events);
     if (stats) printf("\"bpfNsPerEvent\":%.1f,", (double)bpf_ns / events);
+    if (drain) printf("\"drainCpuNs\":%llu,\"drainNs\":%llu,", (unsigned long long)drain_cpu, (unsigned long long)drain_ns);
     printf("\"received\":%llu,\"dropped\":%llu}\n", (unsigned long long)received, (unsigned long long)dropped);
     return 0;
 }
