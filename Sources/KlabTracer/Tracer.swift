@@ -500,6 +500,17 @@ final class RecordSink: @unchecked Sendable {
         }
     }
 
+    /// Writes what is buffered so far (the writer's full chunks, then the partial one, which
+    /// stays in place and is written again, whole, when it is full), so that a reader of the
+    /// file sees every record taken until now.
+    func flush() {
+        lock.withLock {
+            if sealed { return }
+            queue.withLock { while !full.isEmpty { queue.wait() } }
+            writeThrough(chunk, used, at: offset)
+        }
+    }
+
     /// Writes what is buffered, waits for the writer, and ignores records from now on.
     func seal() {
         lock.withLock {
