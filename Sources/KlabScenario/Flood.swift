@@ -294,7 +294,7 @@ extension Play {
         defer { buf.deallocate() }
         var got = 0, calls = 0
         // Not MSG_DONTWAIT itself: naming it in a second file of this module makes a release
-        // (whole-module) build lose it in Scenario.swift (Swift 6.3).
+        // (whole-module) build lose it in ScenarioReader.swift (Swift 6.3).
         let dontWait = Reader.messageFlags["MSG_DONTWAIT"]!
         while got < total && !st.stop.load(ordering: .relaxed) {
             let r = retryingEINTR { busy ? recv(fd, buf, readSize, dontWait) : Glibc.read(fd, buf, readSize) }

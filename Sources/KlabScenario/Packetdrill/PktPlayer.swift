@@ -408,7 +408,7 @@ final class PktPlayer: @unchecked Sendable {
     /// After a failure: the blocking-call thread is told to stop, and woken from its call.
     func stopAfterFailure() {
         // SHUT_RDWR (2) by value: named in this file, which imports CKlabLinux, the release
-        // (whole-module) build imports glibc's constant as CKlabLinux's, and Scenario.swift's
+        // (whole-module) build imports glibc's constant as CKlabLinux's, and ScenarioReader.swift's
         // own use of SHUT_RDWR no longer finds it.
         for f in fds where !f.closed && f.kind == .socket { shutdown(f.liveFD, 2) }
         if sysState == .idle { sysState = .exiting }
