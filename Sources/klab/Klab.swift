@@ -23,7 +23,8 @@ struct Klab: ParsableCommand {
             (root, /dev/net/tun, BTF, tracefs, cgroup v2, BPF); 70 internal error; 130
             interrupted (Ctrl-C or SIGTERM).
             """),
-        subcommands: [Run.self, Validate.self, Trace.self, SchemaCommand.self, CheckCommand.self, ExportCommand.self, CompareSites.self, JourneyCommand.self, LatencyCommand.self, Bench.self])
+        subcommands: [Run.self, Validate.self, Trace.self, SchemaCommand.self, CheckCommand.self, ExportCommand.self, CompareSites.self, JourneyCommand.self, LatencyCommand.self, Bench.self,
+                      ReportCommand.self])
 
     /// The catalog checks itself before anything runs: a rule naming an event the catalog
     /// lacks is klab's own bug (exit 70), never a rule dropped in silence.
