@@ -28,8 +28,8 @@ struct ReportCommand: ParsableCommand {
 
             Exit status: 0 every run passed; 1 a run failed (a step, or a
             placement rule); 65 a folder could not be read (the others are still
-            reported); 64 bad command line; 73 --markdown or --json FILE cannot be
-            written.
+            reported; 65 wins over 1); 64 bad command line; 73 --markdown or --json
+            FILE cannot be written.
 
               klab run lab/scenarios/*.yaml --out /tmp/all
               klab report /tmp/all
