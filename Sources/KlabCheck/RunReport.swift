@@ -110,8 +110,10 @@ public struct RunReport: Codable, Sendable {
 
     /// `path` itself when it is a results folder (it has run.json); else the results folders
     /// below it (a results folder's own subfolders are not searched), or the problem.
-    static func folders(_ path: String) -> ([String], Problem?) {
+    static func folders(_ given: String) -> ([String], Problem?) {
         let fm = FileManager.default
+        var path = given
+        while path.count > 1 && path.hasSuffix("/") { path.removeLast() }
         var isDir: ObjCBool = false
         guard fm.fileExists(atPath: path, isDirectory: &isDir) else { return ([], Problem(folder: path, problem: "\(path): no such folder")) }
         guard isDir.boolValue else { return ([], Problem(folder: path, problem: "\(path): not a folder (give a results folder of klab run, or a folder of them)")) }
@@ -120,7 +122,7 @@ public struct RunReport: Codable, Sendable {
         func walk(_ dir: String, depth: Int) {
             guard depth < 8, let names = try? fm.contentsOfDirectory(atPath: dir) else { return }
             for name in names.sorted() where !name.hasPrefix(".") {
-                let sub = dir.hasSuffix("/") ? dir + name : "\(dir)/\(name)"
+                let sub = dir == "/" ? "/\(name)" : "\(dir)/\(name)"
                 var d: ObjCBool = false
                 guard fm.fileExists(atPath: sub, isDirectory: &d), d.boolValue else { continue }
                 if fm.fileExists(atPath: ResultsLayout(sub).header) { found.append(sub) } else { walk(sub, depth: depth + 1) }
