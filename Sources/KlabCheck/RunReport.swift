@@ -1,5 +1,6 @@
 import Foundation
 import KlabResults
+import KlabSchema
 
 /// `klab report`: many results folders (one machine's `klab run --out DIR`, or a Kubernetes
 /// Job's volume) summed up in one place. Each folder is read as klab run left it: run.json
@@ -156,9 +157,10 @@ extension RunReport.Run {
         approximate = h.events.filter { $0.placement == "approximate" }.count
         unavailable = h.events.filter { $0.site == nil }.map(\.name)
         rules = check.verdicts.map { v in
-            let e = logged[v.event]
-            // With --all-sites an event is also logged at less faithful sites than its own.
-            let placement = e?.site == v.site ? e!.placement : "approximate"
+            // The run's own word for its chosen site; with --all-sites an event is also logged
+            // at less faithful sites, which the catalog describes.
+            let placement = logged[v.event].flatMap { $0.site == v.site ? $0.placement : nil }
+                ?? Schema.event(named: v.event)?.sites.first { $0.name == v.site }.map { $0.exact ? "exact" : "approximate" } ?? "unknown site"
             return Rule(event: v.event, site: v.site, placement: placement, rule: v.rule, judged: v.judged, held: v.held,
                         not_judged: v.not_judged.values.reduce(0, +))
         }

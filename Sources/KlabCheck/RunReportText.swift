@@ -26,7 +26,7 @@ extension RunReport.Run {
 
 extension RunReport {
     var headline: String {
-        "\(totals.scenarios) results folders: \(totals.passed) passed, \(totals.failed) " + (totals.failed == 0 ? "failed" : "FAILED")
+        "\(totals.scenarios) results folder\(totals.scenarios == 1 ? "" : "s"): \(totals.passed) passed, \(totals.failed) " + (totals.failed == 0 ? "failed" : "FAILED")
             + (problems.isEmpty ? "" : "; \(problems.count) could not be read")
     }
     var kernelsText: String { totals.kernels.sorted { $0.key < $1.key }.map { "\($0.key) (\($0.value))" }.joined(separator: ", ") }

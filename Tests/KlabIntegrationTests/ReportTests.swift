@@ -154,7 +154,7 @@ struct ReportTests {
         #expect(lines.contains("klab report: \(file): not a folder (give a results folder of klab run, or a folder of them)"), "\(r.stderr)")
         #expect(lines.contains("klab report: \(nothing): no such folder"), "\(r.stderr)")
         // The good folder is still reported, and the bad ones are in the JSON too.
-        #expect(r.stdout.contains("PASS  icmp-echo") && r.stdout.contains("1 results folders: 1 passed, 0 failed; \(cases.count + 3) could not be read"), "\(r.stdout)")
+        #expect(r.stdout.contains("PASS  icmp-echo") && r.stdout.contains("1 results folder: 1 passed, 0 failed; \(cases.count + 3) could not be read"), "\(r.stdout)")
         let report = try json("\(dir)/report.json")
         #expect((report["runs"] as? [Any])?.count == 1 && (report["problems"] as? [Any])?.count == cases.count + 3)
 
