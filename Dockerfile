@@ -38,6 +38,8 @@ RUN apt-get update -q \
 COPY --from=build /out/klab /usr/local/bin/klab
 WORKDIR /klab
 COPY lab/scenarios lab/scenarios
+# The Kubernetes Job's command (lab/k8s/job.yaml): one scenario per index.
+COPY lab/k8s/run-index lab/k8s/run-index
 COPY lab/SCENARIOS.md lab/SCENARIOS.md
 ENTRYPOINT ["klab"]
 # By default the image is klab daemon, its socket on a volume the host mounts (-v

@@ -289,6 +289,32 @@ public struct ResultsFolder: Sendable {
                         wholeRecords: events.records)
     }
 
+    /// The first file whose size is not what run.json says the ended run wrote, found without
+    /// reading it: events.bin holds `records` whole records, capture.frames one entry per frame,
+    /// and capture.pcap at least their headers. A copy cut short (a volume copied off a cluster)
+    /// or a file from another run.
+    public func sizeProblems() -> [ResultsError] {
+        guard let records = header.records, let frames = header.capture?.frames else { return [] }
+        func size(_ file: String) -> Int? {
+            var st = stat()
+            return stat(file, &st) == 0 ? Int(st.st_size) : nil
+        }
+        var out: [ResultsError] = []
+        for (file, unit, count, what) in [(eventsFile, TraceEvent.recordSize, records, "records"), (framesFile, FrameTag.recordSize, frames, "frame entries")] {
+            guard let n = size(file) else { out.append(ResultsError(file, "missing: \(String(cString: strerror(errno)))")); continue }
+            if n != unit * count {
+                out.append(ResultsError(file, "\(n) bytes: \(n / unit) \(what)\(n % unit == 0 ? "" : " and a partial one"), but run.json says the run wrote \(count)"
+                                        + (n < unit * count ? ": cut short" : ": from another run")))
+            }
+        }
+        if let n = size(captureFile), n < 24 + 16 * frames {
+            out.append(ResultsError(captureFile, "\(n) bytes, too few for the \(frames) frames run.json says the run captured: cut short"))
+        } else if size(captureFile) == nil {
+            out.append(ResultsError(captureFile, "missing: \(String(cString: strerror(errno)))"))
+        }
+        return out
+    }
+
     private func checkEvents() throws {
         var st = stat()
         guard stat(eventsFile, &st) == 0 else { throw ResultsError(eventsFile, "missing: \(Errno.text(errno))") }
@@ -306,7 +332,7 @@ public struct ResultsFolder: Sendable {
                       tm.tm_sec, ns % 1_000_000_000)
     }
 
-    static func reason(_ error: Error) -> String {
+    public static func reason(_ error: Error) -> String {
         switch error {
         case DecodingError.keyNotFound(let key, let ctx):
             "no \((ctx.codingPath + [key]).map(\.stringValue).joined(separator: "."))"

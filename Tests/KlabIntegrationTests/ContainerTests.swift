@@ -75,6 +75,9 @@ struct ContainerTests {
             #expect(lines.count == 1 && lines[0].hasPrefix("klab: ") && lines[0].contains(hint), "without \(flag):\n\(w.stderr)")
             #expect(!FileManager.default.fileExists(atPath: "\(out)/results/tcp-handshake"), "without \(flag) klab made results")
         }
+
+        // The same image as lab/k8s/job.yaml's pods run it (KubernetesJobTests.swift).
+        try kubernetesJobRunsTwoIndices(image: image, dir: dir, cgroup2: cgroup2)
     }
 
     /// README's run line, one line each, as the Dockerfile's header must also give it.

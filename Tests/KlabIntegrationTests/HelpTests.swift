@@ -5,7 +5,8 @@ import Testing
 /// sentence breaks after one word, and every line fits the terminal.
 struct HelpTests {
     static let commands: [[String]] = [[], ["run"], ["validate"], ["trace"], ["schema"], ["check"], ["export"], ["compare-sites"],
-                                       ["journey"], ["latency"], ["bench"], ["bench", "tun-pingpong"], ["bench", "tracer"], ["bench", "check"]]
+                                       ["journey"], ["latency"], ["bench"], ["bench", "tun-pingpong"], ["bench", "tracer"], ["bench", "check"],
+                                       ["report"]]
 
     @Test(arguments: commands, [60, 80, 120])
     func helpFitsAndFlows(_ command: [String], _ columns: Int) throws {
