@@ -31,16 +31,8 @@ public final class LiveLab: @unchecked Sendable {
         var hosts: [LabHost] = []
         var built = false
         defer { if !built { for h in hosts { h.shutdown() } } }
-        var links: [Forwarder.Link] = []
         let recorder = try PacketRecorder(ResultsLayout(dir), snaplen: runner.snaplen ?? Runner.wireSnaplen, offsetNs: Clock.realtimeOffsetNs())
-        for spec in scenario.hosts {
-            let host = try LabHost(name: spec.name)
-            hosts.append(host)
-            let tun = try host.addLink(
-                name: "kl-\(spec.name)", address: spec.address, prefixLength: spec.prefixLength, mtu: spec.mtu,
-                route: Scenario.labPrefix, offload: scenario.wire.offload)
-            links.append(Forwarder.Link(name: spec.name, address: spec.address, tun: tun, index: recorder.addLink(tun, netns: host.netnsInode)))
-        }
+        let links = try Runner.wireHosts(scenario, recorder, into: &hosts)
         var lab = scenario
         lab.steps = []
         let play = Play(scenario: lab, hosts: hosts, wire: nil, directory: dir, log: runner.log)

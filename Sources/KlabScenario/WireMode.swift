@@ -267,6 +267,22 @@ final class Forwarder: @unchecked Sendable {
 }
 
 extension Runner {
+    /// A host (namespace + TUN link on the lab prefix) per `hosts:` entry, each link recorded
+    /// by `recorder`: the wire's links. Hosts go into `hosts` as they are made, so that the
+    /// caller removes those made before a failure.
+    static func wireHosts(_ scenario: Scenario, _ recorder: PacketRecorder, into hosts: inout [LabHost]) throws -> [Forwarder.Link] {
+        var links: [Forwarder.Link] = []
+        for spec in scenario.hosts {
+            let host = try LabHost(name: spec.name)
+            hosts.append(host)
+            let tun = try host.addLink(
+                name: "kl-\(spec.name)", address: spec.address, prefixLength: spec.prefixLength, mtu: spec.mtu,
+                route: Scenario.labPrefix, offload: scenario.wire.offload)
+            links.append(Forwarder.Link(name: spec.name, address: spec.address, tun: tun, index: recorder.addLink(tun, netns: host.netnsInode)))
+        }
+        return links
+    }
+
     /// Runs a wire-mode scenario: a host (namespace + TUN) per `hosts:` entry, the forwarder
     /// between them, capture of what each host sends (so each packet is in the file once),
     /// the tracer on every host's namespace, then the steps.
@@ -277,16 +293,8 @@ extension Runner {
         defer { if !started && fresh { try? FileManager.default.removeItem(atPath: dir) } }
         var hosts: [LabHost] = []
         defer { for h in hosts { h.shutdown() } }
-        var links: [Forwarder.Link] = []
         let recorder = try PacketRecorder(ResultsLayout(dir), snaplen: snaplen ?? Runner.wireSnaplen, offsetNs: Clock.realtimeOffsetNs())
-        for spec in scenario.hosts {
-            let host = try LabHost(name: spec.name)
-            hosts.append(host)
-            let tun = try host.addLink(
-                name: "kl-\(spec.name)", address: spec.address, prefixLength: spec.prefixLength, mtu: spec.mtu,
-                route: Scenario.labPrefix, offload: scenario.wire.offload)
-            links.append(Forwarder.Link(name: spec.name, address: spec.address, tun: tun, index: recorder.addLink(tun, netns: host.netnsInode)))
-        }
+        let links = try Runner.wireHosts(scenario, recorder, into: &hosts)
         let (tracer, tscHz) = try observe(scenario, hosts, recorder, dir)
         defer { tracer.close() }
         started = true
