@@ -9,6 +9,15 @@
 #     --cgroupns host -v /sys/fs/cgroup:/sys/fs/cgroup -v "$PWD/results:/klab/results" \
 #     klab run lab/scenarios/tcp-handshake.yaml --out results
 #
+# By default the image runs klab daemon, its socket on the /run/klab volume and its labs' and
+# runs' folders on /var/lib/klab; the host's klab (klab ls, klab run --daemon …) reaches it
+# through /run/klab/klab.sock, and docker stop (SIGTERM) takes its labs down:
+#
+#   docker run -d --name klab --cap-add NET_ADMIN,SYS_ADMIN,NET_RAW --device /dev/net/tun \
+#     -v /sys/kernel/btf:/sys/kernel/btf:ro -v /sys/kernel/tracing:/sys/kernel/tracing \
+#     --cgroupns host -v /sys/fs/cgroup:/sys/fs/cgroup \
+#     -v /run/klab:/run/klab -v /var/lib/klab:/var/lib/klab klab
+#
 # On a host whose cgroup2 is at /sys/fs/cgroup/unified (systemd's hybrid layout) mount that
 # instead: -v /sys/fs/cgroup/unified:/sys/fs/cgroup/unified. README "Running in a container"
 # says what each flag is for and what klab says when one is missing.
@@ -42,7 +51,6 @@ COPY lab/scenarios lab/scenarios
 COPY lab/k8s/run-index lab/k8s/run-index
 COPY lab/SCENARIOS.md lab/SCENARIOS.md
 ENTRYPOINT ["klab"]
-# By default the image is klab daemon, its socket on a volume the host mounts (-v
-# /run/klab:/run/klab) and its labs' and runs' folders under /klab/results.
-VOLUME ["/run/klab"]
-CMD ["daemon", "--socket", "/run/klab/klab.sock", "--data", "/klab/results"]
+# klab daemon's socket and data (its defaults), each on a volume the host mounts (header).
+VOLUME ["/run/klab", "/var/lib/klab"]
+CMD ["daemon"]
