@@ -81,6 +81,15 @@ extension ContainerTests {
         let outsider = try run("/usr/bin/setpriv", ["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--", klabBinary, "ls", "--socket", socket])
         #expect(outsider.status == 69 && outsider.stderr.split(separator: "\n").count == 1 && outsider.stderr.contains(socket), "an outsider: \(outsider.stderr)")
 
+        // A daemon starting on the host recovers the lab cgroups of dead klabs: the container's
+        // daemon, whose PID 1 means another process there, must not be taken for one.
+        let mine = try containerCgroups(in: cgroup2).filter { !before.contains($0) }
+        #expect(mine.count == 1, "the container's daemon's lab cgroup: \(mine)")
+        let host = try DaemonProcess.start()
+        host.stop()
+        #expect(mine.allSatisfy { !host.log().contains($0) }, "\(host.log())")
+        #expect(try klab(["ls", "--socket", socket]).status == 0, "the container's daemon is gone after a daemon started on the host:\n\(logs())")
+
         // A shipped scenario from the host, through the socket: it passes and its results
         // folder lands on the host, fetched into --out, and on the data volume.
         let out = "\(dir)/out"
