@@ -14,10 +14,15 @@ public enum API {
         /// into it as NAME.yaml:LINE:COLUMN.
         public var file: String
         public var content: String
-        /// `--set NAME=VALUE` overrides of the scenario's params:.
+        /// `--set NAME=VALUE` overrides of the scenario's params: (for a .pkt script, its
+        /// `-D NAME=VALUE` definitions).
         public var set: [String: String]?
-        public init(file: String, content: String, set: [String: String]? = nil) { (self.file, self.content, self.set) = (file, content, set) }
-        public static let keys: Set<String> = ["file", "content", "set"]
+        /// A .pkt script's packetdrill command-line options (klab run --pkt-option NAME[=VALUE]).
+        public var options: [String]?
+        public init(file: String, content: String, set: [String: String]? = nil, options: [String]? = nil) {
+            (self.file, self.content, self.set, self.options) = (file, content, set, options)
+        }
+        public static let keys: Set<String> = ["file", "content", "set", "options"]
     }
 
     public struct Host: Codable, Sendable {

@@ -22,7 +22,7 @@ final class State: @unchecked Sendable {
     private let runner: Runner
     private let lock = NSCondition()
     private var labs: [String: LabEntry] = [:]
-    private var queue: [(id: String, set: [String: String])] = []
+    private var queue: [(id: String, set: [String: String], options: [String])] = []
     private var runs: [String: API.Run] = [:]
     /// Where the runner's lines go: the current run's log.txt.
     private var transcript: FileHandle?
@@ -158,17 +158,17 @@ final class State: @unchecked Sendable {
     func submitRun(_ s: API.Submission) throws -> API.Run {
         let id = State.newID("run")
         let dir = runFolder(id)
-        let scenario: Scenario
-        do { scenario = try parse(s, into: "\(dir)/input") } catch {
+        let scenario: String
+        do { scenario = try parseRun(s, into: "\(dir)/input") } catch {
             try? FileManager.default.removeItem(atPath: dir)
             throw error
         }
-        let run = API.Run(id: id, scenario: scenario.name, state: .queued, failures: [], submitted: State.now(), finished: nil)
+        let run = API.Run(id: id, scenario: scenario, state: .queued, failures: [], submitted: State.now(), finished: nil)
         try lock.withLock {
             if closing { throw DaemonError.unavailable("the daemon is stopping") }
             try save(run)
             runs[id] = run
-            queue.append((id, s.set ?? [:]))
+            queue.append((id, s.set ?? [:], s.options ?? []))
             lock.signal()
         }
         return run
@@ -199,13 +199,13 @@ final class State: @unchecked Sendable {
             lock.lock()
             while queue.isEmpty && !closing { lock.wait() }
             if closing { lock.unlock(); return }
-            let (id, set) = queue.removeFirst()
+            let (id, set, options) = queue.removeFirst()
             lock.unlock()
-            play(id, set: set)
+            play(id, set: set, options: options)
         }
     }
 
-    private func play(_ id: String, set: [String: String]) {
+    private func play(_ id: String, set: [String: String], options: [String]) {
         let dir = runFolder(id)
         _ = FileManager.default.createFile(atPath: "\(dir)/log.txt", contents: nil)
         let log = FileHandle(forWritingAtPath: "\(dir)/log.txt")
@@ -220,20 +220,26 @@ final class State: @unchecked Sendable {
         var failures: [String] = []
         do {
             guard let file = inputs.first else { throw DaemonError.failed("the run's input is gone") }
-            let scenario = try Scenario.load("\(dir)/input/\(file)", set: set)
-            append("\(scenario.name) (\(file))")
-            let missing = scenario.cannotRun.map(\.description)
-            if !missing.isEmpty {
-                failures = missing
+            let outcome: Outcome?
+            let name: String
+            if file.hasSuffix(".pkt") {
+                let script = try PktParser.load("\(dir)/input/\(file)", defines: PktParser.ipv4Defines.merging(set) { $1 }, options: options)
+                append("\(script.name) (\(file), packetdrill script)")
+                (name, outcome) = (script.name, try runner.run(script, into: "\(dir)/results"))
             } else {
-                let outcome = try runner.run(scenario, into: "\(dir)/results")
+                let scenario = try Scenario.load("\(dir)/input/\(file)", set: set)
+                append("\(scenario.name) (\(file))")
+                failures = scenario.cannotRun.map(\.description)
+                (name, outcome) = (scenario.name, failures.isEmpty ? try runner.run(scenario, into: "\(dir)/results") : nil)
+            }
+            if let outcome {
                 let (check, timeline) = try Finish.run(ResultsFolder(outcome.directory))
                 append(timeline)
                 append("")
                 append(check.text())
                 failures = outcome.failures + check.failures
                 state = outcome.interrupted ? .interrupted : outcome.passed && check.violations == 0 ? .passed : .failed
-                append(state == .passed ? "\(scenario.name): PASSED" : "\(scenario.name): FAILED")
+                append(state == .passed ? "\(name): PASSED" : "\(name): FAILED")
             }
         } catch {
             failures.append("\(error)")
@@ -289,19 +295,43 @@ final class State: @unchecked Sendable {
 
     /// Writes the submitted file into `folder` and reads it as `klab run` reads files.
     private func parse(_ s: API.Submission, into folder: String) throws -> Scenario {
-        let name = s.file.split(separator: "/").last.map(String.init) ?? ""
-        guard !name.isEmpty, !name.hasPrefix("."), name.hasSuffix(".yaml") || name.hasSuffix(".yml") else {
-            throw DaemonError.bad("file must be the scenario's file name, ending .yaml or .yml (packetdrill scripts run with klab run, not through the daemon yet), not '\(s.file)'")
-        }
-        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
-        let path = "\(folder)/\(name)"
-        try Data(s.content.utf8).write(to: URL(fileURLWithPath: path))
+        let path = try save(s, into: folder, pkt: false)
         do {
             return try Scenario.load(path, set: s.set ?? [:])
         } catch {
             // Errors point at the file as the client named it.
             throw DaemonError.bad("\(error)".replacingOccurrences(of: path, with: s.file))
         }
+    }
+
+    /// A run's file: a scenario, or a packetdrill script (.pkt) read as `klab run` reads it.
+    /// Returns its name.
+    private func parseRun(_ s: API.Submission, into folder: String) throws -> String {
+        guard s.file.hasSuffix(".pkt") else {
+            if s.options != nil { throw DaemonError.bad("options are a packetdrill script's (.pkt); \(s.file) is a YAML scenario") }
+            return try parse(s, into: folder).name
+        }
+        let path = try save(s, into: folder, pkt: true)
+        do {
+            return try PktParser.load(path, defines: PktParser.ipv4Defines.merging(s.set ?? [:]) { $1 }, options: s.options ?? []).name
+        } catch {
+            throw DaemonError.bad("\(error)".replacingOccurrences(of: path, with: s.file))
+        }
+    }
+
+    /// Writes the submitted file into `folder` under its own name (without any folder part).
+    private func save(_ s: API.Submission, into folder: String, pkt: Bool) throws -> String {
+        let name = s.file.split(separator: "/").last.map(String.init) ?? ""
+        let yaml = name.hasSuffix(".yaml") || name.hasSuffix(".yml")
+        guard !name.isEmpty, !name.hasPrefix("."), yaml || (pkt && name.hasSuffix(".pkt")) else {
+            throw DaemonError.bad(name.hasSuffix(".pkt")
+                ? "a packetdrill script (\(s.file)) is run (POST /runs, klab run --daemon), not kept up as a lab"
+                : "file must be the scenario's file name, ending .yaml or .yml (or .pkt for a run of a packetdrill script), not '\(s.file)'")
+        }
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        let path = "\(folder)/\(name)"
+        try Data(s.content.utf8).write(to: URL(fileURLWithPath: path))
+        return path
     }
 
     static func newID(_ kind: String) -> String {

@@ -34,11 +34,11 @@ func blocking<T: Sendable>(_ body: @escaping @Sendable () async throws -> T) thr
 final class ResultBox<T>: @unchecked Sendable { var result: Result<T, Error>? }
 
 /// The scenario as the daemon takes it: the file's name and its text.
-func submission(_ file: String, set: [String: String]) throws -> API.Submission {
+func submission(_ file: String, set: [String: String], options: [String] = []) throws -> API.Submission {
     guard let content = try? String(contentsOfFile: file, encoding: .utf8) else {
         throw ValidationError("cannot read scenario file \(file): \(String(cString: strerror(errno)))")
     }
-    return API.Submission(file: file, content: content, set: set.isEmpty ? nil : set)
+    return API.Submission(file: file, content: content, set: set.isEmpty ? nil : set, options: options.isEmpty ? nil : options)
 }
 
 struct DaemonCommand: ParsableCommand {
@@ -221,8 +221,7 @@ extension Run {
         let set = try Run.parameters(parameters)
         var submitted: [API.Run] = []
         for f in files {
-            if f.hasSuffix(".pkt") { throw ValidationError("\(f): packetdrill scripts run with klab run, not through the daemon") }
-            let s = try submission(f, set: set)
+            let s = try submission(f, set: set, options: f.hasSuffix(".pkt") ? pktOptions : [])
             let r = try blocking { try await client.call(.POST, "/runs", API.Run.self, body: s) }
             say("\(f): queued as \(r.id) on \(client.socket)")
             submitted.append(r)

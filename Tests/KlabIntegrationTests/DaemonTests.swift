@@ -60,6 +60,35 @@ import Testing
         #expect(refused.status == 1 && refused.stderr.contains("\(bad):2:"), "\(refused.stderr)")
     }
 
+    /// `klab run --daemon foo.pkt`: a packetdrill script runs on the daemon as under klab run,
+    /// with its -D definitions (--set) and packetdrill options (--pkt-option); only the script
+    /// is sent, so files beside it are not there (its shell lines must not need them).
+    @Test func packetdrillScriptsRunThroughTheDaemon() throws {
+        guard Privileged.enabled else { return }
+        let d = try DaemonProcess.start()
+        defer { d.stop() }
+        let dir = try temporaryDirectory()
+        let defaults = try String(contentsOfFile: "\(packageRoot)/lab/packetdrill/defaults.sh", encoding: .utf8)
+            .split(separator: "\n").filter { !$0.hasPrefix("#") && !$0.isEmpty }.joined(separator: "\n")
+        let script = try String(contentsOfFile: "\(packageRoot)/lab/packetdrill/tcp-server.pkt", encoding: .utf8)
+            .replacingOccurrences(of: "`./defaults.sh`", with: "`\(defaults)`")
+        try Data(script.utf8).write(to: URL(fileURLWithPath: "\(dir)/tcp-server.pkt"))
+        let out = "\(dir)/out"
+        let r = try d.klab(["run", "--daemon", "\(dir)/tcp-server.pkt", "--pkt-option", "tolerance_usecs=100000", "--out", out])
+        #expect(r.status == 0, "\(r.stdout)\(r.stderr)")
+        #expect(r.stdout.contains("packetdrill script") && r.stdout.contains("PASS  tcp-server"), "\(r.stdout)")
+        for f in ["capture.pcap", "events.bin", "verdicts.json"] {
+            #expect(FileManager.default.fileExists(atPath: "\(out)/tcp-server/\(f)"), "\(f) missing in \(out)/tcp-server")
+        }
+        // A script that does not parse: refused at submission, pointing into the file.
+        try Data("0 socket(..., SOCK_STREAM, IPPROTO_TCP) = 3\n+0 bogus\n".utf8).write(to: URL(fileURLWithPath: "\(dir)/bad.pkt"))
+        let bad = try d.klab(["run", "--daemon", "\(dir)/bad.pkt", "--out", out])
+        #expect(bad.status == 2 && bad.stderr.contains("\(dir)/bad.pkt:3:1: error: parse error"), "\(bad.stderr)")
+        // A script is run, never kept up as a lab.
+        let up = try d.klab(["up", "\(dir)/tcp-server.pkt"])
+        #expect(up.status == 1 && up.stderr.contains("not kept up as a lab"), "\(up.stderr)")
+    }
+
     @Test func sigtermTearsDownEveryLabAndRemovesTheSocket() throws {
         guard Privileged.enabled else { return }
         let d = try DaemonProcess.start()
