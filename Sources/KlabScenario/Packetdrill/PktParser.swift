@@ -168,16 +168,22 @@ struct Parser {
 
     // MARK: Events
 
+    /// A time in a script, in seconds: a day, far past any script's length, and small enough
+    /// that a script's sum of them stays inside Int64 microseconds.
+    static let maxSeconds: Int64 = 86_400
+
     mutating func time() throws(ScenarioError) -> Int64 {
         let at = loc
         switch tok.kind {
         case .float(let f):
             _ = try advance()
             if f < 0 { throw semantic("negative time", at: at) }
+            if !(f <= Double(Parser.maxSeconds)) { throw semantic("time out of range: at most \(Parser.maxSeconds) s", at: at) }
             return Int64(f * 1e6)
         case .integer(let v):
             _ = try advance()
             if v < 0 { throw semantic("negative time", at: at) }
+            if v > Parser.maxSeconds { throw semantic("time out of range: at most \(Parser.maxSeconds) s", at: at) }
             return v * 1_000_000
         default: throw parseError("a time in seconds")
         }
