@@ -82,6 +82,6 @@ let package = Package(
         .testTarget(name: "KlabTracerTests", dependencies: ["KlabTracer", "KlabSchema"]),
         .testTarget(name: "KlabResultsTests", dependencies: ["KlabResults", "KlabSchema"]),
         .testTarget(name: "KlabScenarioTests", dependencies: ["KlabScenario"]),
-        .testTarget(name: "KlabIntegrationTests", dependencies: ["KlabPacket", "KlabCheck", "KlabSystem"]),
+        .testTarget(name: "KlabIntegrationTests", dependencies: ["KlabPacket", "KlabCheck", "KlabSystem", "CLibbpf"]),
     ]
 )

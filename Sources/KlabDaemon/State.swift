@@ -45,6 +45,9 @@ final class State: @unchecked Sendable {
         for sub in ["labs", "runs"] { try FileManager.default.createDirectory(atPath: "\(data)/\(sub)", withIntermediateDirectories: true) }
         let sink = TranscriptSink()
         runner = try makeRunner { line in sink.write(line) }
+        if let warm = runner.warm {
+            logger.notice("tracer loaded once: \(warm.selections.filter { $0.site != nil }.count) events from \(warm.kernelIDs.links.count) attached programs")
+        }
         sink.state = self
         for r in Recovery.runs(in: "\(data)/runs") { runs[r.id] = r }
         let t = Thread { [self] in work() }

@@ -65,6 +65,11 @@ struct DaemonCommand: ParsableCommand {
             DATA/runs/RUN/results. A run keeps running when its client goes away; an
             exec's command is stopped when its client goes away.
 
+            The tracer's programs are loaded and attached once, at start, with the
+            tracing options below (--cold-tracer: per run and lab instead); each lab and
+            run is then selected in them by its namespaces, with its own records, serial
+            numbers and lost-event count. `klab run --daemon` takes no tracing options.
+
             SIGTERM takes every lab down (stopping their commands), stops the run in
             progress at its next step (marked interrupted, as are the queued ones) and
             removes the socket file. After a kill -9, the next start removes what the
@@ -89,6 +94,9 @@ struct DaemonCommand: ParsableCommand {
 
     @OptionGroup(title: "Tracing") var tracing: TracingOptions
 
+    @Flag(name: .customLong("cold-tracer"), help: "Load the tracer's programs for each run and lab, as klab run does, instead of once at start (to compare start-up times).")
+    var coldTracer = false
+
     func run() throws {
         LoggingSystem.bootstrap { label in
             var h = StreamLogHandler.standardError(label: label)
@@ -99,7 +107,7 @@ struct DaemonCommand: ParsableCommand {
         let tracing = try self.tracing.config()
         do {
             try blocking {
-                try await daemon.run { log in try Runner(tracing: tracing, log: log) }
+                try await daemon.run { log in try Runner(tracing: tracing, warm: !coldTracer, log: log) }
             }
         } catch let e as ExitCode {
             throw e
@@ -217,6 +225,11 @@ extension Run {
     /// `klab run --daemon`: submits the files, waits for their runs, prints each run's log
     /// as it finishes and fetches its results folder into DIR/NAME.
     func runOnDaemon(base: String) throws {
+        // The daemon's tracer was loaded once, with the daemon's own options; a run cannot change them.
+        if tracing.level != "ip" || !tracing.toggles.isEmpty || !tracing.disabled.isEmpty || tracing.allSites {
+            throw ValidationError(
+                "--daemon: runs on the daemon log what the daemon's tracer logs (its --level, --events, --disable-backend and --all-sites, set when it started): start klab daemon with these options, or run without --daemon")
+        }
         let client = socket.client
         let set = try Run.parameters(parameters)
         var submitted: [API.Run] = []
