@@ -7,6 +7,9 @@ public enum API {
     public static let maxBody = 1 << 20
     /// A request whose body has not arrived whole after this long gets 408.
     public static let bodySeconds = 10
+    /// A request whose head (request line and headers) has not arrived whole this long after
+    /// its first byte gets 408 and the connection closes.
+    public static let headSeconds = 10
 
     /// A scenario submitted by content (POST /labs, POST /runs).
     public struct Submission: Codable, Sendable {
@@ -76,8 +79,11 @@ public enum API {
         /// RFC 3339.
         public let submitted: String
         public var finished: String?
-        public init(id: String, scenario: String, state: RunState, failures: [String], submitted: String, finished: String?) {
-            (self.id, self.scenario, self.state, self.failures, self.submitted, self.finished) = (id, scenario, state, failures, submitted, finished)
+        /// When a worker took it (RFC 3339, to the millisecond); with `finished`, this shows
+        /// which runs played side by side (klab daemon --jobs).
+        public var started: String?
+        public init(id: String, scenario: String, state: RunState, failures: [String], submitted: String, finished: String?, started: String? = nil) {
+            (self.id, self.scenario, self.state, self.failures, self.submitted, self.finished, self.started) = (id, scenario, state, failures, submitted, finished, started)
         }
     }
 

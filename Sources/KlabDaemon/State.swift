@@ -5,9 +5,10 @@ import KlabResults
 import KlabScenario
 import Logging
 
-/// What the daemon holds: its labs, and its runs with the one thread that plays them in
-/// turn (a run is a whole `klab run` of one scenario on a lab of its own). Everything that
-/// blocks (building a lab, a run) happens on threads of its own, never on the server's.
+/// What the daemon holds: its labs, and its runs with the worker threads that play them
+/// (`jobs` at once, in submission order; a run is a whole `klab run` of one scenario on a
+/// lab of its own, with a log of its own). Everything that blocks (building a lab, a run)
+/// happens on threads of its own, never on the server's.
 ///
 /// On disk, under the data folder:
 ///   labs/LAB/             a lab's results folder while it is up (removed with the lab)
@@ -24,11 +25,10 @@ final class State: @unchecked Sendable {
     private var labs: [String: LabEntry] = [:]
     private var queue: [(id: String, set: [String: String], options: [String])] = []
     private var runs: [String: API.Run] = [:]
-    /// Where the runner's lines go: the current run's log.txt.
-    private var transcript: FileHandle?
     private var closing = false
-    private var worker: Thread?
-    private let workerDone = DispatchSemaphore(value: 0)
+    /// Runs played at once, each by a worker thread of its own.
+    let jobs: Int
+    private let workers = DispatchGroup()
 
     final class LabEntry: @unchecked Sendable {
         let info: API.Lab
@@ -39,34 +39,23 @@ final class State: @unchecked Sendable {
     }
 
     /// Creates the lab cgroup (klab moves in) after checking what klab needs.
-    init(data: String, logger: Logger, makeRunner: (@escaping @Sendable (String) -> Void) throws -> Runner) throws {
+    init(data: String, jobs: Int = 1, logger: Logger, makeRunner: (@escaping @Sendable (String) -> Void) throws -> Runner) throws {
         self.data = data
+        self.jobs = max(1, jobs)
         self.logger = logger
         for sub in ["labs", "runs"] { try FileManager.default.createDirectory(atPath: "\(data)/\(sub)", withIntermediateDirectories: true) }
-        let sink = TranscriptSink()
-        runner = try makeRunner { line in sink.write(line) }
+        // The labs' lines go to the daemon's log; each run's go to its log.txt (play).
+        runner = try makeRunner { line in logger.info("\(line)") }
         if let warm = runner.warm {
             logger.notice("tracer loaded once: \(warm.selections.filter { $0.site != nil }.count) events from \(warm.kernelIDs.links.count) attached programs")
         }
-        sink.state = self
         for r in Recovery.runs(in: "\(data)/runs") { runs[r.id] = r }
-        let t = Thread { [self] in work() }
-        t.name = "klab-runs"
-        worker = t
-        t.start()
-    }
-
-    /// The runner's log sink; set once, before the worker starts.
-    final class TranscriptSink: @unchecked Sendable {
-        weak var state: State?
-        func write(_ line: String) { state?.append(line) }
-    }
-
-    private func append(_ line: String) {
-        lock.lock()
-        let t = transcript
-        lock.unlock()
-        t?.write(Data((line + "\n").utf8))
+        for n in 1...self.jobs {
+            workers.enter()
+            let t = Thread { [self] in work() }
+            t.name = "klab-runs-\(n)"
+            t.start()
+        }
     }
 
     var info: API.Info {
@@ -195,9 +184,9 @@ final class State: @unchecked Sendable {
         }
     }
 
-    /// The worker: one run at a time, in submission order, until the daemon stops.
+    /// A worker: one run at a time, the oldest queued first, until the daemon stops.
     private func work() {
-        defer { workerDone.signal() }
+        defer { workers.leave() }
         while true {
             lock.lock()
             while queue.isEmpty && !closing { lock.wait() }
@@ -212,12 +201,13 @@ final class State: @unchecked Sendable {
         let dir = runFolder(id)
         _ = FileManager.default.createFile(atPath: "\(dir)/log.txt", contents: nil)
         let log = FileHandle(forWritingAtPath: "\(dir)/log.txt")
-        lock.withLock { transcript = log }
-        defer {
-            lock.withLock { transcript = nil }
-            try? log?.close()
+        defer { try? log?.close() }
+        let append: (String) -> Void = { line in log?.write(Data((line + "\n").utf8)) }
+        let runner = self.runner.logging(to: append)
+        update(id) {
+            $0.state = .running
+            $0.started = State.now()
         }
-        update(id) { $0.state = .running }
         let inputs = (try? FileManager.default.contentsOfDirectory(atPath: "\(dir)/input")) ?? []
         var state = API.RunState.error
         var failures: [String] = []
@@ -263,7 +253,7 @@ final class State: @unchecked Sendable {
         if lock.withLock({ closing }) { throw DaemonError.unavailable("the daemon is stopping") }
     }
 
-    /// SIGTERM: no new labs or runs, the running run stops at its next step (and is marked
+    /// SIGTERM: no new labs or runs, the running runs stop at their next step (and are marked
     /// interrupted), queued runs are marked interrupted, every lab comes down.
     func shutdown() async {
         let (all, waiting): ([LabEntry], [String]) = lock.withLock {
@@ -285,10 +275,7 @@ final class State: @unchecked Sendable {
             try? FileManager.default.removeItem(atPath: entry.live.directory)
         }
         await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-            DispatchQueue.global().async { [self] in
-                workerDone.wait()
-                c.resume()
-            }
+            workers.notify(queue: .global()) { c.resume() }
         }
         runner.finish()
         logger.info("labs down, runs stopped")
@@ -342,7 +329,12 @@ final class State: @unchecked Sendable {
         return "\(kind)-" + String(repeating: "0", count: 8 - hex.count) + hex
     }
 
-    static func now() -> String { ISO8601DateFormatter().string(from: Date()) }
+    /// RFC 3339, to the millisecond.
+    static func now() -> String {
+        let f = ISO8601DateFormatter()
+        f.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+        return f.string(from: Date())
+    }
 }
 
 /// Runs blocking work (a lab, a run, a check) on a thread of its own, so the server's threads

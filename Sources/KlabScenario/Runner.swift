@@ -76,6 +76,14 @@ public final class Runner {
         cgroup.remove()
     }
 
+    /// The same runner (its lab cgroup, its tracer settings) writing its lines to `log`:
+    /// klab daemon gives each run it plays beside others a log of its own.
+    public func logging(to log: @escaping (String) -> Void) -> Runner { Runner(self, log: log) }
+
+    private init(_ runner: Runner, log: @escaping (String) -> Void) {
+        (cgroup, tracing, snaplen, warm, self.log) = (runner.cgroup, runner.tracing, runner.snaplen, runner.warm, log)
+    }
+
     public func run(_ scenario: Scenario, into dir: String) throws -> Outcome {
         // Nothing is built for a scenario this machine cannot run (see Scenario.cannotRun).
         if let missing = scenario.cannotRun.first { throw missing }
