@@ -89,7 +89,13 @@ public struct Daemon: Sendable {
         if let g = getgrnam(group) {
             if chown(path, 0, g.pointee.gr_gid) != 0 { logger.error("chown(\(path), root:\(group)): \(String(cString: strerror(errno)))") }
         } else {
-            logger.notice("no group '\(group)' on this machine: only root can use \(path) (groupadd --system \(group), then usermod -aG \(group) USER)")
+            var st = stat()
+            if stat(path, &st) == 0, st.st_gid != 0 {
+                // A set-group-ID folder gave it its group: a container's socket volume, whose host group the container may not name.
+                logger.notice("no group '\(group)' here: \(path) keeps gid \(st.st_gid), its folder's, whose members may use it")
+            } else {
+                logger.notice("no group '\(group)' on this machine: only root can use \(path) (groupadd --system \(group), then usermod -aG \(group) USER)")
+            }
         }
         if chmod(path, 0o660) != 0 { logger.error("chmod(\(path), 0660): \(String(cString: strerror(errno)))") }
     }

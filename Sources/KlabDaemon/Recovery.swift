@@ -12,7 +12,10 @@ import Logging
 enum Recovery {
     /// Stops the processes left in the lab cgroups of klab processes that no longer run
     /// (cgroup.kill), then removes those cgroups. Only cgroups named as klab names its own
-    /// (`klab-PID-START-TAG`) whose owner is gone are touched.
+    /// (`klab-PID-START-TAG`) whose owner is gone are touched, and only when every process
+    /// left in one is in this daemon's PID namespace: a klab in another one (a container's
+    /// seen from the host, the host's seen from a container, in the host's cgroup namespace)
+    /// looks dead from here, and its lab must not be killed.
     static func cgroups(logger: Logger) -> [String] {
         guard let root = Mounts.find(type: "cgroup2"), let names = try? FileManager.default.contentsOfDirectory(atPath: root) else { return [] }
         var removed: [String] = []
@@ -20,6 +23,8 @@ enum Recovery {
             guard let owner = LabCgroup.Owner(cgroupName: name), !owner.isAlive else { continue }
             let path = "\(root)/\(name)"
             let procs = (try? String(contentsOfFile: "\(path)/cgroup.procs", encoding: .utf8)) ?? ""
+            // A process of another PID namespace is listed as 0, or by a PID of that namespace.
+            guard procs.split(separator: "\n").allSatisfy({ pid_t($0).map(Recovery.inOurPIDNamespace) ?? false }) else { continue }
             if !procs.isEmpty {
                 logger.notice("stopping what a dead klab (pid \(owner.pid)) left running in \(path): pids \(procs.split(separator: "\n").joined(separator: " "))")
                 if FileManager.default.fileExists(atPath: "\(path)/cgroup.kill") {
@@ -29,10 +34,17 @@ enum Recovery {
                 }
             }
             // The kernel empties the cgroup as the processes exit.
-            for _ in 0..<200 where rmdir(path) != 0 && errno == EBUSY { usleep(10_000) }
+            for _ in 0..<(procs.isEmpty ? 1 : 200) where rmdir(path) != 0 && errno == EBUSY { usleep(10_000) }
             if !FileManager.default.fileExists(atPath: path) { removed.append(name) }
         }
         return removed
+    }
+
+    /// Whether process `pid` is in this process's PID namespace (/proc/PID/ns/pid).
+    static func inOurPIDNamespace(_ pid: pid_t) -> Bool {
+        var mine = stat(), its = stat()
+        guard pid > 0, stat("/proc/self/ns/pid", &mine) == 0, stat("/proc/\(pid)/ns/pid", &its) == 0 else { return false }
+        return mine.st_dev == its.st_dev && mine.st_ino == its.st_ino
     }
 
     /// The runs' states; those a dead daemon left queued or running become interrupted.
