@@ -152,6 +152,29 @@ public struct DaemonClient: Sendable {
         if !pending.isEmpty { try line(pending) }
     }
 
+    /// Reads a stream of server-sent events (GET /labs/{lab}/stream): `message` gets each
+    /// one's name and data as it arrives; comment lines are skipped. Returns when the daemon
+    /// ends the stream.
+    public func events(_ path: String, _ message: (String, Data) throws -> Void) async throws {
+        let response = try await send(.GET, path, timeout: nil)
+        var pending = Data(), name = "message", data = Data()
+        for try await chunk in response.body {
+            pending.append(contentsOf: chunk.readableBytesView)
+            while let nl = pending.firstIndex(of: UInt8(ascii: "\n")) {
+                let line = pending[pending.startIndex..<nl]
+                pending = Data(pending[(nl + 1)...])
+                if line.isEmpty {
+                    if !data.isEmpty { try message(name, data) }
+                    (name, data) = ("message", Data())
+                } else if line.starts(with: Array("event: ".utf8)) {
+                    name = String(decoding: line.dropFirst(7), as: UTF8.self)
+                } else if line.starts(with: Array("data: ".utf8)) {
+                    data.append(contentsOf: line.dropFirst(6))
+                }
+            }
+        }
+    }
+
     /// Writes the answer's body into `file` as it arrives.
     public func download(_ path: String, to file: String) async throws {
         let response = try await send(.GET, path, timeout: nil)

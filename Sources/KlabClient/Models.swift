@@ -64,6 +64,15 @@ public enum API {
         public init(output: String? = nil, exit_status: Int? = nil, signal: Int? = nil) { (self.output, self.exit_status, self.signal) = (output, exit_status, signal) }
     }
 
+    /// The last message of a lab's live stream (GET /labs/{id}/stream, `event: end`).
+    public struct StreamEnd: Codable, Sendable {
+        public let reason: String
+        /// lab_down or daemon_stopping.
+        public let cause: String
+        public static let labDown = "lab_down", daemonStopping = "daemon_stopping"
+        public init(reason: String, cause: String) { (self.reason, self.cause) = (reason, cause) }
+    }
+
     public enum RunState: String, Codable, Sendable {
         case queued, running, passed, failed, interrupted
         /// Could not start (a requirement missing, a lab that could not be built).

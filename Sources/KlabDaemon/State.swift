@@ -249,6 +249,9 @@ final class State: @unchecked Sendable {
 
     // MARK: Stopping
 
+    /// SIGTERM came: labs are coming down (live streams end).
+    var isClosing: Bool { lock.withLock { closing } }
+
     private func checkOpen() throws {
         if lock.withLock({ closing }) { throw DaemonError.unavailable("the daemon is stopping") }
     }

@@ -82,6 +82,7 @@ struct DaemonCommand: ParsableCommand {
               klab up lab/scenarios/wire-ping.yaml      a lab that stays up; prints its id last
               klab ls                                   the labs (--runs: the runs)
               klab exec LAB a -- ping -c 3 198.18.0.2   a command in host a; exits with its status
+              klab watch LAB icmp                       its packets and kernel events live
               klab check LAB                            placement verdicts of the lab so far
               klab down LAB                             takes the lab down
               klab run --daemon FILE… --out DIR         runs on the daemon, results into DIR
