@@ -62,12 +62,18 @@ import Testing
 
     @Test(arguments: cases)
     func rejectedWhereItIsWithBoundedMemory(_ c: Case) throws {
+        try expectRejected(c, as: "hostile.yaml")
+    }
+
+    /// `klab validate` on the case's file named `name`: exit 2, FILE:LINE:COLUMN and the
+    /// message, under the memory bound.
+    func expectRejected(_ c: Case, as name: String) throws {
         let dir = try temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let file = "\(dir)/hostile.yaml"
+        let file = "\(dir)/\(name)"
         try c.make(file)
         let r = try klabMeasured(["validate", file], in: dir)
-        #expect(r.status == 2, "\(r.stderr)")
+        #expect(r.status == 2, "\(r.stderr.prefix(500))")
         #expect(r.stderr.hasPrefix("\(file):\(c.at): error: "), "\(r.stderr.prefix(500))")
         #expect(r.stderr.contains(c.says), "\(r.stderr.prefix(500))")
         #expect(r.maxRSSKB < Self.memoryLimitKB, "peak RSS \(r.maxRSSKB) KB")
@@ -89,15 +95,7 @@ import Testing
 
     @Test(arguments: pktCases)
     func pktRejectedWhereItIsWithBoundedMemory(_ c: Case) throws {
-        let dir = try temporaryDirectory()
-        defer { try? FileManager.default.removeItem(atPath: dir) }
-        let file = "\(dir)/hostile.pkt"
-        try c.make(file)
-        let r = try klabMeasured(["validate", file], in: dir)
-        #expect(r.status == 2, "\(r.stderr.prefix(500))")
-        #expect(r.stderr.hasPrefix("\(file):\(c.at): error: "), "\(r.stderr.prefix(500))")
-        #expect(r.stderr.contains(c.says), "\(r.stderr.prefix(500))")
-        #expect(r.maxRSSKB < Self.memoryLimitKB, "peak RSS \(r.maxRSSKB) KB")
+        try expectRejected(c, as: "hostile.pkt")
     }
 
     /// The largest file the node limit lets through: 9,990 packet lines. It is read whole
