@@ -19,6 +19,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
         .package(url: "https://github.com/swift-server/async-http-client", from: "1.30.0"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.80.0"),
+        .package(url: "https://github.com/apple/swift-nio-extras", from: "1.20.0"),
     ],
     targets: [
         // C libraries, imported as they are (module.modulemap + shim.h each).
@@ -57,10 +58,11 @@ let package = Package(
         // klab daemon: labs, runs, exec and results over HTTP/JSON on a Unix socket (openapi.yaml).
         .target(
             name: "KlabDaemon",
-            dependencies: ["KlabScenario", "KlabCheck", "KlabResults", "KlabLab", "KlabSystem", "KlabClient",
+            dependencies: ["KlabScenario", "KlabCheck", "KlabResults", "KlabLab", "KlabSystem", "KlabTracer", "KlabClient",
                            .product(name: "Hummingbird", package: "hummingbird"),
                            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
-                           .product(name: "Logging", package: "swift-log"), .product(name: "NIOCore", package: "swift-nio")],
+                           .product(name: "Logging", package: "swift-log"), .product(name: "NIOCore", package: "swift-nio"),
+                           .product(name: "NIOHTTPTypes", package: "swift-nio-extras")],
             exclude: ["openapi.yaml"], swiftSettings: strict),
         // The client side of the daemon's API (the klab up/ls/exec/... commands use it).
         .target(name: "KlabClient", dependencies: [.product(name: "AsyncHTTPClient", package: "async-http-client"), .product(name: "NIOCore", package: "swift-nio"),
@@ -82,6 +84,6 @@ let package = Package(
         .testTarget(name: "KlabTracerTests", dependencies: ["KlabTracer", "KlabSchema"]),
         .testTarget(name: "KlabResultsTests", dependencies: ["KlabResults", "KlabSchema"]),
         .testTarget(name: "KlabScenarioTests", dependencies: ["KlabScenario"]),
-        .testTarget(name: "KlabIntegrationTests", dependencies: ["KlabPacket", "KlabCheck", "KlabSystem"]),
+        .testTarget(name: "KlabIntegrationTests", dependencies: ["KlabPacket", "KlabCheck", "KlabSystem", "CLibbpf"]),
     ]
 )

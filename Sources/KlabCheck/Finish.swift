@@ -154,15 +154,12 @@ struct Timeline {
 
     func render(_ h: RunHeader, _ j: Correlator.Counts) -> String {
         let startedNs = h.outcome?.started_ns ?? 0, links = h.capture?.links ?? []
-        func t(_ ns: UInt64) -> String { String(format: "%10.1f", Double(Int64(ns) - Int64(startedNs)) / 1000) }
+        func t(_ ns: UInt64) -> String { TimelineLine.time(ns, since: startedNs) }
         func ev(_ e: TraceEvent, matched: Bool = false) -> String {
-            var s = "\(e.name.padding(toLength: 22, withPad: " ", startingAt: 0)) cpu\(e.cpu) \(e.comm)[\(e.tid)]"
-            if e.sock != 0 { s += " sock \(e.sock)" }
-            if let p = e.endpoints { s += " \(p.source):\(p.sourcePort) > \(p.destination):\(p.destinationPort)" }
-            if e.probe == Schema.setState.id { s += " \(tcpStateName(e.arg0)) → \(tcpStateName(e.arg1))" }
-            if e.bytes > 0 { s += " \(e.bytes) bytes" }
-            if let p = e.packet, !matched { s += " (no wire match: \(p))" }
-            return s + "  [\(e.probeName)]"
+            TimelineLine.event(e.name, cpu: e.cpu, comm: e.comm, tid: e.tid, sock: e.sock == 0 ? nil : e.sock,
+                               endpoints: e.endpoints.map { "\($0.source):\($0.sourcePort) > \($0.destination):\($0.destinationPort)" },
+                               states: e.probe == Schema.setState.id ? (from: tcpStateName(e.arg0), to: tcpStateName(e.arg1)) : nil,
+                               bytes: e.bytes > 0 ? e.bytes : nil, note: matched ? nil : e.packet.map { "(no wire match: \($0))" }, probe: e.probeName)
         }
         var lines = [
             "\(h.scenario): \(j.frames) packets on the wire, \(j.events) kernel events "
@@ -174,9 +171,7 @@ struct Timeline {
             case .step(let s): lines.append("\(t(ns))  step  \(s.step) → \(s.result.split(separator: "\n").first ?? "")")
             case .event(let e): lines.append("\(t(ns))  event \(ev(e))")
             case .packet(let f, let list):
-                let text = f.summary
-                let link = links.count > 1 ? " \(links[f.link].device)" : ""
-                lines.append("\(t(ns))  wire  #\(f.number)\(link) \(f.toHost ? "to host  " : "from host") \(text)")
+                lines.append("\(t(ns))  " + TimelineLine.wire(number: f.number, link: links.count > 1 ? links[f.link].device : nil, toHost: f.toHost, packet: f.summary))
                 for e in list {
                     let d = Double(Int64(e.timeNs) - Int64(f.timeNs)) / 1000
                     lines.append(String(format: "            %+8.1f µs ", d) + ev(e, matched: true))

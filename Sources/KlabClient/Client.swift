@@ -3,10 +3,17 @@ import Foundation
 import NIOCore
 import NIOHTTP1
 
-/// A client of klab daemon's API over its Unix socket (AsyncHTTPClient's http+unix URLs).
+/// A client of klab daemon's API over its Unix socket (AsyncHTTPClient's http+unix URLs), or
+/// over its loopback TCP listener with a bearer token (klab daemon --listen).
 public struct DaemonClient: Sendable {
     public let socket: String
+    /// The TCP listener's URL (http://127.0.0.1:PORT), used instead of the socket.
+    public let base: String?
+    let token: String?
     public static let defaultSocket = "/run/klab/klab.sock"
+
+    /// Where the daemon is, as messages name it.
+    public var place: String { base ?? socket }
 
     /// `--socket`, else KLAB_SOCKET, else /run/klab/klab.sock.
     public static func socketPath(_ option: String?) -> String {
@@ -15,7 +22,12 @@ public struct DaemonClient: Sendable {
         return defaultSocket
     }
 
-    public init(socket: String) { self.socket = socket }
+    public init(socket: String) { (self.socket, self.base, self.token) = (socket, nil, nil) }
+
+    /// Over the TCP listener: every request carries `Authorization: Bearer token`.
+    public init(url: String, token: String?) {
+        (self.socket, self.base, self.token) = ("", url.hasSuffix("/") ? String(url.dropLast()) : url, token)
+    }
 
     /// What went wrong talking to the daemon, in one line.
     public struct Failure: Error, CustomStringConvertible {
@@ -70,14 +82,19 @@ public struct DaemonClient: Sendable {
     }
 
     func url(_ path: String) -> String {
-        "http+unix://" + (socket.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? socket) + path
+        if let base { return base + path }
+        return "http+unix://" + (socket.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? socket) + path
     }
 
     /// Sends a request; a 4xx or 5xx answer becomes a Failure with the daemon's message.
     public func send(_ method: Method, _ path: String, body: Data? = nil, timeout: TimeAmount? = .seconds(120)) async throws -> HTTPClientResponse {
-        try reachable()
+        if base == nil { try reachable() }
         var request = HTTPClientRequest(url: url(path))
         request.method = method.nio
+        if let base {
+            guard let token else { throw Failure("klab daemon at \(base) needs its bearer token: give --token-file PATH or set KLAB_TOKEN") }
+            request.headers.add(name: "Authorization", value: "Bearer \(token)")
+        }
         if let body {
             request.headers.add(name: "Content-Type", value: "application/json")
             request.body = .bytes(ByteBuffer(bytes: body))
@@ -86,7 +103,7 @@ public struct DaemonClient: Sendable {
         do {
             response = try await HTTPClient.shared.execute(request, deadline: timeout.map { .now() + $0 } ?? .distantFuture)
         } catch {
-            throw Failure("klab daemon at \(socket): \(error)")
+            throw Failure("klab daemon at \(place): \(error)")
         }
         if response.status.code >= 400 {
             let data = Data(try await response.body.collect(upTo: 1 << 20).readableBytesView)
@@ -104,7 +121,7 @@ public struct DaemonClient: Sendable {
         do {
             return try JSONDecoder().decode(T.self, from: bytes)
         } catch {
-            throw Failure("klab daemon at \(socket) answered \(path) with what klab cannot read: \(error)")
+            throw Failure("klab daemon at \(place) answered \(path) with what klab cannot read: \(error)")
         }
     }
 
@@ -133,6 +150,29 @@ public struct DaemonClient: Sendable {
             }
         }
         if !pending.isEmpty { try line(pending) }
+    }
+
+    /// Reads a stream of server-sent events (GET /labs/{lab}/stream): `message` gets each
+    /// one's name and data as it arrives; comment lines are skipped. Returns when the daemon
+    /// ends the stream.
+    public func events(_ path: String, _ message: (String, Data) throws -> Void) async throws {
+        let response = try await send(.GET, path, timeout: nil)
+        var pending = Data(), name = "message", data = Data()
+        for try await chunk in response.body {
+            pending.append(contentsOf: chunk.readableBytesView)
+            while let nl = pending.firstIndex(of: UInt8(ascii: "\n")) {
+                let line = pending[pending.startIndex..<nl]
+                pending = Data(pending[(nl + 1)...])
+                if line.isEmpty {
+                    if !data.isEmpty { try message(name, data) }
+                    (name, data) = ("message", Data())
+                } else if line.starts(with: Array("event: ".utf8)) {
+                    name = String(decoding: line.dropFirst(7), as: UTF8.self)
+                } else if line.starts(with: Array("data: ".utf8)) {
+                    data.append(contentsOf: line.dropFirst(6))
+                }
+            }
+        }
     }
 
     /// Writes the answer's body into `file` as it arrives.

@@ -7,6 +7,9 @@ public enum API {
     public static let maxBody = 1 << 20
     /// A request whose body has not arrived whole after this long gets 408.
     public static let bodySeconds = 10
+    /// A request whose head (request line and headers) has not arrived whole this long after
+    /// its first byte gets 408 and the connection closes.
+    public static let headSeconds = 10
 
     /// A scenario submitted by content (POST /labs, POST /runs).
     public struct Submission: Codable, Sendable {
@@ -14,10 +17,15 @@ public enum API {
         /// into it as NAME.yaml:LINE:COLUMN.
         public var file: String
         public var content: String
-        /// `--set NAME=VALUE` overrides of the scenario's params:.
+        /// `--set NAME=VALUE` overrides of the scenario's params: (for a .pkt script, its
+        /// `-D NAME=VALUE` definitions).
         public var set: [String: String]?
-        public init(file: String, content: String, set: [String: String]? = nil) { (self.file, self.content, self.set) = (file, content, set) }
-        public static let keys: Set<String> = ["file", "content", "set"]
+        /// A .pkt script's packetdrill command-line options (klab run --pkt-option NAME[=VALUE]).
+        public var options: [String]?
+        public init(file: String, content: String, set: [String: String]? = nil, options: [String]? = nil) {
+            (self.file, self.content, self.set, self.options) = (file, content, set, options)
+        }
+        public static let keys: Set<String> = ["file", "content", "set", "options"]
     }
 
     public struct Host: Codable, Sendable {
@@ -56,6 +64,15 @@ public enum API {
         public init(output: String? = nil, exit_status: Int? = nil, signal: Int? = nil) { (self.output, self.exit_status, self.signal) = (output, exit_status, signal) }
     }
 
+    /// The last message of a lab's live stream (GET /labs/{id}/stream, `event: end`).
+    public struct StreamEnd: Codable, Sendable {
+        public let reason: String
+        /// lab_down or daemon_stopping.
+        public let cause: String
+        public static let labDown = "lab_down", daemonStopping = "daemon_stopping"
+        public init(reason: String, cause: String) { (self.reason, self.cause) = (reason, cause) }
+    }
+
     public enum RunState: String, Codable, Sendable {
         case queued, running, passed, failed, interrupted
         /// Could not start (a requirement missing, a lab that could not be built).
@@ -71,8 +88,11 @@ public enum API {
         /// RFC 3339.
         public let submitted: String
         public var finished: String?
-        public init(id: String, scenario: String, state: RunState, failures: [String], submitted: String, finished: String?) {
-            (self.id, self.scenario, self.state, self.failures, self.submitted, self.finished) = (id, scenario, state, failures, submitted, finished)
+        /// When a worker took it (RFC 3339, to the millisecond); with `finished`, this shows
+        /// which runs played side by side (klab daemon --jobs).
+        public var started: String?
+        public init(id: String, scenario: String, state: RunState, failures: [String], submitted: String, finished: String?, started: String? = nil) {
+            (self.id, self.scenario, self.state, self.failures, self.submitted, self.finished, self.started) = (id, scenario, state, failures, submitted, finished, started)
         }
     }
 

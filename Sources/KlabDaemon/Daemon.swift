@@ -15,13 +15,17 @@ public struct Daemon: Sendable {
     public var data: String
     /// The socket's group, when it exists: its members may use the daemon.
     public var group: String
+    /// Runs played at once.
+    public var jobs: Int
+    /// Also serve on a loopback TCP port, with a bearer token.
+    public var listener: Listener?
     public var logger: Logger
 
     public static let defaultSocket = "/run/klab/klab.sock"
     public static let defaultData = "/var/lib/klab"
 
-    public init(socket: String = Daemon.defaultSocket, data: String = Daemon.defaultData, group: String = "klab", logger: Logger) {
-        (self.socket, self.data, self.group, self.logger) = (socket, data, group, logger)
+    public init(socket: String = Daemon.defaultSocket, data: String = Daemon.defaultData, group: String = "klab", jobs: Int = 1, listener: Listener? = nil, logger: Logger) {
+        (self.socket, self.data, self.group, self.jobs, self.listener, self.logger) = (socket, data, group, jobs, listener, logger)
     }
 
     /// Serves until SIGTERM or SIGINT, then takes every lab down, stops the runs and removes
@@ -41,20 +45,38 @@ public struct Daemon: Sendable {
         if try Recovery.socket(socket) { logger.notice("removed the socket file a stopped daemon left: \(socket)") }
         for name in Recovery.cgroups(logger: logger) { logger.notice("removed the lab cgroup a stopped klab left: \(name)") }
         for name in Recovery.labs(in: "\(data)/labs") { logger.notice("removed the folder of a lab a stopped daemon left: \(data)/labs/\(name)") }
+        let madeToken = Listener.tokenFile(socket: socket)
+        let token = try listener.map { try $0.token(made: madeToken) }
+        defer { if listener != nil && listener?.tokenFile == nil { unlink(madeToken) } }
 
-        let state = try State(data: data, logger: logger, makeRunner: makeRunner)
+        let state = try State(data: data, jobs: jobs, logger: logger, makeRunner: makeRunner)
         let socket = self.socket, group = self.group, logger = self.logger
         let app = Application(
             router: Routes.router(state),
-            server: .http1(configuration: .init(idleTimeout: .seconds(60))),
+            // HTTP/1.1: idle connections closed after 60 s, a slow request cut off (RequestDeadline).
+            server: .http1(configuration: .init(additionalChannelHandlers: [RequestDeadline()], idleTimeout: .seconds(60))),
             configuration: ApplicationConfiguration(address: .unixDomainSocket(path: socket), serverName: "klab"),
             onServerRunning: { _ in
                 Daemon.protect(socket, group: group, logger: logger)
-                logger.notice("klab daemon \(getpid()) serving \(socket), data in \(state.data)")
+                logger.notice("klab daemon \(getpid()) serving \(socket), data in \(state.data), \(state.jobs) run\(state.jobs == 1 ? "" : "s") at once")
             },
             logger: logger)
+        var servers: [any Service] = [app]
+        if let listener, let token {
+            let url = "http://\(listener.host.contains(":") ? "[\(listener.host)]" : listener.host)"
+            servers.append(Application(
+                responder: Listener.gate(Routes.router(state).buildResponder(), token: token),
+                server: .http1(configuration: .init(additionalChannelHandlers: [RequestDeadline()], idleTimeout: .seconds(60))),
+                configuration: ApplicationConfiguration(address: .hostname(listener.host, port: listener.port), serverName: "klab"),
+                onServerRunning: { channel in
+                    let port = channel.localAddress?.port ?? listener.port
+                    let where_ = listener.tokenFile.map { "in \($0)" } ?? "made now, in \(madeToken) (mode 0600, root only; it goes when the daemon stops)"
+                    logger.notice("klab daemon also serving \(url):\(port), Authorization: Bearer TOKEN, the token \(where_)")
+                },
+                logger: logger))
+        }
         let services = ServiceGroup(
-            services: [app, Teardown(state: state)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+            services: servers + [Teardown(state: state)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         defer {
             unlink(socket)
             logger.notice("klab daemon stopped; removed \(socket)")

@@ -30,6 +30,7 @@ enum Routes {
             return Response(status: .noContent)
         }
         router.get("/labs/:lab/check") { _, ctx in try json(try await state.check(ctx.parameters.require("lab"))) }
+        router.get("/labs/:lab/stream") { req, ctx in try await LiveStream.start(req, lab: ctx.parameters.require("lab"), state: state) }
         router.post("/labs/:lab/exec") { req, ctx in
             let entry = try state.lab(ctx.parameters.require("lab"))
             let e = try await decode(API.Exec.self, keys: API.Exec.keys, req, ctx)

@@ -5,9 +5,10 @@ import KlabResults
 import KlabScenario
 import Logging
 
-/// What the daemon holds: its labs, and its runs with the one thread that plays them in
-/// turn (a run is a whole `klab run` of one scenario on a lab of its own). Everything that
-/// blocks (building a lab, a run) happens on threads of its own, never on the server's.
+/// What the daemon holds: its labs, and its runs with the worker threads that play them
+/// (`jobs` at once, in submission order; a run is a whole `klab run` of one scenario on a
+/// lab of its own, with a log of its own). Everything that blocks (building a lab, a run)
+/// happens on threads of its own, never on the server's.
 ///
 /// On disk, under the data folder:
 ///   labs/LAB/             a lab's results folder while it is up (removed with the lab)
@@ -22,13 +23,12 @@ final class State: @unchecked Sendable {
     private let runner: Runner
     private let lock = NSCondition()
     private var labs: [String: LabEntry] = [:]
-    private var queue: [(id: String, set: [String: String])] = []
+    private var queue: [(id: String, set: [String: String], options: [String])] = []
     private var runs: [String: API.Run] = [:]
-    /// Where the runner's lines go: the current run's log.txt.
-    private var transcript: FileHandle?
     private var closing = false
-    private var worker: Thread?
-    private let workerDone = DispatchSemaphore(value: 0)
+    /// Runs played at once, each by a worker thread of its own.
+    let jobs: Int
+    private let workers = DispatchGroup()
 
     final class LabEntry: @unchecked Sendable {
         let info: API.Lab
@@ -39,31 +39,23 @@ final class State: @unchecked Sendable {
     }
 
     /// Creates the lab cgroup (klab moves in) after checking what klab needs.
-    init(data: String, logger: Logger, makeRunner: (@escaping @Sendable (String) -> Void) throws -> Runner) throws {
+    init(data: String, jobs: Int = 1, logger: Logger, makeRunner: (@escaping @Sendable (String) -> Void) throws -> Runner) throws {
         self.data = data
+        self.jobs = max(1, jobs)
         self.logger = logger
         for sub in ["labs", "runs"] { try FileManager.default.createDirectory(atPath: "\(data)/\(sub)", withIntermediateDirectories: true) }
-        let sink = TranscriptSink()
-        runner = try makeRunner { line in sink.write(line) }
-        sink.state = self
+        // The labs' lines go to the daemon's log; each run's go to its log.txt (play).
+        runner = try makeRunner { line in logger.info("\(line)") }
+        if let warm = runner.warm {
+            logger.notice("tracer loaded once: \(warm.selections.filter { $0.site != nil }.count) events from \(warm.kernelIDs.links.count) attached programs")
+        }
         for r in Recovery.runs(in: "\(data)/runs") { runs[r.id] = r }
-        let t = Thread { [self] in work() }
-        t.name = "klab-runs"
-        worker = t
-        t.start()
-    }
-
-    /// The runner's log sink; set once, before the worker starts.
-    final class TranscriptSink: @unchecked Sendable {
-        weak var state: State?
-        func write(_ line: String) { state?.append(line) }
-    }
-
-    private func append(_ line: String) {
-        lock.lock()
-        let t = transcript
-        lock.unlock()
-        t?.write(Data((line + "\n").utf8))
+        for n in 1...self.jobs {
+            workers.enter()
+            let t = Thread { [self] in work() }
+            t.name = "klab-runs-\(n)"
+            t.start()
+        }
     }
 
     var info: API.Info {
@@ -158,17 +150,17 @@ final class State: @unchecked Sendable {
     func submitRun(_ s: API.Submission) throws -> API.Run {
         let id = State.newID("run")
         let dir = runFolder(id)
-        let scenario: Scenario
-        do { scenario = try parse(s, into: "\(dir)/input") } catch {
+        let scenario: String
+        do { scenario = try parseRun(s, into: "\(dir)/input") } catch {
             try? FileManager.default.removeItem(atPath: dir)
             throw error
         }
-        let run = API.Run(id: id, scenario: scenario.name, state: .queued, failures: [], submitted: State.now(), finished: nil)
+        let run = API.Run(id: id, scenario: scenario, state: .queued, failures: [], submitted: State.now(), finished: nil)
         try lock.withLock {
             if closing { throw DaemonError.unavailable("the daemon is stopping") }
             try save(run)
             runs[id] = run
-            queue.append((id, s.set ?? [:]))
+            queue.append((id, s.set ?? [:], s.options ?? []))
             lock.signal()
         }
         return run
@@ -192,48 +184,55 @@ final class State: @unchecked Sendable {
         }
     }
 
-    /// The worker: one run at a time, in submission order, until the daemon stops.
+    /// A worker: one run at a time, the oldest queued first, until the daemon stops.
     private func work() {
-        defer { workerDone.signal() }
+        defer { workers.leave() }
         while true {
             lock.lock()
             while queue.isEmpty && !closing { lock.wait() }
             if closing { lock.unlock(); return }
-            let (id, set) = queue.removeFirst()
+            let (id, set, options) = queue.removeFirst()
             lock.unlock()
-            play(id, set: set)
+            play(id, set: set, options: options)
         }
     }
 
-    private func play(_ id: String, set: [String: String]) {
+    private func play(_ id: String, set: [String: String], options: [String]) {
         let dir = runFolder(id)
         _ = FileManager.default.createFile(atPath: "\(dir)/log.txt", contents: nil)
         let log = FileHandle(forWritingAtPath: "\(dir)/log.txt")
-        lock.withLock { transcript = log }
-        defer {
-            lock.withLock { transcript = nil }
-            try? log?.close()
+        defer { try? log?.close() }
+        let append: (String) -> Void = { line in log?.write(Data((line + "\n").utf8)) }
+        let runner = self.runner.logging(to: append)
+        update(id) {
+            $0.state = .running
+            $0.started = State.now()
         }
-        update(id) { $0.state = .running }
         let inputs = (try? FileManager.default.contentsOfDirectory(atPath: "\(dir)/input")) ?? []
         var state = API.RunState.error
         var failures: [String] = []
         do {
             guard let file = inputs.first else { throw DaemonError.failed("the run's input is gone") }
-            let scenario = try Scenario.load("\(dir)/input/\(file)", set: set)
-            append("\(scenario.name) (\(file))")
-            let missing = scenario.cannotRun.map(\.description)
-            if !missing.isEmpty {
-                failures = missing
+            let outcome: Outcome?
+            let name: String
+            if file.hasSuffix(".pkt") {
+                let script = try PktParser.load("\(dir)/input/\(file)", defines: PktParser.ipv4Defines.merging(set) { $1 }, options: options)
+                append("\(script.name) (\(file), packetdrill script)")
+                (name, outcome) = (script.name, try runner.run(script, into: "\(dir)/results"))
             } else {
-                let outcome = try runner.run(scenario, into: "\(dir)/results")
+                let scenario = try Scenario.load("\(dir)/input/\(file)", set: set)
+                append("\(scenario.name) (\(file))")
+                failures = scenario.cannotRun.map(\.description)
+                (name, outcome) = (scenario.name, failures.isEmpty ? try runner.run(scenario, into: "\(dir)/results") : nil)
+            }
+            if let outcome {
                 let (check, timeline) = try Finish.run(ResultsFolder(outcome.directory))
                 append(timeline)
                 append("")
                 append(check.text())
                 failures = outcome.failures + check.failures
                 state = outcome.interrupted ? .interrupted : outcome.passed && check.violations == 0 ? .passed : .failed
-                append(state == .passed ? "\(scenario.name): PASSED" : "\(scenario.name): FAILED")
+                append(state == .passed ? "\(name): PASSED" : "\(name): FAILED")
             }
         } catch {
             failures.append("\(error)")
@@ -250,11 +249,14 @@ final class State: @unchecked Sendable {
 
     // MARK: Stopping
 
+    /// SIGTERM came: labs are coming down (live streams end).
+    var isClosing: Bool { lock.withLock { closing } }
+
     private func checkOpen() throws {
         if lock.withLock({ closing }) { throw DaemonError.unavailable("the daemon is stopping") }
     }
 
-    /// SIGTERM: no new labs or runs, the running run stops at its next step (and is marked
+    /// SIGTERM: no new labs or runs, the running runs stop at their next step (and are marked
     /// interrupted), queued runs are marked interrupted, every lab comes down.
     func shutdown() async {
         let (all, waiting): ([LabEntry], [String]) = lock.withLock {
@@ -276,10 +278,7 @@ final class State: @unchecked Sendable {
             try? FileManager.default.removeItem(atPath: entry.live.directory)
         }
         await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-            DispatchQueue.global().async { [self] in
-                workerDone.wait()
-                c.resume()
-            }
+            workers.notify(queue: .global()) { c.resume() }
         }
         runner.finish()
         logger.info("labs down, runs stopped")
@@ -289,13 +288,7 @@ final class State: @unchecked Sendable {
 
     /// Writes the submitted file into `folder` and reads it as `klab run` reads files.
     private func parse(_ s: API.Submission, into folder: String) throws -> Scenario {
-        let name = s.file.split(separator: "/").last.map(String.init) ?? ""
-        guard !name.isEmpty, !name.hasPrefix("."), name.hasSuffix(".yaml") || name.hasSuffix(".yml") else {
-            throw DaemonError.bad("file must be the scenario's file name, ending .yaml or .yml (packetdrill scripts run with klab run, not through the daemon yet), not '\(s.file)'")
-        }
-        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
-        let path = "\(folder)/\(name)"
-        try Data(s.content.utf8).write(to: URL(fileURLWithPath: path))
+        let path = try save(s, into: folder, pkt: false)
         do {
             return try Scenario.load(path, set: s.set ?? [:])
         } catch {
@@ -304,12 +297,47 @@ final class State: @unchecked Sendable {
         }
     }
 
+    /// A run's file: a scenario, or a packetdrill script (.pkt) read as `klab run` reads it.
+    /// Returns its name.
+    private func parseRun(_ s: API.Submission, into folder: String) throws -> String {
+        guard s.file.hasSuffix(".pkt") else {
+            if s.options != nil { throw DaemonError.bad("options are a packetdrill script's (.pkt); \(s.file) is a YAML scenario") }
+            return try parse(s, into: folder).name
+        }
+        let path = try save(s, into: folder, pkt: true)
+        do {
+            return try PktParser.load(path, defines: PktParser.ipv4Defines.merging(s.set ?? [:]) { $1 }, options: s.options ?? []).name
+        } catch {
+            throw DaemonError.bad("\(error)".replacingOccurrences(of: path, with: s.file))
+        }
+    }
+
+    /// Writes the submitted file into `folder` under its own name (without any folder part).
+    private func save(_ s: API.Submission, into folder: String, pkt: Bool) throws -> String {
+        let name = s.file.split(separator: "/").last.map(String.init) ?? ""
+        let yaml = name.hasSuffix(".yaml") || name.hasSuffix(".yml")
+        guard !name.isEmpty, !name.hasPrefix("."), yaml || (pkt && name.hasSuffix(".pkt")) else {
+            throw DaemonError.bad(name.hasSuffix(".pkt")
+                ? "a packetdrill script (\(s.file)) is run (POST /runs, klab run --daemon), not kept up as a lab"
+                : "file must be the scenario's file name, ending .yaml or .yml (or .pkt for a run of a packetdrill script), not '\(s.file)'")
+        }
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        let path = "\(folder)/\(name)"
+        try Data(s.content.utf8).write(to: URL(fileURLWithPath: path))
+        return path
+    }
+
     static func newID(_ kind: String) -> String {
         let hex = String(UInt32.random(in: 0...UInt32.max), radix: 16)
         return "\(kind)-" + String(repeating: "0", count: 8 - hex.count) + hex
     }
 
-    static func now() -> String { ISO8601DateFormatter().string(from: Date()) }
+    /// RFC 3339, to the millisecond.
+    static func now() -> String {
+        let f = ISO8601DateFormatter()
+        f.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+        return f.string(from: Date())
+    }
 }
 
 /// Runs blocking work (a lab, a run, a check) on a thread of its own, so the server's threads

@@ -106,7 +106,14 @@ public final class PacketRecorder: @unchecked Sendable {
             defer { running = false }
             return running
         }
-        if was { writerDone.wait() } else if writerThread == nil { drain(final: true) }
+        if was {
+            writerDone.wait()
+            // The thread's closure holds the recorder: let both go, so that the capture files
+            // close (klab daemon leaked two fds and the buffers per run).
+            writerThread = nil
+        } else if writerThread == nil {
+            drain(final: true)
+        }
     }
 
     // MARK: Producers

@@ -68,25 +68,25 @@ public struct Journey: Codable {
 }
 
 /// One line of events.jsonl.
-public struct EventLine: Encodable {
-    struct PacketFields: Encodable {
-        let proto: UInt8
-        let src: String
-        let dst: String
-        let ip_id: UInt16
-        let df: Bool
-        let mf: Bool
-        let frag_offset: Int
-        let sport: UInt16?
-        let dport: UInt16?
-        let tcp_seq: UInt32?
-        let tcp_ack: UInt32?
-        let tcp_flags: String?
-        let length: UInt16
-        let icmp_type: UInt8?
-        let icmp_code: UInt8?
-        let icmp_id: UInt16?
-        let icmp_seq: UInt16?
+public struct EventLine: Codable, Sendable {
+    public struct PacketFields: Codable, Sendable {
+        public let proto: UInt8
+        public let src: String
+        public let dst: String
+        public let ip_id: UInt16
+        public let df: Bool
+        public let mf: Bool
+        public let frag_offset: Int
+        public let sport: UInt16?
+        public let dport: UInt16?
+        public let tcp_seq: UInt32?
+        public let tcp_ack: UInt32?
+        public let tcp_flags: String?
+        public let length: UInt16
+        public let icmp_type: UInt8?
+        public let icmp_code: UInt8?
+        public let icmp_id: UInt16?
+        public let icmp_seq: UInt16?
 
         init(_ p: PacketIdentity) {
             let tcp = p.proto == 6, icmp = p.proto == 1
@@ -104,39 +104,39 @@ public struct EventLine: Encodable {
             icmp_seq = icmp ? p.icmpSeq : nil
         }
     }
-    let t_ns: UInt64
-    let cycles: UInt64
-    let serial: UInt32
-    let cpu: UInt16
-    let pid: UInt32
-    let tid: UInt32
-    let comm: String
-    let netns: UInt32
-    let event: String
-    let level: String
-    let probe: String
-    let skb: String?
-    let sock: UInt64?
-    let skb_len: UInt32?
-    let ifindex: UInt32?
-    let packet: PacketFields?
-    let endpoints: PacketFields?
-    let mtu: UInt16?
-    let bytes: UInt64?
-    let ret: Int32?
-    let fd: Int32?
-    let tcp_state: [String]?
-    let socket: [String: Int32]?
-    let icmp_error: [String: Int32]?
-    let icmp_reply: [String: Int32]?
-    let wire_frame: Int?
+    public let t_ns: UInt64
+    public let cycles: UInt64
+    public let serial: UInt32
+    public let cpu: UInt16
+    public let pid: UInt32
+    public let tid: UInt32
+    public let comm: String
+    public let netns: UInt32
+    public let event: String
+    public let level: String
+    public let probe: String
+    public let skb: String?
+    public let sock: UInt64?
+    public let skb_len: UInt32?
+    public let ifindex: UInt32?
+    public let packet: PacketFields?
+    public let endpoints: PacketFields?
+    public let mtu: UInt16?
+    public let bytes: UInt64?
+    public let ret: Int32?
+    public let fd: Int32?
+    public let tcp_state: [String]?
+    public let socket: [String: Int32]?
+    public let icmp_error: [String: Int32]?
+    public let icmp_reply: [String: Int32]?
+    public let wire_frame: Int?
     /// sock_owned_by_user() when the probe ran (tcp:tcp_probe, cgroup_skb/ingress on TCP).
-    let sk_owned_by_user: Bool?
+    public let sk_owned_by_user: Bool?
     /// "softirq" or "task": the context the probe ran in.
-    let context: String?
+    public let context: String?
     /// SKB_DROP: the kernel's drop reason (its name on this kernel) and the code that dropped it.
-    let drop_reason: String?
-    let drop_location: String?
+    public let drop_reason: String?
+    public let drop_location: String?
 
     public init(_ e: TraceEvent, frame: Int?, tscHz: Double, dropReasons: [Int32: String] = [:]) {
         (t_ns, serial, cpu, pid, tid, comm, netns) = (e.timeNs, e.serial, e.cpu, e.pid, e.tid, e.comm, e.netns)

@@ -233,16 +233,27 @@ private final class FrameDecoder {
             cutShort = CutShort(file: "capture.frames", byte: tags.cut?.offset ?? tags.offset, what: "the entry of frame \(n)", wholeRecords: count)
             return nil
         }
-        guard link < linkCount else { throw ResultsError(tags.path, "frame \(n): link \(link), but the run captured \(linkCount) links") }
-        guard let fate = Fate(rawValue: fateByte) else { throw ResultsError(tags.path, "frame \(n): unknown fate \(fateByte)") }
+        let frame = try Frame(number: n, realtimeNs: ts, length: len, bytes: bytes, link: link, tag: tag, fate: fateByte, id: id, offsetNs: offsetNs,
+                              linkCount: linkCount, tags: tags.path)
         count = n
         last = ts
+        return frame
+    }
+}
+
+extension Frame {
+    /// A frame from its pcap record and its capture.frames entry (link, tag, fate, id).
+    init(number n: Int, realtimeNs ts: UInt64, length: Int, bytes: [UInt8], link: Int, tag: UInt8, fate fateByte: UInt8, id: UInt64,
+         offsetNs: Int64, linkCount: Int, tags: String) throws {
+        guard link < linkCount else { throw ResultsError(tags, "frame \(n): link \(link), but the run captured \(linkCount) links") }
+        guard let fate = Fate(rawValue: fateByte) else { throw ResultsError(tags, "frame \(n): unknown fate \(fateByte)") }
         let (identity, ipLength) = bytes.withUnsafeBytes { b -> (PacketIdentity?, Int) in
             guard let v = IPv4View(b) else { return (nil, 0) }
             return (PacketIdentity(v), Int(v.totalLength))
         }
-        return Frame(number: n, realtimeNs: ts, timeNs: UInt64(Int64(ts) - offsetNs), link: link, toHost: tag & FrameTag.intoHost != 0,
-                     fate: fate, duplicate: tag & FrameTag.duplicate != 0, forwarded: tag & FrameTag.forwarded != 0, packetID: id, identity: identity, ipLength: ipLength, length: len, bytes: bytes)
+        self.init(number: n, realtimeNs: ts, timeNs: UInt64(Int64(ts) - offsetNs), link: link, toHost: tag & FrameTag.intoHost != 0,
+                  fate: fate, duplicate: tag & FrameTag.duplicate != 0, forwarded: tag & FrameTag.forwarded != 0, packetID: id, identity: identity,
+                  ipLength: ipLength, length: length, bytes: bytes)
     }
 }
 

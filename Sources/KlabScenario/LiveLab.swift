@@ -80,6 +80,10 @@ public final class LiveLab: @unchecked Sendable {
         tracer.flush()
     }
 
+    /// Writes the records the tracer has taken so far to events.bin, without waiting for its
+    /// next drain: klab daemon's live stream does so every few ms while it reads the folder.
+    public func flushRecords() { tracer.flush() }
+
     /// Stops the wire, the capture and the tracer, writes the run's header with what was
     /// recorded (the folder stays readable by klab check), and removes the hosts. Once only.
     public func close() {

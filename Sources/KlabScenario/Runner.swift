@@ -48,6 +48,9 @@ public final class Runner {
     /// Bytes of each packet the capture keeps; nil: the mode's default.
     let snaplen: Int?
     let log: (String) -> Void
+    /// The tracer's programs, loaded once for every run and lab of this runner (klab daemon);
+    /// nil: each run loads its own.
+    public let warm: WarmTracer?
 
     /// What the capture keeps of each packet in wire mode unless told otherwise: every
     /// header and the start of the payload (whole packets at full speed cost disk and speed).
@@ -55,17 +58,31 @@ public final class Runner {
     static let whole = 262_144
 
     /// Creates the lab cgroup and moves klab into it; it goes when the runner does, or at
-    /// `finish` (call it before exit(), which frees nothing).
-    public init(tracing: TracerConfig = TracerConfig(), snaplen: Int? = nil, log: @escaping (String) -> Void) throws {
+    /// `finish` (call it before exit(), which frees nothing). `warm`: load and attach the
+    /// tracer's programs now, once, and select each run's or lab's namespaces in them.
+    public init(tracing: TracerConfig = TracerConfig(), snaplen: Int? = nil, warm: Bool = false, log: @escaping (String) -> Void) throws {
         _ = try tracing.events()  // a bad --events fails before anything is created
         try Preflight.check()
         cgroup = try LabCgroup()
         self.tracing = tracing
         self.snaplen = snaplen.map { $0 == 0 ? Runner.whole : $0 }
         self.log = log
+        self.warm = warm ? try WarmTracer(config: tracing, cgroup: cgroup) : nil
     }
 
-    public func finish() { cgroup.remove() }
+    /// Frees the warm tracer (its programs detached) and removes the lab cgroup.
+    public func finish() {
+        warm?.close()
+        cgroup.remove()
+    }
+
+    /// The same runner (its lab cgroup, its tracer settings) writing its lines to `log`:
+    /// klab daemon gives each run it plays beside others a log of its own.
+    public func logging(to log: @escaping (String) -> Void) -> Runner { Runner(self, log: log) }
+
+    private init(_ runner: Runner, log: @escaping (String) -> Void) {
+        (cgroup, tracing, snaplen, warm, self.log) = (runner.cgroup, runner.tracing, runner.snaplen, runner.warm, log)
+    }
 
     public func run(_ scenario: Scenario, into dir: String) throws -> Outcome {
         // Nothing is built for a scenario this machine cannot run (see Scenario.cannotRun).
@@ -103,13 +120,14 @@ public final class Runner {
             startedNs: startedNs, unexpected: wire.leftovers().count)
     }
 
-    /// Attaches the tracer to the hosts' namespaces, reads the TSC rate, writes the run's
+    /// Attaches the tracer to the hosts' namespaces (or selects them in the warm tracer), reads the TSC rate, writes the run's
     /// header (run.json: a run that crashes leaves a folder klab check can read), and starts
     /// the recorder and the tracer. The caller closes the tracer.
     func observe(_ scenario: Scenario, _ hosts: [LabHost], _ recorder: PacketRecorder, _ dir: String) throws -> (Tracer, tscHz: Double) {
         let layout = ResultsLayout(dir)
-        let tracer = try Tracer(
-            config: tracing, namespaces: hosts.map { ($0.netnsCookie, $0.netnsInode) }, cgroup: cgroup, rawPath: layout.events)
+        let namespaces = hosts.map { (cookie: $0.netnsCookie, inode: $0.netnsInode) }
+        let tracer = try warm?.select(namespaces: namespaces, rawPath: layout.events)
+            ?? Tracer(config: tracing, namespaces: namespaces, cgroup: cgroup, rawPath: layout.events)
         let tscHz = Clock.tscHz()
         try ResultsLayout.writeJSON(header(scenario, hosts, tracer, recorder, tscHz), to: layout.header)
         recorder.start()

@@ -22,7 +22,7 @@ public enum ScenarioFile {
 
     /// The file's text, read with a bounded read loop after checking that it is a regular file
     /// (a FIFO, a directory or /dev/zero never ends or never starts), then checked to be UTF-8.
-    /// (A `.pkt` reader can use this too.)
+    /// The YAML reader and the `.pkt` reader both read through here.
     public static func read(_ path: String) throws(ScenarioError) -> String {
         let top = SourceLocation(file: path, line: 1, column: 1)
         // O_NONBLOCK: opening a FIFO with no writer would wait forever before fstat can say what it is.
@@ -40,7 +40,7 @@ public enum ScenarioFile {
         case S_IFSOCK: "a socket"
         default: "not a regular file"
         }
-        if let kind { throw ScenarioError(top, "\(path) is \(kind): a scenario is a regular file of YAML text") }
+        if let kind { throw ScenarioError(top, "\(path) is \(kind): a scenario is a regular file of text (YAML, or packetdrill's .pkt)") }
 
         var bytes = [UInt8](repeating: 0, count: min(Int(st.st_size), maxBytes) + 1)
         var count = 0
@@ -69,12 +69,12 @@ public enum ScenarioFile {
         while true {
             switch decoder.decode(&it) {
             case .scalarValue(let s) where s.value == 0:
-                throw ScenarioError(location(of: offset, in: bytes, file: file), "a NUL byte: this is a binary file, not a scenario (UTF-8 YAML text)")
+                throw ScenarioError(location(of: offset, in: bytes, file: file), "a NUL byte: this is a binary file, not a scenario (UTF-8 text)")
             case .scalarValue(let s): offset += UTF8.width(s)
             case .emptyInput: return String(decoding: bytes, as: UTF8.self)
             case .error:
                 throw ScenarioError(location(of: offset, in: bytes, file: file),
-                                    "invalid UTF-8 (byte 0x\(String(bytes[offset], radix: 16, uppercase: true))): a scenario is UTF-8 YAML text")
+                                    "invalid UTF-8 (byte 0x\(String(bytes[offset], radix: 16, uppercase: true))): a scenario is UTF-8 text")
             }
         }
     }

@@ -5,12 +5,40 @@ import KlabDaemon
 import KlabScenario
 import Logging
 
-/// `--socket` for the client commands: then KLAB_SOCKET, then /run/klab/klab.sock.
+/// Where the client commands find klab daemon: --socket, --url, then $KLAB_URL, then
+/// $KLAB_SOCKET, then /run/klab/klab.sock. Over a URL, the token from --token-file or $KLAB_TOKEN.
 struct SocketOption: ParsableArguments {
     @Option(help: ArgumentHelp("klab daemon's socket (default: $KLAB_SOCKET, else \(DaemonClient.defaultSocket)).", valueName: "path"))
     var socket: String?
 
-    var client: DaemonClient { DaemonClient(socket: DaemonClient.socketPath(socket)) }
+    @Option(help: ArgumentHelp(
+        "klab daemon's loopback TCP listener (klab daemon --listen), instead of the socket (default: $KLAB_URL). Needs its token.",
+        valueName: "http://127.0.0.1:port"))
+    var url: String?
+
+    @Option(help: ArgumentHelp("A file holding the listener's bearer token (default: the token in $KLAB_TOKEN).", valueName: "path"))
+    var tokenFile: String?
+
+    func validate() throws {
+        if socket != nil && url != nil { throw ValidationError("give --socket or --url, not both") }
+        if let url, !url.hasPrefix("http://") { throw ValidationError("--url takes http://HOST:PORT (klab daemon --listen), not '\(url)'") }
+        if let tokenFile, (try? String(contentsOfFile: tokenFile, encoding: .utf8)) == nil {
+            throw ValidationError("cannot read --token-file \(tokenFile): \(String(cString: strerror(errno)))")
+        }
+    }
+
+    var client: DaemonClient {
+        let env = ProcessInfo.processInfo.environment
+        guard socket == nil, let url = url ?? env["KLAB_URL"].flatMap({ $0.isEmpty ? nil : $0 }) else {
+            return DaemonClient(socket: DaemonClient.socketPath(socket))
+        }
+        let token = tokenFile.flatMap { try? String(contentsOfFile: $0, encoding: .utf8) } ?? env["KLAB_TOKEN"]
+        return DaemonClient(url: url, token: token?.trimmingCharacters(in: .whitespacesAndNewlines).nonEmpty)
+    }
+}
+
+extension String {
+    var nonEmpty: String? { isEmpty ? nil : self }
 }
 
 /// Runs async client code from a synchronous command; a daemon's refusal or an unreachable
@@ -34,11 +62,11 @@ func blocking<T: Sendable>(_ body: @escaping @Sendable () async throws -> T) thr
 final class ResultBox<T>: @unchecked Sendable { var result: Result<T, Error>? }
 
 /// The scenario as the daemon takes it: the file's name and its text.
-func submission(_ file: String, set: [String: String]) throws -> API.Submission {
+func submission(_ file: String, set: [String: String], options: [String] = []) throws -> API.Submission {
     guard let content = try? String(contentsOfFile: file, encoding: .utf8) else {
         throw ValidationError("cannot read scenario file \(file): \(String(cString: strerror(errno)))")
     }
-    return API.Submission(file: file, content: content, set: set.isEmpty ? nil : set)
+    return API.Submission(file: file, content: content, set: set.isEmpty ? nil : set, options: options.isEmpty ? nil : options)
 }
 
 struct DaemonCommand: ParsableCommand {
@@ -54,6 +82,7 @@ struct DaemonCommand: ParsableCommand {
               klab up lab/scenarios/wire-ping.yaml      a lab that stays up; prints its id last
               klab ls                                   the labs (--runs: the runs)
               klab exec LAB a -- ping -c 3 198.18.0.2   a command in host a; exits with its status
+              klab watch LAB icmp                       its packets and kernel events live
               klab check LAB                            placement verdicts of the lab so far
               klab down LAB                             takes the lab down
               klab run --daemon FILE… --out DIR         runs on the daemon, results into DIR
@@ -61,18 +90,34 @@ struct DaemonCommand: ParsableCommand {
             A lab is a scenario's hosts: and wire: (its steps are not played): each host
             a network namespace, klab's wire between their TUN links, the capture and the
             tracer writing the lab's results folder (DATA/labs/LAB) until it comes down.
-            Runs are queued and played one at a time, each on a lab of its own, into
-            DATA/runs/RUN/results. A run keeps running when its client goes away; an
+            Runs are queued and played --jobs at a time (one by default), each on a lab
+            of its own, into DATA/runs/RUN/results, with its own log (DATA/runs/RUN/
+            log.txt). A run keeps running when its client goes away; an
             exec's command is stopped when its client goes away.
 
-            SIGTERM takes every lab down (stopping their commands), stops the run in
-            progress at its next step (marked interrupted, as are the queued ones) and
+            The tracer's programs are loaded and attached once, at start, with the
+            tracing options below (--cold-tracer: per run and lab instead); each lab and
+            run is then selected in them by its namespaces, with its own records, serial
+            numbers and lost-event count. `klab run --daemon` takes no tracing options.
+
+            SIGTERM takes every lab down (stopping their commands), stops the runs in
+            progress at their next step (marked interrupted, as are the queued ones) and
             removes the socket file. After a kill -9, the next start removes what the
             old daemon left: the socket file, its lab cgroup and the commands still in
             it, its labs' folders; its unfinished runs are marked interrupted.
 
-            Requests: bodies of at most 1 MiB (413), whole within 10 s (408), JSON
-            objects with known fields only (400). The API is in
+            --listen 127.0.0.1:PORT serves the same API on a loopback TCP port too,
+            every request with Authorization: Bearer TOKEN (401 without it or with
+            another); the clients then take --url http://127.0.0.1:PORT with
+            --token-file FILE, or $KLAB_URL with $KLAB_TOKEN:
+
+              sudo klab daemon --listen 127.0.0.1:7001   (the token in /run/klab/klab.token)
+              sudo cp /run/klab/klab.token ~/.klab-token; sudo chown $USER ~/.klab-token
+              klab ls --url http://127.0.0.1:7001 --token-file ~/.klab-token
+
+            Requests: a head whole within 10 s of its first byte, a body within 10 s of
+            the head (else 408, and the connection closes), bodies of at most 1 MiB (413),
+            JSON objects with known fields only (400). The API is in
             Sources/KlabDaemon/openapi.yaml; curl speaks it too:
 
               curl --unix-socket /run/klab/klab.sock http://klab/labs
@@ -87,7 +132,30 @@ struct DaemonCommand: ParsableCommand {
     @Option(help: ArgumentHelp("The socket's group, when it exists.", valueName: "name"))
     var group = "klab"
 
+    @Option(help: ArgumentHelp(
+        "Runs played at once, each on a lab of its own (namespaces, tracer, results, log). 1 by default: a run then times the kernel as a standalone klab run does, while runs side by side share the CPUs and disturb each other's latencies. Raise it for throughput (CI, many short runs), up to the number of CPUs.",
+        valueName: "n"))
+    var jobs = 1
+
+    @Option(help: ArgumentHelp(
+        "Also serve the API on this loopback TCP address (127.0.0.1:PORT, [::1]:PORT; port 0: any free one, logged), every request with Authorization: Bearer TOKEN.",
+        valueName: "host:port"))
+    var listen: String?
+
+    @Option(help: ArgumentHelp(
+        "The listener's token: a file of root's, mode 0600 (checked). Without it the daemon makes one and writes it beside the socket (klab.token, mode 0600), and says so in its log.",
+        valueName: "path"))
+    var tokenFile: String?
+
     @OptionGroup(title: "Tracing") var tracing: TracingOptions
+
+    @Flag(name: .customLong("cold-tracer"), help: "Load the tracer's programs for each run and lab, as klab run does, instead of once at start (to compare start-up times).")
+    var coldTracer = false
+
+    func validate() throws {
+        if !(1...256).contains(jobs) { throw ValidationError("--jobs takes 1 to 256 runs at once, not \(jobs)") }
+        if tokenFile != nil && listen == nil { throw ValidationError("--token-file is the --listen listener's token: give --listen too") }
+    }
 
     func run() throws {
         LoggingSystem.bootstrap { label in
@@ -95,11 +163,18 @@ struct DaemonCommand: ParsableCommand {
             h.logLevel = .info
             return h
         }
-        let daemon = Daemon(socket: socket, data: data, group: group, logger: Logger(label: "klab.daemon"))
+        let listener: Listener?
+        do {
+            listener = try listen.map { try Listener($0, tokenFile: tokenFile) }
+        } catch {
+            FileHandle.standardError.write(Data("klab: \(error)\n".utf8))
+            throw ExitCode.validationFailure
+        }
+        let daemon = Daemon(socket: socket, data: data, group: group, jobs: jobs, listener: listener, logger: Logger(label: "klab.daemon"))
         let tracing = try self.tracing.config()
         do {
             try blocking {
-                try await daemon.run { log in try Runner(tracing: tracing, log: log) }
+                try await daemon.run { log in try Runner(tracing: tracing, warm: !coldTracer, log: log) }
             }
         } catch let e as ExitCode {
             throw e
@@ -217,14 +292,18 @@ extension Run {
     /// `klab run --daemon`: submits the files, waits for their runs, prints each run's log
     /// as it finishes and fetches its results folder into DIR/NAME.
     func runOnDaemon(base: String) throws {
+        // The daemon's tracer was loaded once, with the daemon's own options; a run cannot change them.
+        if tracing.level != "ip" || !tracing.toggles.isEmpty || !tracing.disabled.isEmpty || tracing.allSites {
+            throw ValidationError(
+                "--daemon: runs on the daemon log what the daemon's tracer logs (its --level, --events, --disable-backend and --all-sites, set when it started): start klab daemon with these options, or run without --daemon")
+        }
         let client = socket.client
         let set = try Run.parameters(parameters)
         var submitted: [API.Run] = []
         for f in files {
-            if f.hasSuffix(".pkt") { throw ValidationError("\(f): packetdrill scripts run with klab run, not through the daemon") }
-            let s = try submission(f, set: set)
+            let s = try submission(f, set: set, options: f.hasSuffix(".pkt") ? pktOptions : [])
             let r = try blocking { try await client.call(.POST, "/runs", API.Run.self, body: s) }
-            say("\(f): queued as \(r.id) on \(client.socket)")
+            say("\(f): queued as \(r.id) on \(client.place)")
             submitted.append(r)
         }
         var finished: [API.Run] = []

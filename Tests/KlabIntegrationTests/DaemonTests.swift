@@ -60,6 +60,128 @@ import Testing
         #expect(refused.status == 1 && refused.stderr.contains("\(bad):2:"), "\(refused.stderr)")
     }
 
+    /// `klab run --daemon foo.pkt`: a packetdrill script runs on the daemon as under klab run,
+    /// with its -D definitions (--set) and packetdrill options (--pkt-option); only the script
+    /// is sent, so files beside it are not there (its shell lines must not need them).
+    @Test func packetdrillScriptsRunThroughTheDaemon() throws {
+        guard Privileged.enabled else { return }
+        let d = try DaemonProcess.start()
+        defer { d.stop() }
+        let dir = try temporaryDirectory()
+        let defaults = try String(contentsOfFile: "\(packageRoot)/lab/packetdrill/defaults.sh", encoding: .utf8)
+            .split(separator: "\n").filter { !$0.hasPrefix("#") && !$0.isEmpty }.joined(separator: "\n")
+        let script = try String(contentsOfFile: "\(packageRoot)/lab/packetdrill/tcp-server.pkt", encoding: .utf8)
+            .replacingOccurrences(of: "`./defaults.sh`", with: "`\(defaults)`")
+        try Data(script.utf8).write(to: URL(fileURLWithPath: "\(dir)/tcp-server.pkt"))
+        let out = "\(dir)/out"
+        let r = try d.klab(["run", "--daemon", "\(dir)/tcp-server.pkt", "--pkt-option", "tolerance_usecs=100000", "--out", out])
+        #expect(r.status == 0, "\(r.stdout)\(r.stderr)")
+        #expect(r.stdout.contains("packetdrill script") && r.stdout.contains("PASS  tcp-server"), "\(r.stdout)")
+        for f in ["capture.pcap", "events.bin", "verdicts.json"] {
+            #expect(FileManager.default.fileExists(atPath: "\(out)/tcp-server/\(f)"), "\(f) missing in \(out)/tcp-server")
+        }
+        // A script that does not parse: refused at submission, pointing into the file.
+        try Data("0 socket(..., SOCK_STREAM, IPPROTO_TCP) = 3\n+0 bogus\n".utf8).write(to: URL(fileURLWithPath: "\(dir)/bad.pkt"))
+        let bad = try d.klab(["run", "--daemon", "\(dir)/bad.pkt", "--out", out])
+        #expect(bad.status == 2 && bad.stderr.contains("\(dir)/bad.pkt:3:1: error: parse error"), "\(bad.stderr)")
+        // A script is run, never kept up as a lab.
+        let up = try d.klab(["up", "\(dir)/tcp-server.pkt"])
+        #expect(up.status == 1 && up.stderr.contains("not kept up as a lab"), "\(up.stderr)")
+    }
+
+    /// --jobs 2: two runs submitted together play side by side (from their recorded start and
+    /// end), each on a lab of its own, each with a log of its own, and both pass.
+    @Test func runsPlaySideBySideWithJobs() throws {
+        guard Privileged.enabled else { return }
+        let d = try DaemonProcess.start(extra: ["--jobs", "2"])
+        defer { d.stop() }
+        let body = try submissionJSON("\(packageRoot)/lab/scenarios/icmp-echo.yaml")
+        let ids = try (0..<2).map { _ in
+            let r = try d.curl(["-X", "POST", "--data-binary", body, "http://klab/runs"])
+            return try #require(jsonObject(r.body)?["id"] as? String, "\(r.code) \(r.body)")
+        }
+        let runs = try ids.map { id in
+            try waitFor("run \(id) to finish", seconds: 120) { () -> [String: Any]? in
+                guard let r = try? d.curl(["http://klab/runs/\(id)"]), let o = jsonObject(r.body), let state = o["state"] as? String,
+                      state != "queued" && state != "running" else { return nil }
+                return o
+            }
+        }
+        let stamp = ISO8601DateFormatter()
+        stamp.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+        var spans: [(Date, Date)] = []
+        for (id, r) in zip(ids, runs) {
+            #expect(r["state"] as? String == "passed", "\(id): \(r)")
+            let start = try #require((r["started"] as? String).flatMap(stamp.date(from:)), "\(id) has no start time: \(r)")
+            let end = try #require((r["finished"] as? String).flatMap(stamp.date(from:)), "\(id) has no end time: \(r)")
+            spans.append((start, end))
+            // Its own log: one scenario's lines, ending as one run ends.
+            let log = try d.curl(["http://klab/runs/\(id)/log"]).body
+            #expect(log.components(separatedBy: "icmp-echo: PASSED").count == 2 && log.components(separatedBy: "(icmp-echo.yaml)").count == 2, "\(id)'s log:\n\(log)")
+            #expect(try d.curl(["http://klab/runs/\(id)/results/verdicts.json"]).code == 200)
+        }
+        #expect(spans[0].0 < spans[1].1 && spans[1].0 < spans[0].1, "the runs did not overlap: \(spans)")
+    }
+
+    /// --listen: the API on a loopback port, only with the bearer token; non-loopback addresses
+    /// and a token file others can read are refused in one line.
+    @Test func loopbackListenerNeedsTheToken() throws {
+        guard Privileged.enabled else { return }
+        let dir = try temporaryDirectory()
+        for address in ["0.0.0.0:7001", "198.18.0.1:7001", "[::]:7001", "example.org:7001"] {
+            let r = try klab(["daemon", "--socket", "\(dir)/no.sock", "--data", "\(dir)/no", "--listen", address])
+            let lines = r.stderr.split(separator: "\n")
+            #expect(r.status == 64 && lines.count == 1 && lines[0].contains("loopback only"), "--listen \(address): \(r.status) \(r.stderr)")
+        }
+        let loose = "\(dir)/loose.token"
+        try Data("0123456789abcdef0123\n".utf8).write(to: URL(fileURLWithPath: loose))
+        chmod(loose, 0o644)
+        let r = try klab(["daemon", "--socket", "\(dir)/no.sock", "--data", "\(dir)/no", "--listen", "127.0.0.1:0", "--token-file", loose])
+        #expect(r.status == 64 && r.stderr.split(separator: "\n").count == 1 && r.stderr.contains("chmod 600"), "\(r.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: "\(dir)/no.sock") && !FileManager.default.fileExists(atPath: "\(dir)/no"))
+
+        // A token the daemon makes: beside the socket, mode 0600, root's, gone when it stops.
+        let d = try DaemonProcess.start(extra: ["--listen", "127.0.0.1:0"])
+        defer { d.stop() }
+        let url = try waitFor("the TCP listener") { () -> String? in
+            guard let r = d.log().range(of: "also serving http://127.0.0.1:") else { return nil }
+            return "http://127.0.0.1:" + d.log()[r.upperBound...].prefix { $0.isNumber }
+        }
+        let tokenFile = ((d.socket as NSString).deletingLastPathComponent) + "/klab.token"
+        var st = stat()
+        #expect(stat(tokenFile, &st) == 0 && st.st_mode & 0o777 == 0o600 && st.st_uid == 0, "\(tokenFile): mode \(String(st.st_mode & 0o777, radix: 8)) uid \(st.st_uid)")
+        #expect(d.log().contains(tokenFile), "the log does not say where the token is: \(d.log())")
+        let token = try String(contentsOfFile: tokenFile, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(token.count == 64)
+
+        func curl(_ headers: [String]) throws -> Int {
+            let r = try run("/usr/bin/curl", ["-sS", "--max-time", "30", "-o", "/dev/null", "-w", "%{http_code}"] + headers.flatMap { ["-H", $0] } + ["\(url)/labs"])
+            return Int(r.stdout) ?? 0
+        }
+        #expect(try curl([]) == 401)
+        #expect(try curl(["Authorization: Bearer \(token.dropLast())x"]) == 401)
+        #expect(try curl(["Authorization: Bearer \(token)x"]) == 401)
+        #expect(try curl(["Authorization: Basic \(token)"]) == 401)
+        #expect(try curl(["Authorization: Bearer \(token)"]) == 200)
+
+        // The client commands: --url with --token-file, KLAB_URL with KLAB_TOKEN; the socket needs none.
+        let copy = "\(dir)/client.token"
+        try Data(token.utf8).write(to: URL(fileURLWithPath: copy))
+        let up = try klab(["up", Self.twoHosts, "--url", url, "--token-file", copy])
+        #expect(up.status == 0, "\(up.stderr)")
+        let lab = up.stdout.split(separator: "\n").last.map(String.init) ?? ""
+        let ls = try klab(["ls"], environment: ["KLAB_URL": url, "KLAB_TOKEN": token, "KLAB_SOCKET": "\(dir)/absent.sock"])
+        #expect(ls.status == 0 && ls.stdout.contains(lab), "\(ls.stdout)\(ls.stderr)")
+        let wrong = try klab(["ls"], environment: ["KLAB_URL": url, "KLAB_TOKEN": "not-the-token-at-all"])
+        #expect(wrong.status == 1 && wrong.stderr == "klab: wrong token\n", "\(wrong.stderr)")
+        let none = try klab(["ls", "--url", url], environment: ["KLAB_TOKEN": ""])
+        #expect(none.status == 69 && none.stderr.contains("needs its bearer token"), "\(none.stderr)")
+        #expect(try d.klab(["down", lab]).status == 0)
+
+        d.stop()
+        #expect(!FileManager.default.fileExists(atPath: tokenFile), "the token the daemon made outlived it")
+    }
+
     @Test func sigtermTearsDownEveryLabAndRemovesTheSocket() throws {
         guard Privileged.enabled else { return }
         let d = try DaemonProcess.start()
@@ -154,12 +276,19 @@ import Testing
         }
         #expect(try d.curl(["http://klab/runs/\(run)/results/run.json"]).code == 200)
 
-        // One byte a second: 408 once the body is late, and meanwhile others are served.
-        let slow = Background { try? rawRequest(d.socket, "POST /labs HTTP/1.1\r\nHost: klab\r\nContent-Length: 200\r\n\r\n", trickle: "{\"file\": \"x.yaml\", \"content\": \"" + String(repeating: "x", count: 40)) }
-        usleep(1_000_000)
-        #expect(try d.curl(["http://klab/"]).code == 200, "the daemon stalls behind a slow client")
-        let answer = slow.value ?? ""
-        #expect(answer.hasPrefix("HTTP/1.1 408"), "the slow client got: \(answer)")
+        // One byte a second, in the body or in the head: 408 once it is late (10 s from the head,
+        // or from the first byte), and meanwhile others are served.
+        let started = Date()
+        let slowBody = Background { try? rawRequest(d.socket, "POST /labs HTTP/1.1\r\nHost: klab\r\nContent-Length: 200\r\n\r\n", trickle: "{\"file\": \"x.yaml\", \"content\": \"" + String(repeating: "x", count: 40)) }
+        let slowHead = Background { try? rawRequest(d.socket, "", trickle: "GET /labs HTTP/1.1\r\nHost: klab\r\nX-Slow: " + String(repeating: "x", count: 40) + "\r\n\r\n") }
+        for _ in 0..<3 { #expect(try d.curl(["http://klab/"]).code == 200, "the daemon stalls behind a slow client") }
+        #expect(!slowBody.done && !slowHead.done, "the slow clients were done before the others were served: nothing tested")
+        for (what, slow) in [("body", slowBody), ("head", slowHead)] {
+            let answer = slow.value ?? ""
+            #expect(answer.hasPrefix("HTTP/1.1 408") && answer.contains("within 10 s"), "the client with a slow \(what) got: \(answer)")
+        }
+        // Both were cut off near their 10 s, well before the 30 s rawRequest waits (or the 60 s idle timeout).
+        #expect(Date().timeIntervalSince(started) < 25, "the slow clients were cut off after \(Date().timeIntervalSince(started)) s")
 
         #expect(try d.curl(["http://klab/labs"]).body == "[]\n")
         #expect(try d.curl(["http://klab/runs"]).body == before)
@@ -244,17 +373,19 @@ final class DaemonProcess: @unchecked Sendable {
     let socket: String, data: String, logFile: String
     let process: Process
 
-    static func start(socket: String? = nil, data: String? = nil, group: String = "klab") throws -> DaemonProcess {
+    static func start(socket: String? = nil, data: String? = nil, group: String = "klab", extra: [String] = []) throws -> DaemonProcess {
         let dir = try temporaryDirectory()
-        return try DaemonProcess(socket: socket ?? "\(dir)/klab.sock", data: data ?? "\(dir)/data", log: "\(dir)/daemon-\(UUID().uuidString.prefix(4)).log", group: group)
+        return try DaemonProcess(
+            socket: socket ?? "\(dir)/klab.sock", data: data ?? "\(dir)/data", log: "\(dir)/daemon-\(UUID().uuidString.prefix(4)).log", group: group,
+            extra: extra)
     }
 
-    private init(socket: String, data: String, log: String, group: String) throws {
+    private init(socket: String, data: String, log: String, group: String, extra: [String]) throws {
         (self.socket, self.data, self.logFile) = (socket, data, log)
         _ = FileManager.default.createFile(atPath: log, contents: nil)
         process = Process()
         process.executableURL = URL(fileURLWithPath: klabBinary)
-        process.arguments = ["daemon", "--socket", socket, "--data", data, "--group", group]
+        process.arguments = ["daemon", "--socket", socket, "--data", data, "--group", group] + extra
         process.currentDirectoryURL = URL(fileURLWithPath: packageRoot)
         let out = FileHandle(forWritingAtPath: log)
         process.standardOutput = out
@@ -412,16 +543,22 @@ func rawRequest(_ socket: String, _ head: String, trickle: String) throws -> Str
 /// A value computed on another thread (`value` waits for it).
 final class Background<T>: @unchecked Sendable {
     private var result: T?
-    private let done = DispatchSemaphore(value: 0)
+    private let ready = DispatchSemaphore(value: 0)
     init(_ body: @escaping @Sendable () -> T) {
         DispatchQueue.global().async { [self] in
             result = body()
-            done.signal()
+            ready.signal()
         }
     }
+    /// Whether the value is there, without waiting for it.
+    var done: Bool {
+        guard ready.wait(timeout: .now()) == .success else { return false }
+        ready.signal()
+        return true
+    }
     var value: T {
-        done.wait()
-        done.signal()
+        ready.wait()
+        ready.signal()
         return result!
     }
 }

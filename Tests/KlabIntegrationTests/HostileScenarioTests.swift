@@ -48,7 +48,7 @@ import Testing
             #expect(truncate(path, 300 << 20) == 0)  // sparse: zeros after the text
         }, at: "3:1048560", says: "larger than 1 MiB"),  // byte 1,048,577: 17 bytes on lines 1-2
         Case(name: "invalid UTF-8", make: bytes(Array("name: ok\nsteps:\n  - inject: \"".utf8) + [0xFF, 0xFE] + Array("\"\n".utf8)),
-             at: "3:14", says: "invalid UTF-8 (byte 0xFF): a scenario is UTF-8 YAML text"),
+             at: "3:14", says: "invalid UTF-8 (byte 0xFF): a scenario is UTF-8 text"),
         Case(name: "binary", make: bytes([0x7F, 0x45, 0x4C, 0x46, 0x02, 0x01, 0x01, 0x00, 0x00]), at: "1:8", says: "a NUL byte: this is a binary file"),
         Case(name: "UTF-16", make: bytes([0xFF, 0xFE] + Array("name: x\n".utf16.flatMap { [UInt8($0), 0] })), at: "1:1", says: "UTF-16 text; scenario files are UTF-8"),
         Case(name: "a long parameter used many times", make: text("params: {X: \(String(repeating: "a", count: 400_000))}\nname: p\nsteps:\n" + String(repeating: "- ${X}\n", count: 1000)),
@@ -62,15 +62,40 @@ import Testing
 
     @Test(arguments: cases)
     func rejectedWhereItIsWithBoundedMemory(_ c: Case) throws {
+        try expectRejected(c, as: "hostile.yaml")
+    }
+
+    /// `klab validate` on the case's file named `name`: exit 2, FILE:LINE:COLUMN and the
+    /// message, under the memory bound.
+    func expectRejected(_ c: Case, as name: String) throws {
         let dir = try temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let file = "\(dir)/hostile.yaml"
+        let file = "\(dir)/\(name)"
         try c.make(file)
         let r = try klabMeasured(["validate", file], in: dir)
-        #expect(r.status == 2, "\(r.stderr)")
+        #expect(r.status == 2, "\(r.stderr.prefix(500))")
         #expect(r.stderr.hasPrefix("\(file):\(c.at): error: "), "\(r.stderr.prefix(500))")
         #expect(r.stderr.contains(c.says), "\(r.stderr.prefix(500))")
         #expect(r.maxRSSKB < Self.memoryLimitKB, "peak RSS \(r.maxRSSKB) KB")
+    }
+
+    /// The reading limits hold for packetdrill scripts too (`klab validate foo.pkt`): the cases
+    /// that are about the file rather than YAML, and expressions nested past the limit, which
+    /// overflowed the recursive-descent parser's stack before (a crash, exit 139).
+    static let pktCases: [Case] = cases.filter {
+        ["a line of 10 MB", "a file of 300 MB", "invalid UTF-8", "binary", "UTF-16", "a FIFO", "a directory", "/dev/zero"].contains($0.name)
+    } + [
+        // `0 write(3, ` is 11 characters: the 65th '[' is at column 76.
+        Case(name: "nested lists", make: text("0 write(3, " + String(repeating: "[", count: 200_000) + "1" + String(repeating: "]", count: 200_000) + ", 1) = 1\n"),
+             at: "1:76", says: "an expression nested more than 64 deep"),
+        // Each `|` nests the rest of the flags: the 64th `|` opens the 65th expression.
+        Case(name: "a long chain of flags", make: text("0 fcntl(3, F_SETFL, " + Array(repeating: "O_RDWR", count: 100_000).joined(separator: "|") + ") = 0\n"),
+             at: "1:\(21 + 64 * 7)", says: "an expression nested more than 64 deep"),
+    ]
+
+    @Test(arguments: pktCases)
+    func pktRejectedWhereItIsWithBoundedMemory(_ c: Case) throws {
+        try expectRejected(c, as: "hostile.pkt")
     }
 
     /// The largest file the node limit lets through: 9,990 packet lines. It is read whole

@@ -142,6 +142,18 @@ struct PktParserTests {
         #expect(error(sock + "+0 < icmp unreachable host_unreachable mtu 10") == "2:1: semantic error: ICMPv4 MTU is only valid for unreachable-frag_needed")
     }
 
+    /// Found by lab/fuzz's pkt target: a time past Int64 microseconds trapped (arithmetic
+    /// overflow, exit 132) where it must be an error at its place.
+    @Test func timesOutOfRangeAreErrorsNotTraps() {
+        let call = " socket(..., SOCK_STREAM, IPPROTO_TCP) = 3"
+        let range = "semantic error: time out of range: at most 86400 s"
+        #expect(error("+99999999999999" + call) == "1:2: " + range)
+        #expect(error("1" + String(repeating: "0", count: 400) + ".5" + call) == "1:1: " + range)  // a Double's infinity
+        #expect(error("0~99999999999" + call) == "1:3: " + range)
+        #expect(error("+0...99999999999" + call) == "1:6: " + range)
+        #expect(error("+86400" + call) == "no error")
+    }
+
     @Test func parseErrorsSayWhereAndWhat() {
         #expect(error("0 socket(..., SOCK_STREAM, IPPROTO_TCP) = 3\n+0 > S 0:0 <mss 1460>") == "2:12: parse error at '<': expected '('")
         #expect(error("0 socket(..., SOCK_STREAM, IPPROTO_TCP)") == "1:40: parse error at end of file: expected '='")

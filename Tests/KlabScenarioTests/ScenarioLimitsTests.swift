@@ -52,7 +52,7 @@ struct ScenarioLimitsTests {
         #expect(throws: ScenarioError.self) { try ScenarioFile.text(bytes[...], file: "t.yaml") }
         do { _ = try ScenarioFile.text(bytes[...], file: "t.yaml") } catch {
             #expect(error.location == SourceLocation(file: "t.yaml", line: 1, column: 8))
-            #expect(error.message == "invalid UTF-8 (byte 0xC3): a scenario is UTF-8 YAML text")
+            #expect(error.message == "invalid UTF-8 (byte 0xC3): a scenario is UTF-8 text")
         }
     }
 

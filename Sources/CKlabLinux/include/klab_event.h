@@ -46,6 +46,12 @@ struct klab_event {
     char comm[16];
 };
 
+// A warm tracer (klab daemon: programs loaded once, labs selected by namespace) keeps each
+// lab's serial numbers and drop count apart in a slot of its own; slot 0 is a tracer's own
+// lab (klab run), or records of no lab. Lab namespaces at once, over every lab.
+#define KLAB_LAB_SLOTS 256
+#define KLAB_MAX_NETNS 1024
+
 // flags: the context the probe ran in, and sk->sk_lock.owned (sock_owned_by_user) where
 // the probe has the socket.
 #define KLAB_F_CONTEXT 0x01     // KLAB_F_SOFTIRQ below was known

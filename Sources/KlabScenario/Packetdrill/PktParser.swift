@@ -8,11 +8,8 @@ public enum PktParser {
     /// `options`: packetdrill command-line options (`NAME` or `NAME=VALUE`, without the dashes),
     /// applied after the script's own as packetdrill's command line is.
     public static func load(_ path: String, defines: [String: String] = [:], options: [String] = []) throws(ScenarioError) -> PktScript {
-        let text: String
-        do { text = try String(contentsOfFile: path, encoding: .utf8) } catch {
-            throw ScenarioError(nil, "cannot read script \(path): \((error as NSError).localizedDescription)")
-        }
-        return try parse(text, file: path, defines: defines, options: options)
+        // Bounded, regular files only, UTF-8: a script may be hostile as a YAML scenario may.
+        try parse(ScenarioFile.read(path), file: path, defines: defines, options: options)
     }
 
     public static func parse(_ text: String, file: String, defines: [String: String] = [:], options: [String] = []) throws(ScenarioError) -> PktScript {
@@ -33,6 +30,9 @@ struct Parser {
     let commandLineDefines: [String: String]
     let commandLineOptions: [String]
     var config = PktConfig()
+    /// Expressions inside one another (lists, structs, `a|b`, `x=y`): bounded, so a hostile
+    /// script cannot recurse the parser (or the tree's deinit) off the stack.
+    var depth = 0
 
     init(_ text: String, file: String, defines: [String: String], options: [String] = []) throws(ScenarioError) {
         self.file = file
@@ -168,16 +168,22 @@ struct Parser {
 
     // MARK: Events
 
+    /// A time in a script, in seconds: a day, far past any script's length, and small enough
+    /// that a script's sum of them stays inside Int64 microseconds.
+    static let maxSeconds: Int64 = 86_400
+
     mutating func time() throws(ScenarioError) -> Int64 {
         let at = loc
         switch tok.kind {
         case .float(let f):
             _ = try advance()
             if f < 0 { throw semantic("negative time", at: at) }
+            if !(f <= Double(Parser.maxSeconds)) { throw semantic("time out of range: at most \(Parser.maxSeconds) s", at: at) }
             return Int64(f * 1e6)
         case .integer(let v):
             _ = try advance()
             if v < 0 { throw semantic("negative time", at: at) }
+            if v > Parser.maxSeconds { throw semantic("time out of range: at most \(Parser.maxSeconds) s", at: at) }
             return v * 1_000_000
         default: throw parseError("a time in seconds")
         }
@@ -596,6 +602,11 @@ struct Parser {
     }
 
     mutating func expression() throws(ScenarioError) -> PktExpr {
+        depth += 1
+        defer { depth -= 1 }
+        if depth > ScenarioFile.maxDepth {
+            throw ScenarioError(loc, "an expression nested more than \(ScenarioFile.maxDepth) deep (lists, structs, a|b, x=y), the limit for a script")
+        }
         let lhs = try primary()
         if try eat("|") { return .or(lhs, try expression()) }
         return lhs

@@ -43,13 +43,24 @@ struct task_struct { struct nsproxy *nsproxy; int pid; int tgid; char comm[16]; 
 #define AF_INET 2
 #define BIT(ev) (1ULL << (ev))
 
-// Lab namespaces: netns cookie -> netns inode. Filled by klab before anything attaches.
+// Lab namespaces: netns cookie -> netns inode. A tracer of its own fills it before anything
+// attaches; a warm tracer (klab daemon) adds a lab's namespaces when the lab comes and
+// removes them when it goes.
 struct {
     __uint(type, BPF_MAP_TYPE_HASH);
-    __uint(max_entries, 64);
+    __uint(max_entries, KLAB_MAX_NETNS);
     __type(key, __u64);
     __type(value, __u32);
 } lab_netns SEC(".maps");
+
+// netns inode -> the lab's slot in `counters`, for a warm tracer's labs; a namespace not in
+// it counts in slot 0 (a tracer of its own: one lab).
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, KLAB_MAX_NETNS);
+    __type(key, __u32);
+    __type(value, __u32);
+} lab_slots SEC(".maps");
 
 // The lab's sockets: socket cookie -> netns inode, for hooks that see a socket but not its
 // namespace (cgroup_skb).
@@ -74,10 +85,12 @@ struct {
     __uint(max_entries, 16 << 20);
 } events SEC(".maps");
 
-// Per-CPU: [0] serial numbers handed out, [1] records dropped because the ring was full.
+// Per-CPU, per lab slot: [2*slot] serial numbers handed out, [2*slot+1] records dropped
+// because the ring was full. So each lab's serial numbers run without gaps but its own lost
+// records, whatever other labs log at the same time.
 struct {
     __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-    __uint(max_entries, 2);
+    __uint(max_entries, 2 * KLAB_LAB_SLOTS);
     __type(key, __u32);
     __type(value, __u64);
 } counters SEC(".maps");
@@ -91,10 +104,11 @@ static __always_inline __u64 mask_of(__u32 probe) {
     return m ? *m : 0;
 }
 
-// Per CPU: the last lab namespace found (cookie, inode), so that a busy lab's probes skip
-// the hash lookup. Netns cookies are never reused and lab_netns is filled before anything
-// attaches, so a hit stays true; only hits are cached.
-struct netns_hit { __u64 cookie; __u32 inum; };
+// Per CPU: the last lab namespace found (cookie, inode, counter slot), so that a busy lab's
+// probes skip the hash lookups. Netns cookies are never reused and only hits are cached, so
+// a hit stays true while the namespace is in lab_netns; a warm tracer clears the cache when
+// it removes a lab's namespaces.
+struct netns_hit { __u64 cookie; __u32 inum; __u32 slot; };
 struct {
     __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
     __uint(max_entries, 1);
@@ -116,11 +130,28 @@ static __always_inline __u32 lab_cookie(__u64 cookie) {
     if (!ns) return 0;
     __u32 inum = *ns;
     if (c) {
-        c->inum = 0;  // never a torn pair: cookie first, then its inode
-        c->cookie = cookie;
-        c->inum = inum;
+        __u32 *slot = bpf_map_lookup_elem(&lab_slots, &inum);
+        volatile struct netns_hit *v = c;  // in this order: the compiler may not drop or move a store
+        v->inum = 0;  // never a torn entry: cookie and slot first, then the inode
+        v->cookie = cookie;
+        v->slot = slot ? *slot : 0;
+        v->inum = inum;
     }
     return inum;
+}
+
+// The counter slot of a lab namespace (inode): from the CPU's cache when it holds that
+// namespace (the slot is read before the inode is checked, so an entry rewritten in between
+// by a program that interrupted this one fails the check), else from lab_slots.
+static __always_inline __u32 lab_slot(__u32 inum) {
+    __u32 k = 0;
+    struct netns_hit *c = bpf_map_lookup_elem(&netns_cache, &k);
+    if (c) {
+        __u32 slot = *(volatile __u32 *)&c->slot;
+        if (*(volatile __u32 *)&c->inum == inum) return slot < KLAB_LAB_SLOTS ? slot : 0;
+    }
+    __u32 *s = bpf_map_lookup_elem(&lab_slots, &inum);
+    return s && *s < KLAB_LAB_SLOTS ? *s : 0;
 }
 
 static __always_inline __u32 lab_net(struct net *net) {
@@ -216,14 +247,14 @@ static __always_inline void begin_task(struct klab_event *e, __u16 probe, __u32 
 
 // The next serial number of this CPU. Atomic: a program can be interrupted on its CPU by
 // another one (a softirq), and each must still get its own number.
-static __always_inline __u32 next_serial(void) {
-    __u32 k = 0;
+static __always_inline __u32 next_serial(__u32 slot) {
+    __u32 k = 2 * slot;
     __u64 *serial = bpf_map_lookup_elem(&counters, &k);
     return serial ? (__u32)__sync_fetch_and_add(serial, 1) : 0;
 }
 
-static __always_inline void count_drop(void) {
-    __u32 k = 1;
+static __always_inline void count_drop(__u32 slot) {
+    __u32 k = 2 * slot + 1;
     __u64 *drops = bpf_map_lookup_elem(&counters, &k);
     if (drops) __sync_fetch_and_add(drops, 1);
 }
@@ -239,9 +270,10 @@ static __always_inline __u64 wake_flags(__u32 serial) {
 // Writes one record as event `ev` from a copy on the stack; counts it in the CPU's serial
 // numbers, or as dropped.
 static __always_inline void emit_as(struct klab_event *e, __u16 ev) {
-    e->serial = next_serial();
+    __u32 slot = lab_slot(e->netns);
+    e->serial = next_serial(slot);
     e->event = ev;
-    if (bpf_ringbuf_output(&events, e, sizeof(*e), wake_flags(e->serial))) count_drop();
+    if (bpf_ringbuf_output(&events, e, sizeof(*e), wake_flags(e->serial))) count_drop(slot);
 }
 
 // Records written in place: `first` was reserved in the ring when the probe began and
@@ -250,7 +282,8 @@ static __always_inline void emit_as(struct klab_event *e, __u16 ev) {
 // events in the order they were emitted) and submitted at once. The probe then submits
 // `first`, or discards it if it emitted nothing (end_in_place).
 static __always_inline void emit_in_place(struct klab_event *first, int *used, __u16 ev) {
-    __u32 serial = next_serial();
+    __u32 slot = lab_slot(first->netns);
+    __u32 serial = next_serial(slot);
     if (!*used) {
         first->serial = serial;
         first->event = ev;
@@ -258,7 +291,7 @@ static __always_inline void emit_in_place(struct klab_event *first, int *used, _
         return;
     }
     struct klab_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-    if (!e) { count_drop(); return; }
+    if (!e) { count_drop(slot); return; }
     __builtin_memcpy(e, first, sizeof(*e));
     e->serial = serial;
     e->event = ev;

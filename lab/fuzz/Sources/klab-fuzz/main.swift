@@ -6,12 +6,12 @@ import KlabScenario
 import KlabSchema
 
 /// What the input is fed to; KLAB_FUZZ_TARGET names it (lab/fuzz/run sets it).
-/// To add the packetdrill reader (.pkt, Sources/KlabScenario/Packetdrill): a case `pkt` whose
-/// body reads the input as a .pkt file, as `scenario` does for YAML, and a seed folder
-/// lab/fuzz/corpus/pkt.
 enum Target: String, CaseIterable {
     /// A scenario file, as `klab validate` reads it: bounded read, UTF-8, YAML limits, the reader.
     case scenario
+    /// A packetdrill script (.pkt), as `klab validate` reads it: bounded read, UTF-8, the
+    /// grammar, the semantic checks.
+    case pkt
     /// A packet line of a scenario (`S 0:0(0) win 65535 <mss 1460>`), parsed and built.
     case packetLine = "packet-line"
     /// IPv4 packets from a capture or a TUN (KlabPacket).
@@ -87,6 +87,15 @@ func fuzz(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
         do {
             let s = try Scenario.load(path)
             _ = s.steps.map(\.text)
+        } catch {
+            checkLocated(error, lines: lineBreaks(input), file: path)
+        }
+    case .pkt:
+        let path = write(input, to: "fuzz.pkt")
+        defer { unlink(path) }
+        do {
+            let script = try PktParser.load(path, defines: PktParser.ipv4Defines)
+            _ = "\(script)"
         } catch {
             checkLocated(error, lines: lineBreaks(input), file: path)
         }
