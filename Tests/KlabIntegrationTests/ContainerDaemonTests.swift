@@ -58,8 +58,12 @@ extension ContainerTests {
         line = String(line.dropLast(4)) + image
 
         let before = try containerCgroups(in: cgroup2)
-        defer { _ = try? podman(["rm", "--force", "--time", "0", name]) }
-        let started = try run("/bin/bash", ["-c", "set -e; " + line], environment: ["KLAB_ROOT": packageRoot])
+        defer { _ = try? podman(["rm", "--force", "--volumes", "--time", "0", name]) }
+        // Foundation's Process sees its child end when a socket the child inherits closes;
+        // podman hands its inherited descriptors on to conmon, which outlives `run -d` as long
+        // as the container, so the line runs with only 0, 1 and 2 open, as from a shell.
+        let closeInherited = #"for fd in /proc/$$/fd/*; do fd=${fd##*/}; if [ "$fd" -gt 2 ] && [ -e /proc/$$/fd/$fd ]; then eval "exec $fd>&-"; fi; done; "#
+        let started = try run("/bin/bash", ["-c", "set -e; " + closeInherited + line], environment: ["KLAB_ROOT": packageRoot])
         try #require(started.status == 0, "the daemon's run line exited \(started.status):\n\(line)\n\(started.stdout)\(started.stderr)")
         func logs() -> String { ((try? podman(["logs", name])).map { $0.stdout + $0.stderr }) ?? "(no logs)" }
         let socket = "\(socketDir)/klab.sock"
@@ -170,7 +174,7 @@ extension ContainerTests {
                 .replacingOccurrences(of: "podman run -d --name \(name) ", with: "podman run --rm --name \(name)-without ")
             try #require(without != line && without.contains("--rm"), "'\(flag)' is not in the run line:\n\(line)")
             defer { _ = try? podman(["rm", "--force", "--time", "0", "\(name)-without"]) }
-            let w = try run("/usr/bin/timeout", ["--kill-after=10", "120", "/bin/bash", "-c", without], environment: ["KLAB_ROOT": packageRoot])
+            let w = try run("/usr/bin/timeout", ["--kill-after=10", "120", "/bin/bash", "-c", closeInherited + without], environment: ["KLAB_ROOT": packageRoot])
             let lines = w.stderr.split(separator: "\n")
             #expect(w.status == 69, "without \(flag): exit \(w.status)\n\(w.stdout.suffix(2000))\(w.stderr.suffix(2000))")
             #expect(lines.count == 1 && lines[0].hasPrefix("klab: ") && lines[0].contains(hint), "without \(flag):\n\(w.stderr)")
