@@ -58,7 +58,11 @@ extension ContainerTests {
         line = String(line.dropLast(4)) + image
 
         let before = try containerCgroups(in: cgroup2)
-        defer { _ = try? podman(["rm", "--force", "--volumes", "--time", "0", name]) }
+        defer {
+            // On a failure: the container killed, its daemon's lab cgroup (empty then) removed.
+            _ = try? podman(["rm", "--force", "--volumes", "--time", "0", name])
+            for c in (try? containerCgroups(in: cgroup2)) ?? [] where !before.contains(c) { rmdir("\(cgroup2)/\(c)") }
+        }
         // Foundation's Process sees its child end when a socket the child inherits closes;
         // podman hands its inherited descriptors on to conmon, which outlives `run -d` as long
         // as the container, so the line runs with only 0, 1 and 2 open, as from a shell.
