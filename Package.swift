@@ -58,7 +58,7 @@ let package = Package(
         // klab daemon: labs, runs, exec and results over HTTP/JSON on a Unix socket (openapi.yaml).
         .target(
             name: "KlabDaemon",
-            dependencies: ["KlabScenario", "KlabCheck", "KlabResults", "KlabLab", "KlabSystem", "KlabTracer", "KlabClient",
+            dependencies: ["CKlabLinux", "KlabScenario", "KlabCheck", "KlabResults", "KlabLab", "KlabSystem", "KlabTracer", "KlabClient",
                            .product(name: "Hummingbird", package: "hummingbird"),
                            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                            .product(name: "Logging", package: "swift-log"), .product(name: "NIOCore", package: "swift-nio"),

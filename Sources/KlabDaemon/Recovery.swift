@@ -67,6 +67,16 @@ enum Recovery {
         return out
     }
 
+    /// Run folders without a status.json: a removal (DELETE /runs/{run}) or a submission that
+    /// a daemon killed half-way left. No run owns them: they go.
+    static func strayRuns(in folder: String) -> [String] {
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: folder)) ?? []
+        return names.filter { name in
+            name.hasPrefix("run-") && !FileManager.default.fileExists(atPath: "\(folder)/\(name)/status.json")
+                && (try? FileManager.default.removeItem(atPath: "\(folder)/\(name)")) != nil
+        }
+    }
+
     /// Labs do not outlive their daemon: their folders go.
     static func labs(in folder: String) -> [String] {
         let names = (try? FileManager.default.contentsOfDirectory(atPath: folder)) ?? []

@@ -44,6 +44,10 @@ enum Routes {
             return try json(try state.submitRun(s), status: .accepted)
         }
         router.get("/runs/:run") { _, ctx in try json(try state.run(ctx.parameters.require("run"))) }
+        router.delete("/runs/:run") { _, ctx in
+            try state.deleteRun(ctx.parameters.require("run"))
+            return Response(status: .noContent)
+        }
         router.get("/runs/:run/log") { _, ctx in
             let id = try ctx.parameters.require("run")
             _ = try state.run(id)
@@ -126,6 +130,7 @@ struct Problems: RouterMiddleware {
                 switch e {
                 case .bad(let m): (status, message) = (.badRequest, m)
                 case .notFound(let m): (status, message) = (.notFound, m)
+                case .conflict(let m): (status, message) = (.conflict, m)
                 case .unavailable(let m): (status, message) = (.serviceUnavailable, m)
                 case .failed(let m): (status, message) = (.internalServerError, m)
                 }

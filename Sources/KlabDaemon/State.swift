@@ -166,6 +166,27 @@ final class State: @unchecked Sendable {
         return run
     }
 
+    /// Removes a run that is not playing: out of the list (a queued one out of the queue: it
+    /// never plays), then its folder, status.json first (a daemon killed half-way through does
+    /// not list it again; the next start removes the rest). 409 while it plays.
+    func deleteRun(_ id: String) throws {
+        try lock.withLock {
+            guard let r = runs[id] else { throw DaemonError.notFound("no run \(id)") }
+            // Queued but out of the queue: a worker has just taken it.
+            if r.state == .running || (r.state == .queued && !queue.contains { $0.id == id }) {
+                throw DaemonError.conflict("run \(id) is running: remove it once it has finished (GET /runs/\(id) says when)")
+            }
+            queue.removeAll { $0.id == id }
+            runs[id] = nil
+        }
+        let dir = runFolder(id)
+        unlink("\(dir)/status.json")
+        do { try FileManager.default.removeItem(atPath: dir) } catch {
+            throw DaemonError.failed("run \(id) is out of the list, but its folder \(dir) could not be removed: \(error)")
+        }
+        logger.info("run removed", metadata: ["run": "\(id)"])
+    }
+
     /// Runs.RUN/status.json, written whole (a kill -9 leaves the old one or the new one).
     private func save(_ run: API.Run) throws {
         let enc = JSONEncoder()
@@ -352,10 +373,10 @@ func onThread<T: Sendable>(_ name: String, _ body: @escaping @Sendable () throws
 
 /// An error with the HTTP status it answers with.
 enum DaemonError: Error, CustomStringConvertible {
-    case bad(String), notFound(String), unavailable(String), failed(String)
+    case bad(String), notFound(String), conflict(String), unavailable(String), failed(String)
     var description: String {
         switch self {
-        case .bad(let m), .notFound(let m), .unavailable(let m), .failed(let m): m
+        case .bad(let m), .notFound(let m), .conflict(let m), .unavailable(let m), .failed(let m): m
         }
     }
 }

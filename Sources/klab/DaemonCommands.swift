@@ -85,6 +85,7 @@ struct DaemonCommand: ParsableCommand {
               klab watch LAB icmp                       its packets and kernel events live
               klab check LAB                            placement verdicts of the lab so far
               klab down LAB                             takes the lab down
+              klab rm RUN…                              removes a run, its folder too
               klab run --daemon FILE… --out DIR         runs on the daemon, results into DIR
 
             A lab is a scenario's hosts: and wire: (its steps are not played): each host
@@ -284,6 +285,38 @@ struct Down: ParsableCommand {
         for lab in labs {
             try blocking { try await client.call(.DELETE, "/labs/\(lab)") }
             say("\(lab) down")
+        }
+    }
+}
+
+struct Rm: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Remove runs from klab daemon: from its list, with their folders (status, log, results).",
+        discussion: prose("""
+            The daemon keeps every run (DATA/runs/RUN: its status, log and results folder,
+            and its status in memory) until it is removed. A queued run is taken out of the
+            queue and never plays; a running one is refused (remove it once it has
+            finished). `klab run --daemon` copies the results into --out first. Examples:
+
+              klab rm run-1f2e3d4c run-5a6b7c8d
+              klab rm --finished      every run that has finished
+            """))
+
+    @Argument(help: "Run ids (klab ls --runs lists them).") var runs: [String] = []
+    @Flag(help: "Remove every finished run (passed, failed, interrupted, error).") var finished = false
+    @OptionGroup var socket: SocketOption
+
+    func validate() throws {
+        if runs.isEmpty && !finished { throw ValidationError("give run ids (klab ls --runs), or --finished") }
+        if !runs.isEmpty && finished { throw ValidationError("give run ids or --finished, not both") }
+    }
+
+    func run() throws {
+        let client = socket.client
+        let ids = finished ? try blocking { try await client.call(.GET, "/runs", [API.Run].self) }.filter(\.state.finished).map(\.id) : runs
+        for id in ids {
+            try blocking { try await client.call(.DELETE, "/runs/\(id)") }
+            say("\(id) removed")
         }
     }
 }

@@ -24,7 +24,7 @@ struct Klab: ParsableCommand {
             interrupted (Ctrl-C or SIGTERM).
             """),
         subcommands: [Run.self, Validate.self, Trace.self, SchemaCommand.self, CheckCommand.self, ExportCommand.self, CompareSites.self, JourneyCommand.self, LatencyCommand.self, Bench.self,
-                      ReportCommand.self, DaemonCommand.self, Up.self, Ls.self, ExecCommand.self, Watch.self, Down.self])
+                      ReportCommand.self, DaemonCommand.self, Up.self, Ls.self, ExecCommand.self, Watch.self, Down.self, Rm.self])
 
     /// The catalog checks itself before anything runs: a rule naming an event the catalog
     /// lacks is klab's own bug (exit 70), never a rule dropped in silence.

@@ -244,6 +244,60 @@ import Testing
         #expect(ls.status == 0 && ls.stdout.isEmpty, "\(ls.stdout)\(ls.stderr)")
     }
 
+    /// DELETE /runs/{run} (klab rm): a finished run goes from the list with its folder, a
+    /// queued one out of the queue, a running one is refused (409) and kept; the next start
+    /// removes a run folder a removal left half done (no status.json).
+    @Test func runsAreRemovedWithTheirFolders() throws {
+        guard Privileged.enabled else { return }
+        let d = try DaemonProcess.start()
+        defer { d.stop() }
+        func submit(_ file: String) throws -> String {
+            let r = try d.curl(["-X", "POST", "--data-binary", try submissionJSON(file), "http://klab/runs"])
+            return try #require(jsonObject(r.body)?["id"] as? String, "\(r.code) \(r.body)")
+        }
+        func state(_ id: String) -> String? { (try? d.curl(["http://klab/runs/\(id)"])).flatMap { jsonObject($0.body)?["state"] as? String } }
+        let done = try submit("\(packageRoot)/lab/scenarios/icmp-echo.yaml")
+        _ = try waitFor("run \(done) to finish", seconds: 120) { state(done) == "passed" ? true : nil }
+        #expect(FileManager.default.fileExists(atPath: "\(d.data)/runs/\(done)/results/verdicts.json"))
+
+        let rm = try d.klab(["rm", done])
+        #expect(rm.status == 0 && rm.stdout == "\(done) removed\n", "\(rm.stdout)\(rm.stderr)")
+        #expect(try d.curl(["http://klab/runs/\(done)"]).code == 404)
+        #expect(!FileManager.default.fileExists(atPath: "\(d.data)/runs/\(done)"), "its folder is still there")
+        let again = try d.klab(["rm", done])
+        #expect(again.status == 1 && again.stderr.contains("no run \(done)"), "\(again.stderr)")
+
+        // One run plays (one job), the next waits in the queue.
+        let dir = try temporaryDirectory()
+        let long = "\(dir)/long.yaml"
+        try Data("name: long\nhost: {name: h, address: 198.18.0.1/24}\nsteps:\n  - sleep: 60s\n".utf8).write(to: URL(fileURLWithPath: long))
+        let playing = try submit(long)
+        _ = try waitFor("run \(playing) to start") { state(playing) == "running" ? true : nil }
+        let queued = try submit(long)
+        #expect(state(queued) == "queued")
+        let refused = try d.curl(["-X", "DELETE", "http://klab/runs/\(playing)"])
+        #expect(refused.code == 409 && (jsonObject(refused.body)?["error"] as? String ?? "").contains("running"), "\(refused.code) \(refused.body)")
+        #expect(state(playing) == "running" && FileManager.default.fileExists(atPath: "\(d.data)/runs/\(playing)/status.json"))
+        #expect(try d.curl(["-X", "DELETE", "http://klab/runs/\(queued)"]).code == 204)
+        #expect(!FileManager.default.fileExists(atPath: "\(d.data)/runs/\(queued)"))
+        let info = try d.curl(["http://klab/"])
+        #expect(jsonObject(info.body)?["runs_queued"] as? Int == 0, "the removed run is still queued: \(info.body)")
+
+        // SIGTERM interrupts the running one; a folder left without status.json (a removal cut
+        // short) goes at the next start; `klab rm --finished` then leaves nothing.
+        d.stop()
+        let stray = "\(d.data)/runs/run-0badc0de"
+        try FileManager.default.createDirectory(atPath: "\(stray)/results", withIntermediateDirectories: true)
+        let next = try DaemonProcess.start(socket: d.socket, data: d.data)
+        defer { next.stop() }
+        #expect(!FileManager.default.fileExists(atPath: stray), "\(stray) is still there")
+        #expect(next.log().contains("run-0badc0de"), "\(next.log())")
+        let all = try next.klab(["rm", "--finished"])
+        #expect(all.status == 0 && all.stdout == "\(playing) removed\n", "\(all.stdout)\(all.stderr)")
+        #expect(try next.klab(["ls", "--runs"]).stdout.isEmpty)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: "\(d.data)/runs").isEmpty)
+    }
+
     @Test func malformedRequestsGet4xxAndChangeNothing() throws {
         guard Privileged.enabled else { return }
         let d = try DaemonProcess.start()

@@ -6,7 +6,7 @@ import Testing
 struct HelpTests {
     static let commands: [[String]] = [[], ["run"], ["validate"], ["trace"], ["schema"], ["check"], ["export"], ["compare-sites"],
                                        ["journey"], ["latency"], ["bench"], ["bench", "tun-pingpong"], ["bench", "tracer"], ["bench", "check"],
-                                       ["report"], ["watch"]]
+                                       ["report"], ["watch"], ["rm"]]
 
     @Test(arguments: commands, [60, 80, 120])
     func helpFitsAndFlows(_ command: [String], _ columns: Int) throws {

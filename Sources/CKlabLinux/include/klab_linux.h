@@ -11,6 +11,7 @@
 #include <sys/prctl.h>
 #include <spawn.h>
 #include <sys/epoll.h>   // Glibc's Swift module leaves it out; packetdrill scripts call epoll_*
+#include <malloc.h>      // Glibc's Swift module leaves it out; klab daemon sets mallopt's thresholds
 #include "klab_event.h"
 
 // TUNSETIFF and friends are function-like macros (_IOW), which Swift does not import.
