@@ -103,6 +103,12 @@ final class Forwarder: @unchecked Sendable {
         /// What the lane needs per destination link, worked out once.
         private struct Route { let dir: String; let impairment: Impairment }
         private let routes: [Route]
+        /// The links, and per destination link its address and whether nothing impairs the
+        /// direction: the lane's own copies, read per packet with no reference counted (the
+        /// forwarder's are shared with the other lanes' threads).
+        let links: [Link]
+        private let addresses: [UInt32]
+        private let straight: [Bool]
 
         /// A packet waiting for its release time (delay, jitter, rate).
         private struct Pending { let release: UInt64; let order: Int; let to: Int; let bytes: [UInt8]; let dir: String; let id: UInt64; let duplicate: Bool }
@@ -118,14 +124,15 @@ final class Forwarder: @unchecked Sendable {
 
         init(forwarder: Forwarder, from: Int, tap: Tap) {
             (self.forwarder, self.from, self.tap) = (forwarder, from, tap)
-            let links = forwarder.links
+            let links = forwarder.links.map { $0 }
             routes = links.map { to in
                 Route(dir: "\(links[from].name)>\(to.name)", impairment: forwarder.spec.impairment(from: links[from].name, to: to.name))
             }
+            self.links = links
+            addresses = links.map(\.address.rawValue)
+            straight = routes.map(\.impairment.isNone)
             byDestination = Array(repeating: Counters(), count: links.count)
         }
-
-        var links: [Link] { forwarder.links }
 
         private func draw(_ dir: String) -> Double {
             var g = rngs[dir] ?? SplitMix(seed: forwarder.spec.seed ^ dir.utf8.reduce(UInt64(14_695_981_039_346_656_037)) { ($0 ^ UInt64($1)) &* 1_099_511_628_211 })
@@ -187,21 +194,21 @@ final class Forwarder: @unchecked Sendable {
         private func forward(bytes buf: UnsafeMutableRawBufferPointer, count: Int, header h: Int) {
             let sent = tap.stamp()
             let packet = UnsafeRawBufferPointer(rebasing: buf[h..<count])
-            let dst = IPv4Address(rawValue: UInt32(buf[h + 16]) << 24 | UInt32(buf[h + 17]) << 16 | UInt32(buf[h + 18]) << 8 | UInt32(buf[h + 19]))
+            let dst = UInt32(bigEndian: buf.loadUnaligned(fromByteOffset: h + 16, as: UInt32.self))
             let i = from
-            guard let to = links.firstIndex(where: { $0.address == dst }), to != i else {
+            guard let to = addresses.firstIndex(of: dst), to != i else {
                 tap.record(link: links[i].index, intoHost: false, at: sent, packet, fate: .undeliverable)
                 undeliverable += 1
                 return
             }
-            let imp = routes[to].impairment
-            if imp.isNone {
+            if straight[to] {
                 // The common case: straight through, no copy.
                 let id = tap.record(link: links[i].index, intoHost: false, at: sent, packet)
                 deliver(UnsafeRawBufferPointer(rebasing: buf[0..<count]), to: to, id: id)
                 byDestination[to].forwarded += 1
                 return
             }
+            let imp = routes[to].impairment
             let dir = routes[to].dir
             if imp.loss > 0 && draw(dir) < imp.loss {
                 tap.record(link: links[i].index, intoHost: false, at: sent, packet, fate: .lost)
