@@ -308,14 +308,14 @@ public final class Tap: @unchecked Sendable {
 
     /// Writes `bytes` (an IPv4 packet behind `header` bytes of virtio-net header) into `tun`
     /// and records it as delivered into link `link`'s host; a failed write is recorded as
-    /// refused and rethrown. `queue`: which of the TUN's queues (descriptors) to write through.
+    /// refused and rethrown.
     @discardableResult
     public func write(_ tun: TunDevice, link: Int, _ bytes: UnsafeRawBufferPointer, header: Int = 0, id: UInt64? = nil,
-                      duplicate: Bool = false, queue: Int = 0) throws -> (t: UInt64, id: UInt64) {
+                      duplicate: Bool = false) throws -> (t: UInt64, id: UInt64) {
         let t = stamp()
         let packet = UnsafeRawBufferPointer(rebasing: bytes[min(header, bytes.count)...])
         do {
-            try tun.write(bytes, queue: queue)
+            try tun.write(bytes)
         } catch {
             record(link: link, intoHost: true, at: t, packet, id: id, fate: .refused, duplicate: duplicate)
             throw error

@@ -7,12 +7,7 @@ import KlabPacket
 /// Create it with `Host.run` so it lives in the host's namespace. Requires CAP_NET_ADMIN.
 public final class TunDevice: @unchecked Sendable {
     public let name: String
-    /// The first queue's descriptor: the only one unless the device has several queues.
-    public var fd: Int32 { fds[0] }
-    /// One descriptor per queue (IFF_MULTI_QUEUE). The kernel sends a flow's packets out of one
-    /// queue, chosen by a hash of its addresses and ports that is the same both ways: on two
-    /// TUNs with as many queues, a flow and its replies use the same queue index.
-    public let fds: [Int32]
+    public let fd: Int32
     public private(set) var ifindex: Int32
 
     /// Bytes of virtio-net header before each packet: 0, or 10 with `offload`.
@@ -21,49 +16,40 @@ public final class TunDevice: @unchecked Sendable {
     /// ioctl(TUNSETIFF) on /dev/net/tun, in the calling thread's namespace. With `offload`,
     /// IFF_VNET_HDR and TUNSETOFFLOAD(CSUM, TSO4, TSO6): the stack hands the TUN segments of
     /// up to 64 KB (GSO), each behind a virtio-net header, and takes them back the same way.
-    /// With `queues` > 1, IFF_MULTI_QUEUE and one descriptor per queue (TUNSETIFF on the same
-    /// name once per queue).
-    public init(name: String, offload: Bool = false, queues: Int = 1) throws {
-        precondition(queues >= 1)
-        var fds: [Int32] = []
-        var ok = false
-        defer { if !ok { for fd in fds { close(fd) } } }
-        var devName = name
-        for q in 0..<queues {
-            let fd = try sys("open(/dev/net/tun)", hint: "load the tun module; in a container pass --device /dev/net/tun") {
-                open("/dev/net/tun", O_RDWR | O_CLOEXEC)
-            }
-            fds.append(fd)
-            var ifr = ifreq()
-            withUnsafeMutableBytes(of: &ifr.ifr_ifrn.ifrn_name) { buf in
-                for (i, c) in devName.utf8.prefix(Int(IFNAMSIZ) - 1).enumerated() { buf[i] = c }
-            }
-            ifr.ifr_ifru.ifru_flags = klab_IFF_TUN | klab_IFF_NO_PI | (offload ? klab_IFF_VNET_HDR : 0) | (queues > 1 ? klab_IFF_MULTI_QUEUE : 0)
-            try sys("ioctl(TUNSETIFF, \(devName)\(queues > 1 ? ", queue \(q)" : ""))", hint: "needs CAP_NET_ADMIN") { ioctl(fd, klab_TUNSETIFF, &ifr) }
-            devName = withUnsafeBytes(of: ifr.ifr_ifrn.ifrn_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+    public init(name: String, offload: Bool = false) throws {
+        let fd = try sys("open(/dev/net/tun)", hint: "load the tun module; in a container pass --device /dev/net/tun") {
+            open("/dev/net/tun", O_RDWR | O_CLOEXEC)
         }
+        var ok = false
+        defer { if !ok { close(fd) } }
+        var ifr = ifreq()
+        withUnsafeMutableBytes(of: &ifr.ifr_ifrn.ifrn_name) { buf in
+            for (i, c) in name.utf8.prefix(Int(IFNAMSIZ) - 1).enumerated() { buf[i] = c }
+        }
+        ifr.ifr_ifru.ifru_flags = klab_IFF_TUN | klab_IFF_NO_PI | (offload ? klab_IFF_VNET_HDR : 0)
+        try sys("ioctl(TUNSETIFF, \(name))", hint: "needs CAP_NET_ADMIN") { ioctl(fd, klab_TUNSETIFF, &ifr) }
         if offload {
             let features = UInt(klab_TUN_F_CSUM | klab_TUN_F_TSO4 | klab_TUN_F_TSO6)
-            try sys("ioctl(TUNSETOFFLOAD, \(devName))") { klab_ioctl_int(fds[0], klab_TUNSETOFFLOAD, features) }
+            try sys("ioctl(TUNSETOFFLOAD, \(name))") { klab_ioctl_int(fd, klab_TUNSETOFFLOAD, features) }
         }
         headerLength = offload ? Int(klab_VNET_HDR_LEN) : 0
-        self.fds = fds
-        self.name = devName
-        self.ifindex = Int32(if_nametoindex(devName))
+        self.fd = fd
+        self.name = withUnsafeBytes(of: ifr.ifr_ifrn.ifrn_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        self.ifindex = Int32(if_nametoindex(self.name))
         ok = true
     }
 
-    deinit { for fd in fds { close(fd) } }
+    deinit { close(fd) }
 
     /// Injects one packet into the host's stack. On a TUN without NAPI the whole receive
     /// path runs inside this call.
     @inlinable @inline(__always)
-    public func write(_ bytes: UnsafeRawBufferPointer, queue: Int = 0) throws {
-        try sys("write(\(name))") { Int32(truncatingIfNeeded: klab_write(fds[queue], bytes.baseAddress, bytes.count)) }
+    public func write(_ bytes: UnsafeRawBufferPointer) throws {
+        try sys("write(\(name))") { Int32(truncatingIfNeeded: klab_write(fd, bytes.baseAddress, bytes.count)) }
     }
 
-    public func write(_ bytes: [UInt8], queue: Int = 0) throws {
-        try bytes.withUnsafeBytes { try write($0, queue: queue) }
+    public func write(_ bytes: [UInt8]) throws {
+        try bytes.withUnsafeBytes { try write($0) }
     }
 
     /// Reads one packet into `buffer`; nil when nothing arrives within `timeoutMs`.
@@ -88,11 +74,11 @@ extension LabHost {
     /// (before up, or IPv6 chatter appears on it), MTU, up, `address/prefixLength`, and a route
     /// to `route` through it. Runs on the host's thread; the TUN stays in its namespace.
     public func addLink(name: String, address: IPv4Address, prefixLength: Int, mtu: UInt32? = nil,
-                        route: IPv4Prefix? = nil, offload: Bool = false, queues: Int = 1) throws -> TunDevice {
+                        route: IPv4Prefix? = nil, offload: Bool = false) throws -> TunDevice {
         try run { () throws -> TunDevice in
             let nl = try Netlink()
             try nl.setUp(1)
-            let tun = try TunDevice(name: name, offload: offload, queues: queues)
+            let tun = try TunDevice(name: name, offload: offload)
             try nl.setAddrGenModeNone(tun.ifindex)
             try nl.setUp(tun.ifindex, mtu: mtu)
             try nl.addAddress(tun.ifindex, address, prefixLength: prefixLength)

@@ -13,13 +13,9 @@ import Synchronization
 /// owns its destination address. It records both: the packet as it left its host (with what
 /// the wire did to it) and each delivery, under one packet id.
 ///
-/// Each TUN has `queues` queues (IFF_MULTI_QUEUE) and the forwarder a thread per queue, which
-/// polls that queue of every TUN. The kernel puts a flow's packets on one queue, by a hash that
-/// is the same both ways, so a flow's data (out of one host's TUN) and its replies (out of the
-/// other's) come out of the same queue index and are forwarded by one thread, as a C loop
-/// does: what the thread writes into a host (the host's receive path runs inside the write)
-/// and what that host answers are read by the same thread at its next poll, with no hand-off
-/// between threads to wait for. Flows spread over the threads (the cores).
+/// Each link has a lane: a thread of its own that reads what its host sends and forwards
+/// it, with the impairment state of the directions out of that host. A stream's data and
+/// its ACKs cross on two threads (two cores) instead of taking turns in one loop.
 final class Forwarder: @unchecked Sendable {
     struct Link {
         let name: String
@@ -36,57 +32,36 @@ final class Forwarder: @unchecked Sendable {
         var refused = 0
         /// Delayed packets still on the wire when it stopped: never delivered.
         var in_flight_at_stop = 0
-
-        static func + (a: Counters, b: Counters) -> Counters {
-            Counters(forwarded: a.forwarded + b.forwarded, dropped: a.dropped + b.dropped, duplicated: a.duplicated + b.duplicated,
-                     reordered: a.reordered + b.reordered, refused: a.refused + b.refused,
-                     in_flight_at_stop: a.in_flight_at_stop + b.in_flight_at_stop)
-        }
-    }
-
-    /// Queues per TUN, and so forwarding threads: one per core (at most 8) when no direction
-    /// is impaired; one when any is, because an impaired direction's state (its seeded
-    /// generator, its rate limiter, a packet held back to be reordered) belongs to one thread,
-    /// and a run repeats with its seed only if one thread sees the direction's packets in order.
-    static func queues(for scenario: Scenario) -> Int {
-        let names = scenario.hosts.map(\.name)
-        let impaired = names.contains { a in names.contains { b in a != b && !scenario.wire.impairment(from: a, to: b).isNone } }
-        return impaired ? 1 : max(1, min(8, ProcessInfo.processInfo.activeProcessorCount))
     }
 
     let links: [Link]
     let spec: WireSpec
     let recorder: PacketRecorder
-    fileprivate let running = Atomic<Bool>(false)
-    /// When a thread last moved a packet, for a quiet stop.
-    fileprivate let lastPacketNs = Atomic<UInt64>(0)
-    private var workers: [Worker] = []
+    private let running = Atomic<Bool>(false)
+    /// When a lane last moved a packet, for a quiet stop.
+    private let lastPacketNs = Atomic<UInt64>(0)
+    private var lanes: [Lane] = []
     private var threads: [(Thread, DispatchSemaphore)] = []
 
-    /// Every link's TUN has the same number of queues (`TunDevice.fds`).
     init(links: [Link], spec: WireSpec, recorder: PacketRecorder) {
         (self.links, self.spec, self.recorder) = (links, spec, recorder)
     }
 
     /// Per direction, after `stop`.
-    var counters: [String: Counters] {
-        workers.flatMap(\.lanes).reduce(into: [:]) { all, lane in all.merge(lane.counters) { $0 + $1 } }
-    }
+    var counters: [String: Counters] { lanes.reduce(into: [:]) { all, lane in all.merge(lane.counters) { a, _ in a } } }
     /// Packets from a host to an address no host has, after `stop`.
-    var undeliverable: Int { workers.flatMap(\.lanes).reduce(0) { $0 + $1.undeliverable } }
+    var undeliverable: Int { lanes.reduce(0) { $0 + $1.undeliverable } }
 
     func start() {
         running.store(true, ordering: .releasing)
-        let queues = links.map(\.tun.fds.count).min() ?? 1
-        workers = (0..<queues).map { Worker(forwarder: self, queue: $0, tap: recorder.tap()) }
-        for worker in workers {
+        lanes = links.indices.map { Lane(forwarder: self, from: $0, tap: recorder.tap()) }
+        for lane in lanes {
             let done = DispatchSemaphore(value: 0)
-            let t = Thread { [worker] in
+            let t = Thread { [lane] in
                 defer { done.signal() }
-                klab_set_thread_name("klab-wire-q\(worker.queue)")
-                do { try worker.loop() } catch { worker.failure = error }
+                do { try lane.loop() } catch { lane.failure = error }
             }
-            t.name = "klab-wire-q\(worker.queue)"
+            t.name = "klab-wire-\(links[lane.from].name)"
             threads.append((t, done))
             t.start()
         }
@@ -104,62 +79,16 @@ final class Forwarder: @unchecked Sendable {
         let was = running.exchange(false, ordering: .acquiringAndReleasing)
         if was { for (_, done) in threads { done.wait() } }
         threads = []
-        for lane in workers.flatMap(\.lanes) { lane.countInFlight() }
-        return workers.compactMap(\.failure).first
+        for lane in lanes { lane.countInFlight() }
+        return lanes.compactMap(\.failure).first
     }
 
-    /// One queue's thread: polls that queue of every link's TUN and forwards what it reads.
-    final class Worker: @unchecked Sendable {
-        unowned let forwarder: Forwarder
-        let queue: Int
-        /// One per link: what this thread reads from that link's host.
-        let lanes: [Lane]
-        var failure: Error?
-
-        init(forwarder: Forwarder, queue: Int, tap: Tap) {
-            (self.forwarder, self.queue) = (forwarder, queue)
-            lanes = forwarder.links.indices.map { Lane(links: forwarder.links, spec: forwarder.spec, from: $0, queue: queue, tap: tap) }
-        }
-
-        func loop() throws {
-            var fds = lanes.map { pollfd(fd: $0.fd, events: Int16(POLLIN), revents: 0) }
-            for p in fds { _ = fcntl(p.fd, F_SETFL, fcntl(p.fd, F_GETFL) | O_NONBLOCK) }
-            // With offload each read is a virtio-net header and a segment of up to 64 KB.
-            let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: 65536 + Int(klab_VNET_HDR_LEN), alignment: 8)
-            defer { buf.deallocate() }
-            var last = false
-            while true {
-                // One more round after stop: what the hosts queued before it is read and recorded.
-                if !forwarder.running.load(ordering: .acquiring) {
-                    if last { break }
-                    last = true
-                }
-                let now = Clock.monotonicNs()
-                // Sleep until the next release, or 20 ms to notice stop().
-                var wait: UInt64 = 20_000_000
-                for lane in lanes {
-                    lane.releaseDue(now)
-                    if let next = lane.nextRelease { wait = min(wait, next > now ? next - now : 0) }
-                }
-                let n = poll(&fds, nfds_t(fds.count), last ? 0 : Int32((wait + 999_999) / 1_000_000))
-                if n < 0 && errno != EINTR { throw LabError("poll(wire queue \(queue))") }
-                guard n > 0 else { continue }
-                for i in fds.indices where fds[i].revents != 0 { try lanes[i].drain(buf) }
-                forwarder.lastPacketNs.store(Clock.monotonicNs(), ordering: .relaxed)
-            }
-        }
-    }
-
-    /// What one thread reads from one link's host (on its queue) and forwards, with the
-    /// impairment state of the directions out of that host.
+    /// One link's thread: reads what its host sends and forwards it.
     final class Lane: @unchecked Sendable {
-        let links: [Link]
+        unowned let forwarder: Forwarder
         let from: Int
-        let queue: Int
-        /// The queue's descriptor of the link's TUN.
-        let fd: Int32
         let tap: Tap
-        let seed: UInt64
+        var failure: Error?
         /// Per direction "a>b" (after `stop`).
         var counters: [String: Counters] {
             var all: [String: Counters] = [:]
@@ -174,13 +103,16 @@ final class Forwarder: @unchecked Sendable {
         /// What the lane needs per destination link, worked out once.
         private struct Route { let dir: String; let impairment: Impairment }
         private let routes: [Route]
-        /// Per destination link, its address and whether nothing impairs the direction.
+        /// The links, and per destination link its address and whether nothing impairs the
+        /// direction: the lane's own copies, read per packet with no reference counted (the
+        /// forwarder's are shared with the other lanes' threads).
+        let links: [Link]
         private let addresses: [UInt32]
         private let straight: [Bool]
 
         /// A packet waiting for its release time (delay, jitter, rate).
         private struct Pending { let release: UInt64; let order: Int; let to: Int; let bytes: [UInt8]; let dir: String; let id: UInt64; let duplicate: Bool }
-        private var queued: [Pending] = []
+        private var queue: [Pending] = []
         private var order = 0
         /// Per direction: when the rate limiter's link is free again, and a packet held back
         /// to be overtaken (reordering).
@@ -190,54 +122,70 @@ final class Forwarder: @unchecked Sendable {
         /// how b>a's interleave with them: a run repeats with its seed.
         private var rngs: [String: SplitMix] = [:]
 
-        init(links: [Link], spec: WireSpec, from: Int, queue: Int, tap: Tap) {
-            (self.links, self.from, self.queue, self.tap, self.seed) = (links, from, queue, tap, spec.seed)
-            fd = links[from].tun.fds[queue]
+        init(forwarder: Forwarder, from: Int, tap: Tap) {
+            (self.forwarder, self.from, self.tap) = (forwarder, from, tap)
+            let links = forwarder.links.map { $0 }
             routes = links.map { to in
-                Route(dir: "\(links[from].name)>\(to.name)", impairment: spec.impairment(from: links[from].name, to: to.name))
+                Route(dir: "\(links[from].name)>\(to.name)", impairment: forwarder.spec.impairment(from: links[from].name, to: to.name))
             }
+            self.links = links
             addresses = links.map(\.address.rawValue)
             straight = routes.map(\.impairment.isNone)
             byDestination = Array(repeating: Counters(), count: links.count)
         }
 
         private func draw(_ dir: String) -> Double {
-            var g = rngs[dir] ?? SplitMix(seed: seed ^ dir.utf8.reduce(UInt64(14_695_981_039_346_656_037)) { ($0 ^ UInt64($1)) &* 1_099_511_628_211 })
+            var g = rngs[dir] ?? SplitMix(seed: forwarder.spec.seed ^ dir.utf8.reduce(UInt64(14_695_981_039_346_656_037)) { ($0 ^ UInt64($1)) &* 1_099_511_628_211 })
             let v = g.unit()
             rngs[dir] = g
             return v
         }
 
-        /// The earliest release time of a delayed or held-back packet.
-        var nextRelease: UInt64? {
-            guard !queued.isEmpty || !held.isEmpty else { return nil }
-            var t = UInt64.max
-            for p in queued { t = min(t, p.release) }
-            for p in held.values { t = min(t, p.release) }
-            return t
-        }
-
         func countInFlight() {
-            for p in queued + Array(held.values) { byDestination[p.to].in_flight_at_stop += 1 }
-            queued = []
+            for p in queue + Array(held.values) { byDestination[p.to].in_flight_at_stop += 1 }
+            queue = []
             held = [:]
         }
 
-        /// Reads and forwards what is queued (non-blocking: one read per packet, no poll per
-        /// packet, which costs ~30%), releasing delayed packets as it goes.
-        func drain(_ buf: UnsafeMutableRawBufferPointer) throws {
-            let hdr = links[from].tun.headerLength
-            var reads = 0
+        func loop() throws {
+            let tun = links[from].tun
+            var fd = pollfd(fd: tun.fd, events: Int16(POLLIN), revents: 0)
+            _ = fcntl(tun.fd, F_SETFL, fcntl(tun.fd, F_GETFL) | O_NONBLOCK)
+            // With offload each read is a virtio-net header and a segment of up to 64 KB.
+            let hdr = tun.headerLength
+            let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: 65536 + hdr, alignment: 8)
+            defer { buf.deallocate() }
+            var last = false
             while true {
-                let len = klab_read(fd, buf.baseAddress, buf.count)
-                if len < 0 {
-                    if errno == EAGAIN { return }
-                    if errno == EINTR { continue }
-                    throw LabError("read(\(links[from].tun.name))")
+                // One more round after stop: what the host queued before it is read and recorded.
+                if !forwarder.running.load(ordering: .acquiring) {
+                    if last { break }
+                    last = true
                 }
-                if len >= hdr + 20 { forward(bytes: buf, count: len, header: hdr) }
-                reads += 1
-                if reads % 32 == 0, !queued.isEmpty { releaseDue(Clock.monotonicNs()) }
+                let now = Clock.monotonicNs()
+                releaseDue(now)
+                // Sleep until the next release, or 20 ms to notice stop().
+                var wait: UInt64 = 20_000_000
+                if let next = queue.map(\.release).min() { wait = min(wait, next > now ? next - now : 0) }
+                if let h = held.values.map(\.release).min() { wait = min(wait, h > now ? h - now : 0) }
+                let n = poll(&fd, 1, last ? 0 : Int32((wait + 999_999) / 1_000_000))
+                if n < 0 && errno != EINTR { throw LabError("poll(\(tun.name))") }
+                guard n > 0 else { continue }
+                // Drain what is queued (non-blocking: one read per packet, no poll per
+                // packet, which costs ~30%), releasing delayed packets as it goes.
+                var reads = 0
+                while true {
+                    let len = klab_read(tun.fd, buf.baseAddress, buf.count)
+                    if len < 0 {
+                        if errno == EAGAIN { break }
+                        if errno == EINTR { continue }
+                        throw LabError("read(\(tun.name))")
+                    }
+                    if len >= hdr + 20 { forward(bytes: buf, count: len, header: hdr) }
+                    reads += 1
+                    if reads % 32 == 0, !queue.isEmpty { releaseDue(Clock.monotonicNs()) }
+                }
+                forwarder.lastPacketNs.store(Clock.monotonicNs(), ordering: .relaxed)
             }
         }
 
@@ -283,19 +231,19 @@ final class Forwarder: @unchecked Sendable {
             let p = Pending(release: release, order: order, to: to, bytes: bytes, dir: dir, id: id, duplicate: false)
             if let h = held.removeValue(forKey: dir) {
                 // The held-back packet goes right after this one: the two swap places.
-                queued.append(p)
+                queue.append(p)
                 order += 1
-                queued.append(Pending(release: release, order: order, to: h.to, bytes: h.bytes, dir: dir, id: h.id, duplicate: h.duplicate))
+                queue.append(Pending(release: release, order: order, to: h.to, bytes: h.bytes, dir: dir, id: h.id, duplicate: h.duplicate))
             } else if imp.reorder > 0 && draw(dir) < imp.reorder {
                 // Wait for the next packet to overtake this one, but no longer than 10 ms.
                 held[dir] = Pending(release: release + 10_000_000, order: order, to: to, bytes: bytes, dir: dir, id: id, duplicate: false)
                 byDestination[to].reordered += 1
             } else {
-                queued.append(p)
+                queue.append(p)
             }
             if imp.duplicate > 0 && draw(dir) < imp.duplicate {
                 order += 1
-                queued.append(Pending(release: release, order: order, to: to, bytes: bytes, dir: dir, id: id, duplicate: true))
+                queue.append(Pending(release: release, order: order, to: to, bytes: bytes, dir: dir, id: id, duplicate: true))
                 byDestination[to].duplicated += 1
             }
             byDestination[to].forwarded += 1
@@ -304,20 +252,20 @@ final class Forwarder: @unchecked Sendable {
         /// Writes a packet into host `to`'s TUN and records the delivery.
         private func deliver(_ bytes: UnsafeRawBufferPointer, to: Int, id: UInt64, duplicate: Bool = false) {
             do {
-                try tap.write(links[to].tun, link: links[to].index, bytes, header: links[to].tun.headerLength, id: id, duplicate: duplicate, queue: queue)
+                try tap.write(links[to].tun, link: links[to].index, bytes, header: links[to].tun.headerLength, id: id, duplicate: duplicate)
             } catch {
                 byDestination[to].refused += 1
             }
         }
 
-        func releaseDue(_ now: UInt64) {
+        private func releaseDue(_ now: UInt64) {
             for (dir, h) in held where h.release <= now {
                 held[dir] = nil
-                queued.append(h)
+                queue.append(h)
             }
-            guard queued.contains(where: { $0.release <= now }) else { return }
-            let due = queued.filter { $0.release <= now }.sorted { ($0.release, $0.order) < ($1.release, $1.order) }
-            queued.removeAll { $0.release <= now }
+            guard queue.contains(where: { $0.release <= now }) else { return }
+            let due = queue.filter { $0.release <= now }.sorted { ($0.release, $0.order) < ($1.release, $1.order) }
+            queue.removeAll { $0.release <= now }
             for p in due {
                 p.bytes.withUnsafeBytes { deliver($0, to: p.to, id: p.id, duplicate: p.duplicate) }
             }
@@ -331,13 +279,12 @@ extension Runner {
     /// caller removes those made before a failure.
     static func wireHosts(_ scenario: Scenario, _ recorder: PacketRecorder, into hosts: inout [LabHost]) throws -> [Forwarder.Link] {
         var links: [Forwarder.Link] = []
-        let queues = Forwarder.queues(for: scenario)
         for spec in scenario.hosts {
             let host = try LabHost(name: spec.name)
             hosts.append(host)
             let tun = try host.addLink(
                 name: "kl-\(spec.name)", address: spec.address, prefixLength: spec.prefixLength, mtu: spec.mtu,
-                route: Scenario.labPrefix, offload: scenario.wire.offload, queues: queues)
+                route: Scenario.labPrefix, offload: scenario.wire.offload)
             links.append(Forwarder.Link(name: spec.name, address: spec.address, tun: tun, index: recorder.addLink(tun, netns: host.netnsInode)))
         }
         return links

@@ -20,7 +20,6 @@ static const unsigned long klab_TUNSETPERSIST = TUNSETPERSIST;
 static const short klab_IFF_TUN = IFF_TUN;
 static const short klab_IFF_NO_PI = IFF_NO_PI;
 static const short klab_IFF_VNET_HDR = IFF_VNET_HDR;
-static const short klab_IFF_MULTI_QUEUE = IFF_MULTI_QUEUE;
 static const unsigned long klab_TUNSETOFFLOAD = TUNSETOFFLOAD;
 static const unsigned int klab_TUN_F_CSUM = TUN_F_CSUM;
 static const unsigned int klab_TUN_F_TSO4 = TUN_F_TSO4;
