@@ -53,22 +53,33 @@ public final class CaptureWriter {
     public private(set) var notWritten = 0
     private let pcap: OutputFile
     private let tags: OutputFile
-    private var out: [UInt8] = []
-    private var side: [UInt8] = []
+    /// The next chunk of each file, gathered here and written with one `write` once a megabyte
+    /// of pcap is in: each frame is copied once, from the caller's bytes to the file.
+    private let out: UnsafeMutableRawBufferPointer
+    private let side: UnsafeMutableRawBufferPointer
+    private var outCount = 0, sideCount = 0
+    private static let chunk = 1 << 20
 
     public init(_ layout: ResultsLayout, snaplen: Int, offsetNs: Int64) throws {
         (self.snaplen, self.offsetNs) = (snaplen, offsetNs)
         // Written as the run goes (klab check reads a capture cut short as far as it goes).
         pcap = try OutputFile(layout.capture, whole: false)
         tags = try OutputFile(layout.frames, whole: false)
+        // A chunk is flushed once it holds a megabyte, so it never holds more than that plus
+        // one frame; each frame has at least its 16-byte pcap header, so the frames file's
+        // chunk (16 bytes a frame) is never bigger than the pcap's.
+        out = .allocate(byteCount: Self.chunk + 16 + snaplen, alignment: 64)
+        side = .allocate(byteCount: Self.chunk + 16 + snaplen, alignment: 64)
         // File header: nanosecond magic, version 2.4, zone and accuracy 0, snaplen, LINKTYPE_RAW.
-        for v: UInt32 in [0xa1b2_3c4d, 0x0004_0002, 0, 0, UInt32(snaplen), 101] { put32(&out, v) }
+        for v: UInt32 in [0xa1b2_3c4d, 0x0004_0002, 0, 0, UInt32(snaplen), 101] { put32(v) }
     }
 
     deinit {
         flush()
         try? pcap.close()
         try? tags.close()
+        out.deallocate()
+        side.deallocate()
     }
 
     /// One frame: CLOCK_MONOTONIC `timeNs`, the packet's wire `length`, its first `bytes`
@@ -80,32 +91,39 @@ public final class CaptureWriter {
         }
         let real = UInt64(Int64(timeNs) + offsetNs)
         let cap = min(bytes.count, snaplen)
-        put32(&out, UInt32(real / 1_000_000_000))
-        put32(&out, UInt32(real % 1_000_000_000))
-        put32(&out, UInt32(cap))
-        put32(&out, UInt32(length))
-        out.append(contentsOf: UnsafeRawBufferPointer(rebasing: bytes[0..<cap]))
-        side.append(contentsOf: [link, tag, fate.rawValue, 0, 0, 0, 0, 0])
-        withUnsafeBytes(of: id.littleEndian) { side.append(contentsOf: $0) }
+        put32(UInt32(real / 1_000_000_000))
+        put32(UInt32(real % 1_000_000_000))
+        put32(UInt32(cap))
+        put32(UInt32(truncatingIfNeeded: length))
+        if cap > 0 { (out.baseAddress! + outCount).copyMemory(from: bytes.baseAddress!, byteCount: cap) }
+        outCount += cap
+        // link, tag, fate, 5 reserved bytes, the packet id (little-endian).
+        let s = side.baseAddress! + sideCount
+        s.storeBytes(of: (UInt64(link) | UInt64(tag) << 8 | UInt64(fate.rawValue) << 16).littleEndian, as: UInt64.self)
+        (s + 8).storeBytes(of: id.littleEndian, as: UInt64.self)
+        sideCount += FrameTag.recordSize
         frames += 1
         if firstRealtimeNs == nil { firstRealtimeNs = real }
         lastRealtimeNs = real
-        if out.count >= 1 << 20 { flush() }
+        if outCount >= Self.chunk { flush() }
     }
 
-    /// Writes what is buffered.
+    /// Writes what is gathered.
     public func flush() {
-        for (file, buf) in [(pcap, out), (tags, side)] where !buf.isEmpty && failure == nil {
+        for (file, buf, count) in [(pcap, out, outCount), (tags, side, sideCount)] where count > 0 && failure == nil {
             do {
-                try file.write(buf)
-                try file.flush()
+                try file.write(unbuffered: UnsafeRawBufferPointer(rebasing: buf[0..<count]))
             } catch {
                 failure = "\(error)"
             }
         }
-        out.removeAll(keepingCapacity: true)
-        side.removeAll(keepingCapacity: true)
+        outCount = 0
+        sideCount = 0
     }
 
-    private func put32(_ a: inout [UInt8], _ v: UInt32) { withUnsafeBytes(of: v.littleEndian) { a.append(contentsOf: $0) } }
+    @inline(__always)
+    private func put32(_ v: UInt32) {
+        (out.baseAddress! + outCount).storeBytes(of: v.littleEndian, as: UInt32.self)
+        outCount += 4
+    }
 }

@@ -32,10 +32,21 @@ public final class OutputFile {
     }
 
     public func flush() throws {
-        var done = 0
         defer { buffer.removeAll(keepingCapacity: true) }
-        while done < buffer.count {
-            let n = buffer.withUnsafeBytes { b in retryingEINTR { Glibc.write(fd, b.baseAddress! + done, b.count - done) } }
+        try buffer.withUnsafeBytes { try writeAll($0) }
+    }
+
+    /// Writes `bytes` after what is buffered, without copying them into the buffer: for a
+    /// caller that gathers its own chunks.
+    public func write(unbuffered bytes: UnsafeRawBufferPointer) throws {
+        try flush()
+        try writeAll(bytes)
+    }
+
+    private func writeAll(_ b: UnsafeRawBufferPointer) throws {
+        var done = 0
+        while done < b.count {
+            let n = retryingEINTR { Glibc.write(fd, b.baseAddress! + done, b.count - done) }
             if n <= 0 { throw ResultsError(path, "writing it failed: \(Errno.text(n < 0 ? errno : EIO))") }
             done += n
         }
