@@ -281,15 +281,10 @@ public final class Tap: @unchecked Sendable {
 
     init(recorder: PacketRecorder, slot: PacketRecorder.Slot) { (self.recorder, self.slot) = (recorder, slot) }
 
-    /// How many records one stamp may cover (`stamp(records:)`): those that fit in half the ring.
-    public var batchLimit: Int { max(1, PacketRecorder.ringBytes / 2 / recorder.largestRecord) }
-
-    /// The time of the I/O about to be recorded (`records` of them, done together, such as
-    /// writes in one io_uring_enter: each is recorded with `last` false but the last). Waits
-    /// first while the disk is behind.
+    /// The time of the I/O about to be recorded. Waits first while the disk is behind.
     @inline(__always)
-    public func stamp(records: Int = 1) -> UInt64 {
-        recorder.waitForRoom(slot, recorder.largestRecord * records)
+    public func stamp() -> UInt64 {
+        recorder.waitForRoom(slot, recorder.largestRecord)
         slot.inflight.store(1, ordering: .sequentiallyConsistent)
         let t = Clock.monotonicNs()
         slot.inflight.store(t, ordering: .releasing)
@@ -299,12 +294,12 @@ public final class Tap: @unchecked Sendable {
     /// Records a packet stamped by `stamp()`; returns its packet id (`id`, or a new one).
     @discardableResult
     public func record(link: Int, intoHost: Bool, at t: UInt64, _ bytes: UnsafeRawBufferPointer, id: UInt64? = nil,
-                       fate: Fate = .passed, duplicate: Bool = false, last: Bool = true) -> UInt64 {
+                       fate: Fate = .passed, duplicate: Bool = false) -> UInt64 {
         let pid = id ?? recorder.newPacketID(slot)
         // A delivery under an id some read gave: the packet was forwarded from another host.
         let tag = (duplicate ? FrameTag.duplicate : 0) | (intoHost && id != nil ? FrameTag.forwarded : 0)
         recorder.append(slot, link: link, intoHost: intoHost, tag: tag, fate: fate, timeNs: t, id: pid, bytes: bytes)
-        if last { slot.inflight.store(0, ordering: .releasing) }
+        slot.inflight.store(0, ordering: .releasing)
         return pid
     }
 

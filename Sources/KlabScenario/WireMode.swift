@@ -16,13 +16,6 @@ import Synchronization
 /// Each link has a lane: a thread of its own that reads what its host sends and forwards
 /// it, with the impairment state of the directions out of that host. A stream's data and
 /// its ACKs cross on two threads (two cores) instead of taking turns in one loop.
-///
-/// A lane drains its TUN into a pool of buffers and hands the packets that go straight
-/// through to their TUNs in batches of up to 32, with one io_uring_enter per batch instead of
-/// a write() per packet (a TUN has no batch write call). Where io_uring is not available
-/// (io_uring_disabled, seccomp, an old kernel), or with KLAB_NO_IO_URING=1 in the
-/// environment, it writes each packet with write(), and the run says so. Delayed packets
-/// (impairments) are always written one by one.
 final class Forwarder: @unchecked Sendable {
     struct Link {
         let name: String
@@ -39,8 +32,6 @@ final class Forwarder: @unchecked Sendable {
         var refused = 0
         /// Delayed packets still on the wire when it stopped: never delivered.
         var in_flight_at_stop = 0
-        /// Writes made in batches through io_uring (the others, one write() each).
-        var io_uring_writes = 0
     }
 
     let links: [Link]
@@ -51,8 +42,6 @@ final class Forwarder: @unchecked Sendable {
     private let lastPacketNs = Atomic<UInt64>(0)
     private var lanes: [Lane] = []
     private var threads: [(Thread, DispatchSemaphore)] = []
-    /// How the lanes write into the TUNs, for the run's output (after `start`).
-    private(set) var writes = ""
 
     init(links: [Link], spec: WireSpec, recorder: PacketRecorder) {
         (self.links, self.spec, self.recorder) = (links, spec, recorder)
@@ -65,16 +54,7 @@ final class Forwarder: @unchecked Sendable {
 
     func start() {
         running.store(true, ordering: .releasing)
-        let env = ProcessInfo.processInfo.environment["KLAB_NO_IO_URING"] ?? ""
-        let noRing = !env.isEmpty && env != "0"
-        lanes = links.indices.map { Lane(forwarder: self, from: $0, tap: recorder.tap(), ioUring: !noRing) }
-        if noRing {
-            writes = "one write() per packet (KLAB_NO_IO_URING is set)"
-        } else if let why = lanes.compactMap(\.ringError).first {
-            writes = "one write() per packet: io_uring is not available (\(why))"
-        } else {
-            writes = "batched through io_uring, up to \(lanes.map(\.batchMax).max() ?? 1) per io_uring_enter"
-        }
+        lanes = links.indices.map { Lane(forwarder: self, from: $0, tap: recorder.tap()) }
         for lane in lanes {
             let done = DispatchSemaphore(value: 0)
             let t = Thread { [lane] in
@@ -142,34 +122,8 @@ final class Forwarder: @unchecked Sendable {
         /// how b>a's interleave with them: a run repeats with its seed.
         private var rngs: [String: SplitMix] = [:]
 
-        /// The io_uring the lane writes batches through (nil: one write() per packet), why it
-        /// has none if io_uring_setup failed, and the batch: up to `batchMax` packets read into
-        /// buffers of the pool and waiting for one io_uring_enter.
-        private var ring: OpaquePointer?
-        private(set) var ringError: String?
-        let batchMax: Int
-        private var batch = 0
-        private let fds: UnsafeMutablePointer<Int32>
-        private let addrs: UnsafeMutablePointer<UnsafeMutableRawPointer?>
-        private let lens: UnsafeMutablePointer<UInt32>
-        private let results: UnsafeMutablePointer<Int32>
-        private var batchTo: [Int], batchID: [UInt64]
-
-        init(forwarder: Forwarder, from: Int, tap: Tap, ioUring: Bool) {
+        init(forwarder: Forwarder, from: Int, tap: Tap) {
             (self.forwarder, self.from, self.tap) = (forwarder, from, tap)
-            var size = min(32, tap.batchLimit)
-            if ioUring {
-                ring = klab_uring_open(UInt32(size))
-                if ring == nil { ringError = "io_uring_setup: \(String(cString: strerror(errno)))" }
-            }
-            if ring == nil { size = 1 }
-            batchMax = size
-            fds = .allocate(capacity: size)
-            addrs = .allocate(capacity: size)
-            lens = .allocate(capacity: size)
-            results = .allocate(capacity: size)
-            batchTo = Array(repeating: 0, count: size)
-            batchID = Array(repeating: 0, count: size)
             let links = forwarder.links.map { $0 }
             routes = links.map { to in
                 Route(dir: "\(links[from].name)>\(to.name)", impairment: forwarder.spec.impairment(from: links[from].name, to: to.name))
@@ -178,11 +132,6 @@ final class Forwarder: @unchecked Sendable {
             addresses = links.map(\.address.rawValue)
             straight = routes.map(\.impairment.isNone)
             byDestination = Array(repeating: Counters(), count: links.count)
-        }
-
-        deinit {
-            klab_uring_close(ring)
-            fds.deallocate(); addrs.deallocate(); lens.deallocate(); results.deallocate()
         }
 
         private func draw(_ dir: String) -> Double {
@@ -204,8 +153,8 @@ final class Forwarder: @unchecked Sendable {
             _ = fcntl(tun.fd, F_SETFL, fcntl(tun.fd, F_GETFL) | O_NONBLOCK)
             // With offload each read is a virtio-net header and a segment of up to 64 KB.
             let hdr = tun.headerLength
-            let pool = (0..<batchMax).map { _ in UnsafeMutableRawBufferPointer.allocate(byteCount: 65536 + hdr, alignment: 8) }
-            defer { for b in pool { b.deallocate() } }
+            let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: 65536 + hdr, alignment: 8)
+            defer { buf.deallocate() }
             var last = false
             while true {
                 // One more round after stop: what the host queued before it is read and recorded.
@@ -224,28 +173,18 @@ final class Forwarder: @unchecked Sendable {
                 guard n > 0 else { continue }
                 // Drain what is queued (non-blocking: one read per packet, no poll per
                 // packet, which costs ~30%), releasing delayed packets as it goes.
-                // Each packet is read into the pool's next free buffer; those that go straight
-                // through wait there for the batch's write.
                 var reads = 0
                 while true {
-                    let buf = pool[batch]
                     let len = klab_read(tun.fd, buf.baseAddress, buf.count)
                     if len < 0 {
                         if errno == EAGAIN { break }
                         if errno == EINTR { continue }
-                        let e = LabError("read(\(tun.name))")
-                        try writeBatch()
-                        throw e
+                        throw LabError("read(\(tun.name))")
                     }
                     if len >= hdr + 20 { forward(bytes: buf, count: len, header: hdr) }
                     reads += 1
-                    if ring != nil && batch == batchMax { try writeBatch() }
-                    if reads % 32 == 0, !queue.isEmpty {
-                        try writeBatch()
-                        releaseDue(Clock.monotonicNs())
-                    }
+                    if reads % 32 == 0, !queue.isEmpty { releaseDue(Clock.monotonicNs()) }
                 }
-                try writeBatch()
                 forwarder.lastPacketNs.store(Clock.monotonicNs(), ordering: .relaxed)
             }
         }
@@ -265,13 +204,7 @@ final class Forwarder: @unchecked Sendable {
             if straight[to] {
                 // The common case: straight through, no copy.
                 let id = tap.record(link: links[i].index, intoHost: false, at: sent, packet)
-                if ring != nil {
-                    (fds[batch], addrs[batch], lens[batch]) = (links[to].tun.fd, buf.baseAddress, UInt32(count))
-                    (batchTo[batch], batchID[batch]) = (to, id)
-                    batch += 1
-                } else {
-                    deliver(UnsafeRawBufferPointer(rebasing: buf[0..<count]), to: to, id: id)
-                }
+                deliver(UnsafeRawBufferPointer(rebasing: buf[0..<count]), to: to, id: id)
                 byDestination[to].forwarded += 1
                 return
             }
@@ -314,41 +247,6 @@ final class Forwarder: @unchecked Sendable {
                 byDestination[to].duplicated += 1
             }
             byDestination[to].forwarded += 1
-        }
-
-        /// Writes the batch into the TUNs with one io_uring_enter and records each delivery
-        /// as `deliver` does, all stamped right before that call. A write the TUN refuses is
-        /// recorded as refused. If the kernel refuses RWF_NOWAIT writes on a TUN, the batch's
-        /// packets are written with write(), as are all later ones.
-        private func writeBatch() throws {
-            guard batch > 0, let ring else { return }
-            let n = batch
-            batch = 0
-            let t = tap.stamp(records: n)
-            let rc = klab_uring_writes(ring, UInt32(n), fds, addrs, lens, results)
-            if rc < 0 {
-                tap.cancel()
-                errno = -rc
-                throw LabError("io_uring_enter(\(links[from].tun.name))")
-            }
-            var unsupported = false
-            for k in 0..<n {
-                let to = batchTo[k], h = links[to].tun.headerLength
-                var r = results[k]
-                if r == -EOPNOTSUPP {
-                    unsupported = true
-                    r = Int32(truncatingIfNeeded: klab_write(fds[k], addrs[k], Int(lens[k])))
-                } else {
-                    byDestination[to].io_uring_writes += 1
-                }
-                let packet = UnsafeRawBufferPointer(start: addrs[k].map { $0 + h }, count: Int(lens[k]) - h)
-                tap.record(link: links[to].index, intoHost: true, at: t, packet, id: batchID[k], fate: r < 0 ? .refused : .passed, last: k == n - 1)
-                if r < 0 { byDestination[to].refused += 1 }
-            }
-            if unsupported {
-                klab_uring_close(ring)
-                self.ring = nil
-            }
         }
 
         /// Writes a packet into host `to`'s TUN and records the delivery.
@@ -414,7 +312,6 @@ extension Runner {
         if scenario.wire.offload {
             log("  wire: offload on (IFF_VNET_HDR, TSO/GSO): segments of up to 64 KB cross the wire whole, and the capture shows these super-packets, not MTU-sized packets")
         }
-        log("  wire: writes \(forwarder.writes)")
         if !impaired.isEmpty { log("  wire: impaired \(impaired.map { "\($0.0)>\($0.1)" }.joined(separator: ", ")), seed \(scenario.wire.seed)") }
 
         let play = Play(scenario: scenario, hosts: hosts, wire: nil, directory: dir, log: log)
@@ -429,8 +326,7 @@ extension Runner {
         try ResultsLayout.writeJSON(forwarder.counters, to: ResultsLayout(dir).wire)
         for (d, c) in forwarder.counters.sorted(by: { $0.key < $1.key }) {
             log("  wire \(d): \(c.forwarded) forwarded, \(c.dropped) dropped, \(c.duplicated) duplicated, \(c.reordered) reordered, "
-                + "\(c.refused) refused by the TUN" + (c.in_flight_at_stop > 0 ? ", \(c.in_flight_at_stop) still in flight at the end" : "")
-                + (c.io_uring_writes > 0 ? "; \(c.io_uring_writes) written through io_uring" : ""))
+                + "\(c.refused) refused by the TUN" + (c.in_flight_at_stop > 0 ? ", \(c.in_flight_at_stop) still in flight at the end" : ""))
         }
         return try conclude(
             scenario, dir, hosts: hosts, tracer: tracer, recorder: recorder, tuns: links.map(\.tun), play: play, tscHz: tscHz,

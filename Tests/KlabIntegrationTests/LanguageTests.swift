@@ -162,57 +162,6 @@ struct LanguageTests {
         #expect(rtt.flatMap { Double($0.trimmingCharacters(in: .whitespaces)) }.map { $0 >= 20 } == true, "\(out)")
     }
 
-    /// What goes straight through is written in batches through io_uring where the kernel
-    /// allows it (this lab's kernels do: io_uring_disabled is 0), and one write() per packet
-    /// with KLAB_NO_IO_URING=1: both ways every packet is delivered once and captured where
-    /// it left its host and where it arrived, under one id.
-    @Test(arguments: [false, true]) func wireWritesInBatchesOrOneByOne(noRing: Bool) throws {
-        let available = (try? KernelFile.text("/proc/sys/kernel/io_uring_disabled"))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "0"
-        let dir = try temporaryDirectory()
-        let file = "\(dir)/batched.yaml"
-        try """
-            name: batched
-            hosts: [{name: a}, {name: b}]
-            steps:
-              - workload: TCP_STREAM
-                from: a
-                to: b:5001
-                count: 200
-              - run: [ping, -n, -q, -c, "3", -i, "0.01", 198.18.0.2]
-                host: a
-            """.write(toFile: file, atomically: false, encoding: .utf8)
-        let r = try klab(["run", file, "--out", dir], environment: noRing ? ["KLAB_NO_IO_URING": "1"] : [:])
-        #expect(r.status == 0, "\(r.stdout)\n\(r.stderr)")
-        let results = "\(dir)/batched"
-        if noRing {
-            #expect(r.stdout.contains("wire: writes one write() per packet (KLAB_NO_IO_URING is set)"), "\(r.stdout)")
-        } else if available == "0" {
-            #expect(r.stdout.contains("wire: writes batched through io_uring, up to 32 per io_uring_enter"), "\(r.stdout)")
-        } else {
-            #expect(r.stdout.contains("wire: writes one write() per packet: io_uring is not available"), "\(r.stdout)")
-        }
-        let wire = try json("\(results)/wire.json")
-        var forwarded = 0
-        for d in ["a>b", "b>a"] {
-            let c = wire[d] as? [String: Int] ?? [:]
-            forwarded += c["forwarded"] ?? 0
-            #expect((c["forwarded"] ?? 0) > 200 && c["refused"] == 0, "\(d): \(c)")
-            #expect(c["io_uring_writes"] == (noRing || available != "0" ? 0 : c["forwarded"]), "\(d): \(c)")
-        }
-        let pcap = try PcapFile(path: "\(results)/capture.pcap")
-        // Each packet sent to the other host (any other destination is not forwarded) is
-        // delivered once.
-        let hosts: Set<[UInt8]> = [[198, 18, 0, 1], [198, 18, 0, 2]]
-        let sent = pcap.records.filter { !$0.intoHost && $0.bytes.count >= 20 && hosts.contains(Array($0.bytes[16..<20])) }
-        let delivered = Dictionary(grouping: pcap.records.filter(\.intoHost), by: \.packetID)
-        #expect(sent.count == forwarded && delivered.count == forwarded && delivered.values.map(\.count).reduce(0, +) == forwarded)
-        for s in sent {
-            let d = delivered[s.packetID] ?? []
-            #expect(d.count == 1 && d[0].forwarded && d[0].link != s.link && d[0].bytes == s.bytes && d[0].seconds1e9 >= s.seconds1e9,
-                    "packet \(s.packetID): \(d.count) deliveries")
-        }
-    }
-
     @Test func seededLossRepeats() throws {
         let yaml = """
             name: seeded

@@ -60,21 +60,6 @@ static inline long klab_splice(int fd_in, int fd_out, size_t len, unsigned int f
 static const int klab_SO_COOKIE = 57;
 static const int klab_SO_NETNS_COOKIE = 71;
 
-// Batched writes through io_uring (raw io_uring_setup/io_uring_enter, no liburing): a TUN has
-// no batch write call, so this is the only way to hand it several packets in one syscall.
-struct klab_uring;
-// A ring of `entries` submission slots; NULL with errno set when the kernel refuses
-// (io_uring_disabled sysctl, seccomp, a kernel without io_uring).
-struct klab_uring *klab_uring_open(unsigned entries);
-void klab_uring_close(struct klab_uring *ring);
-unsigned klab_uring_entries(const struct klab_uring *ring);
-// Writes bufs[i] (lens[i] bytes) to fds[i] for i < n, in that order, with RWF_NOWAIT (the
-// kernel hands back EAGAIN instead of retrying on a worker thread, like write() on an
-// O_NONBLOCK fd), in one io_uring_enter that submits them and waits for all n. res[i] is
-// the write's result: bytes written or -errno. Returns 0, or -errno if io_uring_enter
-// failed (then no res[i] is meaningful).
-int klab_uring_writes(struct klab_uring *ring, unsigned n, const int *fds, void *const *bufs, const unsigned *lens, int *res);
-
 // Time-stamp counter, for converting monotonic ns to cycles with a measured rate.
 static inline uint64_t klab_rdtsc(void) {
     uint32_t lo, hi;
