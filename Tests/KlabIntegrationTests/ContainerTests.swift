@@ -8,7 +8,7 @@ import Testing
 /// whose results must land on the host. Without a mount or a capability from that line, klab
 /// must say which flag to add. The build compiles klab in release mode: minutes of both
 /// cores, so it never runs beside a timed test.
-@Suite(.serialized, .scratch, .heavy, .enabled(if: Privileged.enabled && Privileged.outsideGuest("container test", "podman would build the image under TCG for hours; CI runs it on the host")
+@Suite(.serialized, .scratch, .heavy, .pidOneCgroups, .enabled(if: Privileged.enabled && Privileged.outsideGuest("container test", "podman would build the image under TCG for hours; CI runs it on the host")
                                                && Privileged.has("/usr/bin/podman", from: "podman")))
 struct ContainerTests {
     /// README's `docker run` line (from `mkdir -p results` to the end of its block), run with
@@ -86,8 +86,8 @@ struct ContainerTests {
             .split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
     }
 
-    /// Lab cgroups of a klab that was PID 1 (klab-1-…), as in a container: klab runs of the
-    /// tests beside this one are never PID 1.
+    /// Lab cgroups of a klab that was PID 1 (klab-1-…), as in a container: the only other test
+    /// that makes them (SystemTests' two PID namespaces) never runs beside these (.pidOneCgroups).
     func containerCgroups(in root: String) throws -> [String] {
         try FileManager.default.contentsOfDirectory(atPath: root).filter { $0.hasPrefix(LabCgroup.prefix + "1-") }.sorted()
     }

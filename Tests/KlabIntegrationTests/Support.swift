@@ -156,22 +156,24 @@ extension Trait where Self == Scratch {
 /// emulated) share it among themselves but never with a timed test.
 struct MachineUse: TestTrait, SuiteTrait, TestScoping {
     let exclusive: Bool
+    var gate = Gate.shared
     var isRecursive: Bool { true }
 
     func scopeProvider(for test: Test, testCase: Test.Case?) -> MachineUse? { testCase == nil ? nil : self }
 
     func provideScope(for test: Test, testCase: Test.Case?, performing function: @Sendable () async throws -> Void) async throws {
-        await Gate.shared.enter(exclusive: exclusive)
+        await gate.enter(exclusive: exclusive)
         do { try await function() } catch {
-            await Gate.shared.leave(exclusive: exclusive)
+            await gate.leave(exclusive: exclusive)
             throw error
         }
-        await Gate.shared.leave(exclusive: exclusive)
+        await gate.leave(exclusive: exclusive)
     }
 
     /// A readers-writer gate, first come first served.
     actor Gate {
         static let shared = Gate()
+        static let pidOne = Gate()
         private var sharing = 0
         private var held = false
         private var waiting: [(exclusive: Bool, resume: CheckedContinuation<Void, Never>)] = []
@@ -202,6 +204,9 @@ extension Trait where Self == MachineUse {
     static var emulated: Self { MachineUse(exclusive: false) }
     /// Minutes of every core that time nothing (an image build): as a guest does.
     static var heavy: Self { MachineUse(exclusive: false) }
+    /// Makes and counts the lab cgroups of a klab that is PID 1 (klab-1-…, as in a container or
+    /// a PID namespace): one such test at a time, or one would count the other's.
+    static var pidOneCgroups: Self { MachineUse(exclusive: true, gate: .pidOne) }
 }
 
 /// A pcap file read without libpcap, so the test checks the format klab wrote, with its
