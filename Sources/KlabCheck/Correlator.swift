@@ -193,6 +193,10 @@ public final class Correlator {
     }
 
     public func run(events: EventReader, frames: FrameReader) throws {
+        // The callbacks usually capture what owns this correlator (a checker, the writers of
+        // klab run's files): released when the stream ends or fails, so that both are freed
+        // (and a writer dropped half-way removes its `.partial` file).
+        defer { (onEvent, onJourney, onFrame) = ({ _, _, _ in }, { _, _ in }, { _ in }) }
         var next = try frames.next()
         while let e = try events.next() {
             while let f = next, f.timeNs <= e.timeNs &+ window {
@@ -209,9 +213,6 @@ public final class Correlator {
         }
         try evict(before: .max)
         settleUnjoined(before: .max)
-        // The callbacks usually capture what owns this correlator (a checker, the writers of
-        // klab run's files): released here, so that both are freed once the stream ended.
-        (onEvent, onJourney, onFrame) = ({ _, _, _ in }, { _, _ in }, { _ in })
     }
 
     /// Counts the unjoined events older than `t` under their reason: no drop came for them.

@@ -28,15 +28,30 @@ public enum Finish {
     /// The timeline prints at most this many packets and unjoined events.
     public static let timelineLimit = 2000
 
-    /// With no `window`, the default one, widened when it leaves packets unjoined (`Correlator.widening`).
-    public static func run(_ folder: ResultsFolder, window: UInt64? = nil, outputs: Outputs = .all) throws
-        -> (check: CheckReport, timeline: String) {
-        if let window { return try run(folder, window: window, from: nil, outputs: outputs) }
-        return try Correlator.widening({ try run(folder, window: $0, from: $1, outputs: outputs) }, counts: \.check.join)
+    /// The pass ended early because `stop` said so (Ctrl-C or SIGTERM). The views it was
+    /// writing are not written; the ones an earlier, whole pass wrote are kept.
+    public struct Stopped: Error, CustomStringConvertible {
+        public let folder: String
+        public var description: String {
+            "stopped while deriving \(folder)'s views; its own files are whole (klab export \(folder) writes the views)"
+        }
     }
 
-    private static func run(_ folder: ResultsFolder, window: UInt64, from: Correlator.Counts.Widened?, outputs: Outputs) throws
-        -> (check: CheckReport, timeline: String) {
+    /// With no `window`, the default one, widened when it leaves packets unjoined (`Correlator.widening`).
+    /// `stop` is asked every few thousand records; true ends the pass with `Stopped`.
+    public static func run(_ folder: ResultsFolder, window: UInt64? = nil, outputs: Outputs = .all,
+                           stop: @escaping () -> Bool = { false }) throws -> (check: CheckReport, timeline: String) {
+        if let window { return try run(folder, window: window, from: nil, outputs: outputs, stop: stop) }
+        return try Correlator.widening({ try run(folder, window: $0, from: $1, outputs: outputs, stop: stop) }, counts: \.check.join)
+    }
+
+    private static func run(_ folder: ResultsFolder, window: UInt64, from: Correlator.Counts.Widened?, outputs: Outputs,
+                            stop: @escaping () -> Bool) throws -> (check: CheckReport, timeline: String) {
+        var polled = 0
+        func poll() throws {
+            defer { polled &+= 1 }
+            if polled & 4095 == 0, stop() { throw Stopped(folder: folder.path) }
+        }
         let enc = JSONEncoder()
         enc.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
         let header = folder.header, layout = folder.layout, tscHz = folder.tscHz
@@ -52,6 +67,7 @@ public enum Finish {
         let links = header.capture?.links ?? []
         let exports = try Exports(folder, window: window, pcapng: outputs.contains(.pcapng), trace: outputs.contains(.trace))
         correlator.onEvent = { e, frame, how in
+            try poll()
             if frame == nil { try exports.event(e) }
             try events?.append(enc.encode(EventLine(e, frame: frame?.number, tscHz: tscHz, dropReasons: correlator.dropReasons)))
             counts[e.name, default: 0] += 1
@@ -62,6 +78,7 @@ public enum Finish {
         }
         var packets: [HTMLReport.Packet] = [], packetsTotal = 0
         correlator.onJourney = { frame, list in
+            try poll()
             checker.journey(frame, list)
             try exports.journey(frame, list)
             packetsTotal += 1
@@ -85,6 +102,8 @@ public enum Finish {
                 link: frame.link < links.count ? links[frame.link].device : nil, packet: frame.summary, events: steps)))
         }
         let cut = try folder.stream(correlator)
+        polled = 0
+        try poll()
         let check = checker.finish(cutShort: cut)
         try journeys?.append(enc.encode(["unmatched_packet_events": check.join.unmatched] as [String: [String: Int]]))
         try events?.close()

@@ -247,7 +247,7 @@ final class State: @unchecked Sendable {
                 (name, outcome) = (scenario.name, failures.isEmpty ? try runner.run(scenario, into: "\(dir)/results") : nil)
             }
             if let outcome {
-                let (check, timeline) = try Finish.run(ResultsFolder(outcome.directory))
+                let (check, timeline) = try Finish.run(ResultsFolder(outcome.directory), stop: { Interrupt.requested })
                 append(timeline)
                 append("")
                 append(check.text())
@@ -255,6 +255,9 @@ final class State: @unchecked Sendable {
                 state = outcome.interrupted ? .interrupted : outcome.passed && check.violations == 0 ? .passed : .failed
                 append(state == .passed ? "\(name): PASSED" : "\(name): FAILED")
             }
+        } catch let stopped as Finish.Stopped {
+            (state, failures) = (.interrupted, failures + ["\(stopped)"])
+            append("\(stopped)")
         } catch {
             failures.append("\(error)")
             append("\(error)")

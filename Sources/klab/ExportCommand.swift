@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import KlabCheck
 import KlabResults
+import KlabScenario
 
 struct ExportCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -12,7 +13,7 @@ struct ExportCommand: ParsableCommand {
             run's own files (run.json, events.bin, capture.pcap, capture.frames), for a folder \
             whose views are missing or older than this klab. A folder cut short by a crash or a \
             full disk is read as far as its files go, and the views say where it stopped; a \
-            view is written whole or not at all.
+            view is written whole or not at all, so Ctrl-C leaves none half-written.
 
             pcapng: capture.pcapng, every packet with its kernel events as its comment, one \
             interface per lab link, the direction in epb_flags and one packet id at both ends \
@@ -54,10 +55,11 @@ struct ExportCommand: ParsableCommand {
         case .html: .html
         case .all: .all
         }
+        Interrupt.install()
         for dir in results {
             do {
                 let folder = try ResultsFolder(dir)
-                let (check, _) = try Finish.run(folder, outputs: outputs)
+                let (check, _) = try Finish.run(folder, outputs: outputs, stop: { Interrupt.requested })
                 let layout = folder.layout
                 let files = [(Finish.Outputs.pcapng, layout.pcapng), (.trace, layout.trace), (.html, layout.report), (.lines, layout.eventLines),
                              (.lines, layout.journeys), (.verdicts, layout.verdicts), (.verdicts, layout.summary)]
@@ -66,6 +68,9 @@ struct ExportCommand: ParsableCommand {
             } catch let e as ResultsError {
                 FileHandle.standardError.write(Data("klab export: \(e)\n".utf8))
                 throw ExitCode(ExitCodes.dataError)
+            } catch is Finish.Stopped {
+                FileHandle.standardError.write(Data("klab export: interrupted at \(dir): no view of it is half-written\n".utf8))
+                throw ExitCode(ExitCodes.interrupted)
             }
         }
     }

@@ -160,8 +160,17 @@ extension Run {
     /// After a scenario: what klab derives from its files (the join, the placement verdicts,
     /// events.jsonl, journeys.jsonl, summary.json), printed as the timeline and the verdict
     /// table; a broken placement rule fails the scenario.
+    /// Ctrl-C or SIGTERM while deriving ends it: the run's own files stay, marked interrupted.
     static func finish(_ o: Outcome) throws -> Outcome {
-        let (check, timeline) = try Finish.run(ResultsFolder(o.directory))
+        let check: CheckReport, timeline: String
+        do {
+            (check, timeline) = try Finish.run(ResultsFolder(o.directory), stop: { Interrupt.requested })
+        } catch let stopped as Finish.Stopped {
+            say("\(o.scenario): INTERRUPTED (\(stopped))")
+            return Outcome(scenario: o.scenario, directory: o.directory, passed: false,
+                           failures: o.failures + ["interrupted while checking: the views were not written (klab export \(o.directory))"],
+                           interrupted: true)
+        }
         say(timeline)
         say("")
         say(check.text())

@@ -181,4 +181,23 @@ final class CheckTests {
         #expect(tags.cutShort.first?.description.hasPrefix("capture.frames was cut short: it ends inside the entry of frame 3") == true)
         #expect(tags.join.frames == 2)
     }
+
+    /// Ctrl-C while klab derives a run's views: `stop` ends the pass at its next poll, in the
+    /// stream or after it, and the folder keeps only the run's own files (no view, no
+    /// `.partial`); with nothing asking to stop, the same folder gets every view.
+    @Test(arguments: [1, 2, 4])
+    func stopEndsTheDerivingAndLeavesNoView(askedBeforeStopping: Int) throws {
+        let path = "\(dir)/stop-\(askedBeforeStopping)"
+        try SyntheticRun(segments: 2000).write(to: path)  // 10,000 events and their packets: 4 polls at least
+        var asked = 0
+        #expect(throws: Finish.Stopped.self) {
+            try Finish.run(ResultsFolder(path), stop: { asked += 1; return asked >= askedBeforeStopping })
+        }
+        #expect(asked == askedBeforeStopping)
+        let own = Set(ResultsLayout.runFiles)
+        let left = Set(try FileManager.default.contentsOfDirectory(atPath: path))
+        #expect(left == own, "\(left.symmetricDifference(own).sorted())")
+        _ = try Finish.run(ResultsFolder(path))
+        #expect(Set(try FileManager.default.contentsOfDirectory(atPath: path)) == own.union(ResultsLayout.derivedFiles))
+    }
 }

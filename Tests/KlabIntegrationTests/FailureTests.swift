@@ -104,4 +104,53 @@ struct FailureTests {
         let left = try FileManager.default.contentsOfDirectory(atPath: root).filter { LabCgroup.Owner(cgroupName: $0)?.pid == p.processIdentifier }
         #expect(left.isEmpty, "klab left \(left) in \(root)")
     }
+
+    /// Ctrl-C or SIGTERM while klab derives a run's views (the join, the checks, the exports),
+    /// not only between steps: `klab run` stops at once with 130 and the run's own files whole,
+    /// and no view is left half-written; `klab export` likewise, and an export left alone
+    /// then writes every view from those files.
+    @Test(.enabled(if: Privileged.enabled))
+    func interruptWhileDerivingTheViewsKeepsTheRunsFiles() throws {
+        let dir = try temporaryDirectory()
+        let run = "\(dir)/latency-udp"
+        /// Starts klab, waits until it is writing events.jsonl, signals it, and waits for it.
+        func interrupted(_ args: [String], by signal: Int32) throws -> (status: Int32, output: String) {
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: klabBinary)
+            p.arguments = args
+            p.currentDirectoryURL = URL(fileURLWithPath: packageRoot)
+            let log = "\(dir)/klab-\(args[0]).log"
+            FileManager.default.createFile(atPath: log, contents: nil)
+            let out = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
+            (p.standardOutput, p.standardError) = (out, out)
+            try p.run()
+            while p.isRunning && !FileManager.default.fileExists(atPath: "\(run)/events.jsonl.partial") { usleep(10_000) }
+            let signalled = p.isRunning
+            kill(p.processIdentifier, signal)
+            p.waitUntilExit()
+            try out.close()
+            let output = try String(contentsOfFile: log, encoding: .utf8)
+            try #require(signalled, "klab \(args[0]) ended (\(p.terminationStatus)) before it wrote events.jsonl:\n\(output.suffix(3000))")
+            return (p.terminationStatus, output)
+        }
+        func left() throws -> [String] { try FileManager.default.contentsOfDirectory(atPath: run).filter { $0.hasSuffix(".partial") } }
+
+        let r = try interrupted(["run", "lab/scenarios/latency-udp.yaml", "--set", "count=30000", "--set", "rate=0", "--out", dir], by: SIGTERM)
+        #expect(r.status == 130, "\(r.output.suffix(3000))")
+        #expect(r.output.contains("latency-udp: INTERRUPTED (stopped while deriving \(run)'s views"), "\(r.output.suffix(3000))")
+        #expect(r.output.contains("FAIL  latency-udp  → \(run)\n      interrupted while checking"), "\(r.output.suffix(3000))")
+        var partial = try left()
+        #expect(partial.isEmpty, "half-written views: \(partial)")
+        let header = try json("\(run)/run.json")
+        #expect((header["outcome"] as? [String: Any])?["passed"] as? Bool == true, "the run itself had ended well")
+
+        let e = try interrupted(["export", run], by: SIGINT)
+        #expect(e.status == 130 && e.output.contains("klab export: interrupted at \(run): no view of it is half-written"), "\(e.output)")
+        partial = try left()
+        #expect(partial.isEmpty, "half-written views: \(partial)")
+
+        let whole = try klab(["export", run])
+        #expect(whole.status == 0, "\(whole.stdout)\(whole.stderr)")
+        #expect(try json("\(run)/summary.json")["passed"] as? Bool == true)
+    }
 }
