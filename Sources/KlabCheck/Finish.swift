@@ -33,7 +33,7 @@ public enum Finish {
     public struct Stopped: Error, CustomStringConvertible {
         public let folder: String
         public var description: String {
-            "stopped while deriving \(folder)'s views; its own files are whole (klab export \(folder) writes the views)"
+            "stopped while deriving \(folder)'s views; its own files are whole, and klab export \(folder) writes the views"
         }
     }
 

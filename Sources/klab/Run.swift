@@ -166,7 +166,7 @@ extension Run {
         do {
             (check, timeline) = try Finish.run(ResultsFolder(o.directory), stop: { Interrupt.requested })
         } catch let stopped as Finish.Stopped {
-            say("\(o.scenario): INTERRUPTED (\(stopped))")
+            say("\(o.scenario): INTERRUPTED: \(stopped)")
             return Outcome(scenario: o.scenario, directory: o.directory, passed: false,
                            failures: o.failures + ["interrupted while checking: the views were not written (klab export \(o.directory))"],
                            interrupted: true)

@@ -137,7 +137,7 @@ struct FailureTests {
 
         let r = try interrupted(["run", "lab/scenarios/latency-udp.yaml", "--set", "count=30000", "--set", "rate=0", "--out", dir], by: SIGTERM)
         #expect(r.status == 130, "\(r.output.suffix(3000))")
-        #expect(r.output.contains("latency-udp: INTERRUPTED (stopped while deriving \(run)'s views"), "\(r.output.suffix(3000))")
+        #expect(r.output.contains("latency-udp: INTERRUPTED: stopped while deriving \(run)'s views"), "\(r.output.suffix(3000))")
         #expect(r.output.contains("FAIL  latency-udp  → \(run)\n      interrupted while checking"), "\(r.output.suffix(3000))")
         var partial = try left()
         #expect(partial.isEmpty, "half-written views: \(partial)")
