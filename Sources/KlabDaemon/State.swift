@@ -247,7 +247,8 @@ final class State: @unchecked Sendable {
                 (name, outcome) = (scenario.name, failures.isEmpty ? try runner.run(scenario, into: "\(dir)/results") : nil)
             }
             if let outcome {
-                let (check, timeline) = try Finish.run(ResultsFolder(outcome.directory), stop: { Interrupt.requested })
+                let signals = Interrupt.count
+                let (check, timeline) = try Finish.run(ResultsFolder(outcome.directory), stop: { Interrupt.count != signals })
                 append(timeline)
                 append("")
                 append(check.text())

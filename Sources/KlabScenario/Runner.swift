@@ -10,10 +10,17 @@ import Synchronization
 /// Ctrl-C and SIGTERM: the run stops at the next step, writes what it has and cleans up.
 public enum Interrupt {
     static let flag = Atomic<Int32>(0)
+    static let signals = Atomic<Int>(0)
     public static var requested: Bool { flag.load(ordering: .relaxed) != 0 }
     public static var signal: Int32 { flag.load(ordering: .relaxed) }
+    /// How many times SIGINT or SIGTERM came: a run interrupted at a step still derives its
+    /// views, and a signal after that (`count` moved on) stops the deriving too.
+    public static var count: Int { signals.load(ordering: .relaxed) }
     /// What SIGINT or SIGTERM does, for a process that handles the signals itself (klab daemon).
-    public static func request(_ signal: Int32) { flag.store(signal, ordering: .relaxed) }
+    public static func request(_ signal: Int32) {
+        flag.store(signal, ordering: .relaxed)
+        signals.add(1, ordering: .relaxed)
+    }
 
     public static func install() {
         // A parent may have spawned klab with these blocked (posix_spawn keeps the mask).
@@ -23,7 +30,7 @@ public enum Interrupt {
         sigaddset(&set, SIGTERM)
         pthread_sigmask(SIG_UNBLOCK, &set, nil)
         for s in [SIGINT, SIGTERM] {
-            Glibc.signal(s) { sig in Interrupt.flag.store(sig, ordering: .relaxed) }
+            Glibc.signal(s) { sig in Interrupt.request(sig) }
         }
     }
 }

@@ -160,11 +160,13 @@ extension Run {
     /// After a scenario: what klab derives from its files (the join, the placement verdicts,
     /// events.jsonl, journeys.jsonl, summary.json), printed as the timeline and the verdict
     /// table; a broken placement rule fails the scenario.
-    /// Ctrl-C or SIGTERM while deriving ends it: the run's own files stay, marked interrupted.
+    /// Ctrl-C or SIGTERM while deriving ends it (one that stopped the run at a step does not):
+    /// the run's own files stay, marked interrupted.
     static func finish(_ o: Outcome) throws -> Outcome {
         let check: CheckReport, timeline: String
+        let signals = Interrupt.count
         do {
-            (check, timeline) = try Finish.run(ResultsFolder(o.directory), stop: { Interrupt.requested })
+            (check, timeline) = try Finish.run(ResultsFolder(o.directory), stop: { Interrupt.count != signals })
         } catch let stopped as Finish.Stopped {
             say("\(o.scenario): INTERRUPTED: \(stopped)")
             return Outcome(scenario: o.scenario, directory: o.directory, passed: false,
